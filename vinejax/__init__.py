@@ -1,0 +1,3 @@
+"""vinejax: VinePPO in JAX/Flax."""
+
+__version__ = "0.1.0"
