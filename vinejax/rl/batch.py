@@ -1,0 +1,71 @@
+"""``RolloutBatch``: the pytree contract between sampling/advantage code and the train step.
+
+All per-token arrays are ``[B, T]`` and aligned with ``tokens`` (see ``vinejax.rl.logprobs``):
+entry t refers to token t given ``tokens[:, :t]``; column 0 is always masked.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class RolloutBatch:
+    """One optimizer batch (or micro-batch) of episodes. Optional fields may be None."""
+
+    tokens: jax.Array          # int32[B, T] prompt then response, contiguous from column 0, right-padded
+    response_mask: jax.Array   # bool[B, T] response tokens (incl. EOS when finished); false on prompt/padding
+    old_logprobs: jax.Array    # f32[B, T] log-probs under the sampling policy (logits / temperature)
+    ref_logprobs: jax.Array    # f32[B, T] log-probs under the frozen reference (SFT) policy
+    advantages: jax.Array      # f32[B, T] token advantages (whitened or not), 0 off the mask
+    rewards: jax.Array         # f32[B] episode reward R (0/1)
+    step_starts: Optional[jax.Array] = None  # int32[B, S] column where step i begins; slots >= num_steps are padding
+    num_steps: Optional[jax.Array] = None    # int32[B] number of steps L (0 for an empty response)
+    returns: Optional[jax.Array] = None      # f32[B, T] critic targets (PPO baseline)
+    old_values: Optional[jax.Array] = None   # f32[B, T] critic values at sampling time (PPO baseline)
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    def num_tokens(self) -> jax.Array:
+        """Number of response tokens (the PPO loss denominator)."""
+        return self.response_mask.sum()
+
+    def num_sequences(self) -> jax.Array:
+        """Number of rows with at least one response token (the KL loss denominator)."""
+        return self.response_mask.any(axis=1).sum()
+
+    def microbatches(self, n: int) -> "RolloutBatch":
+        """Reshape every leaf ``[B, ...] -> [n, B // n, ...]`` (for a ``lax.scan`` over micro-batches)."""
+        if self.batch_size % n:
+            raise ValueError(f"batch {self.batch_size} not divisible into {n} micro-batches")
+        return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), self)
+
+
+def pad_batch(batch: RolloutBatch, rows: int, cols: int, steps: int | None = None) -> RolloutBatch:
+    """Pad to ``[rows, cols]`` (and ``steps`` step slots) with masked entries.
+
+    New tokens/values are 0, masks false, ``num_steps`` 0, so no loss or metric changes. Used to
+    bucket ragged batches to a few fixed shapes (one compilation per shape).
+    """
+    B, T = batch.tokens.shape
+    if rows < B or cols < T:
+        raise ValueError("pad_batch only grows the batch")
+
+    def pad(x):
+        if x.ndim == 1:
+            return jnp.pad(x, (0, rows - B))
+        widths = [(0, rows - B), (0, cols - T)] + [(0, 0)] * (x.ndim - 2)
+        return jnp.pad(x, widths)
+
+    out = jax.tree.map(pad, batch.replace(step_starts=None, num_steps=None))
+    if batch.step_starts is not None:
+        S = batch.step_starts.shape[1]
+        extra = 0 if steps is None else steps - S
+        out = out.replace(step_starts=jnp.pad(batch.step_starts, ((0, rows - B), (0, extra))),
+                          num_steps=jnp.pad(batch.num_steps, (0, rows - B)))
+    return out

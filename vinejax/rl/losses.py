@@ -1,0 +1,197 @@
+"""Losses of VinePPO and its baselines, masked, over token-aligned ``[B, T]`` arrays.
+
+Each term returns ``(loss_sum, count, metrics)``: the loss is ``loss_sum / count`` and every
+metric is a ``(sum, count)`` pair too, so micro-batch results are aggregated exactly by adding
+them (``add_metrics``) and dividing once (``reduce_metrics``). Masked entries may hold garbage
+(even inf/nan): they are replaced before any arithmetic, so they change no value or gradient.
+
+``vineppo_policy_loss`` combines terms with different denominators (tokens for PPO, sequences
+for KL); it takes the denominators of the whole optimizer batch so that the sum of micro-batch
+losses (and gradients) equals the full-batch loss exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+
+
+def add_metrics(a: Metrics, b: Metrics) -> Metrics:
+    """Aggregate two metric dicts of (sum, count) pairs (micro-batch accumulation)."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+def reduce_metrics(m: Metrics) -> dict[str, jax.Array]:
+    """{name: sum / max(count, 1)}."""
+    return {k: s / jnp.maximum(c, 1) for k, (s, c) in m.items()}
+
+
+def _f32(x, mask, fill=0.0):
+    """Masked copy in at least float32 (bf16 -> f32; f64 kept for gradient checks)."""
+    x = jnp.asarray(x)
+    return jnp.where(mask, x, fill).astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+# ----------------------------------------------------------------------------- policy
+def ppo_clip_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
+                  mask: jax.Array, clip_eps: float = 0.2, clip_eps_high: float | None = None,
+                  dual_clip: float | None = None):
+    """PPO-clip policy loss summed over valid tokens.
+
+        ρ_t = exp(lp_t − old_t)
+        ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε_low, 1 + ε_high))      (ε_high defaults to ε_low)
+        dual clip c > 1:  ℓ_t = min(ℓ_t, −c A_t) where A_t < 0
+    Returns ``(Σ_t m_t ℓ_t, Σ_t m_t, metrics)`` with metrics ``pg_loss``, ``pg_clipfrac``
+    (fraction of tokens where the clipped branch is active), ``approx_kl`` (k3 of KL(old‖new):
+    ρ − 1 − log ρ), ``ratio`` (mean ρ) and, with dual clip, ``pg_dual_clipfrac``.
+    Shapes: all inputs [B, T] (mask bool).
+    """
+    eps_hi = clip_eps if clip_eps_high is None else clip_eps_high
+    log_ratio = _f32(logprobs, mask) - _f32(old_logprobs, mask)              # [B, T]
+    ratio = jnp.exp(log_ratio)
+    adv = _f32(advantages, mask)
+    loss1 = -adv * ratio
+    loss2 = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + eps_hi)
+    loss = jnp.maximum(loss1, loss2)
+    m = mask.astype(jnp.float32)
+    count = m.sum()
+    metrics = {
+        "pg_clipfrac": ((m * (loss2 > loss1)).sum(), count),
+        "approx_kl": ((m * (ratio - 1.0 - log_ratio)).sum(), count),
+        "ratio": ((m * ratio).sum(), count),
+    }
+    if dual_clip is not None:
+        dual = -dual_clip * adv
+        use_dual = (adv < 0) & (dual < loss)
+        loss = jnp.where(use_dual, dual, loss)
+        metrics["pg_dual_clipfrac"] = ((m * use_dual).sum(), count)
+    total = (m * loss).sum()
+    metrics["pg_loss"] = (total, count)
+    return total, count, metrics
+
+
+# ----------------------------------------------------------------------------- KL
+def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
+               kind: str = "k3", clamp: tuple[float, float] | None = None) -> jax.Array:
+    """Per-token KL(π‖π_ref) estimate from sampled tokens, f32[B, T], 0 off the mask.
+
+        k1 = lp − ref;   k2 = ½ (lp − ref)²;   k3 = exp(ref − lp) − (ref − lp) − 1
+    optionally clamped per token to ``[lo, hi]`` (paper: k3 clamped to [0, 10]).
+    """
+    d = _f32(ref_logprobs, mask) - _f32(logprobs, mask)                      # ref − lp
+    if kind == "k1":
+        kl = -d
+    elif kind == "k2":
+        kl = 0.5 * d * d
+    elif kind == "k3":
+        kl = jnp.expm1(d) - d
+    else:
+        raise ValueError(f"unknown KL estimator {kind!r}")
+    if clamp is not None:
+        kl = jnp.clip(kl, clamp[0], clamp[1])
+    return jnp.where(mask, kl, 0.0)
+
+
+def kl_loss(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array, kind: str = "k3",
+            clamp: tuple[float, float] | None = (0.0, 10.0)):
+    """KL loss: per-sequence sum of per-token KL, mean over sequences with ≥ 1 valid token.
+
+    Returns ``(Σ_b Σ_t kl_bt, #sequences, metrics)``; metrics ``kl`` (per sequence) and
+    ``kl_token`` (per token). Shapes [B, T].
+    """
+    kl = kl_penalty(logprobs, ref_logprobs, mask, kind, clamp)               # [B, T]
+    n_seq = mask.any(axis=1).sum().astype(jnp.float32)
+    total = kl.sum()
+    return total, n_seq, {"kl": (total, n_seq), "kl_token": (total, mask.sum().astype(jnp.float32))}
+
+
+def kl_reward_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
+                      beta: float, kind: str = "k1",
+                      clamp: tuple[float, float] | None = None) -> jax.Array:
+    """f32[B, T] per-token penalty ``β·kl_t`` to subtract from token rewards (KL-in-reward PPO)."""
+    return beta * kl_penalty(logprobs, ref_logprobs, mask, kind, clamp)
+
+
+# ----------------------------------------------------------------------------- critic, entropy
+def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
+                       mask: jax.Array, clip_range: float = 0.2):
+    """PPO critic loss ``½ max((v − R)², (clip(v, v_old ± c) − R)²)`` summed over valid tokens.
+
+    Returns ``(sum, count, metrics)`` with ``vf_loss``, ``vf_clipfrac``, ``values`` (mean v).
+    Shapes [B, T].
+    """
+    v, v_old, ret = _f32(values, mask), _f32(old_values, mask), _f32(returns, mask)
+    v_clip = jnp.clip(v, v_old - clip_range, v_old + clip_range)
+    l1, l2 = (v - ret) ** 2, (v_clip - ret) ** 2
+    m = mask.astype(jnp.float32)
+    count = m.sum()
+    total = 0.5 * (m * jnp.maximum(l1, l2)).sum()
+    return total, count, {"vf_loss": (total, count), "vf_clipfrac": ((m * (l2 > l1)).sum(), count),
+                          "values": ((m * v).sum(), count)}
+
+
+def entropy_sum(entropy: jax.Array, mask: jax.Array):
+    """``(Σ m·H, Σ m, {"entropy": ...})`` for the token entropies [B, T] (metric or bonus)."""
+    m = mask.astype(jnp.float32)
+    total = (m * _f32(entropy, mask)).sum()
+    return total, m.sum(), {"entropy": (total, m.sum())}
+
+
+# ----------------------------------------------------------------------------- combined
+@dataclasses.dataclass(frozen=True)
+class PolicyLossConfig:
+    """Static (hashable) settings; defaults are the paper's (VINEPPO.md §2)."""
+
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None     # asymmetric clip; None = clip_eps
+    dual_clip: float | None = None         # e.g. 3.0; None = off
+    kl_coef: float = 1e-4                  # β, KL in the loss
+    kl_estimator: str = "k3"
+    kl_clamp: tuple[float, float] | None = (0.0, 10.0)
+    entropy_coef: float = 0.0              # bonus (paper: none, entropy only logged)
+    max_mean_ratio: float | None = 10.0    # skip the update when the batch mean ratio exceeds it
+
+
+def vineppo_policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossConfig(),
+                        entropy: jax.Array | None = None, num_tokens=None, num_sequences=None):
+    """VinePPO actor loss ``Σ ℓ_pg / N_tok + β Σ_b Σ_t kl_bt / N_seq − c_H Σ H / N_tok``.
+
+    Args:
+      logprobs: f32[B, T] current-policy log-probs of ``batch.tokens`` (aligned, temperature-scaled).
+      batch: a ``RolloutBatch`` (uses response_mask, old_logprobs, ref_logprobs, advantages).
+      entropy: optional f32[B, T] token entropies (logged; bonus if ``cfg.entropy_coef``).
+      num_tokens, num_sequences: denominators. Default: this batch's own counts. For
+        micro-batching pass the optimizer batch's counts (``RolloutBatch.num_tokens()`` /
+        ``num_sequences()`` of the full batch): then Σ over micro-batches of the returned loss
+        equals the full-batch loss exactly.
+    Returns:
+      ``(loss, metrics)``: scalar loss; metrics as (sum, count) pairs (``pg_loss``,
+      ``pg_clipfrac``, ``approx_kl``, ``ratio``, ``kl``, ``kl_token``, ``entropy``). Decide the
+      paper's skip with ``should_skip`` on the aggregated metrics.
+    """
+    mask = batch.response_mask
+    pg_sum, n_tok_local, metrics = ppo_clip_loss(
+        logprobs, batch.old_logprobs, batch.advantages, mask,
+        cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip)
+    kl_sum, n_seq_local, kl_metrics = kl_loss(logprobs, batch.ref_logprobs, mask,
+                                              cfg.kl_estimator, cfg.kl_clamp)
+    metrics.update(kl_metrics)
+    n_tok = jnp.maximum(n_tok_local if num_tokens is None else num_tokens, 1)
+    n_seq = jnp.maximum(n_seq_local if num_sequences is None else num_sequences, 1)
+    loss = pg_sum / n_tok + cfg.kl_coef * kl_sum / n_seq
+    if entropy is not None:
+        ent_sum, _, ent_metrics = entropy_sum(entropy, mask)
+        metrics.update(ent_metrics)
+        loss = loss - cfg.entropy_coef * ent_sum / n_tok
+    return loss, metrics
+
+
+def should_skip(metrics: Metrics, cfg: PolicyLossConfig = PolicyLossConfig()) -> jax.Array:
+    """bool scalar: the (aggregated) mean ratio exceeds ``cfg.max_mean_ratio`` (paper: 10)."""
+    if cfg.max_mean_ratio is None:
+        return jnp.zeros((), bool)
+    s, c = metrics["ratio"]
+    return s / jnp.maximum(c, 1) > cfg.max_mean_ratio
