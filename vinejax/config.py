@@ -1,0 +1,202 @@
+"""Experiment configuration: the full schema with defaults, and validation that names the bad key.
+
+Every config file in `configs/` starts from `base_config()` and changes values; the schema is
+locked, so a misspelt key (in the file or on the command line, `--config.train.lrr=1`) fails
+at once naming it. `validate` then checks types and combinations before anything heavy runs.
+Defaults are the paper's settings (../VINEPPO.md) unless a comment says otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The complete, locked schema with default values."""
+    c = ml_collections.ConfigDict()
+    c.algo = "vineppo"
+    c.seed = 0
+    c.output_dir = "runs/default"
+    c.resume = True  # continue from the newest checkpoint in output_dir when there is one
+
+    c.model = ml_collections.ConfigDict()
+    c.model.hf_path = ""  # HF folder (config.json + safetensors + tokenizer); "" = tiny random model
+    c.model.init_from = ""  # a previous run's output_dir (e.g. the SFT stage) to start from
+    c.model.tokenizer_path = ""  # "" = hf_path, or the task's own tokenizer for tiny models
+    c.model.hidden_size = 128  # tiny random model shape (used when hf_path is "")
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 4
+    c.model.intermediate_size = 512
+    c.model.max_position_embeddings = 256
+    c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
+    c.model.param_dtype = "float32"
+    c.model.remat = False
+
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "arithmetic"
+    c.task.data_dir = ""  # local folder laid out like shared/data ("" = the Hub)
+    c.task.train_split = "train"
+    c.task.eval_split = "validation"
+    c.task.num_eval_problems = 500  # 0 = the whole split
+    c.task.max_prompt_tokens = 1512  # longer prompts are dropped
+    c.task.options = ml_collections.ConfigDict()  # task-specific loader options (free-form)
+    c.task.grade_workers = 2
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.problems_per_iteration = 64
+    c.sampling.samples_per_problem = 8
+    c.sampling.temperature = 0.6
+    c.sampling.top_p = 0.9
+    c.sampling.top_k = 0
+    c.sampling.max_new_tokens = 1024
+    c.sampling.batch_size = 64  # rows per generate call
+
+    c.vineppo = ml_collections.ConfigDict()
+    c.vineppo.num_rollouts = 9  # K
+    c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K uses 25 (prompt + 24 steps? see VINEPPO.md)
+    c.vineppo.dedup = True
+    c.vineppo.chunk_rows = 512  # continuation rows per decode call
+
+    c.ppo = ml_collections.ConfigDict()
+    c.ppo.clip_eps = 0.2
+    c.ppo.kl_coef = 1e-4
+    c.ppo.kl_estimator = "k3"
+    c.ppo.kl_clamp = 10.0
+    c.ppo.epochs = 2
+    c.ppo.episodes_per_step = 64  # global optimizer batch, in episodes
+    c.ppo.micro_batch = 16  # episodes per forward/backward (gradient accumulation)
+    c.ppo.whiten_advantages = True
+    c.ppo.max_mean_ratio = 10.0
+    c.ppo.gae_gamma = 1.0
+    c.ppo.gae_lambda = 1.0
+    c.ppo.value_clip = 0.2
+    c.ppo.critic_lr = 1e-6
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-6
+    c.optim.warmup_frac = 0.03
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.epochs = 3
+    c.sft.batch_size = 64
+    c.sft.max_steps = -1  # -1 = epochs decide
+    c.sft.max_seq_len = 2048
+
+    c.train = ml_collections.ConfigDict()
+    c.train.iterations = 1000
+    c.train.eval_every = 10  # iterations; 0 = never
+    c.train.checkpoint_every = 10
+    c.train.keep_checkpoints = 3
+    c.train.time_budget_minutes = 0.0  # 0 = no limit; stops cleanly (checkpointed) when exceeded
+    c.train.export_hf = True  # write the final policy as an HF folder
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.samples_per_problem = 16
+    c.eval.temperature = 0.35
+    c.eval.top_p = 0.9
+    c.eval.greedy = True
+    c.eval.max_new_tokens = 1024
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    c.mesh.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+
+    c.lock()
+    c.task.options.unlock()
+    return c
+
+
+_CHOICES = {
+    "algo": ALGORITHMS,
+    "ppo.kl_estimator": ("k1", "k2", "k3"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+def _flatten(d, prefix=""):
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict) and key != "options":
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> ml_collections.ConfigDict:
+    """Check keys, types and combinations; raise ConfigError naming the first bad key."""
+    defaults = dict(_flatten(base_config()))
+    given = dict(_flatten(cfg))
+    for name in given:
+        if name not in defaults:
+            raise ConfigError(f"config key {name!r} is unknown (not in vinejax.config.base_config)")
+    for name, default in defaults.items():
+        if name not in given:
+            raise ConfigError(f"config key {name!r} is missing")
+        value = given[name]
+        if isinstance(default, bool) != isinstance(value, bool):
+            raise ConfigError(f"config key {name!r} must be a bool, got {value!r}")
+        if isinstance(default, float) and not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {name!r} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+            raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+    for name, choices in _CHOICES.items():
+        if given[name] not in choices:
+            raise ConfigError(f"config key {name!r} is {given[name]!r}; choose one of {', '.join(choices)}")
+
+    def need(ok: bool, key: str, why: str):
+        if not ok:
+            raise ConfigError(f"config key {key!r}: {why} (got {given[key]!r})")
+
+    need(cfg.vineppo.num_rollouts >= 1, "vineppo.num_rollouts", "K must be >= 1")
+    need(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
+    need(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+    need(cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
+    need(cfg.ppo.epochs >= 1, "ppo.epochs", "must be >= 1")
+    need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    need(0 <= cfg.optim.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)")
+    need(cfg.train.iterations >= 0, "train.iterations", "must be >= 0")
+    episodes = cfg.sampling.problems_per_iteration * cfg.sampling.samples_per_problem
+    need(episodes % cfg.ppo.episodes_per_step == 0, "ppo.episodes_per_step",
+         f"must divide the {episodes} episodes of an iteration")
+    need(cfg.ppo.episodes_per_step % cfg.ppo.micro_batch == 0, "ppo.micro_batch",
+         f"must divide ppo.episodes_per_step={cfg.ppo.episodes_per_step}")
+    need(len(cfg.mesh.shape) == 3, "mesh.shape", "must be (data, fsdp, tensor)")
+    if num_devices is not None:
+        shape = list(cfg.mesh.shape)
+        need(shape.count(-1) <= 1, "mesh.shape", "at most one -1")
+        known = math.prod(s for s in shape if s != -1)
+        need(known <= num_devices and num_devices % known == 0, "mesh.shape",
+             f"does not fit the {num_devices} available devices")
+        if -1 in shape:
+            shape[shape.index(-1)] = num_devices // known
+        data = shape[0] * shape[1]
+        need(cfg.ppo.micro_batch % data == 0, "ppo.micro_batch",
+             f"must be divisible by the data-parallel size {data} (mesh data x fsdp)")
+        need(cfg.sampling.batch_size % data == 0, "sampling.batch_size",
+             f"must be divisible by the data-parallel size {data}")
+    if cfg.algo != "sft":
+        need(cfg.model.hf_path != "" or cfg.model.init_from != "" or cfg.task.name == "arithmetic",
+             "model.init_from", "RL needs a starting policy: an SFT run dir or an HF folder")
+    return cfg
+
+
+def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Plain nested dict (for JSON logs)."""
+    return cfg.to_dict()
