@@ -1,0 +1,109 @@
+"""Token log-probabilities and entropies from logits, aligned with the tokens.
+
+Convention: ``logprobs[b, t] = log p(tokens[b, t] | tokens[b, :t])`` where p is the softmax of
+``logits / temperature``; ``logits[b, t]`` is the model output at column t (predicting t + 1).
+Column 0 has no prediction and is set to 0 (it is always masked). So
+
+    logprobs[:, 1:] = (z[:, :-1] gathered at tokens[:, 1:]) − logsumexp(z[:, :-1]),  z = logits / τ
+    entropy[:, 1:]  = logsumexp(z) − Σ_v softmax(z)_v z_v      (entropy of the predicting row)
+
+``vocab_chunk`` streams the vocabulary in chunks with an online log-sum-exp (running max m,
+s = Σ e^{z−m}, u = Σ e^{z−m} z), so a float32 copy of the full ``[B, T, V]`` logits is never
+formed (useful for 100k vocabularies with bf16 logits); the chunk body is rematerialised in the
+backward pass.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _gather_token_logit(x: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
+    """x: [B, T-1, V] predicting logits, tokens: [B, T-1] targets -> f32[B, T-1] of z at target."""
+    g = jnp.take_along_axis(x, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return g.astype(jnp.float32) / temperature
+
+
+def _full_stats(x: jax.Array, temperature: float, with_entropy: bool):
+    z = x.astype(jnp.float32) / temperature                                 # [B, T-1, V]
+    lse = jax.nn.logsumexp(z, axis=-1)                                       # [B, T-1]
+    if not with_entropy:
+        return lse, None
+    p = jnp.exp(z - lse[..., None])
+    return lse, lse - (p * z).sum(-1)
+
+
+def _chunked_stats(x: jax.Array, temperature: float, chunk: int, with_entropy: bool):
+    V = x.shape[-1]
+    chunk = min(chunk, V)
+    n_chunks = -(-V // chunk)
+    lead = x.shape[:-1]
+
+    @jax.checkpoint
+    def body(carry, i):
+        m, s, u = carry                                                      # [B, T-1] each
+        start = jnp.minimum(i * chunk, V - chunk)       # last chunk is shifted back, not padded
+        xc = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=-1)
+        col = start + jnp.arange(chunk)
+        valid = col >= i * chunk                        # drop columns already seen
+        zf = jnp.where(valid, xc.astype(jnp.float32) / temperature, 0.0)      # [B, T-1, c]
+        zc = jnp.where(valid, zf, -jnp.inf)
+        m_new = jnp.maximum(m, zc.max(-1))
+        scale = jnp.exp(m - m_new)
+        e = jnp.exp(zc - m_new[..., None])
+        s = s * scale + e.sum(-1)
+        if with_entropy:
+            u = u * scale + (e * zf).sum(-1)           # e = 0 off-range; zf finite (no 0·inf)
+        return (m_new, s, u), None
+
+    init = (jnp.full(lead, -jnp.inf, jnp.float32), jnp.zeros(lead, jnp.float32),
+            jnp.zeros(lead, jnp.float32))
+    (m, s, u), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
+    lse = m + jnp.log(s)
+    return lse, (lse - u / s) if with_entropy else None
+
+
+def _aligned(x_tail: jax.Array) -> jax.Array:
+    """[B, T-1] -> [B, T] with a zero column 0."""
+    return jnp.pad(x_tail, ((0, 0), (1, 0)))
+
+
+def token_logprobs_and_entropy(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
+                               vocab_chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Log-probs of ``tokens`` and entropies, both f32[B, T] aligned with tokens (column 0 = 0).
+
+    Args:
+      logits: [B, T, V] any float dtype (model output over ``tokens``).
+      tokens: int32[B, T].
+      temperature: logits are divided by it (paper: the sampling temperature, 0.6).
+      vocab_chunk: if set, stream the vocabulary in chunks of this size.
+    """
+    x = logits[:, :-1]                                                       # [B, T-1, V]
+    if vocab_chunk is None:
+        lse, ent = _full_stats(x, temperature, True)
+    else:
+        lse, ent = _chunked_stats(x, temperature, vocab_chunk, True)
+    lp = _gather_token_logit(x, tokens[:, 1:], temperature) - lse
+    return _aligned(lp), _aligned(ent)
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
+                   vocab_chunk: int | None = None) -> jax.Array:
+    """f32[B, T] log-probs of ``tokens`` under ``softmax(logits / temperature)``, column 0 = 0."""
+    x = logits[:, :-1]
+    if vocab_chunk is None:
+        lse, _ = _full_stats(x, temperature, False)
+    else:
+        lse, _ = _chunked_stats(x, temperature, vocab_chunk, False)
+    return _aligned(_gather_token_logit(x, tokens[:, 1:], temperature) - lse)
+
+
+def entropy_from_logits(logits: jax.Array, temperature: float = 1.0,
+                        vocab_chunk: int | None = None) -> jax.Array:
+    """f32[B, T] entropy of the distribution that predicts token t (column 0 = 0)."""
+    x = logits[:, :-1]
+    if vocab_chunk is None:
+        _, ent = _full_stats(x, temperature, True)
+    else:
+        _, ent = _chunked_stats(x, temperature, vocab_chunk, True)
+    return _aligned(ent)
