@@ -1,0 +1,41 @@
+"""Loader errors name the file and the field; local jsonl files load through data_files."""
+import json
+
+import pytest
+
+from vinejax.tasks import gsm8k, math as math_task
+from vinejax.tasks.data import DataError
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError, match="nope.jsonl"):
+        gsm8k.load_split("test", data_files={"test": str(missing)})
+
+
+def test_missing_field_is_named(tmp_path):
+    path = _write(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a\n#### 1"}, {"question": "q2"}])
+    with pytest.raises(DataError, match=r"bad.jsonl:2.*'answer'"):
+        gsm8k.load_split("test", data_files={"test": path})
+    path = _write(tmp_path / "bad_math.jsonl", [{"problem": "p", "answer": "1"}])
+    with pytest.raises(DataError, match=r"bad_math.jsonl:1.*'solution'"):
+        math_task.load_split("test", data_files={"test": path})
+
+
+def test_local_files_become_problems(tmp_path):
+    path = _write(tmp_path / "g.jsonl", [{"question": "What is 2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}])
+    (problem,) = gsm8k.load_split("test", data_files={"test": path})
+    assert (problem.problem, problem.answer, problem.solution) == ("What is 2+3?", "5", "2+3=5\n#### 5")
+    path = _write(tmp_path / "m.jsonl", [{"problem": "1+1?", "solution": "It is $\\boxed{2}$."}])
+    (problem,) = math_task.load_split("test", data_files={"test": path})
+    assert problem.answer == "2"
+
+
+def test_unknown_split_rejected():
+    with pytest.raises(ValueError, match="split"):
+        gsm8k.load_split("dev", data_files={"dev": "x"})

@@ -1,0 +1,70 @@
+"""Reading problem records: local jsonl files, a local directory laid out like ``shared/data``,
+or the Hugging Face Hub through ``datasets``; and the paper's seeded train/validation split."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """A data file is missing or a record lacks a needed field."""
+
+
+def read_jsonl(path: str | os.PathLike, required_fields: Sequence[str]) -> list[dict]:
+    """Read one JSON object per line; raise ``DataError`` naming the file, line and missing field."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({error})") from None
+            check_fields(record, required_fields, f"{path}:{line_number}")
+            records.append(record)
+    return records
+
+
+def check_fields(record: dict, required_fields: Iterable[str], where: str) -> None:
+    """Raise ``DataError`` if ``record`` lacks one of ``required_fields`` (``where`` names the source)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: record is not a JSON object")
+    for field in required_fields:
+        if field not in record or record[field] is None:
+            raise DataError(f"{where}: record has no field {field!r} (fields: {sorted(record)})")
+
+
+def load_hub(name: str, config: str | None, split: str, required_fields: Sequence[str]) -> list[dict]:
+    """Load a split of a Hub dataset through ``datasets.load_dataset`` and check its fields."""
+    import datasets  # imported lazily: only the hub path needs it
+
+    dataset = datasets.load_dataset(name, config, split=split)
+    records = [dict(row) for row in dataset]
+    for index, record in enumerate(records):
+        check_fields(record, required_fields, f"hub dataset {name}[{config}]/{split} row {index}")
+    return records
+
+
+def seeded_split(records: Sequence[dict], num_validation: int, seed: int) -> tuple[list, list]:
+    """Shuffle ``records`` with ``seed`` and return (train, validation) with ``num_validation`` held out."""
+    if not 0 <= num_validation <= len(records):
+        raise ValueError(f"cannot hold out {num_validation} of {len(records)} records")
+    order = np.random.default_rng(seed).permutation(len(records))
+    validation = [records[i] for i in order[:num_validation]]
+    train = [records[i] for i in order[num_validation:]]
+    return train, validation
+
+
+def check_split(split: str) -> None:
+    """Raise ``ValueError`` for a split name other than train/validation/test."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")

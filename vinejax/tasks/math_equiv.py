@@ -1,0 +1,151 @@
+"""Equivalence of two MATH answers: fast string/number/structure checks first, sympy last.
+
+``equivalence(predicted, gold)`` returns True or False when the fast paths decide, otherwise
+the list of (predicted, gold) LaTeX pairs that must *all* be symbolically equal (checked by
+``vinejax.tasks.symbolic`` in sandboxed worker processes). Nothing here evaluates the text.
+"""
+from __future__ import annotations
+
+import math as _math
+import re
+from typing import Union
+
+from vinejax.tasks.math_answer import normalize
+
+Verdict = Union[bool, list]
+TOLERANCE = 1e-3
+_MATRIX = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
+_SCI = re.compile(r"^(-?\d+(?:\.\d+)?)(?:\\times|\\cdot|\*)10\^\{?(-?\d{1,3})\}?$")
+_FRAC = re.compile(r"^(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
+_PLAIN = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d{1,3})?$")
+_IDENTIFIER = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?$|^\\[a-zA-Z]+$")
+
+
+def parse_number(text: str) -> float | None:
+    """The value of a plain numeric answer (int, decimal, 1.5e3, 1.5\\times10^{3}, \\frac{a}{b}), else None."""
+    if len(text) > 60:
+        return None
+    text = text.strip("{}") if text.startswith("{") and text.endswith("}") else text
+    try:
+        if _PLAIN.match(text):
+            value = float(text)
+        elif (match := _SCI.match(text)):
+            value = float(match.group(1)) * 10.0 ** int(match.group(2))
+        elif (match := _FRAC.match(text)):
+            sign = -1.0 if match.group(1) else 1.0
+            value = sign * float(match.group(2)) / float(match.group(3))
+        else:
+            return None
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return value if _math.isfinite(value) else None
+
+
+def numbers_close(first: float, second: float, tolerance: float = TOLERANCE) -> bool:
+    """Equal within ``tolerance`` absolutely (or 1e-9 relatively, for very large values)."""
+    difference = abs(first - second)
+    return difference <= tolerance or difference <= 1e-9 * max(abs(first), abs(second))
+
+
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """Split at ``separator`` characters that are not inside (), [], {}."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        if char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _bracketed(text: str) -> tuple[str, str, str] | None:
+    """(open, inner, close) when ``text`` is one bracketed group like (a,b] or \\{a,b\\}."""
+    text = text.replace("\\{", "{").replace("\\}", "}")
+    if len(text) >= 2 and text[0] in "([{" and text[-1] in ")]}":
+        depth = 0
+        for index, char in enumerate(text):
+            depth += char in "([{"
+            depth -= char in ")]}"
+            if depth == 0 and index < len(text) - 1:
+                return None  # e.g. "(1)(2)": not one group
+        return text[0], text[1:-1], text[-1]
+    return None
+
+
+def _combine(verdicts: list) -> Verdict:
+    pending = []
+    for verdict in verdicts:
+        if verdict is False:
+            return False
+        if verdict is not True:
+            pending.extend(verdict)
+    return pending or True
+
+
+def _elementwise(first: list[str], second: list[str], percent: bool) -> Verdict:
+    if len(first) != len(second):
+        return False
+    return _combine([_compare(a, b, percent) for a, b in zip(first, second)])
+
+
+def _matrix_cells(text: str) -> list[list[str]] | None:
+    match = _MATRIX.match(text)
+    if not match:
+        return None
+    rows = [row for row in match.group(2).split("\\\\") if row.strip()]
+    return [row.split("&") for row in rows]
+
+
+def _compare(a: str, b: str, percent: bool) -> Verdict:
+    if a == b:
+        return True
+    if not a or not b:
+        return False
+    value_a, value_b = parse_number(a), parse_number(b)
+    if value_a is not None and value_b is not None:
+        candidates = (value_a, value_a / 100, value_a * 100) if percent else (value_a,)
+        return any(numbers_close(c, value_b) for c in candidates)
+    cells_a, cells_b = _matrix_cells(a), _matrix_cells(b)
+    if cells_a is not None or cells_b is not None:
+        if cells_a is None or cells_b is None or len(cells_a) != len(cells_b):
+            return False
+        return _combine([_elementwise(r, s, percent) for r, s in zip(cells_a, cells_b)])
+    group_a, group_b = _bracketed(a), _bracketed(b)
+    if group_a and group_b and ("," in group_a[1] or "," in group_b[1]):
+        if (group_a[0], group_a[2]) != (group_b[0], group_b[2]):
+            return False  # (1,2) vs [1,2]: different intervals
+        return _elementwise(split_top_level(group_a[1]), split_top_level(group_b[1]), percent)
+    list_a, list_b = split_top_level(a), split_top_level(b)
+    if len(list_a) > 1 or len(list_b) > 1:
+        return _elementwise(list_a, list_b, percent)
+    if a.count("=") == 1 or b.count("=") == 1:
+        return _compare_equations(a, b, percent)
+    if any(s.replace(" ", "").isalpha() and len(s) > 2 for s in (a, b)):
+        return False  # words such as "Monday" or "odd": string equality only
+    return [(a, b)]
+
+
+def _compare_equations(a: str, b: str, percent: bool) -> Verdict:
+    """``x = v`` against ``v`` (compare right-hand sides) or ``x = v`` against ``x = w``."""
+    sides_a, sides_b = a.split("="), b.split("=")
+    if len(sides_a) == 2 and len(sides_b) == 2:
+        if sides_a[0] != sides_b[0]:
+            return [(a, b)] if len(a) + len(b) < 200 else False
+        return _compare(sides_a[1], sides_b[1], percent)
+    if len(sides_a) == 2 and _IDENTIFIER.match(sides_a[0]) and len(sides_b) == 1:
+        return _compare(sides_a[1], b, percent)
+    if len(sides_b) == 2 and _IDENTIFIER.match(sides_b[0]) and len(sides_a) == 1:
+        return _compare(a, sides_b[1], percent)
+    return False
+
+
+def equivalence(predicted: str, gold: str) -> Verdict:
+    """True/False when decided by fast paths; else the pairs needing a symbolic check."""
+    percent = "%" in predicted or "%" in gold
+    return _compare(normalize(predicted), normalize(gold), percent)

@@ -1,0 +1,221 @@
+"""Sandboxed symbolic equivalence of two LaTeX answers, bounded in time.
+
+The model's answer is untrusted text. It is never evaluated as Python: both sides are parsed
+by sympy's ANTLR LaTeX grammar (``sympy.parsing.latex.parse_latex``), which builds sympy
+objects from a parse tree. Even so, symbolic work can explode (``9^{9^{9^{9}}}``), so it runs
+in separate worker processes (fresh interpreters; memory-capped with ``RLIMIT_AS``) and every check has a
+wall-clock timeout; a worker that overruns is killed and replaced, and the check counts as
+"not equal". Inputs that are too long or too deeply nested are refused before any work.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from multiprocessing.connection import wait
+from typing import Sequence
+
+MAX_CHARS = 300
+MAX_BRACE_DEPTH = 12
+DEFAULT_TIMEOUT = 2.0
+STARTUP_TIMEOUT = 120.0
+MEMORY_LIMIT_BYTES = 2 << 30
+
+
+def admissible(latex: str) -> bool:
+    """True when ``latex`` is small and shallow enough to attempt symbolic work on."""
+    if not latex or len(latex) > MAX_CHARS:
+        return False
+    depth = 0
+    for char in latex:
+        depth += char == "{"
+        depth -= char == "}"
+        if depth > MAX_BRACE_DEPTH:
+            return False
+    # a power tower or a huge literal exponent is refused outright (the timeout is the backstop)
+    if re.search(r"\^\s*\{?\s*-?\d{4,}", latex) or re.search(r"\^\s*\{[^{}]*\^", latex):
+        return False
+    return True
+
+
+def _latex_to_sympy(latex: str):
+    """Parse LaTeX with sympy's ANTLR grammar (no Python evaluation); ``\\pi`` becomes sympy.pi."""
+    import sympy
+    from sympy.parsing.latex import parse_latex
+
+    expression = parse_latex(latex)
+    pi_symbols = [s for s in expression.free_symbols if s.name == "pi"]
+    return expression.subs({s: sympy.pi for s in pi_symbols}) if pi_symbols else expression
+
+
+def symbolic_equal(first: str, second: str, tolerance: float = 1e-3) -> bool:
+    """In-process check (call it inside a worker): simplify(a - b) == 0 or numerically equal."""
+    import sympy
+
+    if not (admissible(first) and admissible(second)):
+        return False
+    try:
+        a, b = _latex_to_sympy(first), _latex_to_sympy(second)
+    except Exception:
+        return False
+    if isinstance(a, sympy.Equality) or isinstance(b, sympy.Equality):
+        return bool(a == b)
+    try:
+        if a == b or sympy.simplify(a - b) == 0:
+            return True
+    except Exception:
+        pass
+    try:
+        value_a, value_b = complex(sympy.N(a)), complex(sympy.N(b))
+        return abs(value_a - value_b) <= tolerance
+    except Exception:
+        return False
+
+
+def serve() -> None:
+    """Worker loop: one JSON ``[a, b]`` per stdin line -> one ``1``/``0`` line on stdout."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    except (ImportError, ValueError, OSError):
+        pass
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the reply channel
+    import sympy  # noqa: F401  (warm the imports before announcing readiness)
+
+    try:
+        _latex_to_sympy("x+1")
+    except Exception:
+        pass
+    replies.write("ready\n")
+    replies.flush()
+    for line in sys.stdin:
+        try:
+            first, second = json.loads(line)
+            result = symbolic_equal(str(first), str(second))
+        except BaseException:  # MemoryError, RecursionError, bad input: unequal, keep serving
+            result = False
+        replies.write("1\n" if result else "0\n")
+        replies.flush()
+
+
+class _Worker:
+    """One ``python -c serve()`` subprocess (independent of the caller's ``__main__``)."""
+
+    def __init__(self):
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from vinejax.tasks.symbolic import serve; serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, text=True, bufsize=1)
+        self.reader = self.process.stdout
+
+    def wait_ready(self) -> None:
+        if not wait([self.reader], timeout=STARTUP_TIMEOUT) or self.reader.readline().strip() != "ready":
+            self.kill()
+            raise RuntimeError("symbolic worker failed to start")
+
+    def send(self, pair: tuple[str, str]) -> None:
+        self.process.stdin.write(json.dumps(list(pair)) + "\n")
+        self.process.stdin.flush()
+
+    def receive(self) -> bool:
+        line = self.reader.readline()
+        if not line:
+            raise EOFError("symbolic worker died")
+        return line.strip() == "1"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class SymbolicPool:
+    """A few persistent worker processes answering ``symbolic_equal`` with a per-check timeout."""
+
+    def __init__(self, num_workers: int = 1, timeout: float = DEFAULT_TIMEOUT):
+        self.num_workers = max(1, int(num_workers))
+        self.timeout = timeout
+        self._workers: list[_Worker] = []
+
+    def _ensure_workers(self, count: int) -> None:
+        new = [_Worker() for _ in range(min(count, self.num_workers) - len(self._workers))]
+        for worker in new:  # start all first, then wait: startups overlap
+            worker.wait_ready()
+        self._workers.extend(new)
+
+    def check_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """``symbolic_equal`` for each pair, in parallel over the workers; timeouts give False."""
+        results = [False] * len(pairs)
+        jobs = [i for i, (a, b) in enumerate(pairs) if admissible(a) and admissible(b)]
+        if not jobs:
+            return results
+        self._ensure_workers(len(jobs))
+        idle = list(range(len(self._workers)))
+        busy: dict[int, tuple[int, float]] = {}  # worker slot -> (job index, deadline)
+        queue = list(reversed(jobs))
+        while queue or busy:
+            while queue and idle:
+                slot, job = idle.pop(), queue.pop()
+                self._workers[slot].send(pairs[job])
+                busy[slot] = (job, time.monotonic() + self.timeout)
+            nearest = min(deadline for _, deadline in busy.values())
+            ready = wait([self._workers[s].reader for s in busy],
+                         timeout=max(0.0, nearest - time.monotonic()))
+            now = time.monotonic()
+            for slot in list(busy):
+                worker = self._workers[slot]
+                job, deadline = busy[slot]
+                if worker.reader in ready:
+                    try:
+                        results[job] = worker.receive()
+                    except (EOFError, OSError):  # the worker died (e.g. memory cap)
+                        self._replace(slot)
+                elif now >= deadline:
+                    self._replace(slot)
+                else:
+                    continue
+                del busy[slot]
+                idle.append(slot)
+        return results
+
+    def _replace(self, slot: int) -> None:
+        self._workers[slot].kill()
+        self._workers[slot] = _Worker()
+        self._workers[slot].wait_ready()
+
+    def close(self) -> None:
+        """Stop all worker processes."""
+        for worker in self._workers:
+            worker.kill()
+        self._workers = []
+
+
+_POOLS: dict[int, SymbolicPool] = {}
+
+
+def get_pool(num_workers: int = 1) -> SymbolicPool:
+    """A shared pool with ``num_workers`` workers (created lazily, closed at exit)."""
+    num_workers = max(1, int(num_workers))
+    if num_workers not in _POOLS:
+        _POOLS[num_workers] = SymbolicPool(num_workers)
+    return _POOLS[num_workers]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
