@@ -105,7 +105,7 @@ def test_grad_matches_finite_difference_and_clipped_tokens_have_no_grad():
                            make_batch(d))
         lp = jnp.asarray(d["logprobs"], jnp.float64)
         lp = jnp.where(b64.response_mask, b64.old_logprobs + 0.5 * jnp.sin(jnp.arange(8.0)), lp)
-        f = lambda x: _loss_fn(cfg)(x, b64)[0]                         # noqa: E731
+        f = jax.jit(lambda x: _loss_fn(cfg)(x, b64)[0])
         g = np.asarray(jax.grad(f)(lp))
         assert np.all(np.isfinite(g))
         assert np.all(g[~d["response_mask"]] == 0)
@@ -150,9 +150,10 @@ def test_microbatch_accumulation_is_exact():
     batch = make_batch(d)
     lp = jnp.asarray(d["logprobs"])
     cfg = L.PolicyLossConfig(kl_coef=0.3)
-    f = _loss_fn(cfg)
+    f = jax.jit(_loss_fn(cfg))
+    gf = jax.jit(jax.grad(lambda *a: f(*a)[0]))
     full, m_full = f(lp, batch)
-    g_full = jax.grad(lambda x: f(x, batch)[0])(lp)
+    g_full = gf(lp, batch)
     n_tok, n_seq = batch.num_tokens(), batch.num_sequences()
     micro = batch.microbatches(2)
     lps = lp.reshape(2, 4, 16)
@@ -160,7 +161,7 @@ def test_microbatch_accumulation_is_exact():
     for i in range(2):
         mb = jax.tree.map(lambda x: x[i], micro)
         li, mi = f(lps[i], mb, n_tok, n_seq)
-        grads.append(jax.grad(lambda x: f(x, mb, n_tok, n_seq)[0])(lps[i]))
+        grads.append(gf(lps[i], mb, n_tok, n_seq))
         tot += li
         agg = mi if agg is None else L.add_metrics(agg, mi)
     np.testing.assert_allclose(tot, full, rtol=1e-6)
