@@ -87,7 +87,8 @@ def steps_to_tokens(step_values: jax.Array, step_starts: jax.Array, num_steps: j
     increasing). Tokens outside ``response_mask`` (prompt, padding) and any response token before
     step 0 get 0.
 
-    Args: step_values f32[B, S], step_starts int32[B, S], num_steps int32[B], response_mask bool[B, T].
+    Args: step_values f32[B, S], step_starts int32[B, S], num_steps int32[B],
+      response_mask bool[B, T].
     Returns: f32[B, T].
     """
     B, S = step_values.shape

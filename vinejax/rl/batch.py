@@ -14,18 +14,31 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class RolloutBatch:
-    """One optimizer batch (or micro-batch) of episodes. Optional fields may be None."""
+    """One optimizer batch (or micro-batch) of episodes. Optional fields may be None.
 
-    tokens: jax.Array          # int32[B, T] prompt then response, contiguous from column 0, right-padded
-    response_mask: jax.Array   # bool[B, T] response tokens (incl. EOS when finished); false on prompt/padding
-    old_logprobs: jax.Array    # f32[B, T] log-probs under the sampling policy (logits / temperature)
-    ref_logprobs: jax.Array    # f32[B, T] log-probs under the frozen reference (SFT) policy
-    advantages: jax.Array      # f32[B, T] token advantages (whitened or not), 0 off the mask
-    rewards: jax.Array         # f32[B] episode reward R (0/1)
-    step_starts: Optional[jax.Array] = None  # int32[B, S] column where step i begins; slots >= num_steps are padding
-    num_steps: Optional[jax.Array] = None    # int32[B] number of steps L (0 for an empty response)
-    returns: Optional[jax.Array] = None      # f32[B, T] critic targets (PPO baseline)
-    old_values: Optional[jax.Array] = None   # f32[B, T] critic values at sampling time (PPO baseline)
+    tokens:        int32[B, T] prompt then response, contiguous from column 0, right-padded.
+    response_mask: bool[B, T] response tokens (incl. EOS when finished); false on prompt/padding.
+    old_logprobs:  f32[B, T] log-probs under the sampling policy (logits / temperature).
+    ref_logprobs:  f32[B, T] log-probs under the frozen reference (SFT) policy.
+    advantages:    f32[B, T] token advantages (whitened or not), 0 off the mask.
+    rewards:       f32[B] episode reward R (0/1).
+    step_starts:   int32[B, S] column where step i begins; slots >= num_steps are padding.
+    num_steps:     int32[B] number of steps L (0 for an empty response).
+    returns:       f32[B, T] critic targets (PPO baseline).
+    old_values:    f32[B, T] critic values at sampling time (PPO baseline), aligned like
+                   log-probs: entry t is V of the prefix tokens[:, :t].
+    """
+
+    tokens: jax.Array
+    response_mask: jax.Array
+    old_logprobs: jax.Array
+    ref_logprobs: jax.Array
+    advantages: jax.Array
+    rewards: jax.Array
+    step_starts: Optional[jax.Array] = None
+    num_steps: Optional[jax.Array] = None
+    returns: Optional[jax.Array] = None
+    old_values: Optional[jax.Array] = None
 
     @property
     def batch_size(self) -> int:
@@ -40,7 +53,7 @@ class RolloutBatch:
         return self.response_mask.any(axis=1).sum()
 
     def microbatches(self, n: int) -> "RolloutBatch":
-        """Reshape every leaf ``[B, ...] -> [n, B // n, ...]`` (for a ``lax.scan`` over micro-batches)."""
+        """Reshape every leaf ``[B, ...] -> [n, B // n, ...]`` (to scan over micro-batches)."""
         if self.batch_size % n:
             raise ValueError(f"batch {self.batch_size} not divisible into {n} micro-batches")
         return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), self)

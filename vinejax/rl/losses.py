@@ -160,7 +160,8 @@ def vineppo_policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = Poli
     """VinePPO actor loss ``Σ ℓ_pg / N_tok + β Σ_b Σ_t kl_bt / N_seq − c_H Σ H / N_tok``.
 
     Args:
-      logprobs: f32[B, T] current-policy log-probs of ``batch.tokens`` (aligned, temperature-scaled).
+      logprobs: f32[B, T] current-policy log-probs of ``batch.tokens`` (aligned, with
+        temperature).
       batch: a ``RolloutBatch`` (uses response_mask, old_logprobs, ref_logprobs, advantages).
       entropy: optional f32[B, T] token entropies (logged; bonus if ``cfg.entropy_coef``).
       num_tokens, num_sequences: denominators. Default: this batch's own counts. For
