@@ -89,3 +89,39 @@ def test_train_step_from_logits_padding_invariant():
     np.testing.assert_allclose(g2[:6, :12], g, rtol=1e-5, atol=1e-7)
     assert np.all(np.asarray(g2)[6:] == 0) and np.all(np.asarray(g2)[:, 12:] == 0)
     assert np.isfinite(float(loss)) and 0 <= float(m["pg_clipfrac"]) <= 1
+
+
+def test_ppo_baseline_targets_and_value_loss():
+    d = random_rollouts(8, B=6, T=14)
+    m = d["response_mask"]
+    pen = rl.kl_reward_penalty(d["logprobs"], d["ref_logprobs"], m, beta=0.1)
+    adv, ret = jax.jit(rl.ppo_gae_targets)(d["token_values"], d["rewards"], m, kl_penalties=pen)
+    pen = np.asarray(pen)
+    for b in range(6):          # γ = λ = 1: return_t = R − Σ_{t' ≥ t} penalty_t'
+        idx = np.flatnonzero(m[b])
+        for t in idx:
+            tail = pen[b, idx[idx >= t]].sum()
+            np.testing.assert_allclose(ret[b, t], d["rewards"][b] - tail, atol=1e-5)
+            np.testing.assert_allclose(adv[b, t], ret[b, t] - d["token_values"][b, t], atol=1e-5)
+    # value loss on padded batch equals the unpadded one
+    v = jnp.where(m, jnp.asarray(d["token_values"]) + 0.3, 0.0)
+    s, c, _ = rl.clipped_value_loss(v, d["token_values"], ret, m)
+    padw = ((0, 2), (0, 5))
+    s2, c2, _ = rl.clipped_value_loss(jnp.pad(v, padw, constant_values=9.0),
+                                      jnp.pad(jnp.asarray(d["token_values"]), padw),
+                                      jnp.pad(ret, padw, constant_values=-9.0), jnp.pad(m, padw))
+    np.testing.assert_allclose([s2, c2], [s, c], rtol=1e-6)
+
+
+def test_pad_batch_and_microbatches_shapes():
+    d = random_rollouts(9, B=4, T=10, S=5)
+    b = rl.RolloutBatch(tokens=d["tokens"], response_mask=d["response_mask"],
+                        old_logprobs=d["old_logprobs"], ref_logprobs=d["ref_logprobs"],
+                        advantages=d["token_values"], rewards=d["rewards"],
+                        step_starts=d["step_starts"], num_steps=d["num_steps"])
+    p = rl.pad_batch(b, 6, 12, steps=7)
+    assert p.tokens.shape == (6, 12) and p.step_starts.shape == (6, 7)
+    assert p.num_steps.shape == (6,) and int(p.num_steps[4:].sum()) == 0
+    assert int(p.num_tokens()) == int(b.num_tokens()) and p.returns is None
+    mb = p.microbatches(3)
+    assert mb.tokens.shape == (3, 2, 12) and mb.rewards.shape == (3, 2)

@@ -17,7 +17,7 @@ from vinejax.rl.logprobs import entropy_from_logits, token_logprobs, token_logpr
 from vinejax.rl.losses import (PolicyLossConfig, add_metrics, clipped_value_loss, entropy_sum,
                                kl_loss, kl_penalty, kl_reward_penalty, ppo_clip_loss,
                                reduce_metrics, should_skip, vineppo_policy_loss)
-from vinejax.rl.pipeline import vine_advantages_from_mc, whiten_advantages
+from vinejax.rl.pipeline import ppo_gae_targets, vine_advantages_from_mc, whiten_advantages
 from vinejax.rl.values import (MCValues, estimated_state_mask, mc_value_metrics, mc_values,
                                state_mask)
 

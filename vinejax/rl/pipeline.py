@@ -41,3 +41,19 @@ def whiten_advantages(batch: RolloutBatch, shift_mean: bool = True) -> RolloutBa
     """Batch with token advantages whitened over its response tokens (masked mean, unbiased std)."""
     return batch.replace(advantages=adv_lib.masked_whiten(batch.advantages, batch.response_mask,
                                                           shift_mean=shift_mean))
+
+
+def ppo_gae_targets(values: jax.Array, rewards: jax.Array, response_mask: jax.Array,
+                    gamma: float = 1.0, lam: float = 1.0,
+                    kl_penalties: jax.Array | None = None):
+    """PPO baseline: token rewards (R on the last response token, minus optional per-token
+    ``kl_penalties`` from ``losses.kl_reward_penalty``) -> GAE advantages and critic returns.
+
+    Args: values f32[B, T] critic values aligned like log-probs, rewards f32[B],
+      response_mask bool[B, T], kl_penalties f32[B, T] or None. Paper: γ = λ = 1, no KL penalty.
+    Returns: (advantages f32[B, T], returns f32[B, T]), unwhitened.
+    """
+    token_rewards = adv_lib.last_token_rewards(rewards, response_mask)
+    if kl_penalties is not None:
+        token_rewards = token_rewards - kl_penalties
+    return adv_lib.gae_advantages(values, token_rewards, response_mask, gamma, lam)
