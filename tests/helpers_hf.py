@@ -134,3 +134,16 @@ def torch_logits(model, tokens, attention_mask=None, position_ids=None) -> np.nd
 def random_tokens(batch: int, length: int, seed: int = 0, vocab: int = VOCAB) -> np.ndarray:
     """int32 tokens in [3, vocab) (avoids pad/bos/eos ids 0..2)."""
     return np.random.RandomState(seed).randint(3, vocab, size=(batch, length)).astype(np.int32)
+
+
+_CACHE: dict = {}
+
+
+def cached_tiny(variant: str = "llama_gqa", seed: int = 0) -> pathlib.Path:
+    """`save_tiny` once per process (under a temp dir) and reuse the folder; do not modify it."""
+    import tempfile
+
+    key = (variant, seed)
+    if key not in _CACHE:
+        _CACHE[key] = save_tiny(tempfile.mkdtemp(prefix="vinejax_tiny_"), variant, seed=seed)
+    return _CACHE[key]

@@ -121,7 +121,7 @@ def _value_head(folder: pathlib.Path, cfg: ModelConfig, dtype) -> dict:
     if file.is_file():
         reader = _Reader({"value_head.w": file, "value_head.b": file})
         w = reader.get("value_head.w", (cfg.hidden_size,))
-        b = reader.get("value_head.b", ())
+        b = reader.get("value_head.b", (1,)).reshape(())  # stored as [1]
     else:
         w = np.random.RandomState(0).normal(size=(cfg.hidden_size,)) / math.sqrt(cfg.hidden_size + 1)
         b = np.zeros(())
@@ -270,7 +270,10 @@ def save_hf_model(
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
     if value_head:
         save_file(
-            {f"value_head.{k}": np.ascontiguousarray(v.astype(out_dtype)) for k, v in value_head.items()},
+            {
+                "value_head.w": np.ascontiguousarray(value_head["w"].astype(out_dtype)),
+                "value_head.b": value_head["b"].astype(out_dtype).reshape(1),
+            },
             str(folder / VALUE_HEAD_FILE),
             metadata=metadata,
         )
