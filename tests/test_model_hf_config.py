@@ -1,0 +1,72 @@
+"""HF config.json dicts <-> ModelConfig (both transformers-5 and older layouts)."""
+import warnings
+
+import pytest
+
+from vinejax.model import ModelConfig, config_from_hf, config_to_hf
+
+BASE = dict(
+    model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=128,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+    max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+)
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+
+
+def test_new_and_old_rope_layouts_agree():
+    new = config_from_hf({**BASE, "rope_parameters": {"rope_theta": 5e5, **LLAMA3}, "dtype": "bfloat16"})
+    old = config_from_hf({**BASE, "rope_theta": 5e5, "rope_scaling": {**LLAMA3}, "torch_dtype": "bfloat16"})
+    assert new == old
+    assert new.rope_theta == 5e5 and new.rope_scaling_dict == LLAMA3
+    assert new.param_dtype == new.dtype == "bfloat16"
+    assert new.head_dim == 16  # absent -> hidden / heads
+    legacy = config_from_hf({**BASE, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert legacy.rope_scaling_dict == {"rope_type": "linear", "factor": 2.0}
+    plain = config_from_hf({**BASE, "rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}})
+    assert plain.rope_scaling is None and plain.param_dtype == "float32"
+
+
+def test_dtype_overrides_and_config_overrides():
+    cfg = config_from_hf({**BASE, "dtype": "bfloat16"}, dtype="float32", remat=True)
+    assert (cfg.dtype, cfg.param_dtype, cfg.remat) == ("float32", "bfloat16", True)
+
+
+def test_qwen2_biases_and_tying():
+    cfg = config_from_hf({**BASE, "model_type": "qwen2", "tie_word_embeddings": True,
+                          "sliding_window": 4096, "use_sliding_window": False})
+    assert cfg.attention_bias and cfg.tie_word_embeddings and cfg.max_position_embeddings == 256
+
+
+def test_mistral_sliding_window_warns_and_clamps():
+    with pytest.warns(UserWarning, match="sliding_window=32"):
+        cfg = config_from_hf({**BASE, "model_type": "mistral", "sliding_window": 32})
+    assert cfg.max_position_embeddings == 32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = config_from_hf({**BASE, "model_type": "mistral", "sliding_window": 4096})
+        assert cfg.max_position_embeddings == 256
+
+
+def test_unsupported_inputs_raise():
+    with pytest.raises(ValueError, match=r"'gpt2'.*llama, mistral, qwen2"):
+        config_from_hf({**BASE, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match="hidden_act"):
+        config_from_hf({**BASE, "hidden_act": "gelu"})
+    with pytest.raises(ValueError, match="rope_type"):
+        config_from_hf({**BASE, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+def test_list_eos_is_hashable():
+    cfg = config_from_hf({**BASE, "eos_token_id": [2, 7]})
+    assert cfg.eos_token_id == (2, 7)
+    hash(cfg)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_roundtrip(model_type):
+    cfg = config_from_hf({**BASE, "model_type": model_type, "rope_parameters": {"rope_theta": 5e5, **LLAMA3}})
+    hf = config_to_hf(cfg)
+    assert hf["architectures"][0].lower().startswith(model_type)
+    assert config_from_hf(hf) == cfg
+    assert isinstance(cfg, ModelConfig)
