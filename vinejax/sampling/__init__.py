@@ -1,0 +1,19 @@
+"""Batched generation with a KV cache and VinePPO Monte-Carlo continuations from cached prefixes."""
+from vinejax.sampling.core import (  # noqa: F401
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_NONE,
+    FINISH_REASONS,
+    FINISH_STOP,
+    SamplingConfig,
+    bucket,
+    filter_logits,
+    sample_tokens,
+)
+from vinejax.sampling.generate import GenerationOutput, assemble_rows, generate, row_keys  # noqa: F401
+from vinejax.sampling.mc import (  # noqa: F401
+    ContinuationOutput,
+    TrajectoryCache,
+    continue_from_prefixes,
+    trajectory_cache,
+)
