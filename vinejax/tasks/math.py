@@ -30,14 +30,33 @@ def _verdict(response: str, answer: str):
     return equivalence(predicted, answer)
 
 
+_SYMBOLIC_CACHE: dict[tuple[str, str], bool] = {}
+_CACHE_LIMIT = 200_000
+
+
+def _symbolic_results(pairs: list, num_workers: int, timeout: float) -> dict:
+    """Symbolic verdicts for ``pairs``, cached (MC rollouts repeat the same answers a lot)."""
+    missing = [p for p in pairs if p not in _SYMBOLIC_CACHE]
+    if missing:
+        pool = symbolic.get_pool(num_workers)
+        pool.timeout = timeout
+        if len(_SYMBOLIC_CACHE) + len(missing) > _CACHE_LIMIT:
+            _SYMBOLIC_CACHE.clear()
+        _SYMBOLIC_CACHE.update(zip(missing, pool.check_many(missing)))
+    return {p: _SYMBOLIC_CACHE[p] for p in pairs}
+
+
+def clear_cache() -> None:
+    """Forget cached symbolic verdicts (benchmarks use it to measure cold grading)."""
+    _SYMBOLIC_CACHE.clear()
+
+
 def grade(response: str, answer: str, timeout: float = symbolic.DEFAULT_TIMEOUT) -> float:
     """1.0 when the final answer of ``response`` is equivalent to ``answer``, else 0.0."""
     verdict = _verdict(response, answer)
     if isinstance(verdict, bool):
         return float(verdict)
-    pool = symbolic.get_pool(1)
-    pool.timeout = timeout
-    return float(all(pool.check_many(verdict)))
+    return float(all(_symbolic_results(verdict, 1, timeout).values()))
 
 
 def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: int | None = None,
@@ -47,11 +66,7 @@ def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: i
         raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
     verdicts = [_verdict(r, a) for r, a in zip(responses, answers)]
     pending = sorted({pair for v in verdicts if not isinstance(v, bool) for pair in v})
-    decided = {}
-    if pending:
-        pool = symbolic.get_pool(num_workers or os.cpu_count() or 1)
-        pool.timeout = timeout
-        decided = dict(zip(pending, pool.check_many(pending)))
+    decided = _symbolic_results(pending, num_workers or os.cpu_count() or 1, timeout) if pending else {}
     rewards = [v if isinstance(v, bool) else all(decided[p] for p in v) for v in verdicts]
     return np.asarray(rewards, dtype=np.float32)
 

@@ -128,7 +128,14 @@ def _compare(a: str, b: str, percent: bool) -> Verdict:
         return _compare_equations(a, b, percent)
     if any(s.replace(" ", "").isalpha() and len(s) > 2 for s in (a, b)):
         return False  # words such as "Monday" or "odd": string equality only
+    if free_letters(a) != free_letters(b):
+        return False  # e.g. "8n^2+4n+1" vs "144": different variables cannot be identically equal
     return [(a, b)]
+
+
+def free_letters(latex: str) -> set[str]:
+    """Single letters used as variables: letters outside ``\\commands`` (``\\pi``, ``\\sqrt`` ...)."""
+    return set(re.findall(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", " ", latex)))
 
 
 def _compare_equations(a: str, b: str, percent: bool) -> Verdict:
