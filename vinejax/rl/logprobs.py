@@ -19,14 +19,14 @@ import jax.numpy as jnp
 
 
 def _gather_token_logit(x: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
-    """x: [B, T-1, V] predicting logits, tokens: [B, T-1] targets -> f32[B, T-1] of z at target."""
+    """x: [B, T, V] logits, tokens: [B, T] targets -> f32[B, T] of z = x / τ at the target."""
     g = jnp.take_along_axis(x, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return g.astype(jnp.float32) / temperature
 
 
 def _full_stats(x: jax.Array, temperature: float, with_entropy: bool):
-    z = x.astype(jnp.float32) / temperature                                 # [B, T-1, V]
-    lse = jax.nn.logsumexp(z, axis=-1)                                       # [B, T-1]
+    z = x.astype(jnp.float32) / temperature                                 # [B, T, V]
+    lse = jax.nn.logsumexp(z, axis=-1)                                       # [B, T]
     if not with_entropy:
         return lse, None
     p = jnp.exp(z - lse[..., None])
@@ -41,12 +41,12 @@ def _chunked_stats(x: jax.Array, temperature: float, chunk: int, with_entropy: b
 
     @jax.checkpoint
     def body(carry, i):
-        m, s, u = carry                                                      # [B, T-1] each
+        m, s, u = carry                                                      # [B, T] each
         start = jnp.minimum(i * chunk, V - chunk)       # last chunk is shifted back, not padded
         xc = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=-1)
         col = start + jnp.arange(chunk)
         valid = col >= i * chunk                        # drop columns already seen
-        zf = jnp.where(valid, xc.astype(jnp.float32) / temperature, 0.0)      # [B, T-1, c]
+        zf = jnp.where(valid, xc.astype(jnp.float32) / temperature, 0.0)      # [B, T, c]
         zc = jnp.where(valid, zf, -jnp.inf)
         m_new = jnp.maximum(m, zc.max(-1))
         scale = jnp.exp(m - m_new)
@@ -63,9 +63,24 @@ def _chunked_stats(x: jax.Array, temperature: float, chunk: int, with_entropy: b
     return lse, (lse - u / s) if with_entropy else None
 
 
-def _aligned(x_tail: jax.Array) -> jax.Array:
-    """[B, T-1] -> [B, T] with a zero column 0."""
-    return jnp.pad(x_tail, ((0, 0), (1, 0)))
+def _aligned(x: jax.Array) -> jax.Array:
+    """Per-column stats of the predicting rows [B, T] -> aligned [B, T]: shift right, column 0 = 0.
+
+    Stats are computed on all T rows of the logits (the last row's value is dropped) so that the
+    ``[B, T, V]`` logits are never sliced (a slice would copy them).
+    """
+    return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
+
+
+def _next_tokens(tokens: jax.Array) -> jax.Array:
+    """int32[B, T]: target of row t is tokens[:, t + 1] (last column: dummy 0, dropped later)."""
+    return jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+
+
+def _stats(logits, temperature, vocab_chunk, with_entropy):
+    if vocab_chunk is None:
+        return _full_stats(logits, temperature, with_entropy)
+    return _chunked_stats(logits, temperature, vocab_chunk, with_entropy)
 
 
 def token_logprobs_and_entropy(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
@@ -78,32 +93,19 @@ def token_logprobs_and_entropy(logits: jax.Array, tokens: jax.Array, temperature
       temperature: logits are divided by it (paper: the sampling temperature, 0.6).
       vocab_chunk: if set, stream the vocabulary in chunks of this size.
     """
-    x = logits[:, :-1]                                                       # [B, T-1, V]
-    if vocab_chunk is None:
-        lse, ent = _full_stats(x, temperature, True)
-    else:
-        lse, ent = _chunked_stats(x, temperature, vocab_chunk, True)
-    lp = _gather_token_logit(x, tokens[:, 1:], temperature) - lse
+    lse, ent = _stats(logits, temperature, vocab_chunk, True)                # [B, T] each
+    lp = _gather_token_logit(logits, _next_tokens(tokens), temperature) - lse
     return _aligned(lp), _aligned(ent)
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.0,
                    vocab_chunk: int | None = None) -> jax.Array:
     """f32[B, T] log-probs of ``tokens`` under ``softmax(logits / temperature)``, column 0 = 0."""
-    x = logits[:, :-1]
-    if vocab_chunk is None:
-        lse, _ = _full_stats(x, temperature, False)
-    else:
-        lse, _ = _chunked_stats(x, temperature, vocab_chunk, False)
-    return _aligned(_gather_token_logit(x, tokens[:, 1:], temperature) - lse)
+    lse, _ = _stats(logits, temperature, vocab_chunk, False)
+    return _aligned(_gather_token_logit(logits, _next_tokens(tokens), temperature) - lse)
 
 
 def entropy_from_logits(logits: jax.Array, temperature: float = 1.0,
                         vocab_chunk: int | None = None) -> jax.Array:
     """f32[B, T] entropy of the distribution that predicts token t (column 0 = 0)."""
-    x = logits[:, :-1]
-    if vocab_chunk is None:
-        _, ent = _full_stats(x, temperature, True)
-    else:
-        _, ent = _chunked_stats(x, temperature, vocab_chunk, True)
-    return _aligned(ent)
+    return _aligned(_stats(logits, temperature, vocab_chunk, True)[1])
