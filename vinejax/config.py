@@ -200,3 +200,41 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """Plain nested dict (for JSON logs)."""
     return cfg.to_dict()
+
+
+# The paper's models (VINEPPO.md §6) and per-task settings (§1, §2, §5).
+PAPER_MODELS = {
+    "rho1b": dict(max_seq_len=2048, sft_lr=1e-5, mesh=(1, -1, 1)),
+    "deepseek7b": dict(max_seq_len=2499, sft_lr=5e-5, mesh=(1, -1, 1)),
+}
+
+
+def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
+    """A paper run: `model` in PAPER_MODELS, `task` gsm8k|math, `algo` vineppo|ppo|sft.
+
+    The HF folder is given on the command line: `--config.model.hf_path=/path/to/model` (an SFT
+    checkpoint for RL, the base model for SFT) and `--config.task.data_dir=../shared/data`.
+    """
+    c = base_config()
+    m = PAPER_MODELS[model]
+    c.algo = algo
+    c.output_dir = f"runs/{task}_{model}_{algo}"
+    c.task.name = task
+    c.task.train_split, c.task.eval_split = "train", "validation"
+    c.task.num_eval_problems = 0
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = True
+    c.mesh.shape = m["mesh"]
+    c.sampling.max_new_tokens = 1024
+    c.sft.max_seq_len = m["max_seq_len"]
+    c.sft.epochs = 3
+    c.ppo.micro_batch = 8
+    c.train.iterations = 650 if task == "gsm8k" else 1000
+    c.train.eval_every = 10
+    c.train.checkpoint_every = 10
+    c.vineppo.max_estimated_states = 25 if task == "gsm8k" else -1
+    if algo == "sft":
+        c.optim.lr = m["sft_lr"]
+        c.sft.batch_size = 64
+    return c

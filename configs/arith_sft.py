@@ -1,0 +1,38 @@
+"""SFT of a tiny Llama from scratch on the synthetic arithmetic task (noisy demonstrations).
+
+The first stage of `make run`; its exported policy (runs/arith_sft/hf) is where
+configs/arith_vineppo.py and configs/arith_ppo.py start.
+"""
+from vinejax.config import base_config
+
+
+def arithmetic_task(c):
+    """Task settings shared by every arithmetic config."""
+    c.task.name = "arithmetic"
+    c.task.options.num_operations = 4
+    c.task.options.slip_rate = 0.25
+    c.task.options.seed = 0
+    c.task.num_eval_problems = 500
+    c.task.max_prompt_tokens = 64
+    c.sampling.max_new_tokens = 80
+    c.eval.max_new_tokens = 80
+    c.model.max_position_embeddings = 192
+    return c
+
+
+def get_config():
+    c = arithmetic_task(base_config())
+    c.algo = "sft"
+    c.output_dir = "runs/arith_sft"
+    c.sft.epochs = 3
+    c.sft.batch_size = 64
+    c.sft.max_seq_len = 192
+    c.ppo.micro_batch = 64
+    c.optim.lr = 3e-3
+    c.optim.warmup_frac = 0.05
+    c.optim.weight_decay = 0.0
+    c.train.checkpoint_every = 200
+    c.train.eval_every = 1
+    c.eval.samples_per_problem = 4
+    c.sampling.batch_size = 256
+    return c

@@ -1,0 +1,32 @@
+"""Host arrays → device micro-batches [M, mb, ...] sharded over the mesh's data axes."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vinejax import sharding
+
+
+def _microbatch_sharding(mesh, ndim: int) -> NamedSharding:
+    """[M, mb, ...]: the micro-batch axis (1) over the data axes, the rest replicated."""
+    spec = sharding.batch_sharding(mesh, ndim - 1).spec
+    return NamedSharding(mesh, P(None, *spec))
+
+
+def to_microbatches(ctx, tree, micro_batch: int):
+    """Reshape every [B, ...] leaf to [B // micro_batch, micro_batch, ...] and place it on the mesh."""
+
+    def put(x):
+        x = np.asarray(x)
+        if x.shape[0] % micro_batch:
+            raise ValueError(f"batch of {x.shape[0]} rows is not divisible by micro_batch={micro_batch}")
+        x = x.reshape((x.shape[0] // micro_batch, micro_batch) + x.shape[1:])
+        return jax.device_put(x, _microbatch_sharding(ctx.mesh, x.ndim))
+
+    return jax.tree.map(put, tree)
+
+
+def to_device_batch(ctx, tree):
+    """Place every [B, ...] leaf with its batch axis over the data axes."""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding.batch_sharding(ctx.mesh, np.ndim(x))), tree)

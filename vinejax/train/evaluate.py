@@ -1,0 +1,27 @@
+"""Held-out evaluation: mean accuracy over n samples at the eval temperature (pass@1), pass@n,
+and greedy accuracy."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from vinejax.train.episodes import grade_episodes, sample_episodes, sampling_config
+
+
+def evaluate(ctx, params, problems, rng: jax.Array) -> dict:
+    """Accuracy metrics of `params` on `problems` (config section `eval`)."""
+    e = ctx.cfg.eval
+    out = {}
+    n = e.samples_per_problem
+    if n > 0:
+        scfg = sampling_config(ctx, e.temperature, e.top_p, e.max_new_tokens)
+        ep = sample_episodes(ctx, params, problems, scfg, n, rng, ctx.cfg.sampling.batch_size, "eval")
+        r = grade_episodes(ctx, ep).reshape(len(problems), n)
+        out["eval/accuracy"] = float(r.mean())
+        out[f"eval/pass@{n}"] = float((r.max(axis=1) > 0).mean())
+        out["eval/length_mean"] = float((ep.total_lens - ep.prompt_lens).mean())
+    if e.greedy:
+        scfg = sampling_config(ctx, 1.0, 1.0, e.max_new_tokens, greedy=True)
+        ep = sample_episodes(ctx, params, problems, scfg, 1, rng, ctx.cfg.sampling.batch_size, "eval greedy")
+        out["eval/greedy_accuracy"] = float(grade_episodes(ctx, ep).mean())
+    return out

@@ -1,0 +1,122 @@
+"""Observability: metrics to JSONL (always) and TensorBoard (when tensorboardX is installed),
+a one-line iteration summary, and progress bars that stay quiet off a terminal."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterable, Optional
+
+import numpy as np
+
+
+def _plain(value):
+    """JSON-able scalar from numpy/jax scalars; non-finite floats become strings."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsWriter:
+    """Appends `{"iteration": i, "time": t, **metrics}` lines to `<dir>/metrics.jsonl`."""
+
+    def __init__(self, directory: str, filename: str = "metrics.jsonl", enabled: bool = True):
+        self.path = os.path.join(directory, filename)
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            os.makedirs(directory, exist_ok=True)
+            try:
+                from tensorboardX import SummaryWriter  # optional
+
+                self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def write(self, iteration: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"iteration": int(iteration), "time": time.time()}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("iteration", "time"):
+                    self._tb.add_scalar(k, v, iteration)
+            self._tb.flush()
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop lines past `iteration` (a resumed run rewrites what the killed run logged later)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        with open(self.path) as f:
+            lines = [l for l in f if l.strip() and json.loads(l).get("iteration", -1) <= iteration]
+        with open(self.path, "w") as f:
+            f.writelines(lines)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All records of a metrics.jsonl file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summary_line(iteration: int, m: dict, keys: Iterable[tuple[str, str]]) -> str:
+    """'it 12 | reward 0.41 | ...' with the (label, key) pairs present in m."""
+    parts = [f"it {iteration}"]
+    for label, key in keys:
+        if key in m:
+            v = _plain(m[key])
+            parts.append(f"{label} {v:.4g}" if isinstance(v, float) else f"{label} {v}")
+    return " | ".join(parts)
+
+
+def progress(iterable=None, total: Optional[int] = None, desc: str = ""):
+    """tqdm progress bar on a terminal, a plain iterable otherwise."""
+    if not sys.stderr.isatty():
+        return iterable if iterable is not None else _NullBar()
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+class Timer:
+    """Accumulates wall-clock seconds per named phase: `with timer("sample"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def as_metrics(self, prefix: str = "time/") -> dict:
+        return {prefix + k: v for k, v in self.seconds.items()}
+
+
+def describe(prefix: str, values: np.ndarray, mask: Optional[np.ndarray] = None) -> dict:
+    """{prefix/mean, /std, /min, /max} over the masked values."""
+    v = np.asarray(values, np.float64)
+    if mask is not None:
+        v = v[np.asarray(mask, bool)]
+    if v.size == 0:
+        return {}
+    return {f"{prefix}/mean": v.mean(), f"{prefix}/std": v.std(), f"{prefix}/min": v.min(), f"{prefix}/max": v.max()}

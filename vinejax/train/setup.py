@@ -1,0 +1,117 @@
+"""What every run needs before its loop: devices and mesh, task, tokenizer, model config + params."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from vinejax import sharding
+from vinejax.model import llama
+from vinejax.model.config import ModelConfig
+from vinejax.tasks import get_task
+
+
+@dataclasses.dataclass
+class RunContext:
+    """The fixed pieces of a run (nothing here changes during training)."""
+
+    cfg: Any
+    mesh: Mesh
+    task: Any
+    tokenizer: Any
+    model_cfg: ModelConfig
+    param_shardings: Any
+
+    def mesh_context(self):
+        """Context under which jitted model code sees the mesh and the logical-axis rules."""
+        return _MeshContext(self.mesh)
+
+    def put_params(self, params):
+        return jax.device_put(params, self.param_shardings)
+
+
+class _MeshContext:
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self._stack = []
+
+    def __enter__(self):
+        for ctx in (jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES)):
+            ctx.__enter__()
+            self._stack.append(ctx)
+        return self
+
+    def __exit__(self, *exc):
+        while self._stack:
+            self._stack.pop().__exit__(*exc)
+
+
+def hf_folder_of_run(run_dir: str) -> str:
+    """Where a run exports its policy as an HF folder."""
+    return os.path.join(run_dir, "hf")
+
+
+def _task(cfg):
+    options = dict(cfg.task.options)
+    if cfg.task.data_dir:
+        options["data_dir"] = cfg.task.data_dir
+    return get_task(cfg.task.name, **options)
+
+
+def _tokenizer(cfg, task):
+    from transformers import AutoTokenizer
+
+    for path in (cfg.model.tokenizer_path, cfg.model.hf_path,
+                 hf_folder_of_run(cfg.model.init_from) if cfg.model.init_from else ""):
+        if path:
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"tokenizer folder not found: {path}")
+            return AutoTokenizer.from_pretrained(path)
+    if task.name == "arithmetic":
+        from vinejax.tasks.arithmetic import ALPHABET
+        from vinejax.tasks.char_tokenizer import build_char_tokenizer
+
+        return build_char_tokenizer(ALPHABET)
+    raise ValueError(f"task {cfg.task.name!r} has no tokenizer of its own: set model.hf_path or model.tokenizer_path")
+
+
+def _random_model_config(cfg, tokenizer) -> ModelConfig:
+    m = cfg.model
+    return ModelConfig(
+        vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+        head_dim=m.hidden_size // m.num_heads, max_position_embeddings=m.max_position_embeddings,
+        rms_norm_eps=1e-6, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+    )
+
+
+def build_context(cfg) -> tuple[RunContext, dict, str]:
+    """Mesh, task, tokenizer, model config and initial policy params (sharded).
+
+    Returns (context, params, where the params came from).
+    """
+    from vinejax.model.hf import load_hf_model
+
+    if cfg.mesh.distributed:
+        jax.distributed.initialize()
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
+    task = _task(cfg)
+    tokenizer = _tokenizer(cfg, task)
+    source = cfg.model.hf_path or (hf_folder_of_run(cfg.model.init_from) if cfg.model.init_from else "")
+    overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+    if source:
+        model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
+        model_cfg = model_cfg.replace(remat=cfg.model.remat)
+        origin = source
+    else:
+        model_cfg = _random_model_config(cfg, tokenizer)
+        params = llama.init_params(model_cfg, jax.random.key(cfg.seed))
+        origin = "random init"
+    shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
+    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings)
+    return ctx, ctx.put_params(params), origin

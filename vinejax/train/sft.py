@@ -1,0 +1,109 @@
+"""SFT stage: maximum likelihood on gold solutions (the policy VinePPO starts from)."""
+from __future__ import annotations
+
+import numpy as np
+
+from vinejax.train import encode, update
+from vinejax.train.batching import to_microbatches
+
+
+def sft_examples(ctx, problems) -> tuple[list, list]:
+    """Token rows and target masks of `prompt + solution + EOS`, dropping over-long ones."""
+    rows, masks = [], []
+    for p in problems:
+        toks, mask = encode.encode_sft(ctx.tokenizer, ctx.task.prompt(p.problem), p.solution)
+        if len(toks) <= ctx.cfg.sft.max_seq_len:
+            rows.append(toks)
+            masks.append(mask)
+    if not rows:
+        raise ValueError(f"no SFT example fits sft.max_seq_len={ctx.cfg.sft.max_seq_len}")
+    return rows, masks
+
+
+def sft_total_steps(cfg, num_examples: int) -> int:
+    """Optimizer steps of the whole SFT stage."""
+    per_epoch = max(num_examples // cfg.sft.batch_size, 1)
+    total = per_epoch * cfg.sft.epochs
+    return min(total, cfg.sft.max_steps) if cfg.sft.max_steps > 0 else total
+
+
+def sft_batch(rows, masks, order: np.ndarray, step: int, batch_size: int, pad_id: int):
+    """Step `step`'s batch (indices from the permutation `order`), padded to a bucket length."""
+    n = len(order)
+    idx = order[(step * batch_size + np.arange(batch_size)) % n]
+    length = encode.bucket(max(len(rows[i]) for i in idx))
+    tokens = encode.pad_rows([rows[i] for i in idx], length, pad_id)
+    mask = encode.pad_rows([masks[i] for i in idx], length, False, bool)
+    return tokens, mask
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of one epoch: a permutation seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def sft_train_step(ctx, params, opt_state, optimizer, tokens: np.ndarray, mask: np.ndarray, micro_batch: int):
+    """Shard a [B, T] batch as [M, mb, T] micro-batches and take one `update.sft_step`."""
+
+    tok_mb, mask_mb = to_microbatches(ctx, (tokens, mask), micro_batch)
+    with ctx.mesh_context():
+        return update.sft_step(params, opt_state, tok_mb, mask_mb, model_cfg=ctx.model_cfg, optimizer=optimizer)
+
+
+def run_sft(ctx, params, writer, log) -> dict:
+    """The SFT stage; resumes from its checkpoints and is a no-op once its export exists."""
+    import os
+
+    import jax
+
+    from vinejax.checkpoint import Checkpointer
+    from vinejax.model.hf import save_hf_model
+    from vinejax.train.evaluate import evaluate
+    from vinejax.train.setup import hf_folder_of_run
+
+    cfg = ctx.cfg
+    export = hf_folder_of_run(cfg.output_dir)
+    done_marker = os.path.join(export, "DONE")
+    if os.path.exists(done_marker) and cfg.resume:
+        log(f"SFT already done: policy cached at {export}")
+        return {}
+    problems = ctx.task.load_split(cfg.task.train_split)
+    rows, masks = sft_examples(ctx, problems)
+    total = sft_total_steps(cfg, len(rows))
+    per_epoch = max(len(rows) // cfg.sft.batch_size, 1)
+    optimizer = update.make_optimizer(cfg.optim, total)
+    opt_state = jax.jit(optimizer.init)(params)
+    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.train.keep_checkpoints)
+    step = 0
+    if cfg.resume and ckpt.latest_step() is not None:
+        (params, opt_state), meta = ckpt.restore(ckpt.latest_step(), (params, opt_state))
+        step = meta["step"]
+        writer.truncate_after(step)
+        log(f"resumed SFT at step {step} from {ckpt.directory}")
+    pad = encode.pad_token_id(ctx.tokenizer)
+    log(f"SFT: {len(rows)} examples, {total} steps of {cfg.sft.batch_size}")
+    while step < total:
+        epoch, within = divmod(step, per_epoch)
+        order = epoch_order(cfg.seed, epoch, len(rows))
+        tokens, mask = sft_batch(rows, masks, order, within, cfg.sft.batch_size, pad)
+        params, opt_state, m = sft_train_step(ctx, params, opt_state, optimizer, tokens, mask, cfg.ppo.micro_batch)
+        step += 1
+        if step % 20 == 0 or step == total:
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            writer.write(step, {"sft/" + k: v for k, v in m.items()} | {"sft/epoch": epoch})
+            log(f"sft step {step}/{total} | nll {m['nll']:.4f}")
+        if step % max(cfg.train.checkpoint_every, 1) == 0 or step == total:
+            ckpt.save(step, (params, opt_state), {"step": step})
+    ckpt.close()
+    metrics = {}
+    if cfg.train.eval_every > 0:
+        held_out = ctx.task.load_split(cfg.task.eval_split)
+        if cfg.task.num_eval_problems > 0:
+            held_out = held_out[: cfg.task.num_eval_problems]
+        metrics = evaluate(ctx, params, held_out, jax.random.key(cfg.seed + 1))
+        writer.write(step, metrics)
+        log("SFT eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    save_hf_model(params, ctx.model_cfg, export, tokenizer=ctx.tokenizer)
+    open(done_marker, "w").write("ok\n")
+    log(f"SFT policy exported to {export}")
+    return metrics
