@@ -36,3 +36,20 @@ def test_padded_batch_layout():
     assert mask[0].all() and mask[1, 0] == 1 and mask[2, -1] == 1
     assert (tokens[mask == 0] == 0).all()
     assert all(positions[b][mask[b] > 0].tolist() == list(range(mask[b].sum())) for b in range(4))
+
+
+def test_perturbed_weights_fail(monkeypatch, capsys):
+    """A vinejax side whose weights drift (embeddings shifted by 1e-2) is caught at the default tol."""
+    path = H.cached_tiny("llama_gqa")
+    from vinejax import model as M
+
+    original = M.load_hf_model
+
+    def perturbed(*args, **kwargs):
+        cfg, params = original(*args, **kwargs)
+        params["embed"] = params["embed"] + 1e-2
+        return cfg, params
+
+    monkeypatch.setattr(M, "load_hf_model", perturbed)
+    assert compare_hf.main([str(path), "--length", "8"]) == 1
+    assert "FAIL" in capsys.readouterr().out
