@@ -73,7 +73,7 @@ def test_train_step_from_logits_padding_invariant():
     @jax.jit
     def step(logits, batch):
         def loss_fn(x):
-            lp, ent = rl.token_logprobs_and_entropy(x, batch.tokens, 0.6, vocab_chunk=4)
+            lp, ent = rl.token_logprobs_and_entropy(x, batch.tokens, 0.6)
             return rl.vineppo_policy_loss(lp, batch, entropy=ent)
         (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(logits)
         return loss, rl.reduce_metrics(m), g
