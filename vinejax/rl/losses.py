@@ -100,7 +100,8 @@ def kl_loss(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array, kind:
     """KL loss: per-sequence sum of per-token KL, mean over sequences with ≥ 1 valid token.
 
     Returns ``(Σ_b Σ_t kl_bt, #sequences, metrics)``; metrics ``kl`` (per sequence) and
-    ``kl_token`` (per token). Shapes [B, T].
+    ``kl_token`` (per token). Shapes [B, T]. The default clamp [0, 10] is the paper's k3
+    setting; pass ``clamp=None`` for k1 (which can be negative).
     """
     kl = kl_penalty(logprobs, ref_logprobs, mask, kind, clamp)               # [B, T]
     n_seq = mask.any(axis=1).sum().astype(jnp.float32)
