@@ -24,10 +24,14 @@ def test_math_steps_by_hand():
             "Hence the final sum is $\\boxed{5}$.")
     steps = math_task.split_steps(text)
     assert "".join(steps) == text
-    # a part shorter than 20 characters not ending with "." merges into the next one
-    assert math_task.split_steps("We have $x = 2.$ Then y is 3.") == ["We have $x = 2.$ Then y is 3."]
+    # a part shorter than 20 characters that does not end a sentence merges into the next one ...
+    assert math_task.split_steps("So we get\nthe value 3.") == ["So we get\nthe value 3."]
+    assert math_task.split_steps("We have $x = 2.$ Then y is 3.") == ["We have $x = 2.$", " Then y is 3."]
+    # ... but not into display math
+    assert math_task.split_steps("Then\n\\[x = 2.\\]") == ["Then", "\n\\[x = 2.\\]"]
     assert [s.strip() for s in steps] == [
-        "We have shown that $x = 2.$", "Then $y = 3$.", "So the answer is\n\\[\nx + y = 5.", "\\]Hence the final sum is $\\boxed{5}$."]
+        "We have shown that $x = 2.$", "Then $y = 3$.", "So the answer is\n\\[", "x + y = 5.",
+        "\\]Hence the final sum is $\\boxed{5}$."]
     # never cut inside inline math, even at a newline or a sentence end
     inline = "Consider the long inline formula $a = 1.\nB = 2$ which we keep whole here."
     assert all("$a" not in s or "2$" in s for s in math_task.split_steps(inline))
@@ -61,10 +65,14 @@ def test_reconstruction_and_counts_on_real_solutions(shared_data):
 @pytest.mark.data
 def test_math_steps_close_to_vineppo_gold_steps(shared_data):
     records = _jsonl(shared_data / "vineppo_splits" / "math_test.jsonl")
-    exact = sum([s.strip() for s in math_task.split_steps(r["solution"])] ==
-                [s.strip() for s in r["gold_solution_steps"]] for r in records)
-    # measured 152/500 with the rules of VINEPPO.md section 3; guard against regressions
-    assert exact >= 150
+    def squash(steps):
+        return [" ".join(step.split()) for step in steps]  # VinePPO's steps drop/merge whitespace
+
+    exact = sum(squash(math_task.split_steps(r["solution"])) == squash(r["gold_solution_steps"]) for r in records)
+    # measured 313/500 (whitespace-normalised, step for step); guard against regressions
+    assert exact >= 300
+    same_count = sum(len(math_task.split_steps(r["solution"])) == len(r["gold_solution_steps"]) for r in records)
+    assert same_count >= 350
 
 
 def test_step_token_starts_by_hand():
