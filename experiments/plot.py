@@ -1,0 +1,59 @@
+"""Turn a run's metrics.jsonl into PNG curves: accuracy and reward vs iteration, gradient steps
+and wall-clock. `python experiments/plot.py runs/arith_vineppo [runs/arith_ppo ...] --out plot.png`."""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = (
+    ("iteration", "eval/accuracy", "held-out accuracy (sampled)"),
+    ("iteration", "eval/greedy_accuracy", "held-out accuracy (greedy)"),
+    ("iteration", "rewards/mean", "training reward"),
+    ("train/gradient_steps", "eval/accuracy", "accuracy vs gradient steps"),
+    ("time/elapsed", "eval/accuracy", "accuracy vs wall-clock (s)"),
+    ("iteration", "kl", "KL to reference"),
+)
+
+
+def load(run_dir: str) -> list:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no metrics file at {path}")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(run_dirs, out: str) -> str:
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for run_dir in run_dirs:
+        records = load(run_dir)
+        label = os.path.basename(os.path.normpath(run_dir))
+        for ax, (x_key, y_key, title) in zip(axes.flat, PANELS):
+            pts = [(r[x_key], r[y_key]) for r in records if x_key in r and isinstance(r.get(y_key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=3, label=label)
+            ax.set_title(title)
+            ax.set_xlabel(x_key)
+            ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", nargs="+", help="run output directories")
+    parser.add_argument("--out", default=None, help="PNG path (default: <first run>/curves.png)")
+    args = parser.parse_args()
+    out = args.out or os.path.join(args.runs[0], "curves.png")
+    print(plot(args.runs, out))
+
+
+if __name__ == "__main__":
+    main()
