@@ -10,7 +10,7 @@ from vinejax.sampling.core import (  # noqa: F401
     filter_logits,
     sample_tokens,
 )
-from vinejax.sampling.generate import GenerationOutput, assemble_rows, generate, row_keys  # noqa: F401
+from vinejax.sampling.generation import GenerationOutput, assemble_rows, generate, row_keys  # noqa: F401
 from vinejax.sampling.mc import (  # noqa: F401
     ContinuationOutput,
     TrajectoryCache,

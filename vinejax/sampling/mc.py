@@ -22,7 +22,7 @@ from flax import linen as nn
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.sampling.core import SamplingConfig, bucket, constrain_cache, data_parallel_size, decode, lm_logits
-from vinejax.sampling.generate import row_keys
+from vinejax.sampling.generation import row_keys
 
 
 class TrajectoryCache(NamedTuple):

@@ -1,0 +1,264 @@
+"""Tests of vinejax.sampling: HF greedy parity, sampling distribution, log-probs, stopping,
+MC continuations from the trajectory cache, mesh execution and compile counts."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import helpers_hf
+from vinejax import sharding
+from vinejax.model import llama
+from vinejax.model.config import ModelConfig
+from vinejax.sampling import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_NONE,
+    FINISH_REASONS,
+    FINISH_STOP,
+    SamplingConfig,
+    assemble_rows,
+    continue_from_prefixes,
+    generate,
+)
+from vinejax.sampling import generation as gen_mod
+
+CFG = ModelConfig(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return llama.init_params(CFG, jax.random.key(0), std=0.4)
+
+
+def _prompts(b=3, p=7, seed=0, lens=(7, 4, 2)):
+    rs = np.random.RandomState(seed)
+    toks = rs.randint(3, CFG.vocab_size, (b, p)).astype(np.int32)
+    lens = np.asarray(lens, np.int32)
+    toks[np.arange(p)[None] >= lens[:, None]] = 0
+    return toks, lens
+
+
+# ----------------------------------------------------------------------------- HF parity
+
+
+@pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_tied"])
+def test_greedy_matches_transformers(tmp_path, variant):
+    import torch
+
+    from vinejax.model.hf import load_hf_model
+
+    path = helpers_hf.save_tiny(tmp_path, variant)
+    hf = helpers_hf.load_torch(path)
+    cfg, params = load_hf_model(path)
+    toks, lens = _prompts(lens=(7, 4, 2))
+    toks = np.where(toks > 0, toks % helpers_hf.VOCAB, 0).clip(3)
+    toks[np.arange(7)[None] >= lens[:, None]] = 0
+    scfg = SamplingConfig(max_new_tokens=12, greedy=True, temperature=0.0)
+    out = generate(params, cfg, toks, lens, jax.random.key(0), scfg)
+    for b in range(3):  # HF row by row (no padding): the reference
+        ids = torch.tensor(toks[b : b + 1, : lens[b]], dtype=torch.long)
+        with torch.no_grad():
+            ref = hf.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+        np.testing.assert_array_equal(np.asarray(out.tokens[b]), ref[0, lens[b] :].numpy())
+    np.testing.assert_array_equal(out.lengths, 12)
+    np.testing.assert_array_equal(out.finish_reason, FINISH_LENGTH)
+
+
+# ----------------------------------------------------------------------------- distribution
+
+
+def _reference_dist(logits, t, top_k, top_p):
+    """numpy softmax(logits / t) after top-k then top-p filtering (independent re-implementation)."""
+    z = logits.astype(np.float64) / t
+    order = np.argsort(-z)
+    keep = np.zeros_like(z, bool)
+    keep[order[:top_k] if top_k else order] = True
+    p = np.where(keep, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    cum = 0.0
+    kept = np.zeros_like(keep)
+    for i in order:
+        if not keep[i] or cum >= top_p:
+            break
+        kept[i] = True
+        cum += p[i]
+    p = np.where(kept, p, 0.0)
+    return p / p.sum()
+
+
+def _chi2(counts, p):
+    n = counts.sum()
+    support = p > 0
+    assert counts[~support].sum() == 0, "sampled a filtered-out token"
+    e = n * p[support]
+    stat = ((counts[support] - e) ** 2 / e).sum()
+    df = support.sum() - 1
+    return stat, df
+
+
+@pytest.mark.parametrize("t,top_k,top_p", [(0.7, 0, 1.0), (1.3, 12, 1.0), (1.0, 0, 0.8), (0.8, 20, 0.9)])
+def test_first_token_distribution(params, t, top_k, top_p):
+    toks, lens = _prompts(b=1, p=5, lens=(5,))
+    scfg = SamplingConfig(max_new_tokens=1, temperature=t, top_k=top_k, top_p=top_p)
+    n = 8192
+    out = generate(params, CFG, toks, lens, jax.random.key(1), scfg, num_samples=n)
+    counts = np.bincount(np.asarray(out.tokens[:, 0]), minlength=CFG.vocab_size)
+    logits = np.asarray(llama.forward(params, CFG, jnp.asarray(toks))[0][0, lens[0] - 1])
+    stat, df = _chi2(counts, _reference_dist(logits, t, top_k, top_p))
+    bound = df + 6 * np.sqrt(2 * df)  # ~6 sigma of the chi-square null
+    assert stat < bound, (stat, df)
+    # The same bound rejects a wrong temperature.
+    p_wrong = _reference_dist(logits, t * 1.5, top_k, top_p)
+    wrong = ((counts - n * p_wrong) ** 2 / np.maximum(n * p_wrong, 1e-9))[p_wrong > 0].sum()
+    assert wrong > bound, (wrong, bound)
+
+
+def test_filter_rejects_unfiltered(params):
+    """With top-k the unfiltered distribution is rejected (filtered-out tokens never appear)."""
+    toks, lens = _prompts(b=1, p=5, lens=(5,))
+    out = generate(params, CFG, toks, lens, jax.random.key(2), SamplingConfig(max_new_tokens=1, top_k=5), num_samples=2048)
+    assert len(np.unique(np.asarray(out.tokens))) <= 5
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def test_logprobs_match_separate_forward(params):
+    toks, lens = _prompts(b=4, p=7, lens=(7, 5, 3, 1))
+    scfg = SamplingConfig(max_new_tokens=10, temperature=0.7, top_p=0.9, eos_ids=(5,))
+    out = generate(params, CFG, toks, lens, jax.random.key(3), scfg)
+    rows, lp, plen, tlen = assemble_rows(toks, lens, out)
+    logits = llama.forward(params, CFG, rows)[0]
+    ref = jax.nn.log_softmax(logits / 0.7, axis=-1)
+    ref = np.asarray(jnp.take_along_axis(ref[:, :-1], rows[:, 1:, None], axis=-1)[..., 0])
+    col = np.arange(rows.shape[1] - 1)[None] + 1
+    resp = (col >= np.asarray(plen)[:, None]) & (col < np.asarray(tlen)[:, None])
+    np.testing.assert_allclose(np.asarray(lp)[:, 1:][resp], ref[resp], atol=2e-5)
+    assert np.all(np.asarray(lp)[:, 1:][~resp] == 0)
+    # rows: prompt then response contiguous, then padding
+    for b in range(4):
+        np.testing.assert_array_equal(rows[b, : lens[b]], toks[b, : lens[b]])
+        np.testing.assert_array_equal(rows[b, lens[b] : tlen[b]], out.tokens[b, : out.lengths[b]])
+        assert np.all(np.asarray(rows[b, tlen[b] :]) == 0)
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def test_eos_stop_sequences_and_length(params):
+    toks, lens = _prompts(b=4, p=7, lens=(7, 4, 2, 6))
+    base = SamplingConfig(max_new_tokens=12, greedy=True)
+    free = np.asarray(generate(params, CFG, toks, lens, jax.random.key(0), base).tokens)
+    eos = (int(free[0, 3]),)
+    stop = ((int(free[1, 4]), int(free[1, 5])),)
+    scfg = base.replace(eos_ids=eos, stop_sequences=stop)
+    out = generate(params, CFG, toks, lens, jax.random.key(0), scfg, max_new=np.array([12, 12, 12, 2]))
+    budget = [12, 12, 12, 2]
+    for b in range(4):  # reference: scan the unstopped greedy output
+        exp_len, exp_fin = budget[b], FINISH_LENGTH
+        for i in range(budget[b]):
+            if free[b, i] in eos:
+                exp_len, exp_fin = i + 1, FINISH_EOS
+                break
+            if i >= 1 and (free[b, i - 1], free[b, i]) == stop[0]:
+                exp_len, exp_fin = i + 1, FINISH_STOP
+                break
+        assert int(out.lengths[b]) == exp_len and int(out.finish_reason[b]) == exp_fin, (b, FINISH_REASONS[int(out.finish_reason[b])])
+        np.testing.assert_array_equal(out.tokens[b, :exp_len], free[b, :exp_len])
+        assert np.all(np.asarray(out.tokens[b, exp_len:]) == 0)
+        assert np.all(np.asarray(out.logprobs[b, exp_len:]) == 0)
+    assert int(out.finish_reason[0]) == FINISH_EOS and int(out.lengths[0]) <= 4
+    assert int(out.finish_reason[1]) in (FINISH_EOS, FINISH_STOP) and int(out.lengths[1]) <= 6
+    assert int(out.finish_reason[3]) == FINISH_LENGTH and FINISH_REASONS[FINISH_LENGTH] == "length"
+
+
+# ----------------------------------------------------------------------------- MC continuations
+
+
+def _trajectories(params, n_new=10):
+    toks, lens = _prompts(b=4, p=7, lens=(7, 4, 7, 2))
+    toks[2] = toks[0]  # rows 0 and 2 share the prompt: their state 0 is deduplicated
+    scfg = SamplingConfig(max_new_tokens=n_new, temperature=1.0, eos_ids=(7,))
+    out = generate(params, CFG, toks, lens, jax.random.key(4), scfg)
+    rows, _, plen, tlen = assemble_rows(toks, lens, out)
+    plen, tlen = np.asarray(plen), np.asarray(tlen)
+    frac = np.array([0.0, 0.3, 0.6, 1.0])
+    pos = (plen[:, None] + np.round(frac[None] * (tlen - plen)[:, None])).astype(np.int32)
+    return np.asarray(rows), tlen, pos
+
+
+def test_continuations_greedy_equal_generate_from_prefix(params):
+    rows, tlen, pos = _trajectories(params)
+    mask = np.ones(pos.shape, bool)
+    mask[3, 2] = False
+    scfg = SamplingConfig(max_new_tokens=8, greedy=True, eos_ids=(7,))
+    budgets = np.full(pos.shape, 8)
+    budgets[1] = 3
+    out = continue_from_prefixes(
+        params, CFG, rows, tlen, pos, jax.random.key(5), scfg, 2, state_mask=mask, budgets=budgets, max_rows_per_chunk=8
+    )
+    assert out.tokens.shape == (4, 4, 2, 8) and out.lengths.shape == (4, 4, 2)
+    assert out.stats["unique_states"] < mask.sum()  # the shared prompt was expanded once
+    for b in range(4):
+        for s in range(4):
+            if not mask[b, s]:
+                assert np.all(out.lengths[b, s] == 0) and np.all(out.finish_reason[b, s] == FINISH_NONE)
+                continue
+            p = pos[b, s]
+            ref = generate(params, CFG, rows[b : b + 1, :p], [p], jax.random.key(0), scfg, max_new=[budgets[b, s]])
+            for k in range(2):
+                n = int(ref.lengths[0])
+                assert out.lengths[b, s, k] == n and out.finish_reason[b, s, k] == int(ref.finish_reason[0])
+                np.testing.assert_array_equal(out.tokens[b, s, k], np.asarray(ref.tokens[0]))
+                np.testing.assert_allclose(out.logprobs[b, s, k], np.asarray(ref.logprobs[0]), atol=2e-5)
+
+
+def test_continuations_sampled_differ_and_reproducible(params):
+    rows, tlen, pos = _trajectories(params)
+    scfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    a = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=8)
+    b = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=64)
+    c = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(7), scfg, 4, max_rows_per_chunk=8)
+    np.testing.assert_array_equal(a.tokens, b.tokens)  # independent of chunking
+    np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(a.tokens, c.tokens)
+    for s in range(4):  # the K continuations of one state differ
+        assert len({tuple(x) for x in a.tokens[1, s]}) > 1
+    np.testing.assert_array_equal(a.tokens[0, 0], a.tokens[2, 0])  # identical prefixes share samples
+    # live-row statistics are consistent
+    assert a.stats["live_steps"] == int(a.lengths[np.asarray(pos) > 0].sum()) or a.stats["live_steps"] > 0
+    assert 0 < a.stats["live_fraction"] <= 1
+
+
+# ----------------------------------------------------------------------------- mesh and compiles
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 4)])
+def test_mesh_matches_single_device(params, shape):
+    toks, lens = _prompts(b=3, p=7, lens=(7, 4, 2))
+    scfg = SamplingConfig(max_new_tokens=8, greedy=True)
+    ref = generate(params, CFG, toks, lens, jax.random.key(0), scfg)
+    rows, tlen, pos = _trajectories(params)
+    mc_ref = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(1), scfg, 2)
+    mesh = sharding.make_mesh(shape)
+    shard = sharding.tree_shardings(llama.param_logical_axes(CFG), llama.param_shapes(CFG), mesh)
+    sparams = jax.device_put(params, shard)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        out = generate(sparams, CFG, toks, lens, jax.random.key(0), scfg)
+        mc = continue_from_prefixes(sparams, CFG, rows, tlen, pos, jax.random.key(1), scfg, 2)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.lengths, ref.lengths)
+    np.testing.assert_array_equal(mc.tokens, mc_ref.tokens)
+
+
+def test_one_compile_per_bucket(params):
+    scfg = SamplingConfig(max_new_tokens=4, temperature=0.9, top_k=7)
+    before = gen_mod._generate_jit._cache_size()
+    t1, l1 = _prompts(b=5, p=10, lens=(10, 3, 5, 9, 1))
+    t2, l2 = _prompts(b=7, p=12, lens=(12, 3, 5, 9, 1, 2, 11))
+    generate(params, CFG, t1, l1, jax.random.key(0), scfg)
+    generate(params, CFG, t2, l2, jax.random.key(1), scfg)
+    assert gen_mod._generate_jit._cache_size() - before == 1
