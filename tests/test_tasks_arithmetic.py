@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 from transformers import AutoTokenizer
 
 from vinejax.tasks import KNOWN_TASKS, arithmetic, get_task
@@ -104,7 +105,7 @@ def test_registry():
     assert math.stop_strings == ("\n\n\nProblem:",)
     assert get_task("gsm8k", prompt_template="Q: {problem}\nA:").prompt("x") == "Q: x\nA:"
     task = get_task("arithmetic", num_operations=3)
-    problems = task.load_split("validation", {"num_problems": 5})
+    problems = task.load_split("validation", ConfigDict({"num_problems": 5}))
     assert len(problems) == 5 and all(p.solution.count("\n") == 3 for p in problems)
     assert len(task.prompt(problems[0].problem)) < 20
     rewards = task.grade_batch([p.solution for p in problems], [p.answer for p in problems])

@@ -51,7 +51,7 @@ class Task:
         """
         merged = dict(self.options)
         if cfg is not None:
-            merged.update(dict(cfg))
+            merged.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
         return self.loader(split, **merged)
 
 

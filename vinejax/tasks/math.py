@@ -61,12 +61,14 @@ def grade(response: str, answer: str, timeout: float = symbolic.DEFAULT_TIMEOUT)
 
 def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: int | None = None,
                 timeout: float = symbolic.DEFAULT_TIMEOUT) -> np.ndarray:
-    """Grade many pairs: fast paths in-process, undecided pairs on ``num_workers`` sympy workers."""
+    """Grade many pairs: fast paths in-process, undecided pairs on ``num_workers`` sympy workers
+    (default: min(8, cpu count)). Not thread-safe: call it from one thread."""
     if len(responses) != len(answers):
         raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
     verdicts = [_verdict(r, a) for r, a in zip(responses, answers)]
     pending = sorted({pair for v in verdicts if not isinstance(v, bool) for pair in v})
-    decided = _symbolic_results(pending, num_workers or os.cpu_count() or 1, timeout) if pending else {}
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    decided = _symbolic_results(pending, workers, timeout) if pending else {}
     rewards = [v if isinstance(v, bool) else all(decided[p] for p in v) for v in verdicts]
     return np.asarray(rewards, dtype=np.float32)
 

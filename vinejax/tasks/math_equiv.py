@@ -14,6 +14,7 @@ from vinejax.tasks.math_answer import normalize
 
 Verdict = Union[bool, list]
 TOLERANCE = 1e-3
+MAX_NESTING = 8  # tuples of tuples deeper than this are graded incorrect (bounded recursion)
 _MATRIX = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
 _SCI = re.compile(r"^(-?\d+(?:\.\d+)?)(?:\\times|\\cdot|\*)10\^\{?(-?\d{1,3})\}?$")
 _FRAC = re.compile(r"^(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
@@ -88,10 +89,10 @@ def _combine(verdicts: list) -> Verdict:
     return pending or True
 
 
-def _elementwise(first: list[str], second: list[str], percent: bool) -> Verdict:
+def _elementwise(first: list[str], second: list[str], percent: bool, depth: int) -> Verdict:
     if len(first) != len(second):
         return False
-    return _combine([_compare(a, b, percent) for a, b in zip(first, second)])
+    return _combine([_compare(a, b, percent, depth + 1) for a, b in zip(first, second)])
 
 
 def _matrix_cells(text: str) -> list[list[str]] | None:
@@ -102,10 +103,10 @@ def _matrix_cells(text: str) -> list[list[str]] | None:
     return [row.split("&") for row in rows]
 
 
-def _compare(a: str, b: str, percent: bool) -> Verdict:
+def _compare(a: str, b: str, percent: bool, depth: int = 0) -> Verdict:
     if a == b:
         return True
-    if not a or not b:
+    if not a or not b or depth > MAX_NESTING:
         return False
     value_a, value_b = parse_number(a), parse_number(b)
     if value_a is not None and value_b is not None:
@@ -115,17 +116,17 @@ def _compare(a: str, b: str, percent: bool) -> Verdict:
     if cells_a is not None or cells_b is not None:
         if cells_a is None or cells_b is None or len(cells_a) != len(cells_b):
             return False
-        return _combine([_elementwise(r, s, percent) for r, s in zip(cells_a, cells_b)])
+        return _combine([_elementwise(r, s, percent, depth) for r, s in zip(cells_a, cells_b)])
     group_a, group_b = _bracketed(a), _bracketed(b)
     if group_a and group_b and ("," in group_a[1] or "," in group_b[1]):
         if (group_a[0], group_a[2]) != (group_b[0], group_b[2]):
             return False  # (1,2) vs [1,2]: different intervals
-        return _elementwise(split_top_level(group_a[1]), split_top_level(group_b[1]), percent)
+        return _elementwise(split_top_level(group_a[1]), split_top_level(group_b[1]), percent, depth)
     list_a, list_b = split_top_level(a), split_top_level(b)
     if len(list_a) > 1 or len(list_b) > 1:
-        return _elementwise(list_a, list_b, percent)
+        return _elementwise(list_a, list_b, percent, depth)
     if a.count("=") == 1 or b.count("=") == 1:
-        return _compare_equations(a, b, percent)
+        return _compare_equations(a, b, percent, depth)
     if any(s.replace(" ", "").isalpha() and len(s) > 2 for s in (a, b)):
         return False  # words such as "Monday" or "odd": string equality only
     if free_letters(a) != free_letters(b):
@@ -138,17 +139,17 @@ def free_letters(latex: str) -> set[str]:
     return set(re.findall(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", " ", latex)))
 
 
-def _compare_equations(a: str, b: str, percent: bool) -> Verdict:
+def _compare_equations(a: str, b: str, percent: bool, depth: int) -> Verdict:
     """``x = v`` against ``v`` (compare right-hand sides) or ``x = v`` against ``x = w``."""
     sides_a, sides_b = a.split("="), b.split("=")
     if len(sides_a) == 2 and len(sides_b) == 2:
         if sides_a[0] != sides_b[0]:
             return [(a, b)] if len(a) + len(b) < 200 else False
-        return _compare(sides_a[1], sides_b[1], percent)
+        return _compare(sides_a[1], sides_b[1], percent, depth + 1)
     if len(sides_a) == 2 and _IDENTIFIER.match(sides_a[0]) and len(sides_b) == 1:
-        return _compare(sides_a[1], b, percent)
+        return _compare(sides_a[1], b, percent, depth + 1)
     if len(sides_b) == 2 and _IDENTIFIER.match(sides_b[0]) and len(sides_a) == 1:
-        return _compare(a, sides_b[1], percent)
+        return _compare(a, sides_b[1], percent, depth + 1)
     return False
 
 
