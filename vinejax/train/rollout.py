@@ -72,34 +72,30 @@ def mc_rewards(ctx, params, ep: Episodes, step_starts: np.ndarray, num_steps: np
     estimated = np.arange(s)[None] < num_steps[:, None]
     if cap >= 0:
         estimated &= np.arange(s)[None] <= cap
-    rows, cols = np.nonzero(estimated)
-    positions = step_starts[rows, cols]
     max_new = cfg.sampling.max_new_tokens
-    budget = np.maximum(max_new - (positions - ep.prompt_lens[rows]), 1)
+    budgets = np.maximum(max_new - (step_starts - ep.prompt_lens[:, None]), 1)  # [B, S]
     scfg = sampling_config(ctx, cfg.sampling.temperature, cfg.sampling.top_p, max_new, top_k=cfg.sampling.top_k)
     with ctx.mesh_context():
         out = sampling.continue_from_prefixes(
-            params, ctx.model_cfg, ep.tokens, ep.total_lens, rows, positions, rng, scfg,
-            num_samples=k, max_new=budget, dedup=cfg.vineppo.dedup, chunk_rows=cfg.vineppo.chunk_rows)
-    tokens, lengths, finish = (np.asarray(x) for x in (out.tokens, out.lengths, out.finish_reason))
+            params, ctx.model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
+            state_mask=estimated, budgets=budgets, max_rows_per_chunk=cfg.vineppo.chunk_rows)
+    rows, cols = np.nonzero(estimated)
     texts, finished = [], []
     eos = ctx.tokenizer.eos_token_id
-    for n, (r, pos) in enumerate(zip(rows, positions)):
-        prefix = ep.tokens[r, ep.prompt_lens[r] : pos].tolist()
+    for r, c in zip(rows, cols):
+        prefix = ep.tokens[r, ep.prompt_lens[r] : step_starts[r, c]].tolist()
         for j in range(k):
-            cont = tokens[n, j, : lengths[n, j]].tolist()
+            cont = out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()
             if cont and cont[-1] == eos:
                 cont = cont[:-1]
             texts.append(response_text(ctx, prefix + cont))
-            finished.append(finish[n, j] != sampling.FINISH_LENGTH)
+            finished.append(out.finish_reason[r, c, j] != sampling.FINISH_LENGTH)
     answers = [ep.answers[r] for r in rows for _ in range(k)]
     graded = ctx.task.grade_batch(texts, answers, num_workers=cfg.task.grade_workers)
-    graded = np.where(np.asarray(finished), graded, 0.0).reshape(len(rows), k)
     rewards = np.zeros((b, s, k), np.float32)
-    mask = np.zeros((b, s, k), bool)
-    rewards[rows, cols] = graded
-    mask[rows, cols] = True
-    stats = {"mc/continuation_tokens": float(lengths.sum()), "mc/unique_states": float(getattr(out, "num_unique", len(rows)))}
+    rewards[rows, cols] = np.where(np.asarray(finished), graded, 0.0).reshape(len(rows), k)
+    mask = np.repeat(estimated[:, :, None], k, axis=2)
+    stats = {"mc/" + key: float(v) for key, v in out.stats.items()}
     return rewards, mask, stats
 
 

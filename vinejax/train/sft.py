@@ -88,7 +88,7 @@ def run_sft(ctx, params, writer, log) -> dict:
         tokens, mask = sft_batch(rows, masks, order, within, cfg.sft.batch_size, pad)
         params, opt_state, m = sft_train_step(ctx, params, opt_state, optimizer, tokens, mask, cfg.ppo.micro_batch)
         step += 1
-        if step % 20 == 0 or step == total:
+        if step == 1 or step % 20 == 0 or step == total:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             writer.write(step, {"sft/" + k: v for k, v in m.items()} | {"sft/epoch": epoch})
             log(f"sft step {step}/{total} | nll {m['nll']:.4f}")

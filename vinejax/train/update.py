@@ -101,7 +101,7 @@ def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     skip = losses.should_skip(metrics, loss_cfg)
     params, opt_state = _apply(optimizer, params, opt_state, grads, skip)
     out = losses.reduce_metrics(metrics)
-    out["grad_norm"] = optax.global_norm(grads)
+    out["grad_norm"] = optax.tree.norm(grads)
     out["skipped"] = skip.astype(jnp.float32)
     return params, opt_state, out
 
@@ -121,7 +121,7 @@ def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     grads, metrics = _accumulate(loss_fn, params, batch)
     params, opt_state = _apply(optimizer, params, opt_state, grads, jnp.zeros((), bool))
     out = losses.reduce_metrics(metrics)
-    out["vf_grad_norm"] = optax.global_norm(grads)
+    out["vf_grad_norm"] = optax.tree.norm(grads)
     return params, opt_state, out
 
 
@@ -143,5 +143,5 @@ def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, *, mode
     grads, metrics = _accumulate(loss_fn, params, (tokens, loss_mask))
     params, opt_state = _apply(optimizer, params, opt_state, grads, jnp.zeros((), bool))
     out = losses.reduce_metrics(metrics)
-    out["grad_norm"] = optax.global_norm(grads)
+    out["grad_norm"] = optax.tree.norm(grads)
     return params, opt_state, out
