@@ -44,12 +44,16 @@ def test_math500_gold_solutions_grade_correct(shared_data):
 
 
 def _really_equal(first: str, second: str) -> bool:
-    """Independent reference: identical after normalisation, or the same plain number."""
+    """Reference: identical after normalisation, or the same plain number (a percentage also
+    matches its fraction, e.g. 70% and 7/10, as in the paper's grader)."""
     a, b = normalize(first), normalize(second)
     if a == b:
         return True
     value_a, value_b = parse_number(a), parse_number(b)
-    return value_a is not None and value_b is not None and abs(value_a - value_b) < 1e-9
+    if value_a is None or value_b is None:
+        return False
+    scales = (1, 100, 0.01) if "%" in first + second else (1,)
+    return any(abs(value_a * scale - value_b) < 1e-9 for scale in scales)
 
 
 def test_math500_shuffled_pairs_fail_unless_answers_equal(shared_data):
@@ -61,6 +65,17 @@ def test_math500_shuffled_pairs_fail_unless_answers_equal(shared_data):
     expected = [float(_really_equal(p.answer, o)) for p, o in zip(problems, other)]
     assert rewards.tolist() == expected
     assert 0 < sum(expected) < 25
+
+
+@pytest.mark.slow
+def test_math_train_shuffled_pairs_fail_unless_answers_equal(shared_data):
+    records = _jsonl(shared_data / "math" / "train.jsonl")
+    order = list(range(len(records)))
+    random.Random(5).shuffle(order)
+    other = [records[i]["answer"] for i in order]
+    rewards = math_task.grade_batch([r["solution"] for r in records], other, num_workers=2)
+    expected = [float(_really_equal(r["answer"], o)) for r, o in zip(records, other)]
+    assert rewards.tolist() == expected
 
 
 @pytest.mark.slow

@@ -11,7 +11,10 @@ TABLE = [
     ("3/4", "\\frac{3}{4}", True),
     ("0.75", "\\tfrac{3}{4}", True),
     ("\\frac{2}{4}", "\\frac{1}{2}", True),
-    ("\\frac{1}{3}", "0.333", True),
+    ("\\frac{1}{3}", "0.3333", True),
+    ("-\\frac{1}{4027}", "0", False),  # small values compare relatively
+    ("0.000992", "0", False),
+    ("12_7", "12", False),  # a number in base 7
     ("\\frac{1}{3}", "0.3", False),
     ("\\frac{2}{3}", "\\frac{3}{2}", False),
     ("50\\%", "50", True),
@@ -19,6 +22,9 @@ TABLE = [
     ("25\\%", "0.3", False),
     (".5", "\\frac{1}{2}", True),
     ("1.0", "1", True),
+    ("2\\frac{1}{2}", "2.5", True),  # mixed number, not 2 * 1/2
+    ("2\\frac{1}{2}", "1", False),
+    ("3:1", "3", False),  # a ratio is not a number
     ("1.01", "1", False),
     # sqrt / pi
     ("\\sqrt{8}", "2\\sqrt{2}", True),

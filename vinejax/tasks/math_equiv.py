@@ -6,9 +6,9 @@ the list of (predicted, gold) LaTeX pairs that must *all* be symbolically equal 
 """
 from __future__ import annotations
 
-import math as _math
 import re
-from typing import Union
+from fractions import Fraction
+from typing import Sequence, Union
 
 from vinejax.tasks.math_answer import normalize
 
@@ -18,34 +18,52 @@ MAX_NESTING = 8  # tuples of tuples deeper than this are graded incorrect (bound
 _MATRIX = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
 _SCI = re.compile(r"^(-?\d+(?:\.\d+)?)(?:\\times|\\cdot|\*)10\^\{?(-?\d{1,3})\}?$")
 _FRAC = re.compile(r"^(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
+_MIXED = re.compile(r"^(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
 _PLAIN = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d{1,3})?$")
 _IDENTIFIER = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?$|^\\[a-zA-Z]+$")
 
 
-def parse_number(text: str) -> float | None:
-    """The value of a plain numeric answer (int, decimal, 1.5e3, 1.5\\times10^{3}, \\frac{a}{b}), else None."""
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a plain numeric answer (int, decimal, 1.5e3, 1.5\\times10^{3},
+    \\frac{a}{b}, mixed number 2\\frac{1}{2}), else None."""
     if len(text) > 60:
         return None
     text = text.strip("{}") if text.startswith("{") and text.endswith("}") else text
     try:
         if _PLAIN.match(text):
-            value = float(text)
-        elif (match := _SCI.match(text)):
-            value = float(match.group(1)) * 10.0 ** int(match.group(2))
-        elif (match := _FRAC.match(text)):
-            sign = -1.0 if match.group(1) else 1.0
-            value = sign * float(match.group(2)) / float(match.group(3))
-        else:
-            return None
+            return Fraction(text)
+        if (match := _SCI.match(text)):
+            return Fraction(match.group(1)) * Fraction(10) ** int(match.group(2))
+        if (match := _FRAC.match(text)):
+            sign = -1 if match.group(1) else 1
+            return sign * Fraction(match.group(2)) / Fraction(match.group(3))
+        if (match := _MIXED.match(text)):  # 2\frac{1}{2} is the mixed number 2.5
+            sign = -1 if match.group(1) else 1
+            return sign * (int(match.group(2)) + Fraction(int(match.group(3)), int(match.group(4))))
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
-    return value if _math.isfinite(value) else None
+    return None
 
 
-def numbers_close(first: float, second: float, tolerance: float = TOLERANCE) -> bool:
-    """Equal within ``tolerance`` absolutely (or 1e-9 relatively, for very large values)."""
+def decimal_places(text: str) -> int | None:
+    """Digits after the point of a plain decimal such as ``0.333`` (a rounded value), else None."""
+    text = text.strip("{}")
+    match = re.fullmatch(r"-?\d*\.(\d+)", text)
+    return len(match.group(1)) if match else None
+
+
+def numbers_close(first: Fraction, second: Fraction, places: Sequence[int] = (),
+                  tolerance: float = TOLERANCE) -> bool:
+    """Exact values must be equal. When a side is a rounded decimal (``places`` digits after the
+    point), it may differ by half a unit in its last digit and by at most ``tolerance``
+    relatively: 0.333 matches 1/3, 0.3 does not, 4 never matches 8045/2012."""
+    if first == second:
+        return True
+    if not places:
+        return False
     difference = abs(first - second)
-    return difference <= tolerance or difference <= 1e-9 * max(abs(first), abs(second))
+    rounding = Fraction(1, 2 * 10 ** min(places))
+    return difference <= rounding and difference <= Fraction(tolerance) * max(abs(first), abs(second))
 
 
 def split_top_level(text: str, separator: str = ",") -> list[str]:
@@ -110,8 +128,9 @@ def _compare(a: str, b: str, percent: bool, depth: int = 0) -> Verdict:
         return False
     value_a, value_b = parse_number(a), parse_number(b)
     if value_a is not None and value_b is not None:
+        places = [p for p in (decimal_places(a), decimal_places(b)) if p is not None]
         candidates = (value_a, value_a / 100, value_a * 100) if percent else (value_a,)
-        return any(numbers_close(c, value_b) for c in candidates)
+        return any(numbers_close(c, value_b, places) for c in candidates)
     cells_a, cells_b = _matrix_cells(a), _matrix_cells(b)
     if cells_a is not None or cells_b is not None:
         if cells_a is None or cells_b is None or len(cells_a) != len(cells_b):
@@ -129,6 +148,12 @@ def _compare(a: str, b: str, percent: bool, depth: int = 0) -> Verdict:
         return _compare_equations(a, b, percent, depth)
     if any(s.replace(" ", "").isalpha() and len(s) > 2 for s in (a, b)):
         return False  # words such as "Monday" or "odd": string equality only
+    if re.search(r"\d_", a + b):
+        return False  # numbers in a base ("12_7"): string equality only
+    if ":" in a or ":" in b:
+        return False  # ratios and clock times ("3:1", "5:30"): string equality only
+    if re.search(r"\d\\frac", a + b):
+        return False  # a mixed number with a non-numeric part: sympy would read it as a product
     if free_letters(a) != free_letters(b):
         return False  # e.g. "8n^2+4n+1" vs "144": different variables cannot be identically equal
     return [(a, b)]

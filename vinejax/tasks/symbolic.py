@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import re
 import subprocess
@@ -52,8 +53,9 @@ def _latex_to_sympy(latex: str):
     return expression.subs({s: sympy.pi for s in pi_symbols}) if pi_symbols else expression
 
 
-def symbolic_equal(first: str, second: str, tolerance: float = 1e-3) -> bool:
-    """In-process check (call it inside a worker): simplify(a - b) == 0 or numerically equal."""
+def symbolic_equal(first: str, second: str, tolerance: float = 1e-6) -> bool:
+    """In-process check (call it inside a worker): simplify(a - b) == 0, or numerically equal
+    within ``tolerance`` relatively (tight: "3.14" is not "\\pi", "3.14159" is)."""
     import sympy
 
     if not (admissible(first) and admissible(second)):
@@ -71,7 +73,9 @@ def symbolic_equal(first: str, second: str, tolerance: float = 1e-3) -> bool:
         pass
     try:
         value_a, value_b = complex(sympy.N(a)), complex(sympy.N(b))
-        return abs(value_a - value_b) <= tolerance
+        if not all(math.isfinite(part) for v in (value_a, value_b) for part in (v.real, v.imag)):
+            return False
+        return abs(value_a - value_b) <= tolerance * max(abs(value_a), abs(value_b))
     except Exception:
         return False
 
