@@ -78,7 +78,6 @@ def test_math_train_shuffled_pairs_fail_unless_answers_equal(shared_data):
     assert rewards.tolist() == expected
 
 
-@pytest.mark.slow
 def test_all_12000_math_train_gold_solutions(shared_data):
     records = _jsonl(shared_data / "math" / "train.jsonl")
     assert len(records) == 12000

@@ -39,3 +39,27 @@ def test_local_files_become_problems(tmp_path):
 def test_unknown_split_rejected():
     with pytest.raises(ValueError, match="split"):
         gsm8k.load_split("dev", data_files={"dev": "x"})
+
+
+def test_hub_path_calls_datasets_with_the_paper_names(monkeypatch):
+    import datasets
+
+    calls = []
+    rows = [{"question": f"q{i}", "answer": f"s\n#### {i}"} for i in range(7473)]
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return rows if split == "train" else rows[:1319]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    train = gsm8k.load_split("train", seed=0)
+    validation = gsm8k.load_split("validation", seed=0)
+    test = gsm8k.load_split("test")
+    assert calls == [("openai/gsm8k", "main", "train")] * 2 + [("openai/gsm8k", "main", "test")]
+    assert (len(train), len(validation), len(test)) == (7100, 373, 1319)
+    assert not {p.problem for p in train} & {p.problem for p in validation}
+    math_rows = [{"problem": "p", "solution": "$\\boxed{1}$", "answer": "1"}] * 500
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, split=None: math_rows)
+    assert len(math_task.load_split("test")) == 500
+    with pytest.raises(ValueError, match="hub_train_name"):
+        math_task.load_split("train")
