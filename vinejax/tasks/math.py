@@ -35,7 +35,10 @@ _CACHE_LIMIT = 200_000
 
 
 def _symbolic_results(pairs: list, num_workers: int, timeout: float) -> dict:
-    """Symbolic verdicts for ``pairs``, cached (MC rollouts repeat the same answers a lot)."""
+    """Symbolic verdicts for ``pairs``, cached (MC rollouts repeat the same answers a lot).
+    A timeout is cached as "not equal" too."""
+    refused = {p: False for p in pairs if not (symbolic.admissible(p[0]) and symbolic.admissible(p[1]))}
+    pairs = [p for p in pairs if p not in refused]  # only small pairs reach the workers / the cache
     missing = [p for p in pairs if p not in _SYMBOLIC_CACHE]
     if missing:
         pool = symbolic.get_pool(num_workers)
@@ -43,7 +46,7 @@ def _symbolic_results(pairs: list, num_workers: int, timeout: float) -> dict:
         if len(_SYMBOLIC_CACHE) + len(missing) > _CACHE_LIMIT:
             _SYMBOLIC_CACHE.clear()
         _SYMBOLIC_CACHE.update(zip(missing, pool.check_many(missing)))
-    return {p: _SYMBOLIC_CACHE[p] for p in pairs}
+    return {**refused, **{p: _SYMBOLIC_CACHE[p] for p in pairs}}
 
 
 def clear_cache() -> None:
