@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/arith_vineppo.py
+SFT    ?= configs/arith_sft.py
 ARGS   ?=
 
 .PHONY: venv install run test test-fast bench clean
@@ -15,8 +16,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# The default run: SFT of a tiny model on the arithmetic task (skipped once cached), then VinePPO.
 run: install
+	$(PY) experiments/run.py --config $(SFT)
 	$(PY) experiments/run.py --config $(CONFIG) $(ARGS)
+	$(PY) experiments/plot.py runs/arith_sft runs/arith_vineppo --out runs/arith_vineppo/curves.png
 
 test: install
 	$(PY) -m pytest -q tests $(ARGS)
