@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from vinejax.tasks import gsm8k, math as math_task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
-from vinejax.tasks.steps import step_token_starts, token_step_ids, tokenize_with_step_starts
+from vinejax.tasks.steps import step_token_starts, token_char_offsets, token_step_ids, tokenize_with_step_starts
 
 
 def test_gsm8k_steps_by_hand():
@@ -86,11 +86,11 @@ def test_step_token_starts_by_hand():
     assert step_token_starts(steps, [(10, 12), (12, 14), (14, 15)], char_offset=10) == [0, 1, 2]
 
 
-def _trained_bpe(texts):
+def _trained_bpe(texts, vocab_size=400):
     core = Tokenizer(models.BPE(unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"],
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=core)
 
@@ -126,3 +126,12 @@ def test_token_starts_with_a_trained_bpe_and_the_char_tokenizer():
     char = build_char_tokenizer()
     steps = gsm8k.split_steps(texts[1])
     assert tokenize_with_step_starts(char, texts[1], steps)[1] == [0, len(steps[0])]
+
+
+def test_offsets_from_sampled_token_ids_match_the_tokenizer_offsets():
+    text = "We have $x = 2.$ Then \u00fcn\u00efc\u00f6d\u00e9 \u2713 \u65e5\u672c $y = 3$.\n#### 5"
+    bpe = _trained_bpe([text] * 20)
+    bytes_only = _trained_bpe(["abc"], vocab_size=257)  # multi-byte characters span several tokens
+    for tokenizer, sample in ((bpe, text), (bytes_only, text), (build_char_tokenizer(), "12+7=19\n19*3=57\n#### 57")):
+        encoding = tokenizer(sample, add_special_tokens=False, return_offsets_mapping=True)
+        assert token_char_offsets(tokenizer, encoding["input_ids"]) == [tuple(o) for o in encoding["offset_mapping"]]

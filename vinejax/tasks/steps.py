@@ -61,3 +61,29 @@ def tokenize_with_step_starts(tokenizer, response: str, steps: Sequence[str]) ->
         raise ValueError("the steps do not reproduce the response")
     encoding = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     return list(encoding["input_ids"]), step_token_starts(steps, encoding["offset_mapping"])
+
+
+def token_char_offsets(tokenizer, token_ids: Sequence[int], window: int = 4) -> list[tuple[int, int]]:
+    """Character spans of already-sampled ``token_ids`` in ``tokenizer.decode(token_ids)``.
+
+    Use it when the response tokens come from the sampler (re-tokenizing the decoded text can
+    give different tokens). Each token's text is the growth of the decoded string when it is
+    appended to its ``window`` predecessors (this keeps SentencePiece's leading-space handling
+    right). Tokens holding parts of one UTF-8 character all get that character's span, as
+    Hugging Face's ``offset_mapping`` does.
+    """
+    ids = list(token_ids)
+    offsets: list[tuple[int, int]] = []
+    position, pending_start = 0, 0  # pending_start: first token not yet given a span
+    for index in range(len(ids)):
+        start = max(0, pending_start - window)
+        before = tokenizer.decode(ids[start:pending_start])
+        after = tokenizer.decode(ids[start:index + 1])
+        if (after.endswith("\ufffd") or not after.startswith(before)) and index + 1 < len(ids):
+            continue  # incomplete character: wait for the token that completes it
+        length = max(0, len(after) - len(before))
+        offsets.extend([(position, position + min(length, 1))] * (index - pending_start))
+        offsets.append((position, position + length))
+        position += length
+        pending_start = index + 1
+    return offsets
