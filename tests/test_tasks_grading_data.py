@@ -84,6 +84,9 @@ def test_all_12000_math_train_gold_solutions(shared_data):
     rewards = math_task.grade_batch([r["solution"] for r in records], [r["answer"] for r in records],
                                     num_workers=2)
     assert rewards.mean() >= 0.99
+    # the only exceptions: the two MATH solutions with an empty \boxed{} (an empty answer never counts)
+    failures = {r["unique_id"] for r, reward in zip(records, rewards) if reward < 1}
+    assert failures == {"train/number_theory/7115.json", "train/number_theory/7117.json"}
 
 
 def test_splits_have_the_paper_sizes(shared_data):

@@ -123,6 +123,7 @@ def test_table_is_large_and_balanced():
     ("\\boxed{3} was wrong; now \\boxed{4}", "4", 1.0),
     ("so the result is \\boxed{\\frac{1}{2}", "\\frac{1}{2}", 0.0),  # unbalanced: unfinished
     ("no answer here", "5", 0.0),
+    ("so it is \\boxed{}", "", 0.0),  # an empty answer is never correct
     ("$\\boxed 5$.", "5", 1.0),
 ])
 def test_extraction_order(response, gold, expected):

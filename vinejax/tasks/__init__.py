@@ -18,7 +18,8 @@ The training loop uses the task-agnostic ``Task`` bundle (``vinejax.tasks.base``
 Options given to ``get_task`` are loader options (``data_dir`` for a directory laid out like
 ``shared/data`` with ``vineppo_splits``; ``data_files={split: path}``; hub names; ``seed``; for
 arithmetic the ``ArithmeticConfig`` fields and ``num_problems``) plus ``prompt_template`` and
-``stop_strings``. ``vinejax.tasks.steps.step_token_starts`` maps steps to token indices, and
+``stop_strings``. ``vinejax.tasks.steps.step_token_starts`` maps steps to token indices
+(``token_char_offsets`` gives the character spans of sampled token ids), and
 ``vinejax.tasks.char_tokenizer`` builds the character-level tokenizer for the arithmetic task.
 """
 from __future__ import annotations

@@ -25,8 +25,8 @@ _FIELDS = ("problem", "solution")
 
 def _verdict(response: str, answer: str):
     predicted = extract_answer(response)
-    if predicted is None:
-        return False
+    if not predicted or not predicted.strip():
+        return False  # no answer, or an empty \boxed{}: never correct
     return equivalence(predicted, answer)
 
 
