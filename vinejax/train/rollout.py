@@ -131,10 +131,9 @@ def build_batch(ctx, params, ref_params, critic, problems, rng: jax.Array, timer
         ep = sample_episodes(ctx, params, problems, scfg, s.samples_per_problem, rng_sample, s.batch_size)
     with timer("grade"):
         rewards = grade_episodes(ctx, ep)
-    width = encode.bucket(ep.tokens.shape[1])
+    width = encode.bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
     tokens = encode.pad_rows(ep.tokens, width, encode.pad_token_id(ctx.tokenizer))
-    mask = np.zeros_like(tokens, bool)
-    mask[:, : ep.tokens.shape[1]] = ep.response_mask
+    mask = encode.pad_rows(ep.response_mask, width, False, bool)
     metrics = {"rewards/mean": rewards.mean(), "generation/finished_frac": ep.finished.mean()}
     metrics.update(describe("generation/length", ep.total_lens - ep.prompt_lens))
     extra = {}
