@@ -130,6 +130,7 @@ def normalize(answer: str) -> str:
         text = _remove_braced_command(text, command)
     text = text.replace("\\%", "").replace("%", "")
     text = re.sub(r"(?<![\d}])\.(\d)", r"0.\1", text)  # ".5" -> "0.5"
+    text = re.sub(r"^\s*[a-zA-Z]\s*\\in\s*", "", text)  # "x \in [2, 5)" -> "[2, 5)"
     parts = text.split("=")
     if len(parts) == 2 and len(parts[0].strip()) <= 2:  # "x = 5" -> "5"
         text = parts[1]
