@@ -19,7 +19,12 @@ Problems are a pure function of (seed, split, index). Splits are disjoint by con
 problem belongs to the split chosen by a hash of its text (10% test, 10% validation, 80%
 train); generation for a split rejects problems hashed to another split.
 
-Noisy demonstrations (``slip_rate`` > 0): each intermediate line (all but the last operation)
+Systematic noise (``slip_kind="carry"``): an intermediate line whose units digits carry (``+``,
+``*``) or borrow (``-``) drops that carry with probability ``slip_rate``; above 0.5 the dropped
+carry is what most demonstrations show, a misconception an SFT policy adopts (greedy too) and RL
+has to unlearn step by step.
+
+Noisy demonstrations (``slip_rate`` > 0, ``slip_kind="random"``): each intermediate line (all but the last operation)
 gets, with probability ``slip_rate``, a wrong result (off by 1..10, or by 10/100 as a carry
 error). Later lines use the wrong value, and the ``####`` line follows the wrong chain; a later
 slip never lands back on the true value, so any slip makes the final answer wrong. ``grade`` always checks against the true answer.
@@ -51,6 +56,7 @@ class ArithmeticConfig:
     start_range: tuple[int, int] = (2, 99)
     max_value: int = 999
     slip_rate: float = 0.0
+    slip_kind: str = "random"  # "random" perturbations, or "carry": a dropped carry / borrow
     seed: int = 0
 
 
@@ -115,6 +121,17 @@ def _slip_value(rng: random.Random, correct: int, avoid: int) -> int:
     return correct + 1 if correct + 1 != avoid else correct + 2
 
 
+def _carry_slip(value: int, op: str, operand: int, correct: int) -> int | None:
+    """The result with the units-digit carry (or borrow) dropped, or None when there is none."""
+    if op == "+" and value % 10 + operand % 10 >= 10:
+        return correct - 10
+    if op == "-" and value % 10 < operand % 10:
+        return correct + 10
+    if op == "*" and (value % 10) * operand >= 10:
+        return correct - 10 * ((value % 10) * operand // 10)
+    return None
+
+
 def make_problem(index: int, split: str, cfg: ArithmeticConfig = ArithmeticConfig()) -> Problem:
     """The ``index``-th problem of ``split`` (a pure function of cfg.seed, split and index)."""
     low, high = SPLIT_FRACTIONS[split]
@@ -129,9 +146,14 @@ def make_problem(index: int, split: str, cfg: ArithmeticConfig = ArithmeticConfi
     slip_rng = random.Random(f"{cfg.seed}/{split}/{index}/slips")
     value = true_value = start
     for line, (op, operand) in enumerate(operations[:-1]):  # intermediate lines only
+        value_before = value
         correct, true_value = _apply(value, op, operand), _apply(true_value, op, operand)
         value = correct
-        if slip_rng.random() < cfg.slip_rate:
+        if cfg.slip_kind == "carry":
+            wrong = _carry_slip(value_before, op, operand, correct)
+            if wrong is not None and wrong >= 0 and wrong != true_value and slip_rng.random() < cfg.slip_rate:
+                value = slips[line] = wrong
+        elif slip_rng.random() < cfg.slip_rate:
             value = _slip_value(slip_rng, correct, avoid=true_value)
             slips[line] = value
     solution = solve(start, operations, slips)[0] if slips else gold

@@ -16,7 +16,7 @@ from vinejax import sampling
 from vinejax.rl import advantages as adv_lib
 from vinejax.rl.batch import RolloutBatch
 from vinejax.rl.pipeline import vine_advantages_from_mc
-from vinejax.tasks.steps import step_token_starts
+from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode, update
 from vinejax.train.batching import to_device_batch
 from vinejax.train.episodes import Episodes, grade_episodes, response_text, sample_episodes, sampling_config
@@ -26,14 +26,14 @@ from vinejax.train.metrics import Timer, describe
 def token_offsets(tokenizer, ids: list, text: str) -> list[tuple[int, int]]:
     """(start, end) character span in `text` (= decode(ids)) of each sampled token.
 
-    Re-tokenizing `text` usually gives back `ids`, and then its offsets apply; otherwise (a
-    sampled tokenization the tokenizer would not produce) spans come from decoding prefixes.
+    Fast path: re-tokenizing `text` usually gives back `ids`, and then its offsets apply; otherwise
+    (a sampled tokenization the tokenizer would not produce) `tasks.steps.token_char_offsets`
+    decodes token by token.
     """
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if list(enc["input_ids"]) == list(ids):
         return [tuple(o) for o in enc["offset_mapping"]]
-    ends = [len(tokenizer.decode(ids[: j + 1], skip_special_tokens=True)) for j in range(len(ids))]
-    return list(zip([0] + ends[:-1], ends))
+    return token_char_offsets(tokenizer, ids)
 
 
 def episode_steps(ctx, ep: Episodes, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
