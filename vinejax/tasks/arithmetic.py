@@ -28,6 +28,10 @@ Noisy demonstrations (``slip_rate`` > 0, ``slip_kind="random"``): each intermedi
 gets, with probability ``slip_rate``, a wrong result (off by 1..10, or by 10/100 as a carry
 error). Later lines use the wrong value, and the ``####`` line follows the wrong chain; a later
 slip never lands back on the true value, so any slip makes the final answer wrong. ``grade`` always checks against the true answer.
+
+Tokenizer: ``vinejax.tasks.char_tokenizer.save_char_tokenizer(folder, ALPHABET)`` gives a 23-token
+vocabulary (19 characters + pad/bos/eos/unk). The default prompt (``get_task("arithmetic")``) is
+``"{problem}\n"`` with stop string ``"\n\n"``.
 """
 from __future__ import annotations
 
