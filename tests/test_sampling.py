@@ -99,7 +99,7 @@ def _chi2(counts, p):
     return stat, df
 
 
-@pytest.mark.parametrize("t,top_k,top_p", [(0.7, 0, 1.0), (1.3, 12, 1.0), (1.0, 0, 0.8), (0.8, 20, 0.9)])
+@pytest.mark.parametrize("t,top_k,top_p", [(0.7, 0, 1.0), (1.0, 0, 0.8), (0.8, 20, 0.9)])
 def test_first_token_distribution(params, t, top_k, top_p):
     toks, lens = _prompts(b=1, p=5, lens=(5,))
     scfg = SamplingConfig(max_new_tokens=1, temperature=t, top_k=top_k, top_p=top_p)

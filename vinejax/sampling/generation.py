@@ -45,12 +45,15 @@ def row_keys(rng: jax.Array, ids) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(ids, jnp.uint32))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_samples"))
-def _generate_jit(params, prompts, prompt_lens, budget, keys, *, cfg, scfg, num_samples):
-    """prompts int32[Bp, P] right-padded; prompt_lens [Bp]; budget/keys [Bp * num_samples]."""
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_samples", "room"))
+def _generate_jit(params, prompts, prompt_lens, budget, keys, *, cfg, scfg, num_samples, room):
+    """prompts int32[Bp, P] right-padded; prompt_lens [Bp]; budget/keys [Bp * num_samples].
+
+    room: cache slots (>= max(prompt_len + budget)); prompt padding beyond it is dropped.
+    """
     bp, p = prompts.shape
     prompts = nn.with_logical_constraint(prompts, ("batch", "length"))
-    cache = constrain_cache(llama.init_cache(cfg, bp, p + scfg.max_new_tokens))
+    cache = constrain_cache(llama.init_cache(cfg, bp, room))
     _, hidden, cache = llama.forward_cached(params, cfg, prompts, cache, new_lengths=prompt_lens)
     last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]  # [Bp, D]
     logits0 = lm_logits(params, cfg, last)  # [Bp, V]
@@ -99,7 +102,9 @@ def generate(
     budget = np.zeros((bb * num_samples,), np.int32)
     budget[:rows] = scfg.max_new_tokens if max_new is None else np.minimum(np.asarray(max_new), scfg.max_new_tokens)
     keys = row_keys(rng, np.arange(bb * num_samples))
-    out = _generate_jit(params, tok, lens, budget, keys, cfg=cfg, scfg=scfg, num_samples=num_samples)
+    need = int((np.repeat(lens, num_samples) + budget).max())
+    room = min(pb + scfg.max_new_tokens, bucket(need, minimum=16))  # attend over needed slots only
+    out = _generate_jit(params, tok, lens, budget, keys, cfg=cfg, scfg=scfg, num_samples=num_samples, room=room)
     if bb * num_samples == rows:
         return out
     return GenerationOutput(*(x[:rows] for x in out[:4]), out.steps)

@@ -74,14 +74,16 @@ def trajectory_cache(params: dict, cfg: ModelConfig, tokens, lengths, pad_id: in
     return _trajectory_jit(params, tok, lens, cfg=cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
-def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, *, cfg, scfg):
-    """Continue R cache rows: rows int32[R] trajectory row, pos int32[R] prefix length (>= 1)."""
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "room"))
+def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, *, cfg, scfg, room):
+    """Continue R cache rows: rows int32[R] trajectory row, pos int32[R] prefix length (>= 1).
+
+    room: cache slots of the chunk (>= max(pos + budget)); attention runs over `room` slots only.
+    """
     k, v = traj.cache.k, traj.cache.v
-    room = k.shape[2] + scfg.max_new_tokens  # a continuation needs pos + max_new slots
-    pad = ((0, 0), (0, 0), (0, scfg.max_new_tokens), (0, 0), (0, 0))
-    cache = llama.KVCache(jnp.pad(k[:, rows], pad), jnp.pad(v[:, rows], pad), pos.astype(jnp.int32))
-    assert cache.k.shape[2] == room
+    keep = min(room, k.shape[2])
+    pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
+    cache = llama.KVCache(jnp.pad(k[:, rows, :keep], pad), jnp.pad(v[:, rows, :keep], pad), pos.astype(jnp.int32))
     last = traj.hidden[rows, pos - 1]  # [R, D] hidden at the state's last prefix token
     logits0 = lm_logits(params, cfg, last)
     return decode(params, cfg, scfg, constrain_cache(cache), logits0, keys, budget)
@@ -169,15 +171,19 @@ def continue_from_prefixes(
         keys = all_keys[sl]
         if r > m:
             keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
+        c_pos = pos[row_b[sl], row_s[sl]].astype(np.int32)
+        c_budget = u_budget[row_u[sl]]
+        room = bucket(int((c_pos + c_budget).max()), minimum=16)  # slots this chunk needs
         res = _chunk_jit(
             params,
             traj,
             pad_to(row_b[sl].astype(np.int32)),
-            pad_to(pos[row_b[sl], row_s[sl]].astype(np.int32), 1),
-            pad_to(u_budget[row_u[sl]]),
+            pad_to(c_pos, 1),
+            pad_to(c_budget),
             keys,
             cfg=cfg,
             scfg=scfg,
+            room=room,
         )
         results.append((sl, m, r, res))  # dispatch every chunk before reading any back
     for sl, m, r, res in results:
