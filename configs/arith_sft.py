@@ -9,9 +9,15 @@ from vinejax.config import base_config
 def arithmetic_task(c):
     """Task settings shared by every arithmetic config."""
     c.task.name = "arithmetic"
-    c.task.options.num_operations = 4
-    c.task.options.slip_rate = 0.25
-    c.task.options.seed = 0
+    o = c.task.options  # vinejax.tasks.arithmetic.ArithmeticConfig fields
+    o.num_operations = 3
+    o.start_range = (2, 20)
+    o.add_range = (1, 20)
+    o.mul_range = (2, 3)
+    o.max_value = 99
+    o.slip_rate = 0.6  # demonstrations drop a carry 60% of the time: a misconception to unlearn
+    o.slip_kind = "carry"
+    o.seed = 0
     c.task.num_eval_problems = 500
     c.task.max_prompt_tokens = 64
     c.sampling.max_new_tokens = 80

@@ -27,7 +27,8 @@ from vinejax.train.sft import run_sft
 
 SUMMARY_KEYS = (("reward", "rewards/mean"), ("eval", "eval/accuracy"), ("greedy", "eval/greedy_accuracy"),
                 ("kl", "kl"), ("clipfrac", "pg_clipfrac"), ("states", "mc/num_states"),
-                ("s/it", "time/iteration"))
+                ("s/it", "time/iteration"), ("sample", "time/sample"), ("mc", "time/mc"),
+                ("train", "time/train"), ("eval s", "time/eval"))
 
 
 def _log(msg: str) -> None:
