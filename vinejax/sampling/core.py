@@ -46,6 +46,7 @@ class SamplingConfig:
     eos_ids: tuple = ()
     stop_sequences: tuple = ()
     pad_id: int = 0
+    unroll_layers: bool = True  # decode with per-layer weights/caches (faster; compile grows with depth)
 
     def __post_init__(self):
         eos = self.eos_ids
@@ -210,13 +211,46 @@ def decode(
         i, _, _, st = carry
         return (i < n) & jnp.any(st[3] == FINISH_NONE)
 
-    def body(carry):
-        i, tok, cache, st = carry
-        logits, _, cache = llama.forward_cached(params, cfg, tok[:, None], cache)
-        cache = constrain_cache(cache)
-        tok, st = advance(i, logits[:, 0], st)
-        return i + 1, tok, cache, st
+    if scfg.unroll_layers:
+        # Weights and caches split per layer once, outside the loop: the loop body then has no
+        # per-step dynamic slices of the stacked weights/caches (measured ~30% faster on CPU).
+        layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(cfg.num_layers)]
+        kv = ([cache.k[i] for i in range(cfg.num_layers)], [cache.v[i] for i in range(cfg.num_layers)], cache.lengths)
+        step_fn = lambda tok, kv: _unrolled_step(params, layers, cfg, tok, kv)
+    else:
+        kv = constrain_cache(cache)
 
-    steps, _, _, st = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, constrain_cache(cache), st))
+        def step_fn(tok, kv):
+            logits, _, kv = llama.forward_cached(params, cfg, tok[:, None], kv)
+            return logits[:, 0], constrain_cache(kv)
+
+    def body(carry):
+        i, tok, kv, st = carry
+        logits, kv = step_fn(tok, kv)
+        tok, st = advance(i, logits, st)
+        return i + 1, tok, kv, st
+
+    steps, _, _, st = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, kv, st))
     toks, lps, count, finish, _ = st
     return DecodeResult(toks, lps, count, jnp.maximum(finish, FINISH_NONE), steps)
+
+
+def _unrolled_step(params, layers, cfg, tok, kv):
+    """One decode step over per-layer caches. tok int32[R]; kv = ([k_l [R,S,Hkv,Dh]] * L, [v_l], lengths[R]).
+
+    Same math as `llama.forward_cached` on one token (it reuses the decoder's layer function).
+    Returns (logits f32[R, V], updated kv).
+    """
+    ks, vs, lengths = kv
+    s = ks[0].shape[1]
+    positions = lengths[:, None]  # [R, 1]
+    mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]  # [R, 1, S]
+    inv_freq = llama.rope_inv_freq(cfg)
+    x = llama._embed(cfg, params, tok[:, None])
+    new_k, new_v = [], []
+    for p, k, v in zip(layers, ks, vs):
+        x, (k, v) = llama._layer(cfg, inv_freq, p, x, positions, mask, (k[None], v[None]), 0, lengths)
+        new_k.append(nn.with_logical_constraint(k[0], CACHE_AXES[1:]))
+        new_v.append(nn.with_logical_constraint(v[0], CACHE_AXES[1:]))
+    hidden = llama.rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
+    return lm_logits(params, cfg, hidden), (new_k, new_v, lengths + 1)
