@@ -207,6 +207,8 @@ def test_continuations_greedy_equal_generate_from_prefix(params):
                 assert out.lengths[b, s, k] == n and out.finish_reason[b, s, k] == int(ref.finish_reason[0])
                 np.testing.assert_array_equal(out.tokens[b, s, k], np.asarray(ref.tokens[0]))
                 np.testing.assert_allclose(out.logprobs[b, s, k], np.asarray(ref.logprobs[0]), atol=2e-5)
+    empty = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(5), scfg, 2, state_mask=np.zeros(pos.shape, bool))
+    assert empty.tokens.shape == (4, 4, 2, 8) and empty.lengths.sum() == 0
 
 
 def test_continuations_sampled_differ_and_reproducible(params):

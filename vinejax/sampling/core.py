@@ -85,6 +85,12 @@ def bucket(n: int, minimum: int = 8, multiple_of: int = 1) -> int:
     return -(-b // multiple_of) * multiple_of
 
 
+def cache_room(need: int, granule: int = 32) -> int:
+    """Cache slots for a batch needing `need` slots: rounded up to a multiple of `granule`
+    (finer than powers of two: decode attention reads every slot of every row each step)."""
+    return -(-max(int(need), 1) // granule) * granule
+
+
 def data_parallel_size() -> int:
     """Product of the `data`/`fsdp` axis sizes of the mesh set with `jax.set_mesh` (1 if none)."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -14,6 +14,7 @@ from vinejax.model.config import ModelConfig
 from vinejax.sampling.core import (
     SamplingConfig,
     bucket,
+    cache_room,
     constrain_cache,
     data_parallel_size,
     decode,
@@ -103,7 +104,7 @@ def generate(
     budget[:rows] = scfg.max_new_tokens if max_new is None else np.minimum(np.asarray(max_new), scfg.max_new_tokens)
     keys = row_keys(rng, np.arange(bb * num_samples))
     need = int((np.repeat(lens, num_samples) + budget).max())
-    room = min(pb + scfg.max_new_tokens, bucket(need, minimum=16))  # attend over needed slots only
+    room = min(pb + scfg.max_new_tokens, cache_room(need))  # attend over needed slots only
     out = _generate_jit(params, tok, lens, budget, keys, cfg=cfg, scfg=scfg, num_samples=num_samples, room=room)
     if bb * num_samples == rows:
         return out

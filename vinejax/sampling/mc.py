@@ -21,7 +21,7 @@ from flax import linen as nn
 
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
-from vinejax.sampling.core import SamplingConfig, bucket, constrain_cache, data_parallel_size, decode, lm_logits
+from vinejax.sampling.core import SamplingConfig, bucket, cache_room, constrain_cache, data_parallel_size, decode, lm_logits
 from vinejax.sampling.generation import row_keys
 
 
@@ -140,6 +140,12 @@ def continue_from_prefixes(
                 reps.append((i, j))
             uid[i, j] = u
     nu = len(reps)
+    if nu == 0:  # every state masked out
+        z = np.zeros((b, s, num_samples), np.int32)
+        stats = dict(unique_states=0, rows=0, chunks=0, slot_steps=0, live_steps=0, live_fraction=0.0)
+        return ContinuationOutput(
+            np.full((b, s, num_samples, n), scfg.pad_id, np.int32), np.zeros((b, s, num_samples, n), np.float32), z, z, stats
+        )
     rep = np.asarray(reps, np.int64).reshape(nu, 2)
     u_budget = np.zeros((nu,), np.int32)
     np.maximum.at(u_budget, uid[mask], bud[mask])
@@ -173,7 +179,7 @@ def continue_from_prefixes(
             keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
         c_pos = pos[row_b[sl], row_s[sl]].astype(np.int32)
         c_budget = u_budget[row_u[sl]]
-        room = bucket(int((c_pos + c_budget).max()), minimum=16)  # slots this chunk needs
+        room = cache_room(int((c_pos + c_budget).max()))  # slots this chunk needs
         res = _chunk_jit(
             params,
             traj,
