@@ -31,6 +31,7 @@ def get_config():
     c.algo = "sft"
     c.output_dir = "runs/arith_sft"
     c.sft.epochs = 3
+    c.sft.max_steps = 600  # ~2 epochs of the 20k problems: ~45% held-out accuracy, room for RL
     c.sft.batch_size = 64
     c.sft.max_seq_len = 192
     c.ppo.micro_batch = 64
