@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 run: install
 	$(PY) experiments/run.py --config $(SFT)
 	$(PY) experiments/run.py --config $(CONFIG) $(ARGS)
-	$(PY) experiments/plot.py runs/arith_sft runs/arith_vineppo --out runs/arith_vineppo/curves.png
+	$(PY) experiments/plot.py runs/arith_vineppo --out runs/arith_vineppo/curves.png
 
 test: install
 	$(PY) -m pytest -q tests $(ARGS)
