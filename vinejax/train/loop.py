@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vinejax import sharding
 from vinejax.checkpoint import Checkpointer
 from vinejax.config import to_dict, validate
 from vinejax.model import llama
@@ -103,7 +104,7 @@ def _init_state(ctx, params, optimizers):
     state = {"params": params, "opt": jax.jit(optimizers["policy"].init)(params)}
     if ctx.cfg.algo == "ppo":
         critic = dict(jax.tree.map(jnp.copy, params))
-        head = llama.init_params(ctx.critic_cfg, jax.random.key(ctx.cfg.seed + 17))["value_head"]
+        head = llama.init_value_head(ctx.critic_cfg, jax.random.key(ctx.cfg.seed + 17))
         critic["value_head"] = jax.device_put(head, ctx.critic_shardings["value_head"])
         state["critic"] = critic
         state["critic_opt"] = jax.jit(optimizers["critic"].init)(critic)
@@ -114,8 +115,6 @@ def run_rl(ctx, params, writer) -> dict:
     """VinePPO (or PPO / GRPO / RLOO) iterations from the policy `params`."""
     cfg = ctx.cfg
     ctx.critic_cfg = ctx.model_cfg.replace(value_head=True)
-    from vinejax import sharding
-
     ctx.critic_shardings = sharding.tree_shardings(
         llama.param_logical_axes(ctx.critic_cfg), llama.param_shapes(ctx.critic_cfg), ctx.mesh)
     train_problems = _fits(ctx, ctx.task.load_split(cfg.task.train_split))

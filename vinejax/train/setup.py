@@ -1,9 +1,10 @@
 """What every run needs before its loop: devices and mesh, task, tokenizer, model config + params."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from flax import linen as nn
@@ -25,29 +26,18 @@ class RunContext:
     tokenizer: Any
     model_cfg: ModelConfig
     param_shardings: Any
+    critic_cfg: Optional[ModelConfig] = None  # PPO: the policy's shape plus a value head
+    critic_shardings: Any = None
 
-    def mesh_context(self):
+    def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
-        return _MeshContext(self.mesh)
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(sharding.DEFAULT_RULES))
+        return stack
 
     def put_params(self, params):
         return jax.device_put(params, self.param_shardings)
-
-
-class _MeshContext:
-    def __init__(self, mesh):
-        self.mesh = mesh
-        self._stack = []
-
-    def __enter__(self):
-        for ctx in (jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES)):
-            ctx.__enter__()
-            self._stack.append(ctx)
-        return self
-
-    def __exit__(self, *exc):
-        while self._stack:
-            self._stack.pop().__exit__(*exc)
 
 
 def hf_folder_of_run(run_dir: str) -> str:
