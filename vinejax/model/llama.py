@@ -106,6 +106,12 @@ def init_params(cfg: ModelConfig, rng: jax.Array, std: float = 0.02) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
+def init_value_head(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """A fresh scalar value head: w ~ N(0, 1/sqrt(D+1)), b = 0 (the paper's PPO critic init)."""
+    w = jax.random.normal(rng, (cfg.hidden_size,)) / math.sqrt(cfg.hidden_size + 1)
+    return {"w": w.astype(cfg.weight_dtype), "b": jnp.zeros((), cfg.weight_dtype)}
+
+
 # ----------------------------------------------------------------------------- building blocks
 
 
