@@ -15,6 +15,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -218,10 +219,10 @@ def decode(
         return (i < n) & jnp.any(st[3] == FINISH_NONE)
 
     if scfg.unroll_layers:
-        # Weights and caches split per layer once, outside the loop: the loop body then has no
-        # per-step dynamic slices of the stacked weights/caches (measured ~30% faster on CPU).
-        layers = [jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(cfg.num_layers)]
-        kv = ([cache.k[i] for i in range(cfg.num_layers)], [cache.v[i] for i in range(cfg.num_layers)], cache.lengths)
+        # Weights fused and split per layer, caches re-laid out per layer, once outside the loop:
+        # the loop body then has no per-step slices, transposes or cache copies.
+        layers = _decode_weights(params, cfg)
+        kv = _decode_caches(cache, cfg)
         step_fn = lambda tok, kv: _unrolled_step(params, layers, cfg, tok, kv)
     else:
         kv = constrain_cache(cache)
@@ -241,22 +242,95 @@ def decode(
     return DecodeResult(toks, lps, count, jnp.maximum(finish, FINISH_NONE), steps)
 
 
-def _unrolled_step(params, layers, cfg, tok, kv):
-    """One decode step over per-layer caches. tok int32[R]; kv = ([k_l [R,S,Hkv,Dh]] * L, [v_l], lengths[R]).
+def _decode_weights(params: dict, cfg: ModelConfig) -> list:
+    """Per-layer decode weights, fused once per call: wqkv [D, (H+2K)*Dh], wo [H*Dh, D],
+    w_gu [D, 2F], w_down [F, D], norms [D] and (with attention_bias) bqkv [(H+2K)*Dh]."""
+    d, dt = cfg.hidden_size, cfg.compute_dtype
+    out = []
+    for i in range(cfg.num_layers):
+        p = jax.tree.map(lambda a: a[i], params["layers"])
+        w = {
+            "attn_norm": p["attn_norm"],
+            "mlp_norm": p["mlp_norm"],
+            "wqkv": jnp.concatenate([p[n].reshape(d, -1) for n in ("wq", "wk", "wv")], axis=1).astype(dt),
+            "wo": p["wo"].reshape(-1, d).astype(dt),
+            "w_gu": jnp.concatenate([p["w_gate"], p["w_up"]], axis=1).astype(dt),
+            "w_down": p["w_down"].astype(dt),
+        }
+        if cfg.attention_bias:
+            w["bqkv"] = jnp.concatenate([p[n].reshape(-1) for n in ("bq", "bk", "bv")]).astype(dt)
+        out.append(w)
+    return out
 
-    Same math as `llama.forward_cached` on one token (it reuses the decoder's layer function).
-    Returns (logits f32[R, V], updated kv).
+
+def _decode_caches(cache: llama.KVCache, cfg: ModelConfig):
+    """Stacked cache [L, R, S, K, Dh] → per-layer ([k_l [R, K, S, Dh]] * L, [v_l] * L, lengths[R]).
+
+    Heads before slots, so decode attention reads each layer's cache without a transpose."""
+    ks = [jnp.swapaxes(cache.k[i], 1, 2) for i in range(cfg.num_layers)]
+    vs = [jnp.swapaxes(cache.v[i], 1, 2) for i in range(cfg.num_layers)]
+    return ks, vs, cache.lengths
+
+
+def _rope_tables(cfg: ModelConfig, lengths: jax.Array):
+    """cos, sin f32[R, 1, Dh/2] of position lengths[r] (computed once per step for all layers)."""
+    angles = lengths[:, None].astype(jnp.float32) * llama.rope_inv_freq(cfg)  # [R, Dh/2]
+    return jnp.cos(angles)[:, None], jnp.sin(angles)[:, None]
+
+
+def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE of x [R, H, Dh] with cos/sin [R, 1, Dh/2] (same math as `llama.apply_rope`)."""
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _decode_attention(cfg, w, h, k_cache, v_cache, lengths, rope, mask):
+    """Self-attention of one new token per row. h [R, D] normed; caches [R, K, S, Dh];
+    mask bool[R, S]. Writes the new k/v at slot lengths[r]; returns (out [R, D], k_cache, v_cache)."""
+    r = h.shape[0]
+    nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    qkv = h @ w["wqkv"]  # [R, (H+2K)*Dh]
+    if cfg.attention_bias:
+        qkv = qkv + w["bqkv"]
+    q, k, v = jnp.split(qkv.reshape(r, nh + 2 * nk, dh), [nh, nh + nk], axis=1)
+    q, k = _rope(q, *rope), _rope(k, *rope)
+    rows = jnp.arange(r)
+    k_cache = k_cache.at[rows, :, lengths].set(k.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, :, lengths].set(v.astype(v_cache.dtype), mode="drop")
+    q = q.reshape(r, nk, nh // nk, dh)  # [R, K, G, Dh]
+    scores = jnp.einsum("rkgd,rksd->rkgs", q, k_cache.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores / math.sqrt(dh), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    attn = jnp.einsum("rkgs,rksd->rkgd", probs, v_cache.astype(q.dtype)).reshape(r, nh * dh)
+    return attn @ w["wo"], k_cache, v_cache
+
+
+def _decode_layer(cfg, w, x, k_cache, v_cache, lengths, rope, mask):
+    """One pre-norm decoder layer on one token per row. x [R, D] → (x [R, D], k_cache, v_cache)."""
+    h = llama.rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    attn, k_cache, v_cache = _decode_attention(cfg, w, h, k_cache, v_cache, lengths, rope, mask)
+    x = x + attn
+    h = llama.rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+    gate, up = jnp.split(h @ w["w_gu"], 2, axis=-1)  # [R, F] each
+    return x + (jax.nn.silu(gate) * up) @ w["w_down"], k_cache, v_cache
+
+
+def _unrolled_step(params, layers, cfg, tok, kv):
+    """One decode step over per-layer caches. tok int32[R]; kv = ([k_l [R,K,S,Dh]] * L, [v_l], lengths[R]).
+
+    Same math as `llama.forward_cached` on one token, with fused q/k/v and gate/up matmuls and
+    RoPE tables and mask computed once per step. Returns (logits f32[R, V], updated kv).
     """
     ks, vs, lengths = kv
-    s = ks[0].shape[1]
-    positions = lengths[:, None]  # [R, 1]
-    mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]  # [R, 1, S]
-    inv_freq = llama.rope_inv_freq(cfg)
-    x = llama._embed(cfg, params, tok[:, None])
+    s = ks[0].shape[2]
+    mask = jnp.arange(s)[None, :] <= lengths[:, None]  # [R, S]
+    rope = _rope_tables(cfg, lengths)
+    x = llama._embed(cfg, params, tok[:, None])[:, 0]  # [R, D]
     new_k, new_v = [], []
-    for p, k, v in zip(layers, ks, vs):
-        x, (k, v) = llama._layer(cfg, inv_freq, p, x, positions, mask, (k[None], v[None]), 0, lengths)
-        new_k.append(nn.with_logical_constraint(k[0], CACHE_AXES[1:]))
-        new_v.append(nn.with_logical_constraint(v[0], CACHE_AXES[1:]))
-    hidden = llama.rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
+    for w, k, v in zip(layers, ks, vs):
+        x, k, v = _decode_layer(cfg, w, x, k, v, lengths, rope, mask)
+        new_k.append(nn.with_logical_constraint(k, ("batch", "kv_heads", "length", "head_dim")))
+        new_v.append(nn.with_logical_constraint(v, ("batch", "kv_heads", "length", "head_dim")))
+    hidden = llama.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     return lm_logits(params, cfg, hidden), (new_k, new_v, lengths + 1)
