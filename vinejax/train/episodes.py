@@ -53,9 +53,13 @@ def sampling_config(ctx, temperature: float, top_p: float, max_new_tokens: int, 
     )
 
 
-def response_text(ctx, ids: list) -> str:
-    """Decoded response without special tokens and without a trailing stop string."""
-    text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
+def response_texts(ctx, ids_list: list) -> list[str]:
+    """Decoded responses (one batched decode) without special tokens or a trailing stop string."""
+    texts = ctx.tokenizer.batch_decode(ids_list, skip_special_tokens=True)
+    return [_strip_stop(ctx, t) for t in texts]
+
+
+def _strip_stop(ctx, text: str) -> str:
     for stop in ctx.task.stop_strings:
         if stop and text.endswith(stop):
             return text[: -len(stop)]
@@ -93,11 +97,12 @@ def sample_episodes(ctx, params, problems, scfg: sampling.SamplingConfig, num_sa
     index = np.repeat(np.arange(len(problems)), num_samples).astype(np.int32)
     ep = Episodes(tokens.astype(np.int32), logprobs.astype(np.float32), plen, tlen, finish, [],
                   [problems[i].answer for i in index], index)
-    ep.texts = [response_text(ctx, _strip_eos(ctx, ep.response_ids(r))) for r in range(len(index))]
+    ep.texts = response_texts(ctx, [strip_eos(ctx, ep.response_ids(r)) for r in range(len(index))])
     return ep
 
 
-def _strip_eos(ctx, ids: list) -> list:
+def strip_eos(ctx, ids: list) -> list:
+    """`ids` without a final EOS token."""
     return ids[:-1] if ids and ids[-1] == ctx.tokenizer.eos_token_id else ids
 
 

@@ -19,7 +19,8 @@ from vinejax.rl.pipeline import vine_advantages_from_mc
 from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode, update
 from vinejax.train.batching import to_device_batch
-from vinejax.train.episodes import Episodes, grade_episodes, response_text, sample_episodes, sampling_config
+from vinejax.train.episodes import (Episodes, grade_episodes, response_texts, sample_episodes, sampling_config,
+                                    strip_eos)
 from vinejax.train.metrics import Timer, describe
 
 
@@ -42,12 +43,9 @@ def episode_steps(ctx, ep: Episodes, max_steps: int | None = None) -> tuple[np.n
     A response with no text (only EOS) is one step. EOS and a trailing stop sequence belong to
     the last step (their characters lie at or past the end of the text).
     """
-    eos = ctx.tokenizer.eos_token_id
     starts_list = []
     for r, text in enumerate(ep.texts):
-        ids = ep.response_ids(r)
-        if ids and ids[-1] == eos:
-            ids = ids[:-1]
+        ids = strip_eos(ctx, ep.response_ids(r))
         full = ctx.tokenizer.decode(ids, skip_special_tokens=True)
         offsets = token_offsets(ctx.tokenizer, ids, full) if ids else []
         steps = ctx.task.split_steps(text) if text else []
@@ -80,20 +78,16 @@ def mc_rewards(ctx, params, ep: Episodes, step_starts: np.ndarray, num_steps: np
             params, ctx.model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
             state_mask=estimated, budgets=budgets, max_rows_per_chunk=cfg.vineppo.chunk_rows)
     rows, cols = np.nonzero(estimated)
-    texts, finished = [], []
-    eos = ctx.tokenizer.eos_token_id
+    ids = []
     for r, c in zip(rows, cols):
         prefix = ep.tokens[r, ep.prompt_lens[r] : step_starts[r, c]].tolist()
-        for j in range(k):
-            cont = out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()
-            if cont and cont[-1] == eos:
-                cont = cont[:-1]
-            texts.append(response_text(ctx, prefix + cont))
-            finished.append(out.finish_reason[r, c, j] != sampling.FINISH_LENGTH)
+        ids += [strip_eos(ctx, prefix + out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()) for j in range(k)]
+    texts = response_texts(ctx, ids)
+    finished = (out.finish_reason[rows, cols] != sampling.FINISH_LENGTH).reshape(-1)  # [N * K]
     answers = [ep.answers[r] for r in rows for _ in range(k)]
     graded = ctx.task.grade_batch(texts, answers, num_workers=cfg.task.grade_workers)
     rewards = np.zeros((b, s, k), np.float32)
-    rewards[rows, cols] = np.where(np.asarray(finished), graded, 0.0).reshape(len(rows), k)
+    rewards[rows, cols] = np.where(finished, graded, 0.0).reshape(len(rows), k)
     mask = np.repeat(estimated[:, :, None], k, axis=2)
     stats = {"mc/" + key: float(v) for key, v in out.stats.items()}
     return rewards, mask, stats
