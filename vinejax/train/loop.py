@@ -144,9 +144,13 @@ def run_rl(ctx, params, writer) -> dict:
     for it in range(start, cfg.train.iterations):
         timer = Timer()
         metrics: dict = {}
+        evaluated: dict = {}
         if cfg.train.eval_every > 0 and it % cfg.train.eval_every == 0:
             with timer("eval"):
-                metrics.update(evaluate(ctx, state["params"], eval_problems, jax.random.fold_in(rng, 10**6 + it)))
+                evaluated = evaluate(ctx, state["params"], eval_problems, jax.random.fold_in(rng, 10**6 + it))
+            # logged as of now: the policy after `it` iterations, before this iteration's update
+            writer.write(it, evaluated | {"time/elapsed": time.time() - started,
+                                          "train/gradient_steps": it * steps_per_iter})
         with timer("iteration"):
             problems = iteration_problems(train_problems, cfg.seed, it, cfg.sampling.problems_per_iteration)
             batch, m, _ = build_batch(ctx, state["params"], ref_params, (state.get("critic"),), problems,
@@ -158,7 +162,7 @@ def run_rl(ctx, params, writer) -> dict:
         metrics["time/elapsed"] = time.time() - started
         metrics["train/gradient_steps"] = (it + 1) * steps_per_iter
         writer.write(it, metrics)
-        _log(summary_line(it, metrics, SUMMARY_KEYS))
+        _log(summary_line(it, evaluated | metrics, SUMMARY_KEYS))
         last = metrics
         done = it + 1
         over_budget = cfg.train.time_budget_minutes > 0 and time.time() - started > 60 * cfg.train.time_budget_minutes
