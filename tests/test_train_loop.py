@@ -10,6 +10,7 @@ import pytest
 from vinejax.config import base_config
 from vinejax.model import llama
 from vinejax.model.hf import load_hf_model
+from vinejax.tasks import arithmetic
 from vinejax.train import loop
 from vinejax.train.setup import build_context
 
@@ -74,9 +75,18 @@ def read_metrics(cfg):
         return [json.loads(l) for l in f if l.strip()]
 
 
-@pytest.mark.parametrize("algo", ["vineppo", "ppo"])
-def test_loop_runs_and_changes_params(tmp_path, algo):
-    cfg = tiny_config(tmp_path, algo)
+def reward_odd_length(responses, answers, num_workers=0):
+    """A reward a random model earns about half the time (of its finished responses)."""
+    return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
+
+
+@pytest.mark.parametrize("algo", ["vineppo", "ppo", "grpo"])
+def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
+    # A random tiny model never solves arithmetic: give it a reward it can earn, so advantages
+    # (and the policy gradient) are really non-zero.
+    monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
+    cfg = tiny_config(tmp_path, algo, **{"sampling.max_new_tokens": 32, "sampling.samples_per_problem": 4,
+                                         "ppo.episodes_per_step": 16})
     before = initial_params(cfg)
     loop.run(cfg)
     after = exported_params(cfg)
@@ -88,10 +98,12 @@ def test_loop_runs_and_changes_params(tmp_path, algo):
     for r in records:
         for key in ("rewards/mean", "pg_clipfrac", "approx_kl", "kl", "grad_norm"):
             assert np.isfinite(r[key]), (key, r[key])
+    mixed = [r for r in records if 0 < r["rewards/mean"] < 1]
+    assert mixed and all(r["advantages/std"] > 0.1 for r in mixed)
     if algo == "vineppo":
         assert records[0]["mc/num_states"] >= 8  # at least the prompt state of each episode
         assert records[0]["mc/rollouts"] == 2 * records[0]["mc/num_states"]
-    else:
+    elif algo == "ppo":
         assert np.isfinite(records[0]["vf_loss"])
 
 

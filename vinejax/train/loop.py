@@ -153,7 +153,7 @@ def run_rl(ctx, params, writer) -> dict:
                                           "train/gradient_steps": it * steps_per_iter})
         with timer("iteration"):
             problems = iteration_problems(train_problems, cfg.seed, it, cfg.sampling.problems_per_iteration)
-            batch, m, _ = build_batch(ctx, state["params"], ref_params, (state.get("critic"),), problems,
+            batch, m, _ = build_batch(ctx, state["params"], ref_params, state.get("critic"), problems,
                                       jax.random.fold_in(rng, it), timer)
             metrics.update(m)
             with timer("train"):

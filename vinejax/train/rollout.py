@@ -115,8 +115,11 @@ def score_rows(ctx, fn, params, tokens: np.ndarray, rows_per_call: int) -> np.nd
     return np.concatenate(out)
 
 
-def build_batch(ctx, params, ref_params, critic, problems, rng: jax.Array, timer: Timer):
-    """Sample, grade and score one iteration's episodes → (host RolloutBatch, metrics)."""
+def build_batch(ctx, params, ref_params, critic_params, problems, rng: jax.Array, timer: Timer):
+    """Sample, grade and score one iteration's episodes → (host RolloutBatch, metrics, episodes).
+
+    `critic_params` (PPO only, else None) gives the token values for GAE.
+    """
     cfg = ctx.cfg
     s = cfg.sampling
     scfg = sampling_config(ctx, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
@@ -149,7 +152,6 @@ def build_batch(ctx, params, ref_params, critic, problems, rng: jax.Array, timer
         metrics.update(describe("steps/count", num_steps))
         extra = dict(step_starts=step_starts, num_steps=num_steps)
     elif cfg.algo == "ppo":
-        critic_params = critic[0]
         with timer("values"):
             values = score_rows(ctx, functools.partial(_values, model_cfg=ctx.critic_cfg), critic_params,
                                 tokens, rows_per_call)
