@@ -21,7 +21,7 @@ from vinejax.rl.pipeline import whiten_advantages
 from vinejax.train import update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.evaluate import evaluate
-from vinejax.train.metrics import MetricsWriter, Timer, summary_line
+from vinejax.train.metrics import MetricsWriter, Timer, progress, summary_line
 from vinejax.train.rollout import build_batch
 from vinejax.train.setup import build_context, hf_folder_of_run
 from vinejax.train.sft import run_sft
@@ -77,6 +77,7 @@ def _train_on(ctx, state, batch, iteration: int, optimizers, loss_cfg) -> dict:
     per_step = cfg.ppo.episodes_per_step
     sums: dict = {}
     count = 0
+    bar = progress(total=cfg.ppo.epochs * -(-n // per_step), desc=f"update it {iteration}")
     for epoch in range(cfg.ppo.epochs):
         order = np.random.default_rng([cfg.seed, iteration, epoch, 7]).permutation(n)
         for start in range(0, n, per_step):
@@ -97,6 +98,8 @@ def _train_on(ctx, state, batch, iteration: int, optimizers, loss_cfg) -> dict:
             for k, v in jax.device_get(m).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
+            bar.update(1)
+    bar.close()
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
@@ -131,14 +134,15 @@ def run_rl(ctx, params, writer) -> dict:
                                 kl_estimator=cfg.ppo.kl_estimator, kl_clamp=(0.0, cfg.ppo.kl_clamp),
                                 max_mean_ratio=cfg.ppo.max_mean_ratio if cfg.ppo.max_mean_ratio > 0 else None)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.train.keep_checkpoints)
-    start = 0
+    start, previously = 0, 0.0
     if cfg.resume and ckpt.latest_step() is not None:
         state, meta = ckpt.restore(ckpt.latest_step(), state)
         start = meta["iteration"]
+        previously = meta.get("elapsed", 0.0)
         writer.truncate_after(start - 1)
         _log(f"resumed at iteration {start} from {ckpt.directory}")
     rng = jax.random.key(cfg.seed)
-    started = time.time()
+    started = time.time() - previously  # wall-clock of the run, across resumes
     last: dict = {}
     done = start
     for it in range(start, cfg.train.iterations):
@@ -167,7 +171,7 @@ def run_rl(ctx, params, writer) -> dict:
         done = it + 1
         over_budget = cfg.train.time_budget_minutes > 0 and time.time() - started > 60 * cfg.train.time_budget_minutes
         if done % max(cfg.train.checkpoint_every, 1) == 0 or done == cfg.train.iterations or over_budget:
-            ckpt.save(done, state, {"iteration": done})
+            ckpt.save(done, state, {"iteration": done, "elapsed": time.time() - started})
         if over_budget:
             _log(f"time budget of {cfg.train.time_budget_minutes} min reached after iteration {it}")
             break
