@@ -1,13 +1,16 @@
 """Turn a run's metrics.jsonl into PNG curves: accuracy and reward vs iteration, gradient steps
 and wall-clock. `python experiments/plot.py runs/arith_vineppo [runs/arith_ppo ...] --out plot.png`."""
 import argparse
-import json
 import os
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vinejax.train.metrics import read_metrics  # noqa: E402
 
 PANELS = (
     ("iteration", "eval/accuracy", "held-out accuracy (sampled)"),
@@ -23,8 +26,7 @@ def load(run_dir: str) -> list:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise SystemExit(f"error: no metrics file at {path}")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_metrics(path)
 
 
 def plot(run_dirs, out: str) -> str:

@@ -1,5 +1,4 @@
 """The real training loop end to end on a tiny random model and the arithmetic task."""
-import json
 import os
 
 import jax
@@ -11,7 +10,7 @@ from vinejax.config import base_config
 from vinejax.model import llama
 from vinejax.model.hf import load_hf_model
 from vinejax.tasks import arithmetic
-from vinejax.train import loop
+from vinejax.train import loop, metrics
 from vinejax.train.setup import build_context
 
 
@@ -71,8 +70,7 @@ def exported_params(cfg):
 
 
 def read_metrics(cfg):
-    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
-        return [json.loads(l) for l in f if l.strip()]
+    return metrics.read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
 
 
 def reward_odd_length(responses, answers, num_workers=0):

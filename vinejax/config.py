@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.vineppo = ml_collections.ConfigDict()
     c.vineppo.num_rollouts = 9  # K
-    c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K uses 25 (prompt + 24 steps? see VINEPPO.md)
+    c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K: 25 = states 0..25 estimated, later V = R
     c.vineppo.dedup = True
     c.vineppo.chunk_rows = 512  # continuation rows per decode call
 

@@ -17,9 +17,9 @@ from vinejax.config import to_dict, validate
 from vinejax.model import llama
 from vinejax.model.hf import save_hf_model
 from vinejax.rl.losses import PolicyLossConfig
-from vinejax.rl.pipeline import whiten_advantages
 from vinejax.train import update
 from vinejax.train.batching import to_microbatches
+from vinejax.train.episodes import encode_prompts
 from vinejax.train.evaluate import evaluate
 from vinejax.train.metrics import MetricsWriter, Timer, progress, summary_line
 from vinejax.train.rollout import build_batch
@@ -64,8 +64,7 @@ def _eval_problems(ctx) -> list:
 
 
 def _fits(ctx, problems):
-    from vinejax.train.episodes import encode_prompts
-
+    """The problems whose prompt fits `task.max_prompt_tokens` (longer ones are dropped)."""
     lens = [len(p) for p in encode_prompts(ctx, problems)]
     return [p for p, n in zip(problems, lens) if n <= ctx.cfg.task.max_prompt_tokens]
 
@@ -75,32 +74,28 @@ def _train_on(ctx, state, batch, iteration: int, optimizers, loss_cfg) -> dict:
     cfg = ctx.cfg
     n = batch.tokens.shape[0]
     per_step = cfg.ppo.episodes_per_step
-    sums: dict = {}
-    count = 0
+    step_metrics = []  # fetched once at the end, so steps dispatch without waiting on the host
     bar = progress(total=cfg.ppo.epochs * -(-n // per_step), desc=f"update it {iteration}")
     for epoch in range(cfg.ppo.epochs):
         order = np.random.default_rng([cfg.seed, iteration, epoch, 7]).permutation(n)
         for start in range(0, n, per_step):
             idx = order[start : start + per_step]
-            sub = jax.tree.map(lambda x: np.asarray(x)[idx], batch)
-            if cfg.ppo.whiten_advantages:
-                sub = jax.device_get(whiten_advantages(sub))
-            micro = to_microbatches(ctx, sub, cfg.ppo.micro_batch)
+            micro = to_microbatches(ctx, jax.tree.map(lambda x: np.asarray(x)[idx], batch), cfg.ppo.micro_batch)
             with ctx.mesh_context():
                 state["params"], state["opt"], m = update.policy_step(
                     state["params"], state["opt"], micro, model_cfg=ctx.model_cfg, loss_cfg=loss_cfg,
-                    optimizer=optimizers["policy"], temperature=cfg.sampling.temperature)
+                    optimizer=optimizers["policy"], temperature=cfg.sampling.temperature,
+                    whiten=cfg.ppo.whiten_advantages)
                 if cfg.algo == "ppo":
                     state["critic"], state["critic_opt"], mc = update.critic_step(
                         state["critic"], state["critic_opt"], micro, model_cfg=ctx.critic_cfg,
                         optimizer=optimizers["critic"], clip_range=cfg.ppo.value_clip)
                     m = {**m, **mc}
-            for k, v in jax.device_get(m).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
+            step_metrics.append(m)
             bar.update(1)
     bar.close()
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    step_metrics = jax.device_get(step_metrics)
+    return {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
 
 
 def _init_state(ctx, params, optimizers):

@@ -1,9 +1,16 @@
 """SFT stage: maximum likelihood on gold solutions (the policy VinePPO starts from)."""
 from __future__ import annotations
 
+import os
+
+import jax
 import numpy as np
 
+from vinejax.checkpoint import Checkpointer
+from vinejax.model.hf import save_hf_model
 from vinejax.train import encode, update
+from vinejax.train.evaluate import evaluate
+from vinejax.train.setup import hf_folder_of_run
 from vinejax.train.batching import to_microbatches
 
 
@@ -52,15 +59,6 @@ def sft_train_step(ctx, params, opt_state, optimizer, tokens: np.ndarray, mask: 
 
 def run_sft(ctx, params, writer, log) -> dict:
     """The SFT stage; resumes from its checkpoints and is a no-op once its export exists."""
-    import os
-
-    import jax
-
-    from vinejax.checkpoint import Checkpointer
-    from vinejax.model.hf import save_hf_model
-    from vinejax.train.evaluate import evaluate
-    from vinejax.train.setup import hf_folder_of_run
-
     cfg = ctx.cfg
     export = hf_folder_of_run(cfg.output_dir)
     done_marker = os.path.join(export, "DONE")

@@ -18,6 +18,7 @@ from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl import losses
 from vinejax.rl.batch import RolloutBatch
+from vinejax.rl.pipeline import whiten_advantages
 from vinejax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
 
 
@@ -79,16 +80,21 @@ def _apply(optimizer, params, opt_state, grads, skip):
     return keep(params, new_params), keep(opt_state, new_opt_state)
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature"),
+@functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature", "whiten"),
                    donate_argnums=(0, 1))
 def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfig,
                 loss_cfg: losses.PolicyLossConfig, optimizer: optax.GradientTransformation,
-                temperature: float):
+                temperature: float, whiten: bool = True):
     """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T].
+
+    With `whiten`, token advantages are whitened over the whole optimizer batch (all micro-batches
+    together, paper §1.8) before the loss.
 
     Returns (params, opt_state, metrics) with the reduced loss metrics plus `grad_norm` and
     `skipped` (1.0 when the mean ratio exceeded `loss_cfg.max_mean_ratio`).
     """
+    if whiten:
+        batch = whiten_advantages(batch)
     n_tok = batch.response_mask.sum().astype(jnp.float32)
     n_seq = batch.response_mask.any(axis=-1).sum().astype(jnp.float32)
 
