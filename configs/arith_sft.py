@@ -34,7 +34,7 @@ def get_config():
     c.sft.max_steps = 600  # ~2 epochs of the 20k problems: ~45% held-out accuracy, room for RL
     c.sft.batch_size = 64
     c.sft.max_seq_len = 192
-    c.ppo.micro_batch = 64
+    c.sft.micro_batch = 64
     c.optim.lr = 3e-3
     c.optim.warmup_frac = 0.05
     c.optim.weight_decay = 0.0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vinejax.rl import advantages as A
-from vinejax.rl.testing import random_rollouts
+from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 # ------------------------------------------------------------------ references (plain python)
@@ -60,9 +60,9 @@ def ref_groups(r, ids, valid):
 @pytest.mark.parametrize("seed,cap", [(0, None), (1, None), (2, 0), (3, 2), (4, 100)])
 def test_vine_advantages_match_reference(seed, cap):
     d = random_rollouts(seed, B=10, T=30, S=7)
-    f = jax.jit(A.vine_token_advantages, static_argnames="max_value_step")
-    tok = f(d["values"], d["rewards"], d["step_starts"], d["num_steps"], d["response_mask"],
-            max_value_step=cap)
+    f = jax.jit(A.compute, static_argnames=("algo", "max_value_step"))
+    tok = f("vineppo", d["rewards"], d["response_mask"], state_values=d["values"], step_starts=d["step_starts"],
+            num_steps=d["num_steps"], max_value_step=cap).tokens
     step_ref, tok_ref = ref_vine_tokens(d["values"], d["rewards"], d["step_starts"],
                                         d["num_steps"], d["response_mask"], cap)
     step = A.vine_step_advantages(d["values"], d["rewards"], d["num_steps"], cap)

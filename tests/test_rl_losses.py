@@ -8,8 +8,9 @@ import pytest
 
 
 from vinejax.rl import losses as L
-from vinejax.rl.batch import RolloutBatch, pad_batch
-from vinejax.rl.testing import random_rollouts
+from vinejax.rl.batch import RolloutBatch
+from compile_count import count_compiles
+from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 def ref_ppo(lp, old, adv, mask, eps_lo, eps_hi, dual):
@@ -93,7 +94,7 @@ def test_value_loss_matches_reference():
 
 def _loss_fn(cfg):
     def f(lp, batch, n_tok=None, n_seq=None):
-        return L.vineppo_policy_loss(lp, batch, cfg, num_tokens=n_tok, num_sequences=n_seq)
+        return L.policy_loss(lp, batch, cfg, num_tokens=n_tok, num_sequences=n_seq)
     return f
 
 
@@ -132,18 +133,18 @@ def test_padding_invariance_and_garbage():
     batch = make_batch(d)
     lp = jnp.asarray(d["logprobs"])
     ent = jnp.asarray(d["token_values"])
-    loss, m = jax.jit(L.vineppo_policy_loss)(lp, batch, entropy=ent)
+    loss, m = jax.jit(L.policy_loss)(lp, batch, entropy=ent)
     big = pad_batch(batch, 9, 20, steps=10)
     big = big.replace(old_logprobs=jnp.where(big.response_mask, big.old_logprobs, jnp.nan),
                       advantages=jnp.where(big.response_mask, big.advantages, 1e30))
     lp_big = jnp.where(big.response_mask, jnp.pad(lp, ((0, 3), (0, 8))), jnp.inf)
     ent_big = jnp.where(big.response_mask, jnp.pad(ent, ((0, 3), (0, 8))), jnp.nan)
-    loss2, m2 = jax.jit(L.vineppo_policy_loss)(lp_big, big, entropy=ent_big)
+    loss2, m2 = jax.jit(L.policy_loss)(lp_big, big, entropy=ent_big)
     np.testing.assert_allclose(loss2, loss, rtol=1e-6)
     for k in m:
         np.testing.assert_allclose(m2[k][0], m[k][0], rtol=1e-6, err_msg=k)
         np.testing.assert_allclose(m2[k][1], m[k][1], err_msg=k)
-    g = jax.jit(jax.grad(lambda x: L.vineppo_policy_loss(x, big, entropy=ent_big)[0]))(lp_big)
+    g = jax.jit(jax.grad(lambda x: L.policy_loss(x, big, entropy=ent_big)[0]))(lp_big)
     assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -157,7 +158,7 @@ def test_microbatch_accumulation_is_exact():
     full, m_full = f(lp, batch)
     g_full = gf(lp, batch)
     n_tok, n_seq = batch.num_tokens(), batch.num_sequences()
-    micro = batch.microbatches(2)
+    micro = microbatches(batch, 2)
     lps = lp.reshape(2, 4, 16)
     tot, agg, grads = 0.0, None, []
     for i in range(2):
@@ -184,11 +185,12 @@ def test_compiles_once_per_shape():
 
     def step(lp, batch):
         traces.append(1)                                # Python side effect: runs per trace
-        loss, m = L.vineppo_policy_loss(lp, batch)
+        loss, m = L.policy_loss(lp, batch)
         return loss, L.reduce_metrics(m)
 
     jstep = jax.jit(step)
-    for seed in range(3):
-        d = random_rollouts(seed, B=6, T=12)
-        jax.block_until_ready(jstep(jnp.asarray(d["logprobs"]), make_batch(d)))
-    assert len(traces) == 1 and jstep._cache_size() == 1
+    inputs = [(jnp.asarray(d["logprobs"]), make_batch(d)) for d in (random_rollouts(s, B=6, T=12) for s in range(3))]
+    with count_compiles() as compiles:
+        for lp, batch in inputs:
+            jax.block_until_ready(jstep(lp, batch))
+    assert len(traces) == 1 and len(compiles) == 1

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import vinejax.rl as rl
-from vinejax.rl.testing import random_rollouts
+from compile_count import count_compiles
+from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 def ref_token_adv(d, cap):
@@ -31,8 +32,11 @@ def test_vine_pipeline_matches_reference_and_compiles_once():
     @functools.partial(jax.jit, static_argnames="cap")
     def f(mc_rewards, mc_mask, rewards, step_starts, num_steps, response_mask, cap):
         traces.append(1)
-        return rl.vine_advantages_from_mc(mc_rewards, mc_mask, rewards, step_starts, num_steps,
-                                          response_mask, cap)
+        est = rl.mc_values(mc_rewards, mc_mask)
+        adv = rl.compute("vineppo", rewards, response_mask, state_values=est.value, step_starts=step_starts,
+                         num_steps=num_steps, max_value_step=cap)
+        states = rl.estimated_state_mask(num_steps, mc_rewards.shape[1], cap)
+        return adv.tokens, rl.mc_value_metrics(est, states)
 
     for seed in range(3):
         d = random_rollouts(seed, B=8, T=24, S=6, K=5)
@@ -51,36 +55,39 @@ def test_advantage_functions_compile_once():
         "rloo": jax.jit(lambda v, r, m: rl.rloo_advantages(r, group_size=4)),
         "whiten": jax.jit(lambda v, r, m: rl.masked_whiten(v, m)),
     }
-    for seed in range(3):
-        d = random_rollouts(seed, B=8, T=16)
-        for fn in fns.values():
-            jax.block_until_ready(fn(d["token_values"], d["rewards"], d["response_mask"]))
-    assert all(fn._cache_size() == 1 for fn in fns.values())
+    data = [random_rollouts(seed, B=8, T=16) for seed in range(3)]
+    inputs = [tuple(jnp.asarray(d[k]) for k in ("token_values", "rewards", "response_mask")) for d in data]
+    with count_compiles() as compiles:
+        for args in inputs:
+            for fn in fns.values():
+                jax.block_until_ready(fn(*args))
+    assert len(compiles) == len(fns)
 
 
 def test_train_step_from_logits_padding_invariant():
     """logits -> token log-probs -> VinePPO loss and its gradient; extra padding changes nothing."""
     d = random_rollouts(7, B=6, T=12, V=11)
-    tok, _ = rl.vine_advantages_from_mc(d["mc_rewards"], d["mc_mask"], d["rewards"],
-                                        d["step_starts"], d["num_steps"], d["response_mask"])
+    tok = rl.compute("vineppo", d["rewards"], d["response_mask"],
+                     state_values=rl.mc_values(d["mc_rewards"], d["mc_mask"]).value,
+                     step_starts=d["step_starts"], num_steps=d["num_steps"]).tokens
     batch = rl.RolloutBatch(tokens=jnp.asarray(d["tokens"]),
                             response_mask=jnp.asarray(d["response_mask"]),
                             old_logprobs=jnp.asarray(d["old_logprobs"]),
                             ref_logprobs=jnp.asarray(d["ref_logprobs"]), advantages=tok,
                             rewards=jnp.asarray(d["rewards"]))
-    batch = rl.whiten_advantages(batch)
+    batch = rl.whiten_batch(batch)
 
     @jax.jit
     def step(logits, batch):
         def loss_fn(x):
             lp, ent = rl.token_logprobs_and_entropy(x, batch.tokens, 0.6)
-            return rl.vineppo_policy_loss(lp, batch, entropy=ent)
+            return rl.policy_loss(lp, batch, entropy=ent)
         (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(logits)
         return loss, rl.reduce_metrics(m), g
 
     logits = jnp.asarray(d["logits"])
     loss, m, g = step(logits, batch)
-    big = rl.pad_batch(batch, 8, 15)
+    big = pad_batch(batch, 8, 15)
     big_logits = jnp.pad(logits, ((0, 2), (0, 3), (0, 0)), constant_values=3.0)
     loss2, m2, g2 = step(big_logits, big)
     np.testing.assert_allclose(loss2, loss, rtol=1e-5)
@@ -119,11 +126,11 @@ def test_pad_batch_and_microbatches_shapes():
                         old_logprobs=d["old_logprobs"], ref_logprobs=d["ref_logprobs"],
                         advantages=d["token_values"], rewards=d["rewards"],
                         step_starts=d["step_starts"], num_steps=d["num_steps"])
-    p = rl.pad_batch(b, 6, 12, steps=7)
+    p = pad_batch(b, 6, 12, steps=7)
     assert p.tokens.shape == (6, 12) and p.step_starts.shape == (6, 7)
     assert p.num_steps.shape == (6,) and int(p.num_steps[4:].sum()) == 0
     assert int(p.num_tokens()) == int(b.num_tokens()) and p.returns is None
-    mb = p.microbatches(3)
+    mb = microbatches(p, 3)
     assert mb.tokens.shape == (3, 2, 12) and mb.rewards.shape == (3, 2)
 
 
@@ -141,8 +148,8 @@ def test_sharded_batch_gives_same_loss():
     lp = jnp.asarray(d["logprobs"])
 
     def f(lp, batch):
-        batch = rl.whiten_advantages(batch)
-        loss, m = rl.vineppo_policy_loss(lp, batch)
+        batch = rl.whiten_batch(batch)
+        loss, m = rl.policy_loss(lp, batch)
         return loss, rl.reduce_metrics(m)
 
     ref_loss, ref_m = jax.jit(f)(lp, batch)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vinejax.rl import values as V
-from vinejax.rl.testing import random_rollouts
+from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 def ref_mc(rew, mask):

@@ -11,7 +11,7 @@ from vinejax.model import llama
 from vinejax.model.hf import load_hf_model
 from vinejax.tasks import arithmetic
 from vinejax.train import loop, metrics
-from vinejax.train.setup import build_context
+from vinejax.train.context import build_context
 
 
 def tiny_config(tmp_path, algo="vineppo", iterations=2, **changes):

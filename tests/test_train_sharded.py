@@ -3,6 +3,7 @@ and the whole loop runs on the 8 fake CPU devices."""
 import jax
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from vinejax import sharding
 from vinejax.model import llama
@@ -11,7 +12,6 @@ from vinejax.rl.batch import RolloutBatch
 from vinejax.rl.losses import PolicyLossConfig
 from vinejax.train import loop, update
 from vinejax.train.batching import to_microbatches
-from vinejax.train.setup import RunContext
 
 from test_train_loop import read_metrics, tiny_config
 
@@ -34,12 +34,11 @@ def random_batch(rng: np.random.Generator, rows=16, cols=24) -> RolloutBatch:
 
 def one_step(mesh, params, batch, micro_batch=8):
     shardings = sharding.tree_shardings(llama.param_logical_axes(MODEL), llama.param_shapes(MODEL), mesh)
-    ctx = RunContext(None, mesh, None, None, MODEL, shardings)
-    params = ctx.put_params(params)
+    params = jax.device_put(params, shardings)
     optimizer = update.make_optimizer(_optim(), total_steps=10)
     opt_state = jax.jit(optimizer.init)(params)
-    micro = to_microbatches(ctx, batch, micro_batch)
-    with ctx.mesh_context():
+    micro = to_microbatches(mesh, batch, micro_batch)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         params, _, metrics = update.policy_step(params, opt_state, micro, model_cfg=MODEL,
                                                 loss_cfg=PolicyLossConfig(kl_coef=0.1), optimizer=optimizer,
                                                 temperature=0.6)

@@ -7,10 +7,11 @@ Defaults are the paper's settings (../VINEPPO.md) unless a comment says otherwis
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ml_collections
+
+from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 
 ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo")
 
@@ -63,7 +64,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo = ml_collections.ConfigDict()
     c.vineppo.num_rollouts = 9  # K
     c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K: 25 = states 0..25 estimated, later V = R
-    c.vineppo.dedup = True
     c.vineppo.chunk_rows = 512  # continuation rows per decode call
 
     c.ppo = ml_collections.ConfigDict()
@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.batch_size = 64
     c.sft.max_steps = -1  # -1 = epochs decide
     c.sft.max_seq_len = 2048
+    c.sft.micro_batch = 16  # examples per forward/backward (gradient accumulation)
 
     c.train = ml_collections.ConfigDict()
     c.train.iterations = 1000
@@ -177,17 +178,18 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
          f"must divide the {episodes} episodes of an iteration")
     need(cfg.ppo.episodes_per_step % cfg.ppo.micro_batch == 0, "ppo.micro_batch",
          f"must divide ppo.episodes_per_step={cfg.ppo.episodes_per_step}")
+    need(cfg.sft.batch_size % cfg.sft.micro_batch == 0, "sft.micro_batch",
+         f"must divide sft.batch_size={cfg.sft.batch_size}")
     need(len(cfg.mesh.shape) == 3, "mesh.shape", "must be (data, fsdp, tensor)")
     if num_devices is not None:
-        shape = list(cfg.mesh.shape)
-        need(shape.count(-1) <= 1, "mesh.shape", "at most one -1")
-        known = math.prod(s for s in shape if s != -1)
-        need(known <= num_devices and num_devices % known == 0, "mesh.shape",
-             f"does not fit the {num_devices} available devices")
-        if -1 in shape:
-            shape[shape.index(-1)] = num_devices // known
-        data = shape[0] * shape[1]
+        try:
+            shape = resolve_mesh_shape(cfg.mesh.shape, num_devices)
+        except ValueError as error:
+            raise ConfigError(f"config key 'mesh.shape': {error}") from None
+        data = data_parallel_size(dict(zip(MESH_AXES, shape)))
         need(cfg.ppo.micro_batch % data == 0, "ppo.micro_batch",
+             f"must be divisible by the data-parallel size {data} (mesh data x fsdp)")
+        need(cfg.sft.micro_batch % data == 0, "sft.micro_batch",
              f"must be divisible by the data-parallel size {data} (mesh data x fsdp)")
         need(cfg.sampling.batch_size % data == 0, "sampling.batch_size",
              f"must be divisible by the data-parallel size {data}")
@@ -230,6 +232,7 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     c.sft.max_seq_len = m["max_seq_len"]
     c.sft.epochs = 3
     c.ppo.micro_batch = 8
+    c.sft.micro_batch = 8
     c.train.iterations = 650 if task == "gsm8k" else 1000
     c.train.eval_every = 10
     c.train.checkpoint_every = 10

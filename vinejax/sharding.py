@@ -30,23 +30,31 @@ DEFAULT_RULES = (
 )
 
 
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """`shape` with its -1 (at most one) replaced by the devices left over; raises ValueError when
+    an axis is 0 or negative, or the shape does not fit `num_devices`."""
+    shape = [int(s) for s in shape]
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh shape {tuple(shape)}: every axis must be >= 1 (or -1 for the rest)")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {tuple(shape)} has more than one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh shape {tuple(shape)} does not divide the {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) > num_devices:
+        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices but only {num_devices} exist")
+    return tuple(shape)
+
+
 def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES, devices=None) -> Mesh:
     """A mesh of `shape` over `devices` (default: all). -1 in shape takes the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = list(shape)
     if len(shape) != len(axis_names):
         raise ValueError(f"mesh shape {tuple(shape)} does not match axis names {tuple(axis_names)}")
-    if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {tuple(shape)} has more than one -1")
-    if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        if len(devices) % known:
-            raise ValueError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
-        shape[shape.index(-1)] = len(devices) // known
-    size = math.prod(shape)
-    if size > len(devices):
-        raise ValueError(f"mesh shape {tuple(shape)} needs {size} devices but only {len(devices)} exist")
-    grid = np.array(devices[:size]).reshape(shape)
+    shape = resolve_mesh_shape(shape, len(devices))
+    grid = np.array(devices[: math.prod(shape)]).reshape(shape)
     return Mesh(grid, tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape))
 
 
@@ -104,9 +112,12 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
     return NamedSharding(mesh, P(lead, *([None] * (ndim - 1))))
 
 
-def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
-    """How many ways a batch is split: the product of the mesh axes the `batch` rule maps to."""
-    return math.prod(mesh.shape.get(a, 1) for a in _mesh_axes_for("batch", dict(rules)))
+def data_parallel_size(mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways a batch is split: the product of the mesh axes the `batch` rule maps to.
+
+    `mesh`: a Mesh, an AbstractMesh, or a mapping {axis name: size}."""
+    shape = dict(getattr(mesh, "shape", mesh))
+    return math.prod(shape.get(a, 1) for a in _mesh_axes_for("batch", dict(rules)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

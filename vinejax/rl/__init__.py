@@ -2,23 +2,21 @@
 
 Modules (each a handful of pure, jittable functions over fixed-shape masked arrays):
   values     MC value estimates V̂(s) and standard errors from K continuations per state
-  advantages VinePPO step advantages, GAE, GRPO, RLOO, masked whitening
+  advantages one entry point ``compute(algo, ...)``: VinePPO step advantages, GAE, GRPO, RLOO;
+             masked whitening of an optimizer batch (``whiten_batch``)
   logprobs   token log-probs / entropies from logits (temperature, vocab chunking)
-  losses     PPO-clip, KL (k1/k2/k3), clipped value loss, entropy, combined VinePPO loss
+  losses     PPO-clip, KL (k1/k2/k3), clipped value loss, entropy, the combined ``policy_loss``
   batch      RolloutBatch pytree (the sampler <-> trainer contract)
-  pipeline   MC rewards -> token advantages; per-batch whitening
 """
-from vinejax.rl.advantages import (gae_advantages, grpo_advantages, last_token_rewards,
-                                   masked_mean, masked_var, masked_whiten, rloo_advantages,
-                                   sequence_to_tokens, steps_to_tokens, vine_step_advantages,
-                                   vine_token_advantages)
-from vinejax.rl.batch import RolloutBatch, pad_batch
-from vinejax.rl.logprobs import entropy_from_logits, token_logprobs, token_logprobs_and_entropy
-from vinejax.rl.losses import (PolicyLossConfig, add_metrics, clipped_value_loss, entropy_sum,
-                               kl_loss, kl_penalty, kl_reward_penalty, ppo_clip_loss,
-                               reduce_metrics, should_skip, vineppo_policy_loss)
-from vinejax.rl.pipeline import ppo_gae_targets, vine_advantages_from_mc, whiten_advantages
-from vinejax.rl.values import (MCValues, estimated_state_mask, mc_value_metrics, mc_values,
-                               state_mask)
+from vinejax.rl.advantages import (ALGORITHMS, Advantages, compute, gae_advantages, grpo_advantages,
+                                   last_token_rewards, masked_mean, masked_var, masked_whiten,
+                                   ppo_gae_targets, rloo_advantages, sequence_to_tokens, steps_to_tokens,
+                                   vine_step_advantages, whiten_batch)
+from vinejax.rl.batch import RolloutBatch
+from vinejax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
+from vinejax.rl.losses import (PolicyLossConfig, add_metrics, clipped_value_loss, entropy_sum, kl_loss,
+                               kl_penalty, kl_reward_penalty, policy_loss, ppo_clip_loss, reduce_metrics,
+                               should_skip)
+from vinejax.rl.values import MCValues, estimated_state_mask, mc_value_metrics, mc_values, state_mask
 
 __all__ = [n for n in dir() if not n.startswith("_")]

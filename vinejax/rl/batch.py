@@ -51,34 +51,3 @@ class RolloutBatch:
     def num_sequences(self) -> jax.Array:
         """Number of rows with at least one response token (the KL loss denominator)."""
         return self.response_mask.any(axis=1).sum()
-
-    def microbatches(self, n: int) -> "RolloutBatch":
-        """Reshape every leaf ``[B, ...] -> [n, B // n, ...]`` (to scan over micro-batches)."""
-        if self.batch_size % n:
-            raise ValueError(f"batch {self.batch_size} not divisible into {n} micro-batches")
-        return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), self)
-
-
-def pad_batch(batch: RolloutBatch, rows: int, cols: int, steps: int | None = None) -> RolloutBatch:
-    """Pad to ``[rows, cols]`` (and ``steps`` step slots) with masked entries.
-
-    New tokens/values are 0, masks false, ``num_steps`` 0, so no loss or metric changes. Used to
-    bucket ragged batches to a few fixed shapes (one compilation per shape).
-    """
-    B, T = batch.tokens.shape
-    if rows < B or cols < T:
-        raise ValueError("pad_batch only grows the batch")
-
-    def pad(x):
-        if x.ndim == 1:
-            return jnp.pad(x, (0, rows - B))
-        widths = [(0, rows - B), (0, cols - T)] + [(0, 0)] * (x.ndim - 2)
-        return jnp.pad(x, widths)
-
-    out = jax.tree.map(pad, batch.replace(step_starts=None, num_steps=None))
-    if batch.step_starts is not None:
-        S = batch.step_starts.shape[1]
-        extra = 0 if steps is None else steps - S
-        out = out.replace(step_starts=jnp.pad(batch.step_starts, ((0, rows - B), (0, extra))),
-                          num_steps=jnp.pad(batch.num_steps, (0, rows - B)))
-    return out

@@ -103,9 +103,3 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 1.
     """f32[B, T] log-probs of ``tokens`` under ``softmax(logits / temperature)``, column 0 = 0."""
     lse, _ = _stats(logits, temperature, vocab_chunk, False)
     return _aligned(_gather_token_logit(logits, _next_tokens(tokens), temperature) - lse)
-
-
-def entropy_from_logits(logits: jax.Array, temperature: float = 1.0,
-                        vocab_chunk: int | None = None) -> jax.Array:
-    """f32[B, T] entropy of the distribution that predicts token t (column 0 = 0)."""
-    return _aligned(_stats(logits, temperature, vocab_chunk, True)[1])

@@ -5,7 +5,7 @@ metric is a ``(sum, count)`` pair too, so micro-batch results are aggregated exa
 them (``add_metrics``) and dividing once (``reduce_metrics``). Masked entries may hold garbage
 (even inf/nan): they are replaced before any arithmetic, so they change no value or gradient.
 
-``vineppo_policy_loss`` combines terms with different denominators (tokens for PPO, sequences
+``policy_loss`` combines terms with different denominators (tokens for PPO, sequences
 for KL); it takes the denominators of the whole optimizer batch so that the sum of micro-batch
 losses (and gradients) equals the full-batch loss exactly.
 """
@@ -156,9 +156,10 @@ class PolicyLossConfig:
     max_mean_ratio: float | None = 10.0    # skip the update when the batch mean ratio exceeds it
 
 
-def vineppo_policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossConfig(),
-                        entropy: jax.Array | None = None, num_tokens=None, num_sequences=None):
-    """VinePPO actor loss ``Σ ℓ_pg / N_tok + β Σ_b Σ_t kl_bt / N_seq − c_H Σ H / N_tok``.
+def policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossConfig(),
+                entropy: jax.Array | None = None, num_tokens=None, num_sequences=None):
+    """Actor loss of every PPO-style algorithm (VinePPO, PPO, GRPO, RLOO):
+    ``Σ ℓ_pg / N_tok + β Σ_b Σ_t kl_bt / N_seq − c_H Σ H / N_tok``.
 
     Args:
       logprobs: f32[B, T] current-policy log-probs of ``batch.tokens`` (aligned, with

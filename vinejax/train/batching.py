@@ -14,7 +14,7 @@ def _microbatch_sharding(mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(None, *spec))
 
 
-def to_microbatches(ctx, tree, micro_batch: int):
+def to_microbatches(mesh, tree, micro_batch: int):
     """Reshape every [B, ...] leaf to [B // micro_batch, micro_batch, ...] and place it on the mesh."""
 
     def put(x):
@@ -22,11 +22,11 @@ def to_microbatches(ctx, tree, micro_batch: int):
         if x.shape[0] % micro_batch:
             raise ValueError(f"batch of {x.shape[0]} rows is not divisible by micro_batch={micro_batch}")
         x = x.reshape((x.shape[0] // micro_batch, micro_batch) + x.shape[1:])
-        return jax.device_put(x, _microbatch_sharding(ctx.mesh, x.ndim))
+        return jax.device_put(x, _microbatch_sharding(mesh, x.ndim))
 
     return jax.tree.map(put, tree)
 
 
-def to_device_batch(ctx, tree):
-    """Place every [B, ...] leaf with its batch axis over the data axes."""
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding.batch_sharding(ctx.mesh, np.ndim(x))), tree)
+def to_device_batch(mesh, tree):
+    """Place every [B, ...] leaf with its batch axis over the data axes of `mesh`."""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding.batch_sharding(mesh, np.ndim(x))), tree)

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 
 
-def bucket(n: int, multiple: int = 16, coarse_above: int = 256) -> int:
+def length_bucket(n: int, multiple: int = 16, coarse_above: int = 256) -> int:
     """Round a length up to a multiple of `multiple` (of 128 above `coarse_above`): few compiles,
     little padding."""
     n = max(int(n), 1)

@@ -1,7 +1,8 @@
-"""Sample episodes for a list of problems: token rows, texts, finish flags and rewards.
+"""Episodes of one batch of problems: sampled token rows, texts, finish flags; their rewards and
+their reasoning steps as token columns.
 
-Shared by the RL iteration and evaluation. Everything here is host-side orchestration around the
-jitted `vinejax.sampling.generate`.
+Host-side orchestration around the jitted `vinejax.sampling.generate`, shared by the RL iteration
+and evaluation.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import jax
 import numpy as np
 
 from vinejax import sampling
+from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode
 from vinejax.train.metrics import progress
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Episodes:
     """B = problems × samples rows (sample-major within a problem)."""
 
@@ -25,7 +27,7 @@ class Episodes:
     total_lens: np.ndarray  # int32[B]
     finish_reason: np.ndarray  # int32[B] codes of sampling.FINISH_REASONS
     texts: list  # response texts (special tokens and a trailing stop string removed)
-    answers: list  # gold answers, per row
+    problems: list  # the Problem of each row
     problem_index: np.ndarray  # int32[B] index into the problem list
 
     @property
@@ -41,72 +43,103 @@ class Episodes:
         return self.tokens[row, self.prompt_lens[row] : self.total_lens[row]].tolist()
 
 
-def sampling_config(ctx, temperature: float, top_p: float, max_new_tokens: int, greedy: bool = False,
-                    top_k: int = 0) -> sampling.SamplingConfig:
+def sampling_config(tokenizer, task, temperature: float, top_p: float, max_new_tokens: int,
+                    greedy: bool = False, top_k: int = 0) -> sampling.SamplingConfig:
     """The task's stop strings and the tokenizer's EOS/pad as a static SamplingConfig."""
-    tok = ctx.tokenizer
-    stops = tuple(tuple(encode.encode_text(tok, s)) for s in ctx.task.stop_strings if s)
+    stops = tuple(tuple(encode.encode_text(tokenizer, s)) for s in task.stop_strings if s)
     return sampling.SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature if not greedy else 1.0, top_p=top_p,
-        top_k=top_k, greedy=greedy, eos_ids=(tok.eos_token_id,), stop_sequences=stops,
-        pad_id=encode.pad_token_id(tok),
+        top_k=top_k, greedy=greedy, eos_ids=(tokenizer.eos_token_id,), stop_sequences=stops,
+        pad_id=encode.pad_token_id(tokenizer),
     )
 
 
-def response_texts(ctx, ids_list: list) -> list[str]:
+def strip_eos(tokenizer, ids: list) -> list:
+    """`ids` without a final EOS token."""
+    return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
+
+
+def response_texts(tokenizer, stop_strings, ids_list: list) -> list[str]:
     """Decoded responses (one batched decode) without special tokens or a trailing stop string."""
-    texts = ctx.tokenizer.batch_decode(ids_list, skip_special_tokens=True)
-    return [_strip_stop(ctx, t) for t in texts]
+    texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
+    return [_strip_stop(t, stop_strings) for t in texts]
 
 
-def _strip_stop(ctx, text: str) -> str:
-    for stop in ctx.task.stop_strings:
+def _strip_stop(text: str, stop_strings) -> str:
+    for stop in stop_strings:
         if stop and text.endswith(stop):
             return text[: -len(stop)]
     return text
 
 
-def encode_prompts(ctx, problems) -> list[list[int]]:
+def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
     """BOS + prompt tokens of each problem."""
-    return [encode.encode_prompt(ctx.tokenizer, ctx.task.prompt(p.problem)) for p in problems]
+    return [encode.encode_prompt(tokenizer, task.prompt(p.problem)) for p in problems]
 
 
-def sample_episodes(ctx, params, problems, scfg: sampling.SamplingConfig, num_samples: int,
-                    rng: jax.Array, batch_prompts: int, desc: str = "sample") -> Episodes:
+def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling.SamplingConfig,
+                    num_samples: int, rng: jax.Array, batch_prompts: int, desc: str = "sample") -> Episodes:
     """`num_samples` responses to each problem, generated `batch_prompts` prompts at a time."""
-    prompts = encode_prompts(ctx, problems)
-    pad = encode.pad_token_id(ctx.tokenizer)
+    prompts = encode_prompts(tokenizer, task, problems)
+    pad = encode.pad_token_id(tokenizer)
     parts = []
     bar = progress(total=len(prompts), desc=desc)
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start : start + batch_prompts]
         lens = np.array([len(p) for p in chunk], np.int32)
         rows = encode.pad_rows(chunk, int(lens.max()), pad)
-        with ctx.mesh_context():
-            out = sampling.generate(params, ctx.model_cfg, rows, lens, jax.random.fold_in(rng, start),
-                                    scfg, num_samples=num_samples)
-            tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
+        out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
+                                num_samples=num_samples)
+        tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
         parts.append(jax.device_get((tokens, logprobs, plen, tlen, out.finish_reason)))
         bar.update(len(chunk))
     bar.close()
     width = max(p[0].shape[1] for p in parts)
     cat = lambda i, fill: np.concatenate(
         [np.pad(p[i], ((0, 0), (0, width - p[i].shape[1])), constant_values=fill) for p in parts])
-    tokens, logprobs = cat(0, pad), cat(1, 0.0)
+    tokens, logprobs = cat(0, pad).astype(np.int32), cat(1, 0.0).astype(np.float32)
     plen, tlen, finish = (np.concatenate([p[i] for p in parts]).astype(np.int32) for i in (2, 3, 4))
     index = np.repeat(np.arange(len(problems)), num_samples).astype(np.int32)
-    ep = Episodes(tokens.astype(np.int32), logprobs.astype(np.float32), plen, tlen, finish, [],
-                  [problems[i].answer for i in index], index)
-    ep.texts = response_texts(ctx, [strip_eos(ctx, ep.response_ids(r)) for r in range(len(index))])
-    return ep
+    responses = [strip_eos(tokenizer, tokens[r, plen[r] : tlen[r]].tolist()) for r in range(len(index))]
+    texts = response_texts(tokenizer, task.stop_strings, responses)
+    return Episodes(tokens, logprobs, plen, tlen, finish, texts, [problems[i] for i in index], index)
 
 
-def strip_eos(ctx, ids: list) -> list:
-    """`ids` without a final EOS token."""
-    return ids[:-1] if ids and ids[-1] == ctx.tokenizer.eos_token_id else ids
-
-
-def grade_episodes(ctx, ep: Episodes) -> np.ndarray:
+def grade_episodes(task, ep: Episodes, workers: int) -> np.ndarray:
     """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones."""
-    rewards = ctx.task.grade_batch(ep.texts, ep.answers, num_workers=ctx.cfg.task.grade_workers)
+    rewards = task.grade_batch(ep.texts, [p.answer for p in ep.problems], num_workers=workers)
     return np.where(ep.finished, np.asarray(rewards, np.float32), 0.0).astype(np.float32)
+
+
+def token_offsets(tokenizer, ids: list, text: str) -> list[tuple[int, int]]:
+    """(start, end) character span in `text` (= decode(ids)) of each sampled token.
+
+    Fast path: re-tokenizing `text` usually gives back `ids`, and then its offsets apply; otherwise
+    (a sampled tokenization the tokenizer would not produce) `tasks.steps.token_char_offsets`
+    decodes token by token.
+    """
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) == list(ids):
+        return [tuple(o) for o in enc["offset_mapping"]]
+    return token_char_offsets(tokenizer, ids)
+
+
+def episode_steps(tokenizer, split_steps, ep: Episodes) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute token column where each step starts, int32[B, S], and step counts int32[B].
+
+    `split_steps(text) -> list[str]` is the task's splitter. A response with no text (only EOS)
+    is one step. EOS and a trailing stop sequence belong to the last step (their characters lie
+    at or past the end of the text).
+    """
+    starts_list = []
+    for r, text in enumerate(ep.texts):
+        ids = strip_eos(tokenizer, ep.response_ids(r))
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        offsets = token_offsets(tokenizer, ids, full) if ids else []
+        steps = split_steps(text) if text else []
+        rel = step_token_starts(steps, offsets) if steps and offsets else [0]
+        starts_list.append([ep.prompt_lens[r] + s for s in rel])
+    width = max(len(s) for s in starts_list)
+    step_starts = encode.pad_rows(starts_list, max(width, 1), 0)
+    num_steps = np.array([min(len(s), width) for s in starts_list], np.int32)
+    return step_starts, num_steps

@@ -9,21 +9,22 @@ import numpy as np
 from vinejax.checkpoint import Checkpointer
 from vinejax.model.hf import save_hf_model
 from vinejax.train import encode, update
-from vinejax.train.evaluate import evaluate
-from vinejax.train.setup import hf_folder_of_run
 from vinejax.train.batching import to_microbatches
+from vinejax.train.context import hf_folder_of_run
+from vinejax.train.evaluate import evaluate
+from vinejax.train.stage import held_out_problems, resume
 
 
-def sft_examples(ctx, problems) -> tuple[list, list]:
+def sft_examples(tokenizer, task, problems, max_seq_len: int) -> tuple[list, list]:
     """Token rows and target masks of `prompt + solution + EOS`, dropping over-long ones."""
     rows, masks = [], []
     for p in problems:
-        toks, mask = encode.encode_sft(ctx.tokenizer, ctx.task.prompt(p.problem), p.solution)
-        if len(toks) <= ctx.cfg.sft.max_seq_len:
+        toks, mask = encode.encode_sft(tokenizer, task.prompt(p.problem), p.solution)
+        if len(toks) <= max_seq_len:
             rows.append(toks)
             masks.append(mask)
     if not rows:
-        raise ValueError(f"no SFT example fits sft.max_seq_len={ctx.cfg.sft.max_seq_len}")
+        raise ValueError(f"no SFT example fits sft.max_seq_len={max_seq_len}")
     return rows, masks
 
 
@@ -38,7 +39,7 @@ def sft_batch(rows, masks, order: np.ndarray, step: int, batch_size: int, pad_id
     """Step `step`'s batch (indices from the permutation `order`), padded to a bucket length."""
     n = len(order)
     idx = order[(step * batch_size + np.arange(batch_size)) % n]
-    length = encode.bucket(max(len(rows[i]) for i in idx))
+    length = encode.length_bucket(max(len(rows[i]) for i in idx))
     tokens = encode.pad_rows([rows[i] for i in idx], length, pad_id)
     mask = encode.pad_rows([masks[i] for i in idx], length, False, bool)
     return tokens, mask
@@ -47,14 +48,6 @@ def sft_batch(rows, masks, order: np.ndarray, step: int, batch_size: int, pad_id
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The example order of one epoch: a permutation seeded by (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def sft_train_step(ctx, params, opt_state, optimizer, tokens: np.ndarray, mask: np.ndarray, micro_batch: int):
-    """Shard a [B, T] batch as [M, mb, T] micro-batches and take one `update.sft_step`."""
-
-    tok_mb, mask_mb = to_microbatches(ctx, (tokens, mask), micro_batch)
-    with ctx.mesh_context():
-        return update.sft_step(params, opt_state, tok_mb, mask_mb, model_cfg=ctx.model_cfg, optimizer=optimizer)
 
 
 def run_sft(ctx, params, writer, log) -> dict:
@@ -66,25 +59,23 @@ def run_sft(ctx, params, writer, log) -> dict:
         log(f"SFT already done: policy cached at {export}")
         return {}
     problems = ctx.task.load_split(cfg.task.train_split)
-    rows, masks = sft_examples(ctx, problems)
+    rows, masks = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len)
     total = sft_total_steps(cfg, len(rows))
     per_epoch = max(len(rows) // cfg.sft.batch_size, 1)
     optimizer = update.make_optimizer(cfg.optim, total)
     opt_state = jax.jit(optimizer.init)(params)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.train.keep_checkpoints)
-    step = 0
-    if cfg.resume and ckpt.latest_step() is not None:
-        (params, opt_state), meta = ckpt.restore(ckpt.latest_step(), (params, opt_state))
-        step = meta["step"]
-        writer.truncate_after(step)
-        log(f"resumed SFT at step {step} from {ckpt.directory}")
+    (params, opt_state), meta = resume(ckpt, (params, opt_state), cfg.resume, writer)
+    step = meta.get("step", 0)
     pad = encode.pad_token_id(ctx.tokenizer)
     log(f"SFT: {len(rows)} examples, {total} steps of {cfg.sft.batch_size}")
     while step < total:
         epoch, within = divmod(step, per_epoch)
         order = epoch_order(cfg.seed, epoch, len(rows))
         tokens, mask = sft_batch(rows, masks, order, within, cfg.sft.batch_size, pad)
-        params, opt_state, m = sft_train_step(ctx, params, opt_state, optimizer, tokens, mask, cfg.ppo.micro_batch)
+        tok_mb, mask_mb = to_microbatches(ctx.mesh, (tokens, mask), cfg.sft.micro_batch)  # [M, mb, T]
+        params, opt_state, m = update.sft_step(params, opt_state, tok_mb, mask_mb, model_cfg=ctx.model_cfg,
+                                               optimizer=optimizer)
         step += 1
         if step == 1 or step % 20 == 0 or step == total:
             m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -95,10 +86,7 @@ def run_sft(ctx, params, writer, log) -> dict:
     ckpt.close()
     metrics = {}
     if cfg.train.eval_every > 0:
-        held_out = ctx.task.load_split(cfg.task.eval_split)
-        if cfg.task.num_eval_problems > 0:
-            held_out = held_out[: cfg.task.num_eval_problems]
-        metrics = evaluate(ctx, params, held_out, jax.random.key(cfg.seed + 1))
+        metrics = evaluate(ctx, params, held_out_problems(ctx), jax.random.key(cfg.seed + 1))
         writer.write(step, metrics)
         log("SFT eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     save_hf_model(params, ctx.model_cfg, export, tokenizer=ctx.tokenizer)

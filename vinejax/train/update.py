@@ -1,7 +1,7 @@
 """Optimizers and the jitted policy / critic update steps (gradient accumulation over micro-batches).
 
 A step takes one optimizer batch shaped `[M, mb, ...]` (M micro-batches of mb episodes, see
-`RolloutBatch.microbatches`), sums the exact per-micro-batch gradients with `lax.scan` (the loss
+`batching.to_microbatches`), sums the exact per-micro-batch gradients with `lax.scan` (the loss
 denominators are those of the whole batch, so the sum equals the full-batch gradient), clips,
 and applies AdamW. The paper's "skip a batch whose mean ratio > 10" keeps params unchanged.
 """
@@ -17,9 +17,10 @@ import optax
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl import losses
+from vinejax.rl.advantages import whiten_batch
 from vinejax.rl.batch import RolloutBatch
-from vinejax.rl.pipeline import whiten_advantages
-from vinejax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
+from vinejax.rl.logprobs import token_logprobs_and_entropy
+from vinejax.train.scoring import critic_values, sequence_logprobs
 
 
 def lr_schedule(lr: float, total_steps: int, warmup_frac: float) -> optax.Schedule:
@@ -41,19 +42,6 @@ def make_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> opta
         optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                     weight_decay=optim_cfg.weight_decay),
     )
-
-
-def sequence_logprobs(params, cfg: ModelConfig, tokens: jax.Array, temperature: float) -> jax.Array:
-    """f32[B, T] log-probs of right-padded rows under softmax(logits / T) (column 0 = 0)."""
-    logits, _ = llama.forward(params, cfg, tokens)
-    return token_logprobs(logits, tokens, temperature)
-
-
-def critic_values(params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
-    """f32[B, T] critic values aligned like log-probs: values[:, t] = V(tokens[:, :t]) (col 0 = 0)."""
-    _, hidden = llama.forward(params, cfg, tokens)
-    v = llama.value_head(params, hidden)  # [B, T]: value after reading token t
-    return jnp.pad(v[:, :-1], ((0, 0), (1, 0)))
 
 
 def _accumulate(loss_fn, params, micro: Any):
@@ -94,14 +82,14 @@ def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     `skipped` (1.0 when the mean ratio exceeded `loss_cfg.max_mean_ratio`).
     """
     if whiten:
-        batch = whiten_advantages(batch)
+        batch = whiten_batch(batch)
     n_tok = batch.response_mask.sum().astype(jnp.float32)
     n_seq = batch.response_mask.any(axis=-1).sum().astype(jnp.float32)
 
     def loss_fn(p, mb):
         logits, _ = llama.forward(p, model_cfg, mb.tokens)
         lp, ent = token_logprobs_and_entropy(logits, mb.tokens, temperature)
-        return losses.vineppo_policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq)
+        return losses.policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq)
 
     grads, metrics = _accumulate(loss_fn, params, batch)
     skip = losses.should_skip(metrics, loss_cfg)

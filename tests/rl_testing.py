@@ -7,7 +7,11 @@ prompt-only row of length 1.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from vinejax.rl.batch import RolloutBatch
 
 
 def random_rollouts(seed: int, B: int = 8, T: int = 24, S: int = 6, K: int = 4,
@@ -64,3 +68,35 @@ def random_rollouts(seed: int, B: int = 8, T: int = 24, S: int = 6, K: int = 4,
         token_values=np.where(response_mask, rng.uniform(size=(B, T)), 77.0).astype(np.float32),
         logits=rng.normal(0, 2.0, size=(B, T, V)).astype(np.float32),
     )
+
+
+def microbatches(batch: RolloutBatch, n: int) -> RolloutBatch:
+    """Reshape every leaf ``[B, ...] -> [n, B // n, ...]`` (what the train step scans over)."""
+    if batch.batch_size % n:
+        raise ValueError(f"batch {batch.batch_size} not divisible into {n} micro-batches")
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+
+def pad_batch(batch: RolloutBatch, rows: int, cols: int, steps: int | None = None) -> RolloutBatch:
+    """Pad to ``[rows, cols]`` (and ``steps`` step slots) with masked entries.
+
+    New tokens/values are 0, masks false, ``num_steps`` 0, so no loss or metric changes. Used to
+    bucket ragged batches to a few fixed shapes (one compilation per shape).
+    """
+    B, T = batch.tokens.shape
+    if rows < B or cols < T:
+        raise ValueError("pad_batch only grows the batch")
+
+    def pad(x):
+        if x.ndim == 1:
+            return jnp.pad(x, (0, rows - B))
+        widths = [(0, rows - B), (0, cols - T)] + [(0, 0)] * (x.ndim - 2)
+        return jnp.pad(x, widths)
+
+    out = jax.tree.map(pad, batch.replace(step_starts=None, num_steps=None))
+    if batch.step_starts is not None:
+        S = batch.step_starts.shape[1]
+        extra = 0 if steps is None else steps - S
+        out = out.replace(step_starts=jnp.pad(batch.step_starts, ((0, rows - B), (0, extra))),
+                          num_steps=jnp.pad(batch.num_steps, (0, rows - B)))
+    return out

@@ -1,4 +1,5 @@
-"""What every run needs before its loop: devices and mesh, task, tokenizer, model config + params."""
+"""What every run needs before its loop, built once and never changed: devices and mesh, task,
+tokenizer, model (and critic) config and shardings, optimizers and the loss settings."""
 from __future__ import annotations
 
 import contextlib
@@ -7,18 +8,21 @@ import os
 from typing import Any, Optional
 
 import jax
+import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
 from vinejax import sharding
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
+from vinejax.rl.losses import PolicyLossConfig
 from vinejax.tasks import get_task
+from vinejax.train.update import make_optimizer
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunContext:
-    """The fixed pieces of a run (nothing here changes during training)."""
+    """The fixed pieces of a run (frozen: nothing here changes during training)."""
 
     cfg: Any
     mesh: Mesh
@@ -28,6 +32,9 @@ class RunContext:
     param_shardings: Any
     critic_cfg: Optional[ModelConfig] = None  # PPO: the policy's shape plus a value head
     critic_shardings: Any = None
+    optimizer: Optional[optax.GradientTransformation] = None  # RL: the policy's optimizer
+    critic_optimizer: Optional[optax.GradientTransformation] = None  # PPO only
+    loss_cfg: Optional[PolicyLossConfig] = None  # RL: PPO-clip + KL settings
 
     def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
@@ -43,6 +50,12 @@ class RunContext:
 def hf_folder_of_run(run_dir: str) -> str:
     """Where a run exports its policy as an HF folder."""
     return os.path.join(run_dir, "hf")
+
+
+def rl_steps_per_iteration(cfg) -> int:
+    """Optimizer steps of one RL iteration: epochs × (episodes / episodes per step)."""
+    episodes = cfg.sampling.problems_per_iteration * cfg.sampling.samples_per_problem
+    return cfg.ppo.epochs * episodes // cfg.ppo.episodes_per_step
 
 
 def _task(cfg):
@@ -80,8 +93,29 @@ def _random_model_config(cfg, tokenizer) -> ModelConfig:
     )
 
 
+def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
+    """Optimizers, loss settings and (PPO) the critic's config and shardings of an RL run."""
+    if cfg.algo == "sft":
+        return {}
+    total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
+    p = cfg.ppo
+    pieces = dict(
+        optimizer=make_optimizer(cfg.optim, total_steps),
+        loss_cfg=PolicyLossConfig(clip_eps=p.clip_eps, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
+                                  kl_clamp=(0.0, p.kl_clamp),
+                                  max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None))
+    if cfg.algo == "ppo":
+        critic_cfg = model_cfg.replace(value_head=True)
+        pieces.update(
+            critic_cfg=critic_cfg,
+            critic_shardings=sharding.tree_shardings(llama.param_logical_axes(critic_cfg),
+                                                     llama.param_shapes(critic_cfg), mesh),
+            critic_optimizer=make_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
+    return pieces
+
+
 def build_context(cfg) -> tuple[RunContext, dict, str]:
-    """Mesh, task, tokenizer, model config and initial policy params (sharded).
+    """Mesh, task, tokenizer, model config, RL pieces and the initial policy params (sharded).
 
     Returns (context, params, where the params came from).
     """
@@ -103,5 +137,5 @@ def build_context(cfg) -> tuple[RunContext, dict, str]:
         params = llama.init_params(model_cfg, jax.random.key(cfg.seed))
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
-    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings)
+    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, ctx.put_params(params), origin

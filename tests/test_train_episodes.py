@@ -1,35 +1,24 @@
 """The glue between sampler, task and RL numerics: step columns of real episodes, and MC rewards
 assembled from prefix + continuation text."""
-import types
-
 import jax
 import numpy as np
 
 from vinejax import sampling
 from vinejax.tasks import arithmetic, get_task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
-from vinejax.train import encode, rollout
-from vinejax.train.episodes import Episodes
+from vinejax.train import encode, values
+from vinejax.train.episodes import Episodes, episode_steps, sampling_config
+
+TOKENIZER = build_char_tokenizer(arithmetic.ALPHABET)
+TASK = get_task("arithmetic")
 
 
-def make_ctx(k=4):
-    cfg = types.SimpleNamespace(
-        vineppo=types.SimpleNamespace(num_rollouts=k, max_estimated_states=-1, chunk_rows=64),
-        sampling=types.SimpleNamespace(max_new_tokens=40, temperature=1.0, top_p=1.0, top_k=0),
-        task=types.SimpleNamespace(grade_workers=0),
-    )
-    ctx = types.SimpleNamespace(cfg=cfg, tokenizer=build_char_tokenizer(arithmetic.ALPHABET),
-                                task=get_task("arithmetic"), model_cfg=None)
-    ctx.mesh_context = lambda: __import__("contextlib").nullcontext()
-    return ctx
-
-
-def gold_episodes(ctx, n=3) -> Episodes:
+def gold_episodes(n=3) -> Episodes:
     problems = arithmetic.load_split("validation", num_problems=n, num_operations=3)
     rows, plen, tlen = [], [], []
     for p in problems:
-        prompt = encode.encode_prompt(ctx.tokenizer, ctx.task.prompt(p.problem))
-        response = encode.encode_text(ctx.tokenizer, p.solution) + [ctx.tokenizer.eos_token_id]
+        prompt = encode.encode_prompt(TOKENIZER, TASK.prompt(p.problem))
+        response = encode.encode_text(TOKENIZER, p.solution) + [TOKENIZER.eos_token_id]
         rows.append(prompt + response)
         plen.append(len(prompt))
         tlen.append(len(prompt) + len(response))
@@ -37,14 +26,13 @@ def gold_episodes(ctx, n=3) -> Episodes:
     return Episodes(tokens=encode.pad_rows(rows, width, 0), logprobs=np.zeros((n, width), np.float32),
                     prompt_lens=np.array(plen, np.int32), total_lens=np.array(tlen, np.int32),
                     finish_reason=np.full(n, sampling.FINISH_EOS, np.int32),
-                    texts=[p.solution for p in problems], answers=[p.answer for p in problems],
+                    texts=[p.solution for p in problems], problems=list(problems),
                     problem_index=np.arange(n, dtype=np.int32)), problems
 
 
 def test_step_columns_are_the_line_starts_of_each_response():
-    ctx = make_ctx()
-    ep, problems = gold_episodes(ctx)
-    starts, num_steps = rollout.episode_steps(ctx, ep)
+    ep, problems = gold_episodes()
+    starts, num_steps = episode_steps(TOKENIZER, TASK.split_steps, ep)
     for r, p in enumerate(problems):
         lines = p.solution.split("\n")  # 3 operation lines, then "#### answer" (merged into the last)
         expected, col = [], ep.prompt_lens[r]
@@ -54,15 +42,14 @@ def test_step_columns_are_the_line_starts_of_each_response():
         assert num_steps[r] == 3
         assert starts[r, :3].tolist() == expected
         # the step really starts at that column: the decoded text from there begins the line
-        assert ctx.tokenizer.decode(ep.tokens[r, expected[1]:expected[1] + len(lines[1])]) == lines[1]
+        assert TOKENIZER.decode(ep.tokens[r, expected[1]:expected[1] + len(lines[1])]) == lines[1]
 
 
 def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
     k = 4
-    ctx = make_ctx(k)
-    ep, problems = gold_episodes(ctx)
-    starts, num_steps = rollout.episode_steps(ctx, ep)
-    wrong = encode.encode_text(ctx.tokenizer, "#### 99999") + [ctx.tokenizer.eos_token_id]
+    ep, problems = gold_episodes()
+    starts, num_steps = episode_steps(TOKENIZER, TASK.split_steps, ep)
+    wrong = encode.encode_text(TOKENIZER, "#### 99999") + [TOKENIZER.eos_token_id]
     seen = {}
 
     def fake_continue(params, cfg, tokens, lengths, positions, rng, scfg, num, *, state_mask, budgets,
@@ -87,7 +74,9 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
         return sampling.ContinuationOutput(out_tok, np.zeros(out_tok.shape, np.float32), out_len, finish, {})
 
     monkeypatch.setattr(sampling, "continue_from_prefixes", fake_continue)
-    rewards, mask, _ = rollout.mc_rewards(ctx, None, ep, starts, num_steps, jax.random.key(0))
+    scfg = sampling_config(TOKENIZER, TASK, 1.0, 1.0, 40)
+    rewards, mask, _ = values.mc_rewards(None, None, TOKENIZER, TASK, ep, starts, num_steps, jax.random.key(0),
+                                         scfg, k, cap=-1, chunk_rows=64, workers=0)
     assert rewards.shape == mask.shape == (3, starts.shape[1], k)
     for r in range(3):
         assert mask[r, :num_steps[r]].all() and not mask[r, num_steps[r]:].any()

@@ -1,0 +1,135 @@
+"""One RL iteration, top to bottom: sample → grade → steps → values → advantages → batch → update.
+
+VinePPO, PPO, GRPO and RLOO share every line except where their values come from (MC
+continuations from each step boundary, the critic, or nothing: the group of samples of one
+problem) and how `rl.advantages.compute` turns those into token advantages.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vinejax.model import llama
+from vinejax.rl import advantages
+from vinejax.rl.batch import RolloutBatch
+from vinejax.train import encode, update
+from vinejax.train.batching import to_microbatches
+from vinejax.train.context import RunContext
+from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config
+from vinejax.train.metrics import Timer, describe, progress
+from vinejax.train.scoring import logprob_scorer, score_rows
+from vinejax.train.values import critic_token_values, mc_state_values
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What an RL iteration changes and a checkpoint holds."""
+
+    params: Any  # policy params
+    opt_state: Any  # policy optimizer state
+    critic: Any = None  # PPO: critic params (the policy's shape + value head); else None
+    critic_opt: Any = None
+
+
+def init_state(run: RunContext, params) -> TrainState:
+    """The state of iteration 0: the policy, its optimizer state and (PPO) a critic initialised
+    from the policy with a fresh value head (the paper's critic)."""
+    state = TrainState(params, jax.jit(run.optimizer.init)(params))
+    if run.critic_cfg is None:
+        return state
+    critic = dict(jax.tree.map(jnp.copy, params))
+    head = llama.init_value_head(run.critic_cfg, jax.random.key(run.cfg.seed + 17))
+    critic["value_head"] = jax.device_put(head, run.critic_shardings["value_head"])
+    return state.replace(critic=critic, critic_opt=jax.jit(run.critic_optimizer.init)(critic))
+
+
+def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list, iteration: int,
+                 rng: jax.Array) -> tuple[TrainState, dict]:
+    """Sample `problems`, estimate values and advantages, and train on the episodes.
+
+    Returns the new state and the iteration's metrics (rewards, MC / critic statistics, loss
+    terms, phase times). Call it under `run.mesh_context()`.
+    """
+    cfg, s = run.cfg, run.cfg.sampling
+    timer = Timer()
+    rng_sample, rng_mc = jax.random.split(rng)
+    scfg = sampling_config(run.tokenizer, run.task, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    with timer("iteration"):
+        with timer("sample"):
+            ep = sample_episodes(state.params, run.model_cfg, run.tokenizer, run.task, problems, scfg,
+                                 s.samples_per_problem, rng_sample, s.batch_size)
+        with timer("grade"):
+            rewards = grade_episodes(run.task, ep, cfg.task.grade_workers)  # f32[B]
+        width = encode.length_bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
+        tokens = encode.pad_rows(ep.tokens, width, encode.pad_token_id(run.tokenizer))  # [B, T]
+        mask = encode.pad_rows(ep.response_mask, width, False, bool)  # [B, T]
+        with timer("logprobs"):
+            score = lambda p, t: logprob_scorer(p, t, model_cfg=run.model_cfg, temperature=s.temperature)
+            old_lp = score_rows(run.mesh, score, state.params, tokens, s.batch_size)  # [B, T]
+            ref_lp = score_rows(run.mesh, score, ref_params, tokens, s.batch_size)  # [B, T]
+        metrics = {"rewards/mean": rewards.mean(), "generation/finished_frac": ep.finished.mean()}
+        metrics |= describe("generation/length", ep.total_lens - ep.prompt_lens)
+
+        values: dict = {}  # the inputs each algorithm's advantages need
+        if cfg.algo == "vineppo":
+            with timer("steps"):
+                step_starts, num_steps = episode_steps(run.tokenizer, run.task.split_steps, ep)  # [B, S], [B]
+            with timer("mc"):
+                state_values, mc_metrics = mc_state_values(
+                    state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
+                    scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
+                    cfg.task.grade_workers)
+            cap = cfg.vineppo.max_estimated_states
+            values = dict(state_values=state_values, step_starts=step_starts, num_steps=num_steps,
+                          max_value_step=None if cap < 0 else cap)
+            metrics |= mc_metrics | describe("steps/count", num_steps)
+        elif cfg.algo == "ppo":
+            with timer("values"):
+                token_values = critic_token_values(run.mesh, state.critic, run.critic_cfg, tokens, s.batch_size)
+            values = dict(token_values=token_values, gamma=cfg.ppo.gae_gamma, lam=cfg.ppo.gae_lambda)
+
+        adv = advantages.compute(cfg.algo, jnp.asarray(rewards), jnp.asarray(mask), group_size=s.samples_per_problem,
+                                 **values)
+        token_adv = np.asarray(adv.tokens, np.float32)  # [B, T], unwhitened
+        metrics |= {k: float(v) for k, v in jax.device_get(adv.metrics).items()}
+        metrics |= describe("advantages", token_adv, mask)
+        batch = RolloutBatch(
+            tokens=tokens, response_mask=mask, old_logprobs=old_lp, ref_logprobs=ref_lp, advantages=token_adv,
+            rewards=rewards, returns=None if adv.returns is None else np.asarray(adv.returns),
+            old_values=values.get("token_values"))
+        with timer("train"):
+            state, train_metrics = train_epochs(run, state, batch, iteration)
+    return state, metrics | train_metrics | timer.as_metrics()
+
+
+def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int) -> tuple[TrainState, dict]:
+    """`ppo.epochs` passes over the episodes in optimizer batches of `ppo.episodes_per_step`, each
+    one jitted policy step (and critic step); returns the new state and the mean step metrics."""
+    cfg = run.cfg
+    n, per_step = batch.tokens.shape[0], cfg.ppo.episodes_per_step
+    step_metrics = []  # fetched once at the end, so steps dispatch without waiting on the host
+    bar = progress(total=cfg.ppo.epochs * -(-n // per_step), desc=f"update it {iteration}")
+    for epoch in range(cfg.ppo.epochs):
+        order = np.random.default_rng([cfg.seed, iteration, epoch, 7]).permutation(n)
+        for start in range(0, n, per_step):
+            rows = order[start : start + per_step]
+            micro = to_microbatches(run.mesh, jax.tree.map(lambda x: np.asarray(x)[rows], batch), cfg.ppo.micro_batch)
+            params, opt_state, m = update.policy_step(
+                state.params, state.opt_state, micro, model_cfg=run.model_cfg, loss_cfg=run.loss_cfg,
+                optimizer=run.optimizer, temperature=cfg.sampling.temperature, whiten=cfg.ppo.whiten_advantages)
+            state = state.replace(params=params, opt_state=opt_state)
+            if state.critic is not None:
+                critic, critic_opt, m_critic = update.critic_step(
+                    state.critic, state.critic_opt, micro, model_cfg=run.critic_cfg,
+                    optimizer=run.critic_optimizer, clip_range=cfg.ppo.value_clip)
+                state = state.replace(critic=critic, critic_opt=critic_opt)
+                m = m | m_critic
+            step_metrics.append(m)
+            bar.update(1)
+    bar.close()
+    step_metrics = jax.device_get(step_metrics)
+    return state, {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}

@@ -1,0 +1,60 @@
+"""The values phase of an iteration: VinePPO's Monte Carlo state values (K continuations from
+every step boundary, graded like episodes) and PPO's critic token values."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from vinejax import sampling
+from vinejax.rl import values as values_lib
+from vinejax.train.episodes import Episodes, response_texts, strip_eos
+from vinejax.train.scoring import score_rows, value_scorer
+
+
+def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
+               rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int, chunk_rows: int, workers: int):
+    """Rewards of K continuations from every estimated state: f32[B, S, K] and its mask, plus stats.
+
+    States are the prefixes `tokens[b, :step_starts[b, i]]` for i < num_steps[b] (only i <= cap
+    when cap >= 0). Continuations share the episode's remaining token budget.
+    """
+    b, s = step_starts.shape
+    estimated = np.arange(s)[None] < num_steps[:, None]
+    if cap >= 0:
+        estimated &= np.arange(s)[None] <= cap
+    budgets = np.maximum(scfg.max_new_tokens - (step_starts - ep.prompt_lens[:, None]), 1)  # [B, S]
+    out = sampling.continue_from_prefixes(
+        params, model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
+        state_mask=estimated, budgets=budgets, max_rows_per_chunk=chunk_rows)
+    rows, cols = np.nonzero(estimated)
+    ids = []
+    for r, c in zip(rows, cols):
+        prefix = ep.tokens[r, ep.prompt_lens[r] : step_starts[r, c]].tolist()
+        ids += [strip_eos(tokenizer, prefix + out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()) for j in range(k)]
+    texts = response_texts(tokenizer, task.stop_strings, ids)
+    finished = (out.finish_reason[rows, cols] != sampling.FINISH_LENGTH).reshape(-1)  # [N * K]
+    answers = [ep.problems[r].answer for r in rows for _ in range(k)]
+    graded = task.grade_batch(texts, answers, num_workers=workers)
+    rewards = np.zeros((b, s, k), np.float32)
+    rewards[rows, cols] = np.where(finished, graded, 0.0).reshape(len(rows), k)
+    mask = np.repeat(estimated[:, :, None], k, axis=2)
+    stats = {"mc/" + key: float(v) for key, v in out.stats.items()}
+    return rewards, mask, stats
+
+
+def mc_state_values(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray,
+                    num_steps: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int,
+                    chunk_rows: int, workers: int) -> tuple[np.ndarray, dict]:
+    """V̂(s) f32[B, S] of every state (the mean reward of its K continuations) and `mc/*` metrics."""
+    rewards, mask, stats = mc_rewards(params, model_cfg, tokenizer, task, ep, step_starts, num_steps, rng, scfg,
+                                      k, cap, chunk_rows, workers)
+    est = values_lib.mc_values(rewards, mask)
+    states = values_lib.estimated_state_mask(num_steps, step_starts.shape[1], None if cap < 0 else cap)
+    metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, states).items()}
+    return np.asarray(est.value), stats | metrics
+
+
+def critic_token_values(mesh, critic_params, critic_cfg, tokens: np.ndarray, rows_per_call: int) -> np.ndarray:
+    """f32[B, T] critic values of every prefix (PPO), aligned like log-probs."""
+    scorer = lambda p, t: value_scorer(p, t, model_cfg=critic_cfg)
+    return score_rows(mesh, scorer, critic_params, tokens, rows_per_call)
