@@ -67,6 +67,7 @@ _MATH_REGIONS = [re.compile(pattern, re.DOTALL) for pattern in (
 _SENTENCE_BREAK = re.compile(r"(?<=\.)(?<!\b[A-Za-z]\.)(?<!\s[A-Za-z]{2}\.)(?=\s+[A-Z])")
 _TAIL_ENDINGS = (".$", ".$$", ".\\)", ".\\]")
 _LONE_OPENER = re.compile(r"\$|\$\$|\\\(|\\\[|\\begin\{[^}]*\}|\[asy\]")
+# (separator, characters from the end of its match back to the cut)
 _PROSE_SEPARATORS = [(re.compile(p), back) for p, back in ((",", 0), (r"\sand\s", 1), (":", 0), (r"\sto\s", 1))]
 _MATH_SEPARATORS = [re.compile(re.escape(s)) for s in (",$", ",\\)", ",\\]", "=", "\\equiv", "+", "\\cancelto")]
 
