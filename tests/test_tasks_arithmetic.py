@@ -77,7 +77,8 @@ def test_grading_and_steps():
     assert arithmetic.grade("1+2=4\n#### 4", "3") == 0.0
     assert arithmetic.grade("1+2=3\n", "3") == 0.0  # unfinished
     assert arithmetic.grade_batch(["#### 3", "#### 03", "####3 "], ["3", "3", "3"]).tolist() == [1.0] * 3
-    assert arithmetic.split_steps("1+2=3\n3*4=12\n#### 12") == ["1+2=3\n", "3*4=12\n#### 12"]
+    # GSM8K's rules: each "\n" starts a step, "\n#### answer" joins the last one
+    assert arithmetic.split_steps("1+2=3\n3*4=12\n#### 12") == ["1+2=3", "\n3*4=12\n#### 12"]
 
 
 def test_char_tokenizer_round_trips_through_auto_tokenizer(tmp_path):

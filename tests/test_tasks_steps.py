@@ -1,40 +1,20 @@
-"""Step splitting (GSM8K lines, MATH LaTeX-aware) and the step -> token-index mapping."""
+"""Step splitting (identical to VinePPO's GSM8K and in-place MATH splitters) and the step -> token-index mapping."""
+import gzip
 import json
-import statistics
+import pathlib
+import random
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from vinejax.tasks import gsm8k, math as math_task
+from vinejax.tasks import StepSplitError, gsm8k, math as math_task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.tasks.steps import step_token_starts, token_char_offsets, token_step_ids, tokenize_with_step_starts
 
 
-def test_gsm8k_steps_by_hand():
-    text = "\n\nFirst 2+3=5.\nThen 5*2=10.\n\nSo 10.\n#### 10"
-    assert gsm8k.split_steps(text) == ["\n\nFirst 2+3=5.\n", "Then 5*2=10.\n\n", "So 10.\n#### 10"]
-    assert gsm8k.split_steps("") == []
-    assert gsm8k.split_steps("#### 3") == ["#### 3"]
-    assert gsm8k.split_steps("a\r\nb") == ["a\r\n", "b"]  # only "\n" separates steps
-
-
-def test_math_steps_by_hand():
-    text = ("We have shown that $x = 2.$ Then $y = 3$.\n\nSo the answer is\n\\[\nx + y = 5.\n\\]"
-            "Hence the final sum is $\\boxed{5}$.")
-    steps = math_task.split_steps(text)
-    assert "".join(steps) == text
-    # a part shorter than 20 characters that does not end a sentence merges into the next one ...
-    assert math_task.split_steps("So we get\nthe value 3.") == ["So we get\nthe value 3."]
-    assert math_task.split_steps("We have $x = 2.$ Then y is 3.") == ["We have $x = 2.$", " Then y is 3."]
-    # ... but not into display math
-    assert math_task.split_steps("Then\n\\[x = 2.\\]") == ["Then", "\n\\[x = 2.\\]"]
-    assert [s.strip() for s in steps] == [
-        "We have shown that $x = 2.$", "Then $y = 3$.", "So the answer is\n\\[", "x + y = 5.",
-        "\\]Hence the final sum is $\\boxed{5}$."]
-    # never cut inside inline math, even at a newline or a sentence end
-    inline = "Consider the long inline formula $a = 1.\nB = 2$ which we keep whole here."
-    assert all("$a" not in s or "2$" in s for s in math_task.split_steps(inline))
+DATA = pathlib.Path(__file__).parent / "data"
+SPLITTERS = {"math": math_task.split_steps, "gsm8k": gsm8k.split_steps}
 
 
 def _jsonl(path):
@@ -42,37 +22,99 @@ def _jsonl(path):
         return [json.loads(line) for line in handle]
 
 
-@pytest.mark.data
-def test_reconstruction_and_counts_on_real_solutions(shared_data):
-    gsm = [p.solution for p in gsm8k.load_split("test", data_dir=str(shared_data))]
-    math = [r["solution"] for r in _jsonl(shared_data / "math" / "test.jsonl")]
-    for texts, splitter in ((gsm, gsm8k.split_steps), (math, math_task.split_steps)):
-        counts = []
-        for text in texts:
-            steps = splitter(text)
-            assert "".join(steps) == text
-            assert all(steps)
-            counts.append(len(steps))
-        assert 2 <= statistics.median(counts) <= 12
-        assert max(counts) < 120
-    # every GSM8K gold step but the last is exactly one line; the last ends with "#### answer"
-    for text in gsm[:200]:
-        steps = gsm8k.split_steps(text)
-        assert len(steps) == text.count("\n")
-        assert "####" in steps[-1]
+def test_gsm8k_steps_by_hand():
+    # each "\n" starts a step; leading blank lines join the first line; a blank line in the
+    # middle is a step; blank lines before "\n#### answer" join the last line with the answer
+    text = "\n\nFirst 2+3=5.\nThen 5*2=10.\n\nSo 10.\n\n#### 10\n"
+    assert gsm8k.split_steps(text) == ["\n\nFirst 2+3=5.", "\nThen 5*2=10.", "\n", "\nSo 10.\n\n#### 10\n"]
+    assert gsm8k.split_steps("") == []
+    assert gsm8k.split_steps("\n\n") == ["\n", "\n"]  # the official empty first step is left out
+    assert gsm8k.split_steps("#### 3") == ["#### 3"]  # no "\n#### ": an ordinary line
+    assert gsm8k.split_steps("So 3. #### 3\nok") == ["So 3. #### 3", "\nok"]
+    assert gsm8k.split_steps("a\r\nb") == ["a\r", "\nb"]  # only "\n" separates steps
+    assert gsm8k.split_steps("a\n#### 3\nmore\n") == ["a\n#### 3\nmore\n"]  # all after "####" joins
+    with pytest.raises(StepSplitError, match="occurs 2 times"):
+        gsm8k.split_steps("a\n#### 3\nb\n#### 4")
+
+
+def test_math_steps_by_hand():
+    # Masked: "\nWe have M Then M.\n\nSo the answer is\nMHence the final sum is M.\n" (M = one
+    # 60-character math block). Stage 2 cuts at the sentence end before "\n\nSo" and at newlines;
+    # short pieces absorb the next one. Stage 3 cuts after "$x = 2.$" (it ends with ".$") and
+    # " Then $y = 3$." (14 characters, no ".$" ending) absorbs the next part. Stage 4 cuts at
+    # the newlines inside "\[..\]".
+    text = ("\nWe have $x = 2.$ Then $y = 3$.\n\nSo the answer is\n\\[\nx + y = 5.\n\\]"
+            "Hence the final sum is $\\boxed{5}$.\n")
+    assert math_task.split_steps(text) == [
+        "\nWe have $x = 2.$", " Then $y = 3$.\n\nSo the answer is\n\\[", "\nx + y = 5.",
+        "\n\\]Hence the final sum is $\\boxed{5}$.\n"]
+    # a long sentence breaks at the comma nearest its middle that leaves >= 40 characters each side
+    text = ("\nWe add the numbers one by one, then we multiply them, and then we divide the result "
+            "by two to get the final answer which is $\\boxed{7}$.\n")
+    assert math_task.split_steps(text) == [text[:text.index(" and then")], text[text.index(" and then"):]]
+    # "e.g." and a two-letter word before "." end no sentence; "apples." does
+    text = "\nWe take e.g. Three apples. So it is. Then we eat them all up.\n"
+    assert math_task.split_steps(text) == ["\nWe take e.g. Three apples.", " So it is. Then we eat them all up.\n"]
+    assert math_task.split_steps("") == []
+    with pytest.raises(StepSplitError, match="too short"):
+        math_task.split_steps("\nThe answer is 5.\n")  # < 20 characters, no ".$"-like ending
+    assert math_task.split_steps("\nThe answer is $5.$\n") == ["\nThe answer is $5.$\n"]
+    with pytest.raises(StepSplitError, match="nested"):  # inline math inside an align block
+        math_task.split_steps("\nWe get \\begin{align*} x &= $y$ \\\\ z &= 2\\end{align*} here.\n")
+
+
+@pytest.mark.parametrize("name", ["math", "gsm8k"])
+def test_steps_equal_official_reference_rows(name):
+    rows = _jsonl(DATA / f"official_steps_{name}.jsonl")
+    assert len(rows) > 60
+    for row in rows:
+        if row["steps"] is None:
+            with pytest.raises(StepSplitError):
+                SPLITTERS[name](row["text"])
+        else:  # vinejax leaves out the official empty first step of an all-blank GSM8K response
+            assert SPLITTERS[name](row["text"]) == [s for s in row["steps"] if s], (row["source"], row["case"])
+
+
+def _sft_texts(shared_data, name, split="train"):
+    """The SFT response format "\\n" + solution + "\\n" (GSM8K without calculator annotations)."""
+    if name == "math":
+        return ["\n" + r["solution"] + "\n" for r in _jsonl(shared_data / "math" / f"{split}.jsonl")]
+    return ["\n" + gsm8k.strip_calculator(r["answer"]) + "\n" for r in _jsonl(shared_data / "gsm8k" / f"{split}.jsonl")]
 
 
 @pytest.mark.data
-def test_math_steps_close_to_vineppo_gold_steps(shared_data):
-    records = _jsonl(shared_data / "vineppo_splits" / "math_test.jsonl")
-    def squash(steps):
-        return [" ".join(step.split()) for step in steps]  # VinePPO's steps drop/merge whitespace
+@pytest.mark.parametrize("name, target", [("math", 0.97), ("gsm8k", 0.99)])
+def test_agreement_with_official_steps_on_the_full_train_set(shared_data, name, target):
+    texts = _sft_texts(shared_data, name)
+    with gzip.open(DATA / f"official_step_lengths_{name}_train.txt.gz", "rt", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == len(texts)
+    same = 0
+    for text, line in zip(texts, lines):
+        expected = None if line == "error" else [int(n) for n in line.split() if n != "0"]
+        assert expected is None or sum(expected) == len(text), "the reference was made from other data"
+        try:
+            ours = [len(step) for step in SPLITTERS[name](text)]
+        except StepSplitError:
+            ours = None
+        same += ours == expected
+    # measured: MATH 12000/12000, GSM8K 7473/7473
+    assert same / len(texts) >= target
 
-    exact = sum(squash(math_task.split_steps(r["solution"])) == squash(r["gold_solution_steps"]) for r in records)
-    # measured 313/500 (whitespace-normalised, step for step); guard against regressions
-    assert exact >= 300
-    same_count = sum(len(math_task.split_steps(r["solution"])) == len(r["gold_solution_steps"]) for r in records)
-    assert same_count >= 350
+
+@pytest.mark.data
+def test_steps_concatenate_back_to_real_and_truncated_responses(shared_data):
+    rng = random.Random(0)
+    for name, split in (("math", "test"), ("gsm8k", "test"), ("math", "train")):
+        for text in _sft_texts(shared_data, name, split)[:3000]:
+            for response in (text, text[:rng.randrange(len(text))]):  # a cut-off response too
+                try:
+                    steps = SPLITTERS[name](response)
+                except StepSplitError:
+                    assert len(response) < 20  # only short cut-off texts fail on this data
+                    continue
+                assert "".join(steps) == response and all(steps)
+                assert all(step.startswith("\n") for step in steps[1:] if name == "gsm8k")
 
 
 def test_step_token_starts_by_hand():

@@ -30,19 +30,20 @@ def gold_episodes(n=3) -> Episodes:
                     problem_index=np.arange(n, dtype=np.int32)), problems
 
 
-def test_step_columns_are_the_line_starts_of_each_response():
+def test_step_columns_are_the_newlines_that_start_each_step():
     ep, problems = gold_episodes()
     starts, num_steps = episode_steps(TOKENIZER, TASK.split_steps, ep)
     for r, p in enumerate(problems):
         lines = p.solution.split("\n")  # 3 operation lines, then "#### answer" (merged into the last)
-        expected, col = [], ep.prompt_lens[r]
-        for line in lines[:3]:
-            expected.append(col)
-            col += len(line) + 1  # one token per character, plus the newline
+        expected, col = [ep.prompt_lens[r]], ep.prompt_lens[r] + len(lines[0])
+        for line in lines[1:3]:
+            expected.append(col)  # the step starts at the newline before its line (VinePPO)
+            col += 1 + len(line)  # one token per character
         assert num_steps[r] == 3
         assert starts[r, :3].tolist() == expected
-        # the step really starts at that column: the decoded text from there begins the line
-        assert TOKENIZER.decode(ep.tokens[r, expected[1]:expected[1] + len(lines[1])]) == lines[1]
+        # the step really starts at that column: the decoded text from there is "\n" + the line
+        step = TOKENIZER.decode(ep.tokens[r, expected[1]:expected[1] + 1 + len(lines[1])])
+        assert step == "\n" + lines[1]
 
 
 def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):

@@ -3,7 +3,8 @@
 Each task module (``vinejax.tasks.gsm8k``, ``vinejax.tasks.math``, ``vinejax.tasks.arithmetic``)
 exposes ``grade(response, answer) -> float`` (1.0 correct, 0.0 wrong/unfinished),
 ``grade_batch(responses, answers, num_workers=...) -> np.ndarray[float32]``,
-``split_steps(response) -> list[str]`` (``"".join(steps) == response``) and
+``split_steps(response) -> list[str]`` (``"".join(steps) == response``; ``StepSplitError`` where
+VinePPO's splitter fails and drops the episode) and
 ``load_split(split, **options) -> list[Problem]``.
 
 The training loop uses the task-agnostic ``Task`` bundle (``vinejax.tasks.base``)::
@@ -24,7 +25,7 @@ arithmetic the ``ArithmeticConfig`` fields and ``num_problems``) plus ``prompt_t
 """
 from __future__ import annotations
 
-from vinejax.tasks.base import DEFAULT_PROMPT_TEMPLATE, DEFAULT_STOP_STRINGS, Problem, Task
+from vinejax.tasks.base import DEFAULT_PROMPT_TEMPLATE, DEFAULT_STOP_STRINGS, Problem, StepSplitError, Task
 
 ARITHMETIC_PROMPT_TEMPLATE = "{problem}\n"
 ARITHMETIC_STOP_STRINGS = ("\n\n",)
@@ -51,4 +52,4 @@ def get_task(name: str, **options) -> Task:
                 prompt_template=template, stop_strings=stops, options=options)
 
 
-__all__ = ["Problem", "Task", "get_task", "KNOWN_TASKS"]
+__all__ = ["Problem", "StepSplitError", "Task", "get_task", "KNOWN_TASKS"]

@@ -187,5 +187,5 @@ def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: i
 
 
 def split_steps(response: str) -> list[str]:
-    """One line per step; the ``#### answer`` line joins the last step (GSM8K rules)."""
+    """Line steps by GSM8K's rules: each newline starts a step; ``\\n#### answer`` joins the last."""
     return gsm8k.split_steps(response)

@@ -10,6 +10,10 @@ DEFAULT_PROMPT_TEMPLATE = "[MATH_TASK] Problem:\n{problem}\n\nSolution:"
 DEFAULT_STOP_STRINGS = ("\n\n\nProblem:",)
 
 
+class StepSplitError(ValueError):
+    """A response that VinePPO's step splitter rejects; the RL code drops its episode."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One problem: its text, its reference final answer and the SFT target solution."""
@@ -26,7 +30,8 @@ class Task:
 
     ``grade(response, answer) -> float`` gives 1.0 (correct) / 0.0 (wrong or unfinished);
     ``grade_batch(responses, answers, num_workers=...) -> np.ndarray[float32]``;
-    ``split_steps(response) -> list[str]`` whose concatenation equals ``response``;
+    ``split_steps(response) -> list[str]`` whose concatenation equals ``response`` (it raises
+    ``StepSplitError`` where the official splitter fails; such an episode is dropped);
     ``load_split(split, cfg=None) -> list[Problem]``.
     """
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from vinejax.tasks import data
-from vinejax.tasks.base import Problem, grade_serially
+from vinejax.tasks.base import Problem, StepSplitError, grade_serially
 
 HUB_NAME = "openai/gsm8k"
 HUB_CONFIG = "main"
@@ -71,34 +71,31 @@ def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: i
     return grade_serially(grade, responses, answers)
 
 
+ANSWER_PREFIX = "\n#### "  # VinePPO's step splitter keeps it and the answer in the last step
+
+
 def split_steps(response: str) -> list[str]:
-    """Split by lines (each step keeps its trailing newline).
+    """Split a response into line steps as VinePPO does (its GSM8K task, delimiter ``"\\n"``).
 
-    Leading blank lines merge into the first step, blank lines into the step before them, and
-    the final ``#### answer`` line into the last step, so ``"".join(steps) == response``.
+    Every ``"\\n"`` starts a new step. Blank lines before the first non-blank line join that
+    line; a blank line in the middle is a step of its own; ``"\\n#### answer"`` (with whatever
+    follows it) and the blank lines before it join the last non-blank line. ``"".join(steps) ==
+    response``; an empty first step (a response of blank lines only) is left out. Raises
+    ``StepSplitError`` when ``"\\n#### "`` occurs twice: VinePPO cannot split such a response and
+    drops the episode.
     """
-    lines = _split_lines(response)
-    steps: list[str] = []
-    pending = ""  # leading blank lines waiting for the first real line
-    for line in lines:
-        is_blank = not line.strip()
-        is_final_answer = line.lstrip().startswith("####")
-        if steps and (is_blank or is_final_answer):
-            steps[-1] += line
-        elif is_blank:
-            pending += line
-        else:
-            steps.append(pending + line)
-            pending = ""
-    if pending:
-        steps.append(pending)
-    return steps
-
-
-def _split_lines(response: str) -> list[str]:
-    # Only "\n" separates lines (str.splitlines would also break at \r, \u2028, ...).
-    parts = response.split("\n")
-    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    body_and_answer = response.split(ANSWER_PREFIX)
+    if len(body_and_answer) > 2:
+        raise StepSplitError(f"{ANSWER_PREFIX!r} occurs {len(body_and_answer) - 1} times in the "
+                             f"response ending {response[-60:]!r}")
+    lines = body_and_answer[0].split("\n")
+    steps = [lines[0]] + ["\n" + line for line in lines[1:]]
+    first = next((i for i, step in enumerate(steps) if step.strip()), 0)
+    steps = ["".join(steps[:first + 1])] + steps[first + 1:]
+    if len(body_and_answer) == 2:
+        last = max((i for i, step in enumerate(steps) if step.strip()), default=0)
+        steps = steps[:last] + ["".join(steps[last:]) + ANSWER_PREFIX + body_and_answer[1]]
+    return [step for step in steps if step]
 
 
 def to_problem(record: dict) -> Problem:

@@ -1,214 +1,278 @@
-"""LaTeX-aware splitting of a MATH solution into reasoning steps (VINEPPO.md section 3).
+"""Split a MATH response into reasoning steps the way VinePPO's RL does (its "in-place" splitter).
 
-Rules, in order:
-1. Find math regions: inline ``$..$``, ``\\(..\\)``; display ``$$..$$``, ``\\[..\\]``,
-   ``\\begin{env}..\\end{env}``, ``[asy]..[/asy]``. Never cut inside inline math by rules 2-4.
-2. Cut before every newline outside inline math (inside display math this splits align rows).
-3. Cut at sentence ends outside math: ``.`` followed by whitespace and a capital letter, unless
-   the word before the period is a short abbreviation (``e.g``, ``Mr``, a single capital ...).
-4. Cut after math that ends a sentence: ``.$``, ``.$$``, ``.\\)``, ``.\\]``.
-5. Merge. Text: a blank part, or one shorter than 20 characters that does not end a sentence
-   (``.``, ``.$``, ``.\\]`` ...), merges into the next part, unless the next part opens display
-   math (so "Then" stays before ``\\[...\\]``). Display rows: blank rows and rows shorter than
-   3 characters merge into the next one (every non-blank ``[asy]`` line stays); a delimiter alone
-   on its line attaches to the step before (``\\begin{align*}``, ``[asy]``) or after
-   (``\\end{align*}``, ``[/asy]``; it stays alone at the very end).
-6. A part longer than 100 characters (stripped) is broken once: separators are tried in order
-   ", ", " and ", ":" outside math, then "=", ", ", "\\equiv", "+" inside math; for the first
-   separator with a cut leaving both halves >= 20 characters, the cut nearest the middle wins.
-Whitespace separating two steps starts the later step, so ``"".join(steps) == text``.
+The RL text is the model's whole response (for the SFT model: ``"\\n" + solution + "\\n"``),
+split as is: nothing is stripped and ``"".join(steps) == response``. Stages, in order:
 
-Rules 5-6 deviate from VINEPPO.md's prose (which says halves >= 40, recursive breaking) because
-these settings reproduce VinePPO's own ``gold_solution_steps`` (vineppo_splits/math_*.jsonl) more
-often: 617 of 1,000 solutions step-for-step (whitespace-normalised), against 324 for the prose.
+1. Mask math. These regions, found in this order on the text left unmasked so far, each become
+   one opaque block that counts as ``MASK_WIDTH`` (60) characters in stages 2 and 6:
+   ``[asy]..[/asy]``; ``$\\begin{tabular}..\\end{tabular}$``; ``\\begin{tabular}..\\end{tabular}``;
+   ``\\(..\\)``; ``\\[..\\]``; ``$$..$$``; ``$..$`` (not after a backslash, at least one character
+   inside, the closing ``$`` not after a backslash nor before another ``$``); and
+   ``\\begin{env}..\\end{env}``. All are shortest matches and may span lines. A region that would
+   contain an already masked block (nested math) makes the official splitter fail:
+   ``StepSplitError``.
+2. Cut the masked text at sentence ends (a ``.`` followed by whitespace and a capital letter,
+   unless the ``.`` ends a one-letter word or a two-letter word after whitespace) and before
+   every newline. Then, left to right, a piece shorter than 20 (masked) characters that does not
+   end with ``.`` absorbs the next piece; the last piece never absorbs.
+3. Cut after every math block whose text ends with ``.$``, ``.$$``, ``.\\)`` or ``.\\]``. Then a
+   part shorter than 20 real characters that does not end with one of those absorbs the next
+   part; such a part at the end joins the previous one.
+4. Cut before every newline inside a math block (only at the first of identical blocks in a
+   part). Then a part shorter than 3 characters, or one that is only an opening delimiter
+   (``$``, ``$$``, ``\\(``, ``\\[``, ``\\begin{..}``, ``[asy]``, surrounding whitespace aside),
+   absorbs the next part; at the end it joins the previous one.
+5. A part longer than ``MAX_STEP_CHARS`` (100) is broken again and again: first in prose
+   (stage 6), unless its start lies in the "math range" (below), then in math (stage 7); the
+   first half is examined again after each cut, and a part that no rule breaks is kept.
+6. Prose break: on the part with its math masked afresh, the separators ``,``, ``" and "``,
+   ``:``, ``" to "`` are tried in this order; for a separator, the cut nearest the middle of the
+   masked part (after the comma/colon, before the space after "and"/"to"; the leftmost on a tie)
+   is used when both halves have at least 40 real characters, else the next separator is tried.
+7. Math break: the same on the raw part with ``,$``, ``,\\)``, ``,\\]``, ``=``, ``\\equiv``,
+   ``+``, ``\\cancelto`` (cut after each), halves of at least 20 characters. The "math range"
+   is the official bookkeeping of math cuts: from the smallest cut offset to the largest broken
+   length, both measured within the broken piece but compared with offsets in the whole part.
+
+When a stage leaves no part at all (a response of fewer than 20 characters, roughly, that does
+not end like a sentence in math) the official splitter fails too: ``StepSplitError``. The RL
+code drops such episodes, as VinePPO does (episode generator: "parse_failed" -> skipped).
 """
 from __future__ import annotations
 
+import bisect
 import re
 
-TEXT, INLINE, DISPLAY = 0, 1, 2
-MIN_PART = 20
-MAX_PART = 100
-TEXT_HALF_MIN = 20
-MATH_HALF_MIN = 20
-MAX_BREAK_DEPTH = 1
-_ABBREVIATIONS = {"e.g", "i.e", "mr", "mrs", "ms", "dr", "st", "vs", "etc", "no", "fig", "eq"}
-_TEXT_SEPARATORS = (", ", " and ", ":")
-_MATH_SEPARATORS = ("=", ", ", "\\equiv", "+")
-_BEGIN = re.compile(r"\\begin\{([^{}]{1,30})\}")
+from vinejax.tasks.base import StepSplitError
+
+MASK_WIDTH = 60  # length of the official placeholder that stands for a math region
+MAX_STEP_CHARS = 100
+MIN_NAIVE_PIECE = 20
+MIN_TAIL_PART = 20
+MIN_ROW_PART = 3
+MIN_PROSE_HALF = 40
+MIN_MATH_HALF = 20
+_STAND_IN = "\ufffc" * MASK_WIDTH  # neither a word character, a space, "." nor a delimiter
+
+_MATH_REGIONS = [re.compile(pattern, re.DOTALL) for pattern in (
+    r"\[asy\].*?\[/asy\]",
+    r"\$\\begin\{tabular\}.*?\\end\{tabular\}\$",
+    r"\\begin\{tabular\}.*?\\end\{tabular\}",
+    r"\\\(.*?\\\)",
+    r"\\\[.*?\\\]",
+    r"\$\$.*?\$\$",
+    r"(?<!\\)\$.*?[^\\]\$(?!\$)",
+    r"\\begin\{([^}]*)\}.*?\\end\{\1\}",
+)]
+_SENTENCE_BREAK = re.compile(r"(?<=\.)(?<!\b[A-Za-z]\.)(?<!\s[A-Za-z]{2}\.)(?=\s+[A-Z])")
+_TAIL_ENDINGS = (".$", ".$$", ".\\)", ".\\]")
+_LONE_OPENER = re.compile(r"\$|\$\$|\\\(|\\\[|\\begin\{[^}]*\}|\[asy\]")
+# (separator, characters from the end of its match back to the cut)
+_PROSE_SEPARATORS = [(re.compile(p), back) for p, back in ((",", 0), (r"\sand\s", 1), (":", 0), (r"\sto\s", 1))]
+_MATH_SEPARATORS = [re.compile(re.escape(s)) for s in (",$", ",\\)", ",\\]", "=", "\\equiv", "+", "\\cancelto")]
 
 
-def math_mask(text: str) -> list[int]:
-    """Per character: TEXT, INLINE (``$..$``, ``\\(..\\)``) or DISPLAY math; unclosed runs to the end."""
-    return _scan(text)[0]
+class Masked:
+    """``text`` with its math regions replaced by ``MASK_WIDTH``-character stand-ins.
+
+    ``blocks`` are the regions as (masked start, raw start, raw end), sorted by position.
+    """
+
+    def __init__(self, raw: str, regions: list[tuple[int, int]]):
+        self.raw = raw
+        pieces, self.blocks, position, masked_length = [], [], 0, 0
+        for start, end in sorted(regions):
+            pieces += [raw[position:start], _STAND_IN]
+            masked_length += start - position
+            self.blocks.append((masked_length, start, end))
+            masked_length += MASK_WIDTH
+            position = end
+        pieces.append(raw[position:])
+        self.text = "".join(pieces)
+        self._starts = [block[0] for block in self.blocks]
+        self._ends = [start + MASK_WIDTH for start in self._starts]
+
+    def to_raw(self, position: int) -> int:
+        """Raw offset of a masked offset that lies outside every stand-in."""
+        index = bisect.bisect_right(self._ends, position) - 1  # the last block ending at or before it
+        if index < 0:
+            return position
+        return self.blocks[index][2] + position - self._ends[index]
+
+    def covers_block(self, start: int, end: int) -> bool:
+        """Whether masked span [start, end) overlaps a stand-in."""
+        index = bisect.bisect_right(self._starts, end - 1) - 1
+        return index >= 0 and self._starts[index] + MASK_WIDTH > start
+
+    def blocks_in(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """The blocks lying inside masked span [start, end)."""
+        return [b for b in self.blocks if start <= b[0] and b[0] + MASK_WIDTH <= end]
 
 
-def _scan(text: str) -> tuple[list[int], list[tuple[int, int, str]]]:
-    """The mask of ``math_mask`` and the display blocks as (start, end, opener)."""
-    mask = [TEXT] * len(text)
-    blocks = []
+def mask_math(text: str) -> Masked:
+    """Stage 1 of the module docstring; raises ``StepSplitError`` on nested math."""
+    regions: list[tuple[int, int]] = []
+    masked = Masked(text, regions)
+    for pattern in _MATH_REGIONS:
+        found = []
+        for match in pattern.finditer(masked.text):
+            if masked.covers_block(match.start(), match.end()):
+                raise StepSplitError(f"nested math region {match.group(0)[:60]!r}")
+            found.append((masked.to_raw(match.start()), masked.to_raw(match.end())))
+        if found:
+            regions += found
+            masked = Masked(text, regions)
+    return masked
+
+
+def _merge_forward(bounds: list[int], text: str, is_weak) -> list[int]:
+    """A weak part absorbs the next part; a weak last part joins the previous one (none: error)."""
+    bounds = list(bounds)
     index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and index + 1 < len(text) and text[index + 1] == "$":
-            index += 2
-            continue
-        opener, closer, kind = None, None, None
-        if text.startswith("$$", index):
-            opener, closer, kind = "$$", "$$", DISPLAY
-        elif char == "$":
-            opener, closer, kind = "$", "$", INLINE
-        elif text.startswith("\\[", index):
-            opener, closer, kind = "\\[", "\\]", DISPLAY
-        elif text.startswith("\\(", index):
-            opener, closer, kind = "\\(", "\\)", INLINE
-        elif text.startswith("[asy]", index):
-            opener, closer, kind = "[asy]", "[/asy]", DISPLAY
-        elif text.startswith("\\begin{", index):
-            match = _BEGIN.match(text, index)
-            if match:
-                opener, closer, kind = match.group(0), "\\end{%s}" % match.group(1), DISPLAY
-        if opener is None:
+    while index < len(bounds) - 1:
+        if not is_weak(text[bounds[index]:bounds[index + 1]]):
             index += 1
-            continue
-        end = _find_closer(text, closer, index + len(opener))
-        end = len(text) if end < 0 else end + len(closer)
-        for position in range(index, end):
-            mask[position] = kind
-        if kind == DISPLAY:
-            blocks.append((index, end, opener))
-        index = end
-    return mask, blocks
-
-
-def _find_closer(text: str, closer: str, start: int) -> int:
-    position = text.find(closer, start)
-    while closer == "$" and position > 0 and text[position - 1] == "\\":
-        position = text.find(closer, position + 1)
-    return position
-
-
-def _is_abbreviation(text: str, period: int) -> bool:
-    match = re.search(r"([A-Za-z.]+)$", text[max(0, period - 6):period])
-    if not match:
-        return False
-    word = match.group(1).lower()
-    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and word.isupper())
-
-
-def _cut_positions(text: str, mask: list[int]) -> set[int]:
-    cuts = set()
-    for index, char in enumerate(text):
-        if char == "\n" and mask[index] != INLINE and index > 0:
-            cuts.add(index)
-    for match in re.finditer(r"\.(?=[ \t]+[A-Z])", text):
-        if mask[match.start()] == TEXT and not _is_abbreviation(text, match.start()):
-            cuts.add(match.end())
-    for match in re.finditer(r"\.(\$\$|\$|\\\)|\\\])", text):
-        end = match.end()
-        if mask[match.start()] != TEXT and (end == len(text) or mask[end] == TEXT):
-            cuts.add(end)
-    return {c for c in cuts if 0 < c < len(text)}
-
-
-_OPENER = re.compile(r"^(?:\\begin\{[^{}]*\}(?:\{[^{}]*\})?|\[asy\]|\\\[|\$\$)$")
-_DISPLAY_OPENERS = ("\\[", "$$", "\\begin")
-_SENTENCE_ENDS = (".", ".$", ".$$", ".\\)", ".\\]")
-_CLOSER = re.compile(r"^(?:\\end\{[^{}]*\}|\[/asy\]|\\\]|\$\$)$")
-
-
-def _part_kind(part: str, start: int, mask: list[int], blocks: list) -> str:
-    """"opener"/"closer" (a display delimiter alone), "row" (a line inside display math; "asy-row"
-    inside [asy]) or "text"."""
-    stripped = part.strip()
-    if _OPENER.match(stripped):
-        return "opener"
-    if _CLOSER.match(stripped):
-        return "closer"
-    first = start + len(part) - len(part.lstrip())
-    if first < len(mask) and mask[first] == DISPLAY:
-        for block_start, block_end, opener in blocks:
-            if block_start < first < block_end:
-                return "asy-row" if opener == "[asy]" else "row"
-    return "text"
-
-
-def _merge_short(parts: list[str], kinds: list[str]) -> list[str]:
-    """Rule 5, with display math handled row by row: blank rows and rows < 3 characters merge
-    into the next part (every non-blank [asy] line stays), a lone opening delimiter joins the
-    previous part and a lone closing delimiter the next one."""
-    merged: list[str] = []
-    carry = ""
-    for index, (part, kind) in enumerate(zip(parts, kinds)):
-        stripped = part.strip()
-        if kind == "opener" and not carry.strip() and merged:
-            merged[-1] += carry + part
-            carry = ""
-            continue
-        part, carry = carry + part, ""
-        is_last = index == len(parts) - 1
-        if kind == "text":
-            next_is_display = not is_last and parts[index + 1].lstrip().startswith(_DISPLAY_OPENERS)
-            too_short = not stripped or (len(part.strip()) < MIN_PART and not next_is_display
-                                         and not part.rstrip().endswith(_SENTENCE_ENDS))
-        elif kind in ("row", "asy-row"):
-            too_short = not stripped or (kind == "row" and len(stripped) < 3)
-        elif kind == "closer":
-            too_short = not is_last
+        elif index == len(bounds) - 2:
+            if index == 0:
+                raise StepSplitError(f"response too short to split: {text[:40]!r}")
+            bounds.pop(index)
         else:
-            too_short = False
-        if too_short and not is_last:
-            carry = part
-        elif too_short and merged and kind != "closer":
-            merged[-1] += part
+            bounds.pop(index + 1)
+    return bounds
+
+
+def _naive_bounds(masked: str) -> list[int]:
+    """Stage 2: sentence ends and newlines, then short pieces absorb the next piece."""
+    cuts = sorted({m.start() for m in _SENTENCE_BREAK.finditer(masked)} | {len(masked)})
+    pieces, start = [], 0
+    for end in cuts:
+        sentence = masked[start:end]
+        lines = sentence.split("\n")
+        pieces += [lines[0]] + ["\n" + line for line in lines[1:]]
+        start = end
+    index = 0
+    while index < len(pieces) - 1:
+        if len(pieces[index]) < MIN_NAIVE_PIECE and not pieces[index].endswith("."):
+            pieces[index] += pieces.pop(index + 1)
         else:
-            merged.append(part)
-    return merged
+            index += 1
+    bounds = [0]
+    for piece in pieces:
+        bounds.append(bounds[-1] + len(piece))
+    return bounds
 
 
-def _best_break(part: str, mask: list[int]) -> int | None:
-    """Cut position for an over-long part: separators are tried in priority order (text ones,
-    then math ones); among the valid cuts of the first separator that has any, the one nearest
-    the middle wins. The separator stays with the first half."""
-    middle = len(part) / 2
-    for separators, in_text, minimum in ((_TEXT_SEPARATORS, True, TEXT_HALF_MIN),
-                                         (_MATH_SEPARATORS, False, MATH_HALF_MIN)):
-        for separator in separators:
-            best = None
-            start = part.find(separator)
-            while start >= 0:
-                cut = start + len(separator.rstrip(" "))
-                if (mask[start] == TEXT) == in_text and cut >= minimum and len(part) - cut >= minimum:
-                    if best is None or abs(cut - middle) < abs(best - middle):
-                        best = cut
-                start = part.find(separator, start + 1)
-            if best is not None:
-                return best
+def _tail_bounds(masked: Masked, bounds: list[int]) -> list[int]:
+    """Stage 3, in masked offsets: cut after math ending a sentence, merge short parts."""
+    cut = [0]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        for block_start, raw_start, raw_end in masked.blocks_in(start, end):
+            if masked.raw[raw_start:raw_end].endswith(_TAIL_ENDINGS):
+                cut.append(block_start + MASK_WIDTH)
+        cut.append(end)
+
+    def is_weak(part: str) -> bool:
+        return len(part) < MIN_TAIL_PART and not part.endswith(_TAIL_ENDINGS)
+
+    raw_cut = [masked.to_raw(b) for b in cut]
+    return _merge_forward(raw_cut, masked.raw, is_weak)
+
+
+def _row_bounds(masked: Masked, bounds: list[int]) -> list[int]:
+    """Stage 4, in raw offsets: cut at newlines inside math, merge short parts and lone openers."""
+    raw = masked.raw
+    cut = [0]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        seen = set()
+        for _, raw_start, raw_end in masked.blocks:
+            if raw_start < start or raw_end > end:
+                continue
+            block = raw[raw_start:raw_end]
+            if block in seen:
+                continue
+            seen.add(block)
+            cut += [raw_start + m.start() for m in re.finditer("\n", block)]
+        cut.append(end)
+
+    def is_weak(part: str) -> bool:
+        return len(part) < MIN_ROW_PART or _LONE_OPENER.fullmatch(part.strip()) is not None
+
+    return _merge_forward(cut, raw, is_weak)
+
+
+def _nearest_middle(positions: list[int], length: int) -> int | None:
+    best = None
+    for position in positions:
+        if best is None or abs(2 * position - length) < abs(2 * best - length):
+            best = position
+    return best
+
+
+def _prose_cut(part: str) -> int | None:
+    """Stage 6: a cut offset in ``part`` or None."""
+    masked = mask_math(part)
+    for pattern, back in _PROSE_SEPARATORS:
+        best = _nearest_middle([m.end() - back for m in pattern.finditer(masked.text)], len(masked.text))
+        if best is None:
+            continue
+        cut = masked.to_raw(best)
+        if min(cut, len(part) - cut) >= MIN_PROSE_HALF:
+            return cut
     return None
 
 
-def _break_long(part: str, mask: list[int], depth: int = 0) -> list[str]:
-    if len(part.strip()) <= MAX_PART or depth >= MAX_BREAK_DEPTH:
-        return [part]
-    cut = _best_break(part, mask)
-    if cut is None:
-        return [part]
-    return (_break_long(part[:cut], mask[:cut], depth + 1)
-            + _break_long(part[cut:], mask[cut:], depth + 1))
+def _math_cut(part: str) -> int | None:
+    """Stage 7: a cut offset in ``part`` or None."""
+    for pattern in _MATH_SEPARATORS:
+        best = _nearest_middle([m.end() for m in pattern.finditer(part)], len(part))
+        if best is not None and min(best, len(part) - best) >= MIN_MATH_HALF:
+            return best
+    return None
+
+
+def _break_long(part: str) -> list[int]:
+    """Stage 5: cut offsets within ``part``, from 0 to ``len(part)``."""
+    bounds = [0, len(part)]
+    math_range = None  # [low, high), kept in the official (piece-relative) coordinates
+    index = 0
+    while index < len(bounds) - 1:
+        start, end = bounds[index], bounds[index + 1]
+        piece = part[start:end]
+        if len(piece) <= MAX_STEP_CHARS:
+            index += 1
+            continue
+        in_math = math_range is not None and math_range[0] <= start < math_range[1]
+        cut = None if in_math else _prose_cut(piece)
+        if cut is None:
+            cut = _math_cut(piece)
+            if cut is not None:
+                low = cut if math_range is None else min(math_range[0], cut)
+                high = len(piece) if math_range is None else max(math_range[1], len(piece))
+                math_range = (low, high)
+        if cut is None:
+            index += 1
+        else:
+            bounds.insert(index + 1, start + cut)
+    return bounds
 
 
 def split_steps(text: str) -> list[str]:
-    """Split a MATH solution into steps (module docstring); ``"".join(steps) == text``."""
+    """Split a MATH response into steps (module docstring); ``"".join(steps) == text``.
+
+    Raises ``StepSplitError`` where VinePPO's splitter fails (nested math, too short a text).
+    """
     if not text:
         return []
-    mask, blocks = _scan(text)
-    bounds = [0] + sorted(_cut_positions(text, mask)) + [len(text)]
-    spans = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    parts = [text[a:b] for a, b in spans]
-    kinds = [_part_kind(text[a:b], a, mask, blocks) for a, b in spans]
+    masked = mask_math(text)
+    bounds = _naive_bounds(masked.text)
+    bounds = _tail_bounds(masked, bounds)
+    bounds = _row_bounds(masked, bounds)
     steps = []
-    offset = 0
-    for part in _merge_short(parts, kinds):
-        steps.extend(_break_long(part, mask[offset:offset + len(part)]))
-        offset += len(part)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        part = text[start:end]
+        if len(part) <= MAX_STEP_CHARS:
+            steps.append(part)
+            continue
+        cuts = _break_long(part)
+        steps += [part[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
     return steps
