@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from vinejax import sampling
+from vinejax.tasks.base import StepSplitError
 from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode
 from vinejax.train.metrics import progress
@@ -129,17 +130,22 @@ def episode_steps(tokenizer, split_steps, ep: Episodes) -> tuple[np.ndarray, np.
 
     `split_steps(text) -> list[str]` is the task's splitter. A response with no text (only EOS)
     is one step. EOS and a trailing stop sequence belong to the last step (their characters lie
-    at or past the end of the text).
+    at or past the end of the text). A response the splitter rejects (`StepSplitError`, e.g. two
+    "#### " lines) gets 0 steps: VinePPO drops that episode, as the official code does.
     """
     starts_list = []
     for r, text in enumerate(ep.texts):
+        try:
+            steps = split_steps(text) if text else []
+        except StepSplitError:
+            starts_list.append([])
+            continue
         ids = strip_eos(tokenizer, ep.response_ids(r))
         full = tokenizer.decode(ids, skip_special_tokens=True)
         offsets = token_offsets(tokenizer, ids, full) if ids else []
-        steps = split_steps(text) if text else []
         rel = step_token_starts(steps, offsets) if steps and offsets else [0]
         starts_list.append([ep.prompt_lens[r] + s for s in rel])
     width = max(len(s) for s in starts_list)
     step_starts = encode.pad_rows(starts_list, max(width, 1), 0)
-    num_steps = np.array([min(len(s), width) for s in starts_list], np.int32)
+    num_steps = np.array([len(s) for s in starts_list], np.int32)
     return step_starts, num_steps

@@ -78,6 +78,9 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
         if cfg.algo == "vineppo":
             with timer("steps"):
                 step_starts, num_steps = episode_steps(run.tokenizer, run.task.split_steps, ep)  # [B, S], [B]
+            dropped = num_steps == 0  # responses the splitter rejects: no MC, no loss (official)
+            mask &= ~dropped[:, None]
+            metrics["episodes/parse_failed"] = float(dropped.mean())
             with timer("mc"):
                 state_values, mc_metrics = mc_state_values(
                     state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
