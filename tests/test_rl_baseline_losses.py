@@ -152,6 +152,21 @@ def test_dpo_positive_garbage_and_padding_change_nothing():
         assert np.all(np.isfinite(np.asarray(gi))) and np.all(np.asarray(gi)[~mask] == 0)
 
 
+def test_dpo_positive_from_stored_sums_equals_token_form():
+    d = pair_data(4)
+    valid = d["mw"].any(1) & d["ml"].any(1)
+    sums = [np.where(valid, np.where(d[m], d[k], 0.0).sum(1), np.nan).astype(np.float32)
+            for k, m in (("cw", "mw"), ("cl", "ml"), ("rw", "mw"), ("rl", "ml"))]   # nan on non-pairs
+    s, c, m = jax.jit(L.dpo_positive_loss_from_sums, static_argnames=("beta",))(*sums, valid, beta=0.3)
+    s_tok, c_tok, m_tok = call_dpo(d, beta=0.3)
+    np.testing.assert_allclose(s, s_tok, rtol=1e-6)
+    assert float(c) == float(c_tok) == valid.sum() < len(valid)
+    for k in m_tok:
+        np.testing.assert_allclose(m[k][0], m_tok[k][0], rtol=1e-5, atol=1e-5, err_msg=k)
+    g = jax.grad(lambda x: L.dpo_positive_loss_from_sums(x, *sums[1:], valid)[0])(jnp.asarray(sums[0]))
+    assert np.all(np.asarray(g)[~valid] == 0) and np.all(np.asarray(g)[valid] != 0)
+
+
 def test_dpo_positive_microbatches_sum_to_the_batch_loss():
     d = pair_data(3, B=8)
     f = jax.jit(lambda cw, cl, rw, rl, mw, ml: L.dpo_positive_loss(cw, cl, rw, rl, mw, ml)[:2])

@@ -18,8 +18,9 @@ from vinejax.rl.baseline_data import dpo_positive_pairs, restem_select
 from vinejax.rl.batch import RolloutBatch, pad_batch
 from vinejax.rl.logprobs import entropy_from_logits, token_logprobs, token_logprobs_and_entropy
 from vinejax.rl.losses import (PolicyLossConfig, add_metrics, clipped_value_loss, dpo_positive_loss,
-                               entropy_sum, kl_loss, kl_penalty, kl_reward_penalty, ppo_clip_loss,
-                               reduce_metrics, sequence_mean_nll, should_skip, vineppo_policy_loss)
+                               dpo_positive_loss_from_sums, entropy_sum, kl_loss, kl_penalty,
+                               kl_reward_penalty, ppo_clip_loss, reduce_metrics, sequence_mean_nll,
+                               should_skip, vineppo_policy_loss)
 from vinejax.rl.pipeline import ppo_gae_targets, vine_advantages_from_mc, whiten_advantages
 from vinejax.rl.values import (MCValues, estimated_state_mask, mc_value_metrics, mc_values,
                                state_mask)

@@ -232,26 +232,40 @@ def dpo_positive_loss(chosen_logprobs: jax.Array, rejected_logprobs: jax.Array,
     both of its responses have ≥ 1 valid token. Row b of the chosen arrays and row b of the
     rejected arrays form pair b; each side has its own [B, T] layout and mask. Where r_w = s_w
     exactly (policy = reference) the max splits its gradient ½/½, as torch's does.
+    Returns ``(Σ_b ℓ_b, #valid pairs, metrics)``; see ``dpo_positive_loss_from_sums``.
+    """
+    valid = chosen_mask.any(axis=1) & rejected_mask.any(axis=1)               # [B]
+    return dpo_positive_loss_from_sums(
+        _f32(chosen_logprobs, chosen_mask).sum(axis=1),
+        _f32(rejected_logprobs, rejected_mask).sum(axis=1),
+        _f32(chosen_ref_logprobs, chosen_mask).sum(axis=1),
+        _f32(rejected_ref_logprobs, rejected_mask).sum(axis=1), valid, beta, lam, label_smoothing)
+
+
+def dpo_positive_loss_from_sums(s_w: jax.Array, s_l: jax.Array, r_w: jax.Array, r_l: jax.Array,
+                                valid: jax.Array, beta: float = 0.1, lam: float = 50.0,
+                                label_smoothing: float = 0.0):
+    """``dpo_positive_loss`` on per-response log-prob sums f32[B] (policy s, reference r).
+
+    The reference enters only through its sums, so they can be computed once and stored as one
+    float per response. ``valid: bool[B]`` marks real pairs (other rows may hold garbage).
     Returns ``(Σ_b ℓ_b, #valid pairs, metrics)``; metrics (per pair): ``dpo_loss``,
     ``dpo_margin`` (z), ``dpo_positive_gap`` (max(0, r_w − s_w)), ``chosen_reward`` (s_w − r_w),
     ``rejected_reward`` (s_l − r_l), ``reward_accuracy`` (chosen_reward > rejected_reward),
     ``chosen_higher`` (s_w > s_l) and ``ref_chosen_higher`` (r_w > r_l).
     """
-    s_w = _f32(chosen_logprobs, chosen_mask).sum(axis=1)                     # [B]
-    s_l = _f32(rejected_logprobs, rejected_mask).sum(axis=1)
-    r_w = _f32(chosen_ref_logprobs, chosen_mask).sum(axis=1)
-    r_l = _f32(rejected_ref_logprobs, rejected_mask).sum(axis=1)
+    s_w, s_l, r_w, r_l = (_f32(x, valid) for x in (s_w, s_l, r_w, r_l))      # [B] each
     gap = jnp.maximum(0.0, r_w - s_w)
     z = (s_w - s_l) - (r_w - r_l) - lam * gap
     loss = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * z) \
         - label_smoothing * jax.nn.log_sigmoid(-beta * z)
-    valid = (chosen_mask.any(axis=1) & rejected_mask.any(axis=1)).astype(jnp.float32)
-    n = valid.sum()
+    v = valid.astype(jnp.float32)
+    n = v.sum()
 
     def per_pair(x):
-        return (valid * x).sum(), n
+        return (v * x).sum(), n
 
-    total = (valid * loss).sum()
+    total = (v * loss).sum()
     return total, n, {
         "dpo_loss": (total, n), "dpo_margin": per_pair(z), "dpo_positive_gap": per_pair(gap),
         "chosen_reward": per_pair(s_w - r_w), "rejected_reward": per_pair(s_l - r_l),
