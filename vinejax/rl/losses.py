@@ -1,4 +1,4 @@
-"""Losses of VinePPO and its baselines, masked, over token-aligned ``[B, T]`` arrays.
+"""Losses of VinePPO and its baselines (PPO, RestEM, DPO+), masked, over token-aligned ``[B, T]`` arrays.
 
 Each term returns ``(loss_sum, count, metrics)``: the loss is ``loss_sum / count`` and every
 metric is a ``(sum, count)`` pair too, so micro-batch results are aggregated exactly by adding
@@ -198,3 +198,78 @@ def should_skip(metrics: Metrics, cfg: PolicyLossConfig = PolicyLossConfig()) ->
         return jnp.zeros((), bool)
     s, c = metrics["ratio"]
     return s / jnp.maximum(c, 1) > cfg.max_mean_ratio
+
+
+# ----------------------------------------------------------------------------- RestEM, DPO+
+def sequence_mean_nll(logprobs: jax.Array, mask: jax.Array):
+    """RestEM's MLE loss: each sequence's mean token NLL, summed over sequences.
+
+        ℓ_b = −(Σ_t m_bt lp_bt) / (Σ_t m_bt)
+    Returns ``(Σ_b ℓ_b, #sequences with ≥ 1 valid token, metrics)``; metrics ``nll`` (per
+    sequence) and ``nll_token`` (per token). Rows without a valid token count for nothing.
+    Shapes: logprobs [B, T] (log-probs of the targets), mask bool[B, T].
+    """
+    lp = _f32(logprobs, mask)                                                # [B, T]
+    n_tok = mask.sum(axis=1).astype(jnp.float32)                             # [B]
+    has = n_tok > 0
+    tok_sum = -lp.sum(axis=1)                                                # [B]
+    per_seq = jnp.where(has, tok_sum / jnp.maximum(n_tok, 1.0), 0.0)
+    total = per_seq.sum()
+    n_seq = has.sum().astype(jnp.float32)
+    return total, n_seq, {"nll": (total, n_seq), "nll_token": (tok_sum.sum(), n_tok.sum())}
+
+
+def dpo_positive_loss(chosen_logprobs: jax.Array, rejected_logprobs: jax.Array,
+                      chosen_ref_logprobs: jax.Array, rejected_ref_logprobs: jax.Array,
+                      chosen_mask: jax.Array, rejected_mask: jax.Array, beta: float = 0.1,
+                      lam: float = 50.0, label_smoothing: float = 0.0):
+    """DPO-Positive (Smaug) loss summed over the valid (chosen, rejected) pairs.
+
+        s_w = Σ_t lp_t over the chosen response, s_l over the rejected one (policy);
+        r_w, r_l the same sums under the frozen reference
+        z = (s_w − s_l) − (r_w − r_l) − λ·max(0, r_w − s_w)
+        ℓ = −(1 − ε)·log σ(β z) − ε·log σ(−β z)                 (ε = label smoothing, paper 0)
+    Defaults are the official MATH setting (β 0.1, λ 50; GSM8K uses β 0.3). A pair is valid when
+    both of its responses have ≥ 1 valid token. Row b of the chosen arrays and row b of the
+    rejected arrays form pair b; each side has its own [B, T] layout and mask. Where r_w = s_w
+    exactly (policy = reference) the max splits its gradient ½/½, as torch's does.
+    Returns ``(Σ_b ℓ_b, #valid pairs, metrics)``; see ``dpo_positive_loss_from_sums``.
+    """
+    valid = chosen_mask.any(axis=1) & rejected_mask.any(axis=1)               # [B]
+    return dpo_positive_loss_from_sums(
+        _f32(chosen_logprobs, chosen_mask).sum(axis=1),
+        _f32(rejected_logprobs, rejected_mask).sum(axis=1),
+        _f32(chosen_ref_logprobs, chosen_mask).sum(axis=1),
+        _f32(rejected_ref_logprobs, rejected_mask).sum(axis=1), valid, beta, lam, label_smoothing)
+
+
+def dpo_positive_loss_from_sums(s_w: jax.Array, s_l: jax.Array, r_w: jax.Array, r_l: jax.Array,
+                                valid: jax.Array, beta: float = 0.1, lam: float = 50.0,
+                                label_smoothing: float = 0.0):
+    """``dpo_positive_loss`` on per-response log-prob sums f32[B] (policy s, reference r).
+
+    The reference enters only through its sums, so they can be computed once and stored as one
+    float per response. ``valid: bool[B]`` marks real pairs (other rows may hold garbage).
+    Returns ``(Σ_b ℓ_b, #valid pairs, metrics)``; metrics (per pair): ``dpo_loss``,
+    ``dpo_margin`` (z), ``dpo_positive_gap`` (max(0, r_w − s_w)), ``chosen_reward`` (s_w − r_w),
+    ``rejected_reward`` (s_l − r_l), ``reward_accuracy`` (chosen_reward > rejected_reward),
+    ``chosen_higher`` (s_w > s_l) and ``ref_chosen_higher`` (r_w > r_l).
+    """
+    s_w, s_l, r_w, r_l = (_f32(x, valid) for x in (s_w, s_l, r_w, r_l))      # [B] each
+    gap = jnp.maximum(0.0, r_w - s_w)
+    z = (s_w - s_l) - (r_w - r_l) - lam * gap
+    loss = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * z) \
+        - label_smoothing * jax.nn.log_sigmoid(-beta * z)
+    v = valid.astype(jnp.float32)
+    n = v.sum()
+
+    def per_pair(x):
+        return (v * x).sum(), n
+
+    total = (v * loss).sum()
+    return total, n, {
+        "dpo_loss": (total, n), "dpo_margin": per_pair(z), "dpo_positive_gap": per_pair(gap),
+        "chosen_reward": per_pair(s_w - r_w), "rejected_reward": per_pair(s_l - r_l),
+        "reward_accuracy": per_pair(s_w - r_w > s_l - r_l), "chosen_higher": per_pair(s_w > s_l),
+        "ref_chosen_higher": per_pair(r_w > r_l),
+    }
