@@ -23,6 +23,8 @@ def arithmetic_task(c):
     c.sampling.max_new_tokens = 80
     c.eval.max_new_tokens = 80
     c.model.max_position_embeddings = 192
+    c.sft.target_template = "{solution}"  # the prompt "{problem}\n" already ends the line
+    c.optim.warmup_shape = "linear"
     return c
 
 

@@ -76,12 +76,58 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
 
     monkeypatch.setattr(sampling, "continue_from_prefixes", fake_continue)
     scfg = sampling_config(TOKENIZER, TASK, 1.0, 1.0, 40)
+    context = 60
     rewards, mask, _ = values.mc_rewards(None, None, TOKENIZER, TASK, ep, starts, num_steps, jax.random.key(0),
-                                         scfg, k, cap=-1, chunk_rows=64, workers=0)
+                                         scfg, k, cap=-1, chunk_rows=64, workers=0, context_size=context)
     assert rewards.shape == mask.shape == (3, starts.shape[1], k)
     for r in range(3):
         assert mask[r, :num_steps[r]].all() and not mask[r, num_steps[r]:].any()
         for j in range(num_steps[r]):
             np.testing.assert_array_equal(rewards[r, j], [1.0, 0.0, 0.0, 0.0])
-            # each state's budget is what is left of the episode's max_new_tokens
-            assert seen[(r, j)] == 40 - (starts[r, j] - ep.prompt_lens[r])
+            # the official budget: max_new_tokens, capped by the context left after the prefix
+            # (whose length counts BOS), not what is left of the episode's own budget
+            assert seen[(r, j)] == min(40, context - (starts[r, j] - 1))
+    budgets = list(seen.values())
+    assert 40 in budgets and min(budgets) < 40  # both regimes occur
+
+
+def test_late_state_continuation_gets_the_full_budget_and_matches_generate():
+    """A state late in a length-stopped episode: its MC continuation may write max_new_tokens (not
+    what is left of the episode), and with greedy decoding it is exactly what `generate` writes
+    from the same prefix with the same budget (the cache-reusing path is unbiased)."""
+    from vinejax.model import llama
+    from vinejax.model.config import ModelConfig
+    from vinejax.tasks.base import Task
+
+    cfg = ModelConfig(vocab_size=len(TOKENIZER), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                      num_kv_heads=1, head_dim=16, max_position_embeddings=128,
+                      bos_token_id=TOKENIZER.bos_token_id, eos_token_id=TOKENIZER.eos_token_id)
+    params = llama.init_params(cfg, jax.random.key(1), std=0.3)
+    max_new, episode_len, late = 24, 18, 10
+    left = episode_len - late  # what the episode's own budget leaves the late state
+    greedy = sampling.SamplingConfig(max_new_tokens=max_new, greedy=True, eos_ids=(), pad_id=0)
+    prompt = encode.encode_prompt(TOKENIZER, "12+7\n")
+    full = sampling.generate(params, cfg, np.array([prompt]), np.array([len(prompt)]), jax.random.key(0), greedy)
+    episode = prompt + np.asarray(full.tokens[0, :episode_len]).tolist()  # an episode cut by length
+    prefix = episode[: len(prompt) + late]
+    cont = np.asarray(sampling.generate(params, cfg, np.array([prefix]), np.array([len(prefix)]),
+                                        jax.random.key(0), greedy).tokens[0]).tolist()
+    # EOS := a token whose first occurrence lies beyond what the episode's budget leaves
+    eos = next(t for j, t in enumerate(cont) if j >= left and t not in cont[:j])
+    scfg = greedy.replace(eos_ids=(eos,))
+    task = Task(name="finish", grade=None, split_steps=None, loader=None, stop_strings=(),
+                grade_batch=lambda texts, answers, num_workers=0: np.ones(len(texts), np.float32))
+    problem = arithmetic.load_split("validation", num_problems=1)[0]
+    ep = Episodes(tokens=np.array([episode], np.int32), logprobs=np.zeros((1, len(episode)), np.float32),
+                  prompt_lens=np.array([len(prompt)], np.int32), total_lens=np.array([len(episode)], np.int32),
+                  finish_reason=np.array([sampling.FINISH_LENGTH], np.int32), texts=[""], problems=[problem],
+                  problem_index=np.zeros(1, np.int32))
+    starts = np.array([[len(prompt), len(prefix)]], np.int32)
+    rewards, mask, stats = values.mc_rewards(params, cfg, TOKENIZER, task, ep, starts, np.array([2], np.int32),
+                                             jax.random.key(2), scfg, 2, cap=-1, chunk_rows=8, workers=0,
+                                             context_size=100)
+    alone = sampling.generate(params, cfg, np.array([prefix]), np.array([len(prefix)]), jax.random.key(3), scfg)
+    finished = float(int(alone.finish_reason[0]) == sampling.FINISH_EOS)
+    assert finished == 1.0 and int(alone.lengths[0]) > left  # needs more than the episode's budget leaves
+    np.testing.assert_array_equal(rewards[0, 1], [finished, finished])  # unfinished would score 0
+    assert stats["mc/unique_states"] == 2  # continued from the trajectory's own cache, no re-prefill

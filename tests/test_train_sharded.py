@@ -51,7 +51,7 @@ def _optim():
     c = base_config().optim
     # A large Adam eps keeps the first update proportional to the gradient, so the comparison
     # is not dominated by sign flips of gradients that are zero up to rounding.
-    c.lr, c.warmup_frac, c.eps = 1e-2, 0.0, 1e-3
+    c.lr, c.warmup_frac, c.warmup_shape, c.eps = 1e-2, 0.0, "linear", 1e-3
     return c
 
 

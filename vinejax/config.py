@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     c.model.param_dtype = "float32"
     c.model.remat = False
+    c.model.context_size = -1  # tokens a prompt + response may hold besides BOS (paper: 2047 Rho, 2499 DeepSeek); -1 = max positions - 1
 
     c.task = ml_collections.ConfigDict()
     c.task.name = "arithmetic"
@@ -84,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6
     c.optim.warmup_frac = 0.03
+    c.optim.warmup_shape = "log"  # DeepSpeed WarmupDecayLR's log-shaped warmup (official); or "linear"
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
@@ -91,7 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip = 1.0
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.epochs = 3
+    c.sft.epochs = 2
+    c.sft.target_template = "\n{solution}\n"  # the official SFT target (DeepSeekMath on MATH: "\n{solution}")
     c.sft.batch_size = 64
     c.sft.max_steps = -1  # -1 = epochs decide
     c.sft.max_seq_len = 2048
@@ -126,6 +129,7 @@ _CHOICES = {
     "ppo.kl_estimator": ("k1", "k2", "k3"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "optim.warmup_shape": ("log", "linear"),
 }
 
 
@@ -206,8 +210,10 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 # The paper's models (VINEPPO.md §6) and per-task settings (§1, §2, §5).
 PAPER_MODELS = {
-    "rho1b": dict(max_seq_len=2048, sft_lr=1e-5, mesh=(1, -1, 1)),
-    "deepseek7b": dict(max_seq_len=2499, sft_lr=5e-5, mesh=(1, -1, 1)),
+    # context_size: official `model_context_size` of MC continuations; micro_batch: the official
+    # per-device group (the ratio > 10 rule zeroes one group's loss).
+    "rho1b": dict(context_size=2047, sft_lr=1e-5, micro_batch=16, mesh=(1, -1, 1)),
+    "deepseek7b": dict(context_size=2499, sft_lr=5e-5, micro_batch=8, mesh=(1, -1, 1)),
 }
 
 
@@ -229,9 +235,12 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     c.model.remat = True
     c.mesh.shape = m["mesh"]
     c.sampling.max_new_tokens = 1024
-    c.sft.max_seq_len = m["max_seq_len"]
-    c.sft.epochs = 3
-    c.ppo.micro_batch = 8
+    c.model.context_size = m["context_size"]
+    c.sft.max_seq_len = 2048
+    c.sft.epochs = 2
+    if model == "deepseek7b" and task == "math":
+        c.sft.target_template = "\n{solution}"
+    c.ppo.micro_batch = m["micro_batch"]
     c.sft.micro_batch = 8
     c.train.iterations = 650 if task == "gsm8k" else 1000
     c.train.eval_every = 10

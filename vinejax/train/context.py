@@ -46,6 +46,14 @@ class RunContext:
     def put_params(self, params):
         return jax.device_put(params, self.param_shardings)
 
+    @property
+    def context_size(self) -> int:
+        """Tokens besides BOS that prompt + response may hold (`model.context_size`, or the model's
+        positions − 1): a generation from a prefix of P tokens (BOS included) writes at most
+        min(max_new_tokens, context_size − (P − 1)) tokens, as the official `_compute_max_tokens`."""
+        c = self.cfg.model.context_size
+        return c if c >= 0 else self.model_cfg.max_position_embeddings - 1
+
 
 def hf_folder_of_run(run_dir: str) -> str:
     """Where a run exports its policy as an HF folder."""

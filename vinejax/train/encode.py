@@ -25,10 +25,18 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return bos + encode_text(tokenizer, text)
 
 
-def encode_sft(tokenizer, prompt: str, solution: str) -> tuple[list[int], list[bool]]:
-    """BOS + prompt + solution + EOS, and a mask that is true on the solution and EOS tokens."""
-    p = encode_prompt(tokenizer, prompt)
-    s = encode_text(tokenizer, solution) + [tokenizer.eos_token_id]
+def encode_sft(tokenizer, prompt: str, target: str) -> tuple[list[int], list[bool]]:
+    """BOS + prompt + target + EOS, and a mask that is true on the target and EOS tokens.
+
+    As the official SFT data: prompt and target are tokenized together (no spurious word-start
+    token before the target with SentencePiece tokenizers); the target is the tokens from the
+    first one that starts at or after the end of the prompt text.
+    """
+    enc = tokenizer(prompt + target, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    cut = next((i for i, (start, _) in enumerate(offsets) if start >= len(prompt)), len(ids))
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    p, s = bos + ids[:cut], ids[cut:] + [tokenizer.eos_token_id]
     return p + s, [False] * len(p) + [True] * len(s)
 
 

@@ -78,9 +78,17 @@ def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
     return [encode.encode_prompt(tokenizer, task.prompt(p.problem)) for p in problems]
 
 
+def token_budgets(prefix_lens: np.ndarray, max_new_tokens: int, context_size: int) -> np.ndarray:
+    """New tokens a generation from each prefix may write: min(max_new_tokens, context_size −
+    (prefix_len − 1)), at least 1 (prefix lengths count BOS; the official count does not)."""
+    return np.clip(context_size - (np.asarray(prefix_lens) - 1), 1, max_new_tokens).astype(np.int32)
+
+
 def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling.SamplingConfig,
-                    num_samples: int, rng: jax.Array, batch_prompts: int, desc: str = "sample") -> Episodes:
-    """`num_samples` responses to each problem, generated `batch_prompts` prompts at a time."""
+                    num_samples: int, rng: jax.Array, batch_prompts: int, context_size: int,
+                    desc: str = "sample") -> Episodes:
+    """`num_samples` responses to each problem, generated `batch_prompts` prompts at a time; each
+    response is capped by `token_budgets` (prompt + response stay within `context_size` + BOS)."""
     prompts = encode_prompts(tokenizer, task, problems)
     pad = encode.pad_token_id(tokenizer)
     parts = []
@@ -89,8 +97,9 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
         chunk = prompts[start : start + batch_prompts]
         lens = np.array([len(p) for p in chunk], np.int32)
         rows = encode.pad_rows(chunk, int(lens.max()), pad)
+        budgets = np.repeat(token_budgets(lens, scfg.max_new_tokens, context_size), num_samples)
         out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
-                                num_samples=num_samples)
+                                num_samples=num_samples, max_new=budgets)
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
         parts.append(jax.device_get((tokens, logprobs, plen, tlen, out.finish_reason)))
         bar.update(len(chunk))

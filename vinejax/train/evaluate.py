@@ -16,13 +16,14 @@ def evaluate(ctx, params, problems, rng: jax.Array) -> dict:
     n = e.samples_per_problem
     if n > 0:
         scfg = sampling_config(tok, task, e.temperature, e.top_p, e.max_new_tokens)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng, batch, "eval")
+        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng, batch, ctx.context_size, "eval")
         r = grade_episodes(task, ep, workers).reshape(len(problems), n)
         out["eval/accuracy"] = float(r.mean())
         out[f"eval/pass@{n}"] = float((r.max(axis=1) > 0).mean())
         out["eval/length_mean"] = float((ep.total_lens - ep.prompt_lens).mean())
     if e.greedy:
         scfg = sampling_config(tok, task, 1.0, 1.0, e.max_new_tokens, greedy=True)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng, batch, "eval greedy")
+        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng, batch, ctx.context_size,
+                             "eval greedy")
         out["eval/greedy_accuracy"] = float(grade_episodes(task, ep, workers).mean())
     return out

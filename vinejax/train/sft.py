@@ -15,11 +15,12 @@ from vinejax.train.evaluate import evaluate
 from vinejax.train.stage import held_out_problems, resume
 
 
-def sft_examples(tokenizer, task, problems, max_seq_len: int) -> tuple[list, list]:
-    """Token rows and target masks of `prompt + solution + EOS`, dropping over-long ones."""
+def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: str) -> tuple[list, list]:
+    """Token rows and target masks of `prompt + target + EOS` (target = `target_template` with the
+    problem's solution, e.g. "\n{solution}\n"), dropping over-long ones."""
     rows, masks = [], []
     for p in problems:
-        toks, mask = encode.encode_sft(tokenizer, task.prompt(p.problem), p.solution)
+        toks, mask = encode.encode_sft(tokenizer, task.prompt(p.problem), target_template.format(solution=p.solution))
         if len(toks) <= max_seq_len:
             rows.append(toks)
             masks.append(mask)
@@ -59,7 +60,7 @@ def run_sft(ctx, params, writer, log) -> dict:
         log(f"SFT already done: policy cached at {export}")
         return {}
     problems = ctx.task.load_split(cfg.task.train_split)
-    rows, masks = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len)
+    rows, masks = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len, cfg.sft.target_template)
     total = sft_total_steps(cfg, len(rows))
     per_epoch = max(len(rows) // cfg.sft.batch_size, 1)
     optimizer = update.make_optimizer(cfg.optim, total)

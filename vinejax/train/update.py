@@ -3,11 +3,12 @@
 A step takes one optimizer batch shaped `[M, mb, ...]` (M micro-batches of mb episodes, see
 `batching.to_microbatches`), sums the exact per-micro-batch gradients with `lax.scan` (the loss
 denominators are those of the whole batch, so the sum equals the full-batch gradient), clips,
-and applies AdamW. The paper's "skip a batch whose mean ratio > 10" keeps params unchanged.
+and applies AdamW. A step whose loss or gradient is not finite changes nothing.
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -23,10 +24,27 @@ from vinejax.rl.logprobs import token_logprobs_and_entropy
 from vinejax.train.scoring import critic_values, sequence_logprobs
 
 
-def lr_schedule(lr: float, total_steps: int, warmup_frac: float) -> optax.Schedule:
-    """Linear warmup over `warmup_frac` of the steps, then linear decay to 0 (paper: 3%)."""
+def lr_schedule(lr: float, total_steps: int, warmup_frac: float, shape: str = "linear") -> optax.Schedule:
+    """Warmup over `warmup_frac` of the steps, then linear decay to 0 (paper: 3%).
+
+    shape "linear": lr·k/W during warmup (optax count k from 0). shape "log": DeepSpeed's
+    `WarmupDecayLR` default (the official configs): lr·ln(k + 1)/ln(W) with W >= 2, then
+    lr·(T − k)/(T − W). Both reach lr at k = W.
+    """
     total = max(int(total_steps), 1)
-    warmup = int(round(total * warmup_frac))
+    warmup = int(math.ceil(total * warmup_frac)) if shape == "log" else int(round(total * warmup_frac))
+    if shape == "log":
+        w = max(warmup, 2)
+
+        def schedule(count):
+            k = jnp.asarray(count, jnp.float32)
+            up = jnp.log(k + 1.0) / math.log(w)
+            down = jnp.maximum(0.0, (total - k) / max(1, total - w))
+            return lr * jnp.where(k < w, up, down)
+
+        return schedule
+    if shape != "linear":
+        raise ValueError(f"unknown warmup shape {shape!r}; choose 'linear' or 'log'")
     if warmup == 0:
         return optax.linear_schedule(lr, 0.0, total)
     return optax.join_schedules(
@@ -36,7 +54,8 @@ def lr_schedule(lr: float, total_steps: int, warmup_frac: float) -> optax.Schedu
 
 def make_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW with the warmup/decay schedule (config section `optim`)."""
-    schedule = lr_schedule(optim_cfg.lr if lr is None else lr, total_steps, optim_cfg.warmup_frac)
+    schedule = lr_schedule(optim_cfg.lr if lr is None else lr, total_steps, optim_cfg.warmup_frac,
+                           optim_cfg.warmup_shape)
     return optax.chain(
         optax.clip_by_global_norm(optim_cfg.grad_clip),
         optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
@@ -44,28 +63,39 @@ def make_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> opta
     )
 
 
+def all_finite(tree) -> jax.Array:
+    """bool scalar: every floating-point leaf of `tree` is finite (one reduction per leaf)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.ones((), bool)
+
+
 def _accumulate(loss_fn, params, micro: Any):
-    """Sum gradients and (sum, count) metrics of `loss_fn(params, mb)` over micro-batches [M, ...]."""
+    """Sum the loss, gradients and (sum, count) metrics of `loss_fn(params, mb)` over micro-batches [M, ...]."""
     first = jax.tree.map(lambda x: x[0], micro)
     metric_shape = jax.eval_shape(lambda p, mb: loss_fn(p, mb)[1], params, first)
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def body(carry, mb):
-        grads, metrics = carry
-        (_, m), g = grad_fn(params, mb)
-        return (jax.tree.map(jnp.add, grads, g), losses.add_metrics(metrics, m)), None
+        loss, grads, metrics = carry
+        (l, m), g = grad_fn(params, mb)
+        return (loss + l, jax.tree.map(jnp.add, grads, g), losses.add_metrics(metrics, m)), None
 
-    init = (jax.tree.map(jnp.zeros_like, params), zeros(metric_shape))
-    (grads, metrics), _ = jax.lax.scan(body, init, micro)
-    return grads, metrics
+    init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros(metric_shape))
+    (loss, grads, metrics), _ = jax.lax.scan(body, init, micro)
+    return loss, grads, metrics
 
 
-def _apply(optimizer, params, opt_state, grads, skip):
+def _apply(optimizer, params, opt_state, loss, grads):
+    """AdamW step, unless the loss or the gradient is not finite: then params and optimizer state
+    stay as they are. Returns (params, opt_state, metrics `grad_norm`, `nonfinite`)."""
+    grad_norm = optax.tree.norm(grads)
+    bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(skip, o, n), old, new)
-    return keep(params, new_params), keep(opt_state, new_opt_state)
+    keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
+    return keep(params, new_params), keep(opt_state, new_opt_state), {"grad_norm": grad_norm,
+                                                                        "nonfinite": bad.astype(jnp.float32)}
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature", "whiten"),
@@ -76,10 +106,13 @@ def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T].
 
     With `whiten`, token advantages are whitened over the whole optimizer batch (all micro-batches
-    together, paper §1.8) before the loss.
+    together, paper §1.8) before the loss. A micro-batch whose mean ratio exceeds
+    `loss_cfg.max_mean_ratio` contributes no loss (the official rule: its loss is zeroed, the
+    optimizer still steps). A non-finite loss or gradient skips the whole step.
 
-    Returns (params, opt_state, metrics) with the reduced loss metrics plus `grad_norm` and
-    `skipped` (1.0 when the mean ratio exceeded `loss_cfg.max_mean_ratio`).
+    Returns (params, opt_state, metrics) with the reduced loss metrics plus `grad_norm`,
+    `skipped` (fraction of micro-batches zeroed by the ratio rule) and `nonfinite` (1.0 when the
+    step was skipped).
     """
     if whiten:
         batch = whiten_batch(batch)
@@ -89,15 +122,14 @@ def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     def loss_fn(p, mb):
         logits, _ = llama.forward(p, model_cfg, mb.tokens)
         lp, ent = token_logprobs_and_entropy(logits, mb.tokens, temperature)
-        return losses.policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq)
+        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq)
+        skip = losses.should_skip(metrics, loss_cfg)  # this micro-batch's mean ratio
+        metrics["skipped"] = (skip.astype(jnp.float32), jnp.ones((), jnp.float32))
+        return jnp.where(skip, 0.0, loss), metrics
 
-    grads, metrics = _accumulate(loss_fn, params, batch)
-    skip = losses.should_skip(metrics, loss_cfg)
-    params, opt_state = _apply(optimizer, params, opt_state, grads, skip)
-    out = losses.reduce_metrics(metrics)
-    out["grad_norm"] = optax.tree.norm(grads)
-    out["skipped"] = skip.astype(jnp.float32)
-    return params, opt_state, out
+    loss, grads, metrics = _accumulate(loss_fn, params, batch)
+    params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
+    return params, opt_state, losses.reduce_metrics(metrics) | applied
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "clip_range"), donate_argnums=(0, 1))
@@ -112,10 +144,10 @@ def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
                                                       mb.response_mask, clip_range)
         return total / jnp.maximum(n_tok, 1.0), metrics
 
-    grads, metrics = _accumulate(loss_fn, params, batch)
-    params, opt_state = _apply(optimizer, params, opt_state, grads, jnp.zeros((), bool))
+    loss, grads, metrics = _accumulate(loss_fn, params, batch)
+    params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
     out = losses.reduce_metrics(metrics)
-    out["vf_grad_norm"] = optax.tree.norm(grads)
+    out["vf_grad_norm"], out["vf_nonfinite"] = applied["grad_norm"], applied["nonfinite"]
     return params, opt_state, out
 
 
@@ -124,18 +156,18 @@ def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, *, mode
              optimizer: optax.GradientTransformation):
     """One MLE step on micro-batches tokens/loss_mask [M, mb, T] (mask marks target tokens).
 
-    The loss is the mean negative log-likelihood over all target tokens of the batch.
+    The loss is the official `per_instance_non_pad_tokens_then_batch`: each example's mean
+    token NLL, then the mean over the examples of the batch. A non-finite loss or gradient
+    skips the step (`nonfinite` 1.0).
     """
-    n_tok = loss_mask.sum().astype(jnp.float32)
+    n_seq = loss_mask.any(axis=-1).sum().astype(jnp.float32)
 
     def loss_fn(p, mb):
         toks, mask = mb
         lp = sequence_logprobs(p, model_cfg, toks, 1.0)
-        nll = -jnp.where(mask, lp, 0.0).sum()
-        return nll / jnp.maximum(n_tok, 1.0), {"nll": (nll, mask.sum().astype(jnp.float32))}
+        total, _, metrics = losses.sequence_mean_nll(lp, mask)
+        return total / jnp.maximum(n_seq, 1.0), metrics
 
-    grads, metrics = _accumulate(loss_fn, params, (tokens, loss_mask))
-    params, opt_state = _apply(optimizer, params, opt_state, grads, jnp.zeros((), bool))
-    out = losses.reduce_metrics(metrics)
-    out["grad_norm"] = optax.tree.norm(grads)
-    return params, opt_state, out
+    loss, grads, metrics = _accumulate(loss_fn, params, (tokens, loss_mask))
+    params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
+    return params, opt_state, losses.reduce_metrics(metrics) | applied

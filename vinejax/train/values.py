@@ -7,22 +7,24 @@ import numpy as np
 
 from vinejax import sampling
 from vinejax.rl import values as values_lib
-from vinejax.train.episodes import Episodes, response_texts, strip_eos
+from vinejax.train.episodes import Episodes, response_texts, strip_eos, token_budgets
 from vinejax.train.scoring import score_rows, value_scorer
 
 
 def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
-               rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int, chunk_rows: int, workers: int):
+               rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int, chunk_rows: int, workers: int,
+               context_size: int):
     """Rewards of K continuations from every estimated state: f32[B, S, K] and its mask, plus stats.
 
     States are the prefixes `tokens[b, :step_starts[b, i]]` for i < num_steps[b] (only i <= cap
-    when cap >= 0). Continuations share the episode's remaining token budget.
+    when cap >= 0). Each continuation may write min(max_new_tokens, context_size − prefix) tokens
+    (the official budget), not what is left of its episode's own budget.
     """
     b, s = step_starts.shape
     estimated = np.arange(s)[None] < num_steps[:, None]
     if cap >= 0:
         estimated &= np.arange(s)[None] <= cap
-    budgets = np.maximum(scfg.max_new_tokens - (step_starts - ep.prompt_lens[:, None]), 1)  # [B, S]
+    budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
     out = sampling.continue_from_prefixes(
         params, model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
         state_mask=estimated, budgets=budgets, max_rows_per_chunk=chunk_rows)
@@ -44,10 +46,10 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
 
 def mc_state_values(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray,
                     num_steps: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int,
-                    chunk_rows: int, workers: int) -> tuple[np.ndarray, dict]:
+                    chunk_rows: int, workers: int, context_size: int) -> tuple[np.ndarray, dict]:
     """V̂(s) f32[B, S] of every state (the mean reward of its K continuations) and `mc/*` metrics."""
     rewards, mask, stats = mc_rewards(params, model_cfg, tokenizer, task, ep, step_starts, num_steps, rng, scfg,
-                                      k, cap, chunk_rows, workers)
+                                      k, cap, chunk_rows, workers, context_size)
     est = values_lib.mc_values(rewards, mask)
     states = values_lib.estimated_state_mask(num_steps, step_starts.shape[1], None if cap < 0 else cap)
     metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, states).items()}
