@@ -49,11 +49,15 @@ def main():
     ap.add_argument("--group", type=int, default=8, help="problems per MC call (memory)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grade_workers", type=int, default=2)
+    ap.add_argument("--chunk_rows", type=int, default=0, help="continuation rows per decode call (0 = config)")
+    ap.add_argument("--sft_steps", type=int, default=0, help="with --sft_first: SFT steps (0 = config)")
     args = ap.parse_args()
 
     if args.sft_first:
         sft = load_config(os.path.join(os.path.dirname(os.path.abspath(args.config)), "arith_sft.py"))
         sft.output_dir = args.init_from
+        if args.sft_steps:
+            sft.sft.max_steps = args.sft_steps
         t0 = time.time()
         run(sft)
         print(f"sft done in {time.time() - t0:.0f}s", flush=True)
@@ -62,6 +66,8 @@ def main():
     cfg.model.init_from = args.init_from
     cfg.vineppo.num_rollouts = args.k
     cfg.task.grade_workers = args.grade_workers
+    if args.chunk_rows:
+        cfg.vineppo.chunk_rows = args.chunk_rows
     cfg.seed = args.seed
     ctx, params, origin = build_context(cfg)
     print(f"policy from {origin}", flush=True)
