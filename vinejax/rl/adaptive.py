@@ -21,8 +21,9 @@ its neighbouring states (the previous and next step of those episodes):
     tier 0  all of that evidence agrees (all R equal and every neighbour unanimous at that value)
     tier 1  the episode rewards agree
     tier 2  otherwise
-Default rules: tier 0 may stop after round 1 if unanimous, tier 1 after 2 rounds, tier 2 draws a
-fixed number. Settled states sit in tiers 0/1 and stop early; uncertain ones get more rollouts.
+Default rules (rounds of 3): tier 0 may stop after round 1 (3 rollouts) if unanimous, tier 1
+after round 3 (9), tier 2 always draws 12; every state stops at 12. Settled states mostly land in
+tier 0 and stop at 3; uncertain ones get 9–12 (benchmarks/adaptive_k.py measures the trade).
 
 Estimate: optional stopping biases the plain mean s/n (a state stopped after 3 failures reports
 0, one that went on reports more: for p = 0.1, 3 then up to 9, E[s/n] = 0.052 instead of 0.1).
@@ -66,7 +67,7 @@ class Rule(NamedTuple):
 class AdaptiveConfig(NamedTuple):
     """Rules of tiers 0, 1, 2 (`evidence_tiers`); all share one round size."""
 
-    rules: tuple = (Rule(3, 3, 12, 0.0), Rule(3, 6, 12, 0.0), Rule(3, 12, 12, 0.0))
+    rules: tuple = (Rule(3, 3, 12, 0.0), Rule(3, 9, 12, 0.0), Rule(3, 12, 12, 0.0))
 
 
 def fixed_rule(k: int) -> Rule:
