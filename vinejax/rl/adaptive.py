@@ -42,6 +42,7 @@ plain mean. f is tabulated once per rule (`estimate_table`). Caveat: with neighb
 binding total budget, a state's round-1 results move its neighbours' tiers and so the budget
 left for it later; the bias this allows is not exactly 0 (see tests / notes).
 
+Rollout rewards must be 0/1 (VinePPO's are): the table counts successes.
 Shapes: U unique states; rule functions take any shape ``[...]``; tables are
 ``[max_rollouts + 1, max_rollouts + 1]`` indexed ``[n, s]``.
 """
