@@ -40,7 +40,8 @@ A(n, s) = number of 0/1 sequences of length n with s ones whose path did not sto
 round end, A1(n, s) = those among them with x_1 = 1. With no early stop f(n, s) = s / n, the
 plain mean. f is tabulated once per rule (`estimate_table`). Caveat: with neighbour tiers AND a
 binding total budget, a state's round-1 results move its neighbours' tiers and so the budget
-left for it later; the bias this allows is not exactly 0 (see tests / notes).
+left for it later, so exactness is then not guaranteed (no test claims it; without a budget,
+or with R-only tiers, it is exact).
 
 Rollout rewards must be 0/1 (VinePPO's are): the table counts successes.
 Shapes: U unique states; rule functions take any shape ``[...]``; tables are
