@@ -1,6 +1,6 @@
 """Ground-truth state values of a policy: K (e.g. 256) MC rollouts from every VinePPO state.
 
-Samples an iteration's episodes exactly as the VinePPO loop does (`vinejax.train.rollout`), then
+Samples an iteration's episodes exactly as the VinePPO loop does (`vinejax.train.iteration`), then
 draws K continuations from every state and writes one JSON line per episode:
   problem, reward R, num_steps L, k, successes (per state 0..L-1, out of k), prefix (a hash of the
   state's tokens; equal hashes = the same deduplicated state), text.
@@ -24,10 +24,11 @@ import time
 import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from vinejax.train.episodes import grade_episodes, sample_episodes, sampling_config  # noqa: E402
-from vinejax.train.loop import iteration_problems, run  # noqa: E402
-from vinejax.train.rollout import episode_steps, mc_rewards  # noqa: E402
-from vinejax.train.setup import build_context  # noqa: E402
+from vinejax.train.context import build_context  # noqa: E402
+from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config  # noqa: E402
+from vinejax.train.loop import run  # noqa: E402
+from vinejax.train.stage import iteration_problems  # noqa: E402
+from vinejax.train.values import mc_rewards  # noqa: E402
 
 
 def load_config(path: str):
@@ -72,18 +73,20 @@ def main():
     ctx, params, origin = build_context(cfg)
     print(f"policy from {origin}", flush=True)
     problems = iteration_problems(ctx.task.load_split(cfg.task.train_split), args.seed, 0, args.problems)
-    s = cfg.sampling
-    scfg = sampling_config(ctx, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    s, v = cfg.sampling, cfg.vineppo
+    scfg = sampling_config(ctx.tokenizer, ctx.task, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
     rng = jax.random.key(args.seed)
-    with open(args.out, "w") as f:
+    with open(args.out, "w") as f, ctx.mesh_context():
         for g in range(0, len(problems), args.group):
             t0 = time.time()
             r_sample, r_mc = jax.random.split(jax.random.fold_in(rng, g))
-            ep = sample_episodes(ctx, params, problems[g:g + args.group], scfg, s.samples_per_problem,
-                                 r_sample, s.batch_size)
-            rewards = grade_episodes(ctx, ep)
-            starts, num_steps = episode_steps(ctx, ep)
-            mc_r, _, stats = mc_rewards(ctx, params, ep, starts, num_steps, r_mc)
+            ep = sample_episodes(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems[g:g + args.group], scfg,
+                                 s.samples_per_problem, r_sample, s.batch_size, ctx.context_size)
+            rewards = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
+            starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
+            mc_r, _, stats = mc_rewards(params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep, starts, num_steps, r_mc,
+                                        scfg, args.k, v.max_estimated_states, v.chunk_rows, cfg.task.grade_workers,
+                                        ctx.context_size)
             succ = mc_r.sum(-1).round().astype(int)  # [B, S]
             for b in range(len(rewards)):
                 n = int(num_steps[b])
