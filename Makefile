@@ -6,7 +6,7 @@ CONFIG ?= configs/arith_vineppo.py
 SFT    ?= configs/arith_sft.py
 ARGS   ?=
 
-.PHONY: venv install run test test-fast bench clean
+.PHONY: venv install run test test-fast lint bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+lint: install
+	$(PY) -m ruff check .
 
 bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
