@@ -107,6 +107,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.time_budget_minutes = 0.0  # 0 = no limit; stops cleanly (checkpointed) when exceeded
     c.train.export_hf = True  # write the final policy as an HF folder
+    c.train.samples_per_iteration = 4  # episodes appended to samples.jsonl each iteration (0 = none)
+    c.train.max_nonfinite_steps = 3  # stop after this many optimizer steps in a row with a non-finite loss/gradient
+    c.train.kl_warning = 10.0  # warn when the KL to the reference (nats per sequence) exceeds this
+
+    c.logging = ml_collections.ConfigDict()
+    c.logging.wandb_project = ""  # "" = no Weights & Biases (pip install -e '.[wandb]')
+    c.logging.wandb_entity = ""
+    c.logging.wandb_run_name = ""  # "" = the output_dir's name
 
     c.eval = ml_collections.ConfigDict()
     c.eval.samples_per_problem = 16
@@ -140,6 +148,11 @@ def _flatten(d, prefix=""):
             yield from _flatten(value, name + ".")
         else:
             yield name, value
+
+
+def flat_keys(cfg: ml_collections.ConfigDict) -> list[str]:
+    """Every dotted key of `cfg` (free-form `task.options` counts as one key)."""
+    return [name for name, _ in _flatten(cfg)]
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> ml_collections.ConfigDict:
@@ -177,6 +190,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(0 <= cfg.optim.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)")
     need(cfg.train.iterations >= 0, "train.iterations", "must be >= 0")
+    need(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
+    need(cfg.train.samples_per_iteration >= 0, "train.samples_per_iteration", "must be >= 0")
     episodes = cfg.sampling.problems_per_iteration * cfg.sampling.samples_per_problem
     need(episodes % cfg.ppo.episodes_per_step == 0, "ppo.episodes_per_step",
          f"must divide the {episodes} episodes of an iteration")

@@ -21,7 +21,9 @@ from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
 from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config
 from vinejax.train.metrics import Timer, describe, progress
+from vinejax.train.samples import sample_records
 from vinejax.train.scoring import logprob_scorer, score_rows
+from vinejax.train.stage import RunError
 from vinejax.train.values import critic_token_values, mc_state_values
 
 
@@ -33,6 +35,7 @@ class TrainState:
     opt_state: Any  # policy optimizer state
     critic: Any = None  # PPO: critic params (the policy's shape + value head); else None
     critic_opt: Any = None
+    nonfinite_streak: int = flax.struct.field(pytree_node=False, default=0)  # skipped steps in a row (not saved)
 
 
 def init_state(run: RunContext, params) -> TrainState:
@@ -48,11 +51,12 @@ def init_state(run: RunContext, params) -> TrainState:
 
 
 def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list, iteration: int,
-                 rng: jax.Array) -> tuple[TrainState, dict]:
+                 rng: jax.Array) -> tuple[TrainState, dict, list]:
     """Sample `problems`, estimate values and advantages, and train on the episodes.
 
-    Returns the new state and the iteration's metrics (rewards, MC / critic statistics, loss
-    terms, phase times). Call it under `run.mesh_context()`.
+    Returns the new state, the iteration's metrics (rewards, MC / critic statistics, loss terms,
+    phase times) and a few readable episodes (`samples.sample_records`). Call it under
+    `run.mesh_context()`.
     """
     cfg, s = run.cfg, run.cfg.sampling
     timer = Timer()
@@ -106,7 +110,10 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             old_values=values.get("token_values"))
         with timer("train"):
             state, train_metrics = train_epochs(run, state, batch, iteration)
-    return state, metrics | train_metrics | timer.as_metrics()
+    samples = sample_records(run.tokenizer, run.task, ep, rewards, cfg.train.samples_per_iteration,
+                             step_starts=values.get("step_starts"), num_steps=values.get("num_steps"),
+                             state_values=values.get("state_values"), token_advantages=token_adv)
+    return state, metrics | train_metrics | timer.as_metrics(), samples
 
 
 def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int) -> tuple[TrainState, dict]:
@@ -135,4 +142,11 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
             bar.update(1)
     bar.close()
     step_metrics = jax.device_get(step_metrics)
+    streak = state.nonfinite_streak
+    for m in step_metrics:  # a skipped step changed nothing; too many in a row stop the run
+        streak = streak + 1 if m["nonfinite"] or m.get("vf_nonfinite", 0) else 0
+        if streak >= cfg.train.max_nonfinite_steps:
+            raise RunError(f"iteration {iteration}: {streak} optimizer steps in a row had a non-finite loss or "
+                           f"gradient (train.max_nonfinite_steps {cfg.train.max_nonfinite_steps})")
+    state = state.replace(nonfinite_streak=streak)
     return state, {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
