@@ -22,6 +22,7 @@ from an allow-list: no Python is ever evaluated, and anything outside the allow-
 from __future__ import annotations
 
 import builtins
+import keyword
 import re
 import types
 import unicodedata
@@ -235,7 +236,7 @@ class _Parser:
                 raise ParseError(f"{name}: {error}") from None
         if name in self.constants:
             return self.constants[name]
-        if name in self.defined:
+        if name in self.defined or keyword.iskeyword(name):
             raise ParseError(f"name {name!r} is not supported")
         if not self.implicit or "_" in name or len(name) == 1 or _is_greek_name(name):
             return sympy.Symbol(name)

@@ -1,14 +1,34 @@
-"""Generate realistic (response, gold) pairs from the real data (scratch, outside the project)."""
-import json, random, re, sys
+"""Make the official-reward test data in tests/data (see tests/data/README.md).
 
-DATA = "/work/shared/data"
+Three steps; the official code runs only in a scratch directory and venv outside the project:
+
+1. ``python tests/data/make_official_data.py setup SCRATCH --official /path/to/VinePPO``
+   copies the official grading modules (src/treetune/tasks/{base_task,gsm8k,math,
+   math_answer_exctraction,math_grader,math_grader_minerva,math_normalize}.py and
+   episode_generators/math_episode_generator.py) into SCRATCH with stubs for the unrelated
+   imports; then make a venv for it:
+   ``python3 -m venv SCRATCH/venv && SCRATCH/venv/bin/pip install sympy==1.12 mpmath==1.3.0
+   pylatexenc==2.10 regex==2023.12.25 numpy==1.26.4``.
+2. ``python tests/data/make_official_data.py pairs PAIRS.jsonl --data ../shared/data`` writes the
+   realistic (response, gold) pairs (seeded; plain Python).
+3. ``SCRATCH/venv/bin/python tests/data/make_official_data.py verdicts PAIRS.jsonl tests/data
+   --scratch SCRATCH`` runs the official ``MATHRewardFunction`` (configured as
+   polIter_rho1bSft2_vineppo_{MATH,GSM8K}.jsonnet) on every pair and writes
+   official_rewards_{math,gsm8k}.jsonl, plus official_symbolic_equal.jsonl (every call of the
+   official symbolic check with its verdict, and the plain text its LaTeX converter made of
+   each side).
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+
 LEADS = ["Let's work through it step by step.", "We compute the quantity directly.",
          "First we simplify the expression, then we evaluate it.", "Using the given facts, we find the result."]
-
-
-def jsonl(path):
-    with open(path) as f:
-        return [json.loads(l) for l in f]
 
 
 def is_int(a):
@@ -255,11 +275,16 @@ def handpicked_cases():
     return rows
 
 
-def main():
+
+def make_pairs(data: str) -> list:
+    def jsonl(path):
+        with open(os.path.join(data, path), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
     rng = random.Random(20240917)
     out = []
-    math_test = jsonl(f"{DATA}/math/test.jsonl")
-    math_val = jsonl(f"{DATA}/vineppo_splits/math_validation.jsonl")
+    math_test = jsonl("math/test.jsonl")
+    math_val = jsonl("vineppo_splits/math_validation.jsonl")
     chosen = rng.sample(math_test, 120) + rng.sample(math_val, 80)
     pool_answers = [r["answer"] for r in math_test + math_val]
     for rec in chosen:
@@ -272,7 +297,7 @@ def main():
     for rid, problem, solution, cases in handpicked_cases():
         out.append({"task": "math", "id": rid, "problem": problem, "solution": solution,
                     "cases": [{"kind": k, "response": r} for k, r in cases]})
-    gsm = jsonl(f"{DATA}/gsm8k/test.jsonl")
+    gsm = jsonl("gsm8k/test.jsonl")
     comma = [i for i, r in enumerate(gsm) if "," in r["answer"].split("####")[1]]
     rest = [i for i in range(len(gsm)) if i not in set(comma)]
     ids = comma + rng.sample(rest, 150)
@@ -283,10 +308,118 @@ def main():
             other = rng.choice(golds)
         out.append({"task": "gsm8k", "id": f"test/{i}", "question": gsm[i]["question"], "answer": gsm[i]["answer"],
                     "cases": [{"kind": k, "response": r} for k, r in gsm8k_cases(gsm[i], other, rng)]})
-    with open(sys.argv[1], "w") as f:
-        for row in out:
-            f.write(json.dumps(row) + "\n")
-    print(len(out), sum(len(r["cases"]) for r in out))
+    return out
 
 
-main()
+STUBS = {
+    "datasets/__init__.py": "class Dataset: pass\nclass DatasetDict(dict): pass\nclass IterableDataset: pass\n"
+                            "class IterableDatasetDict(dict): pass\ndef load_dataset(*a, **k): raise NotImplementedError\n",
+    "evaluate/__init__.py": "def load(*a, **k): raise RuntimeError('stub')\n",
+    "treetune/__init__.py": "",
+    "treetune/common.py": "class Registrable:\n    @classmethod\n    def register(cls, name, exist_ok=False):\n"
+                          "        return lambda sub: sub\n",
+    "treetune/logging_utils.py": "import logging\ndef get_logger(name): return logging.getLogger(name)\n",
+    "treetune/tokenization_utils.py": "Tokenizer = object\n",
+    "treetune/tasks/__init__.py": "from .base_task import Task\nfrom .gsm8k import GSM8K\nfrom .math import MATH\n",
+    "treetune/episode_generators/__init__.py": "from treetune.common import Registrable\n"
+                                               "class EpisodeGenerator(Registrable): pass\n",
+    "treetune/episode_generators/base_episode_generator.py": "class Episode: pass\n",
+    "treetune/episode_generators/episode_generator_with_reward_function.py":
+        "from treetune.common import Registrable\nclass RewardFunction(Registrable): pass\n"
+        "class EpisodeGeneratorWithRewardFunction: pass\n",
+}
+OFFICIAL_FILES = ["tasks/base_task.py", "tasks/gsm8k.py", "tasks/math.py", "tasks/math_answer_exctraction.py",
+                  "tasks/math_grader.py", "tasks/math_grader_minerva.py", "tasks/math_normalize.py",
+                  "episode_generators/math_episode_generator.py"]
+
+
+def setup(scratch: str, official: str) -> None:
+    for path, text in STUBS.items():
+        os.makedirs(os.path.dirname(os.path.join(scratch, path)), exist_ok=True)
+        with open(os.path.join(scratch, path), "w") as handle:
+            handle.write(text)
+    for path in OFFICIAL_FILES:
+        shutil.copy(os.path.join(official, "src", "treetune", path), os.path.join(scratch, "treetune", path))
+
+
+def verdicts(pairs_path: str, out_dir: str, scratch: str) -> None:
+    sys.path.insert(0, scratch)
+    from treetune.episode_generators.math_episode_generator import MATHRewardFunction
+    from treetune.tasks import GSM8K, MATH
+    from treetune.tasks import math_grader as grader
+    from treetune.tasks import math_grader_minerva as minerva
+
+    math_task = MATH(prepend_in_context_few_shot=False, ensure_fit_in_context_size=False, answer_prefix=None,
+                     inplace_split_solution=True, load_dataset_dict=True, dataset_dict_path="data/math")
+    gsm8k_task = GSM8K(use_original_format=True, remove_calculator_expressions=True, load_dataset_dict=True,
+                       dataset_dict_path="data/gsm8k")
+    rewards = {name: MATHRewardFunction(tokenizer=None, math_task=task, penalize_unfinished_response=True,
+                                        unfinished_response_penalty=0.0)
+               for name, task in (("math", math_task), ("gsm8k", gsm8k_task))}
+    calls = {}
+    symbolic_equal = minerva.symbolic_equal
+
+    def recording(a, b):
+        verdict = bool(symbolic_equal(a, b))
+        texts = []
+        for latex in (a, b):
+            try:
+                texts.append(grader._parse_latex(latex))
+            except Exception:  # noqa: BLE001
+                texts.append(None)
+        calls[(a, b)] = {"a": a, "b": b, "a_text": texts[0], "b_text": texts[1], "equal": verdict}
+        return verdict
+
+    minerva.symbolic_equal = recording
+
+    def timeout(*_):
+        raise TimeoutError()
+
+    signal.signal(signal.SIGALRM, timeout)
+    with open(pairs_path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    for row in rows:
+        if row["task"] == "math":
+            instance = {"problem": row["problem"], "solution": row["solution"], "answer": ""}
+        else:
+            instance = {"problem": row["question"].strip(), "answer": row["answer"].split("####")[1].strip()}
+        for case in row["cases"]:
+            signal.alarm(120)
+            case["reward"] = rewards[row["task"]](instance["problem"], case["response"], instance)[0]
+            signal.alarm(0)
+    for name in ("math", "gsm8k"):
+        with open(os.path.join(out_dir, f"official_rewards_{name}.jsonl"), "w", encoding="utf-8") as handle:
+            for row in rows:
+                if row["task"] == name:
+                    handle.write(json.dumps({k: v for k, v in row.items() if k != "task"}) + "\n")
+    with open(os.path.join(out_dir, "official_symbolic_equal.jsonl"), "w", encoding="utf-8") as handle:
+        for call in calls.values():
+            handle.write(json.dumps(call) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("setup")
+    p.add_argument("scratch")
+    p.add_argument("--official", required=True)
+    p = sub.add_parser("pairs")
+    p.add_argument("out")
+    p.add_argument("--data", required=True)
+    p = sub.add_parser("verdicts")
+    p.add_argument("pairs")
+    p.add_argument("out_dir")
+    p.add_argument("--scratch", required=True)
+    args = parser.parse_args()
+    if args.command == "setup":
+        setup(args.scratch, args.official)
+    elif args.command == "pairs":
+        with open(args.out, "w", encoding="utf-8") as handle:
+            for row in make_pairs(args.data):
+                handle.write(json.dumps(row) + "\n")
+    else:
+        verdicts(args.pairs, args.out_dir, args.scratch)
+
+
+if __name__ == "__main__":
+    main()
