@@ -61,12 +61,16 @@ def test_symbolic_verdicts_match_the_official_check():
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "[ 1 2; 3 4 ]"),
     ("\\begin{pmatrix}1\\\\-15\\end{pmatrix}", "[   1; -15 ]"),
     ("\\le \\alpha \\unknown x", "≤αx"),
+    ("\\sqrt\\frac{1}{b}", "sqrt(%s/%s)1b"),  # a macro as an argument takes no arguments
+    ("\\text\\frac{1}{2}", "%s/%s12"),
+    ("\\frac2}{\\pi}", "2/pi"),  # a "}" where an argument is expected is an empty argument
+    ("\\frac{1}", "%s/%s1"),
 ])
 def test_latex_to_text_examples(latex, text):
     assert latex_to_text(latex) == text
 
 
-@pytest.mark.parametrize("latex", ["\\sqrt", "\\begin{pmatrix}\\end{pmatrix}", "{" * 100 + "1"])
+@pytest.mark.parametrize("latex", ["\\sqrt", "\\frac\\sqrt{2}{3}", "\\begin{pmatrix}\\end{pmatrix}", "{" * 100 + "1"])
 def test_latex_to_text_fails_where_the_official_converter_does(latex):
     with pytest.raises(LatexError):
         latex_to_text(latex)
@@ -80,6 +84,8 @@ def test_latex_to_text_fails_where_the_official_converter_does(latex):
     ("1.2.3", sympy.Float("0.36")), ("01", 0), ("5j", 5 * sympy.I), ("E(2)", 2 * sympy.E),
     ("theta", sympy.Symbol("theta")), ("a_n", sympy.Symbol("a_n")), ("θx", sympy.Symbol("θ") * x),
     ("alpha2", 2 * a ** 2 * sympy.Symbol("l") * p * sympy.Symbol("h")), ("abs(-2)", 2), ("log(8,2)", 3),
+    ("1/xy", y / x), ("2^xy", 2 ** x * y), ("i^x10", 10 * i ** x), ("xy!", sympy.factorial(x * y)),
+    ("x2!", sympy.factorial(2 * x)), ("(i/i0.5^-1/7)", 0),
 ])
 def test_implicit_reading_follows_parse_expr(text, value):
     assert sympy.simplify(parse(text) - value) == 0

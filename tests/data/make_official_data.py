@@ -78,7 +78,6 @@ def rewrites(a, problem, rng):
         out.append(("decimal_as_frac", f"\\frac{{{int(round(v * 100))}}}{{100}}"))
         out.append(("percent_of_decimal", f"{v * 100:g}\\%"))
     if a.startswith("(") or a.startswith("[") or "\\left" in a:
-        inner = a
         out.append(("left_right", "\\left" + a[0] + a[1:-1] + "\\right" + a[-1] if a[0] in "([" and a[-1] in ")]" else a))
         out.append(("spaces_after_commas", re.sub(r",\s*", ", ", a)))
         out.append(("no_spaces", a.replace(" ", "")))

@@ -11,7 +11,9 @@ for the LaTeX found in answers (the rules below were read off pylatexenc 2.10's 
   function names stay (``\\sin`` -> ``sin``), unknown macros vanish (``\\dfrac`` -> nothing,
   so ``\\dfrac{1}{2}`` -> ``12``); spaces after a control word are skipped;
 - ``\\text``-like macros keep their argument; ``\\mbox``/``\\hspace``/``\\textsf``/``\\texttt``
-  drop it; accents add a combining mark after every character of their argument;
+  drop it; accents add a combining mark after every character of their argument; a macro
+  that is itself an argument takes no arguments (``\\sqrt\\frac{1}{2}`` -> ``√(%s/%s)12``)
+  and a ``}`` where an argument is expected is an empty argument (``\\frac2}{3}`` -> ``2/3``);
 - ``%`` starts a comment, ``$`` vanishes, ``~`` is a no-break space, ``--``/``---`` are dashes,
   ``&`` is three spaces, ``\\\\`` a newline; ``pmatrix``/``bmatrix``/``array``/``smallmatrix``
   become ``[ a b; c d ]`` (cells right-aligned to the widest), other environments keep their body.
@@ -66,9 +68,24 @@ _ACCENTS = {
 }
 _FRACTIONS = ("frac", "nicefrac", "textfrac")
 _DISCARD_ARGUMENT = ("mbox", "hspace", "textsf", "texttt")
+_KEEP_ARGUMENT = ("text", "textbf", "textit", "textrm", "textsc", "textsl", "emph", "mathrm", "mathbf",
+                  "mathit", "mathsf", "mathtt", "mathbb", "mathcal", "mathscr", "mathfrak", "overline",
+                  "underline", "overbrace", "underbrace", "overrightarrow", "overleftarrow", "widehat",
+                  "widetilde")
 _MATRICES = ("array", "pmatrix", "bmatrix", "smallmatrix", "psmallmatrix", "bsmallmatrix")
 _MATH_DELIMITERS = ("(", ")", "[", "]")
 _CELL = "\x00"  # marks "&" inside a matrix while its body is converted
+
+
+def _alone(name: str) -> str:
+    """A macro's text when it is itself an argument (pylatexenc then fills no template)."""
+    if name in _FRACTIONS:
+        return "%s/%s"
+    if name == "sqrt":
+        raise LatexError("\\sqrt without an argument")
+    if name in _ACCENTS:
+        return " " + _ACCENTS[name]
+    return _GREEK.get(name) or _SYMBOLS.get(name, "")
 
 
 def latex_to_text(latex: str) -> str:
@@ -127,11 +144,18 @@ class _Reader:
         return char
 
     def argument(self, depth: int) -> str | None:
-        """The text of the next argument (a group or one token), or None at the end."""
+        """The text of the next argument, or None at the end of the text. An argument is a
+        ``{group}``, one character, or one macro taken *without* its own arguments
+        (``\\sqrt\\frac{1}{2}`` -> ``√(%s/%s)12``); a ``}`` there is an empty argument."""
         while self.peek() in (" ", "\t", "\n") and self.peek():
             self.pos += 1
-        if not self.peek() or self.peek() == "}":
+        if not self.peek():
             return None
+        if self.peek() == "}":
+            self.pos += 1
+            return ""
+        if self.peek() == "\\":
+            return self.macro(depth + 1, alone=True)
         return self.node(depth + 1)
 
     def optional_argument(self) -> None:
@@ -140,7 +164,8 @@ class _Reader:
             end = self.text.find("]", self.pos)
             self.pos = len(self.text) if end < 0 else end + 1
 
-    def macro(self, depth: int) -> str:
+    def macro(self, depth: int, alone: bool = False) -> str:
+        """Convert a macro; ``alone``: it is an argument itself and takes no arguments."""
         text = self.text
         start = self.pos + 1
         end = start
@@ -153,9 +178,11 @@ class _Reader:
         if name.isalpha():
             while self.peek() == " ":
                 self.pos += 1
-        return self.expand(name, depth)
+        return self.expand(name, depth, alone)
 
-    def expand(self, name: str, depth: int) -> str:
+    def expand(self, name: str, depth: int, alone: bool) -> str:
+        if alone:
+            return _alone(name)
         if name in _FRACTIONS:
             mark = self.pos
             numerator = self.argument(depth)
@@ -173,6 +200,8 @@ class _Reader:
         if name in _DISCARD_ARGUMENT:
             self.argument(depth)
             return ""
+        if name in _KEEP_ARGUMENT:
+            return self.argument(depth) or ""
         if name in _ACCENTS:
             body = self.argument(depth)
             body = " " if body is None or body == "" else body

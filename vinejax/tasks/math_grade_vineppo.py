@@ -8,10 +8,10 @@ symbolic step evaluates answer text with sympy's ``parse_expr``; here that step
 (``math_vineppo_symbolic``) reads the text with our own parser and runs in the sandboxed,
 time-limited workers of ``vinejax.tasks.symbolic``.
 
-Bounds: a response over ``MAX_RESPONSE_CHARS`` or with an answer over ``MAX_ANSWER_CHARS`` is
-refused (0); one grade makes at most ``MAX_SYMBOLIC_CHECKS`` symbolic checks (further ones count
-as unequal), each cut at ``timeout`` seconds, so a grade takes at most about
-``MAX_SYMBOLIC_CHECKS * timeout`` seconds of worker time. ``grade_batch`` grades the batch in
+Bounds: a response over ``MAX_RESPONSE_CHARS`` or with an answer over
+``math_vineppo_answer.MAX_ANSWER_CHARS`` is refused (0); one grade makes at most
+``MAX_SYMBOLIC_CHECKS`` symbolic checks (further ones count as unequal), each cut at ``timeout``
+seconds, so a grade takes at most about ``MAX_SYMBOLIC_CHECKS * timeout`` seconds of worker time. ``grade_batch`` grades the batch in
 rounds: the string work of every response runs in-process, and the symbolic checks a round
 needs go to ``num_workers`` workers at once (cached across calls).
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from vinejax.tasks import symbolic
 from vinejax.tasks.base import Problem, check_batch
-from vinejax.tasks.math_vineppo_answer import MAX_ANSWER_CHARS, answer_list  # noqa: F401
+from vinejax.tasks.math_vineppo_answer import answer_list
 from vinejax.tasks.math_vineppo_equal import lists_match
 from vinejax.tasks.math_vineppo_symbolic import prepare
 

@@ -14,7 +14,9 @@ from an allow-list: no Python is ever evaluated, and anything outside the allow-
   factorial of the preceding operand (``!!`` the double factorial);
 - implicit mode: juxtaposed operands multiply (``2x``, ``x(2)``, ``(a)(b)``, ``sqrt(2)x``);
   a name sympy does not define is split into letters and digits (``xy2`` -> ``x*y*2``,
-  ``inf`` -> ``i*n*f``) unless it contains ``_`` or is a Greek letter's name (``theta``);
+  ``inf`` -> ``i*n*f``) unless it contains ``_`` or is a Greek letter's name (``theta``); the
+  pieces are separate operands (``1/xy`` is ``y/x``, ``2^xy`` is ``2^x*y``) except before
+  ``!`` (``xy!`` is ``(x*y)!``);
 - known names: ``pi E I oo zoo nan`` and the functions in ``FUNCTIONS``; any other name that
   sympy (or Python's builtins) defines is refused, since the official reader would give it a
   meaning this reader does not reproduce; tuples, comparisons, brackets, strings are refused.
@@ -161,7 +163,7 @@ class _Parser:
 
     def starts_operand(self) -> bool:
         kind, value = self.peek()
-        return kind in ("NUMBER", "NAME") or (kind, value) == ("OP", "(")
+        return kind in ("NUMBER", "NAME", "VALUE") or (kind, value) == ("OP", "(")
 
     def term(self, depth: int):
         value = self.factor(depth)
@@ -204,6 +206,9 @@ class _Parser:
 
     def primary(self, depth: int):
         kind, value = self.peek()
+        if kind == "VALUE":  # a piece of a split name
+            self.pos += 1
+            return value
         if kind == "NUMBER":
             self.pos += 1
             return _number(value)
@@ -240,30 +245,40 @@ class _Parser:
             raise ParseError(f"name {name!r} is not supported")
         if not self.implicit or "_" in name or len(name) == 1 or _is_greek_name(name):
             return sympy.Symbol(name)
-        return self.split_name(name)
+        pieces = self.split_name(name)
+        if self.peek()[0] == "FACT":  # parse_expr applies "!" before splitting: (xy)!
+            product = sympy.Integer(1)
+            for _, piece in pieces:
+                product = product * piece
+            return product
+        self.tokens[self.pos - 1 : self.pos] = pieces
+        self.pos -= 1
+        return self.primary(depth)
 
-    def split_name(self, name: str):
-        """``xy2`` -> x*y*2: letters become symbols (or sympy's constant), digit runs numbers."""
+    def split_name(self, name: str) -> list:
+        """``xy2`` -> the tokens x, y, 2 (then read as juxtaposed operands, so ``2^xy`` is
+        ``2^x*y`` and ``1/xy`` is ``y/x``, as in parse_expr): letters become symbols (or sympy's
+        constant), digit runs numbers."""
         import sympy
 
-        value, index = sympy.Integer(1), 0
+        pieces, index = [], 0
         while index < len(name):
             char = name[index]
             if char.isdigit():
                 end = index
                 while end < len(name) and name[end].isdigit():
                     end += 1
-                value = value * sympy.Integer(int(name[index:end]))
+                pieces.append(("VALUE", sympy.Integer(int(name[index:end]))))
                 index = end
                 continue
             if char in self.constants:
-                value = value * self.constants[char]
+                pieces.append(("VALUE", self.constants[char]))
             elif char in self.defined or char in self.functions:
                 raise ParseError(f"name {char!r} is not supported")
             else:
-                value = value * sympy.Symbol(char)
+                pieces.append(("VALUE", sympy.Symbol(char)))
             index += 1
-        return value
+        return pieces
 
 
 def _number(text: str):
