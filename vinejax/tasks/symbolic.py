@@ -135,11 +135,16 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, text=True, bufsize=1)
         self.reader = self.process.stdout
+        self.ready = False
 
     def wait_ready(self) -> None:
+        """Block until the worker has imported sympy (once; later calls return at once)."""
+        if self.ready:
+            return
         if not wait([self.reader], timeout=STARTUP_TIMEOUT) or self.reader.readline().strip() != "ready":
             self.kill()
             raise RuntimeError("symbolic worker failed to start")
+        self.ready = True
 
     def send(self, check: str, arguments: Sequence[str]) -> None:
         self.process.stdin.write(json.dumps([check, *arguments]) + "\n")
@@ -193,6 +198,7 @@ class SymbolicPool:
         while queue or busy:
             while queue and idle:
                 slot, job = idle.pop(), queue.pop()
+                self._workers[slot].wait_ready()
                 self._workers[slot].send(check, pairs[job])
                 busy[slot] = (job, time.monotonic() + self.timeout)
             nearest = min(deadline for _, deadline in busy.values())
@@ -216,9 +222,10 @@ class SymbolicPool:
         return results
 
     def _replace(self, slot: int) -> None:
+        """Kill the worker in ``slot`` and start a new one; it is waited for only when it gets
+        its next job, so a call that cut a check short returns without waiting for the restart."""
         self._workers[slot].kill()
         self._workers[slot] = _Worker()
-        self._workers[slot].wait_ready()
 
     def close(self) -> None:
         """Stop all worker processes."""
