@@ -74,7 +74,7 @@ def read_metrics(cfg):
     return metrics.read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
 
 
-def reward_odd_length(responses, answers, num_workers=0):
+def reward_odd_length(responses, problems, num_workers=0):
     """A reward a random model earns about half the time (of its finished responses)."""
     return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
 

@@ -117,7 +117,7 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
 
 def grade_episodes(task, ep: Episodes, workers: int) -> np.ndarray:
     """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones."""
-    rewards = task.grade_batch(ep.texts, [p.answer for p in ep.problems], num_workers=workers)
+    rewards = task.grade_batch(ep.texts, ep.problems, num_workers=workers)
     return np.where(ep.finished, np.asarray(rewards, np.float32), 0.0).astype(np.float32)
 
 

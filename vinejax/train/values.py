@@ -35,8 +35,8 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
         ids += [strip_eos(tokenizer, prefix + out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()) for j in range(k)]
     texts = response_texts(tokenizer, task.stop_strings, ids)
     finished = (out.finish_reason[rows, cols] != sampling.FINISH_LENGTH).reshape(-1)  # [N * K]
-    answers = [ep.problems[r].answer for r in rows for _ in range(k)]
-    graded = task.grade_batch(texts, answers, num_workers=workers)
+    problems = [ep.problems[r] for r in rows for _ in range(k)]
+    graded = task.grade_batch(texts, problems, num_workers=workers)
     rewards = np.zeros((b, s, k), np.float32)
     rewards[rows, cols] = np.where(finished, graded, 0.0).reshape(len(rows), k)
     mask = np.repeat(estimated[:, :, None], k, axis=2)
