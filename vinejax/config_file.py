@@ -66,6 +66,14 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 
 def _suggest(key: str, known: list[str]) -> str:
+    """"; did you mean 'x'?" for the nearest known key: same last part first (train.lrr -> optim.lr)."""
+    last = key.rsplit(".", 1)[-1]
+    by_last = {k: k.rsplit(".", 1)[-1] for k in known}
+    close = difflib.get_close_matches(last, list(set(by_last.values())), n=1, cutoff=0.6)
+    if close:
+        same = [k for k, tail in by_last.items() if tail == close[0]]
+        best = difflib.get_close_matches(key, same, n=1, cutoff=0.0) or same
+        return f"; did you mean {best[0]!r}?"
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -104,7 +104,8 @@ def _tokenizer(cfg, task, source: str):
         from vinejax.tasks.char_tokenizer import build_char_tokenizer
 
         return build_char_tokenizer(ALPHABET)
-    raise ValueError(f"task {cfg.task.name!r} has no tokenizer of its own: set model.hf_path or model.tokenizer_path")
+    raise ConfigError(f"config key 'model.tokenizer_path': task {cfg.task.name!r} has no tokenizer of its own; "
+                      f"set model.hf_path, model.init_from or model.tokenizer_path")
 
 
 def _random_model_config(cfg, tokenizer) -> ModelConfig:
