@@ -4,6 +4,7 @@ resume under a changed config; readable samples."""
 import json
 import os
 import stat
+import time
 
 import jax
 import numpy as np
@@ -147,3 +148,25 @@ def test_samples_file_holds_readable_episodes_with_step_values(tmp_path, monkeyp
         assert s["prompt"] and s["finish"] in ("eos", "stop", "length") and s["reward"] in (0.0, 1.0)
         assert "".join(step["text"] for step in s["steps"]).startswith(s["response"][:5])
         assert all(0.0 <= step["value"] <= 1.0 for step in s["steps"])
+
+
+def test_wandb_offline_logs_the_same_metric_names(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
+    cfg = tiny_config(tmp_path, "grpo", iterations=1, **{"train.export_hf": False,
+                                                         "logging.wandb_project": "vinejax-test"})
+    loop.run(cfg)
+    runs = [d for d in os.listdir(os.path.join(cfg.output_dir, "wandb")) if d.startswith("offline-run-")]
+    assert len(runs) == 1
+    files = os.listdir(os.path.join(cfg.output_dir, "wandb", runs[0]))
+    assert any(f.endswith(".wandb") for f in files)  # the local run record W&B syncs later
+    record = os.path.join(cfg.output_dir, "wandb", runs[0], next(f for f in files if f.endswith(".wandb")))
+    keys = [k.encode() for k in ("rewards/mean", "pg_loss", "kl", "samples")]
+    for _ in range(60):  # W&B's service process may still be flushing the record
+        blob = open(record, "rb").read()  # protobuf records: the history keys are stored as plain strings
+        if all(k in blob for k in keys):
+            break
+        time.sleep(0.5)
+    assert [k for k in keys if k not in blob] == []
