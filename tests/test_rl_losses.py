@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
+from tests import helpers_jax
 from vinejax.rl import losses as L
 from vinejax.rl.batch import RolloutBatch, pad_batch
 from vinejax.rl.testing import random_rollouts
@@ -188,7 +188,8 @@ def test_compiles_once_per_shape():
         return loss, L.reduce_metrics(m)
 
     jstep = jax.jit(step)
-    for seed in range(3):
-        d = random_rollouts(seed, B=6, T=12)
-        jax.block_until_ready(jstep(jnp.asarray(d["logprobs"]), make_batch(d)))
-    assert len(traces) == 1 and jstep._cache_size() == 1
+    with helpers_jax.count_compiles() as compiles:
+        for seed in range(3):
+            d = random_rollouts(seed, B=6, T=12)
+            jax.block_until_ready(jstep(jnp.asarray(d["logprobs"]), make_batch(d)))
+    assert len(traces) == 1 and compiles["jit(step)"] == 1

@@ -88,8 +88,10 @@ BL_CASES = [
     (["ĊĊ", "Ċ", "Problem", "Ġ:="], None),
 ]
 
+EACH_TOKENIZER = pytest.mark.parametrize("name,cases", [("sentencepiece", SP_CASES), ("byte_level", BL_CASES)])
 
-@pytest.mark.parametrize("name,cases", [("sentencepiece", SP_CASES), ("byte_level", BL_CASES)])
+
+@EACH_TOKENIZER
 def test_automaton_stops_exactly_where_the_text_first_contains_the_stop(toks, name, cases):
     tok = toks[name]
     table = stop_automaton(tok, [STOP])
@@ -248,7 +250,7 @@ def test_table_must_cover_the_model_vocab(toks):
 # ----------------------------------------------------------------------------- cutting responses
 
 
-@pytest.mark.parametrize("name,cases", [("sentencepiece", SP_CASES), ("byte_level", BL_CASES)])
+@EACH_TOKENIZER
 def test_cut_at_stop(toks, name, cases):
     tok = toks[name]
     table = stop_automaton(tok, [STOP])

@@ -211,20 +211,27 @@ def _aho_corasick(patterns: list, alphabet: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _lift(delta: np.ndarray, accept: np.ndarray, texts: list) -> np.ndarray:
-    """Byte automaton → token table int32[S, V]: run every token's bytes from every state."""
+    """Byte automaton → token table int32[S, V]: run every token's bytes from every state.
+
+    Tokens are processed longest first, so byte column j only touches the tokens that long."""
     lengths = np.array([len(t) for t in texts], np.int64)
+    order = np.argsort(-lengths, kind="stable")
     width = max(int(lengths.max()), 1)
-    padded = np.zeros((len(texts), width), np.uint8)
-    for i, t in enumerate(texts):
-        padded[i, : len(t)] = np.frombuffer(t, np.uint8)
-    states = delta.shape[0]
-    state = np.repeat(np.arange(states, dtype=np.int32)[:, None], len(texts), axis=1)  # [S, V]
+    padded = np.zeros((len(texts), width), np.uint8)  # rows in `order`
+    for row, tok in enumerate(order):
+        padded[row, : lengths[tok]] = np.frombuffer(texts[tok], np.uint8)
+    live_count = (lengths[order][None, :] > np.arange(width)[:, None]).sum(axis=1)  # [width]
+    state = np.repeat(np.arange(delta.shape[0], dtype=np.int32)[:, None], len(texts), axis=1)  # [S, V]
     hit = np.zeros(state.shape, bool)
     for j in range(width):
-        live = (j < lengths)[None] & ~hit
-        state = np.where(live, delta[state, padded[None, :, j]], state)
-        hit |= live & accept[state]
-    return np.where(hit, STOPPED, state).astype(np.int32)
+        n = live_count[j]
+        st, done = state[:, :n], hit[:, :n]  # views: tokens with a byte at column j
+        nxt = delta[st, padded[None, :n, j]]
+        st[...] = np.where(done, st, nxt)
+        done |= accept[st]
+    out = np.empty_like(state)
+    out[:, order] = np.where(hit, STOPPED, state)
+    return out
 
 
 def _byte_level_decoder() -> dict:
