@@ -7,6 +7,9 @@ Parameters are a plain pytree (see `param_specs`); decoder layers are stacked on
   and packed segments are handled through `segment_ids` + explicit `positions`.
 * `forward_cached`: appends tokens to a `KVCache` (prefill, decode, MC continuations).
 
+`vinejax.model.decode.decode_step` is the one-token-per-row step of samplers, built from the
+same public pieces: `embed`, `rms_norm`, `rope_tables` + `apply_rope`, `attention`, `lm_logits`.
+
 KV-cache layout: row b holds its sequence contiguously from slot 0, slot index == position;
 `lengths[b]` slots are valid. Truncating a cached prefix is just lowering `lengths`.
 """
