@@ -286,6 +286,7 @@ def test_cut_inside_a_token_and_after_a_prefix(toks):
     cut = cut_at_stop(tok, table, prefix + cont, search_from=len(prefix))
     assert cut.text == tok.decode(prefix + cont[:3]) + " x" and cut.num_sampled == len(prefix) + 4
     assert cut_at_stop(tok, table, prefix + cont).num_sampled == 1  # without search_from: the first one
+    assert not cut_at_stop(tok, table, prefix + cont, search_from=len(prefix + cont)).stopped  # nothing left
     sp = toks["sentencepiece"]
     with pytest.raises(ValueError, match="text stop table"):
         cut_at_stop(sp, token_sequence_table([[5]], len(sp)), [5])

@@ -138,8 +138,8 @@ def cut_at_stop(tokenizer, stops: StopTable, token_ids: Sequence[int], search_fr
     where the search starts (an MC continuation after a prefix of the response: the decode loop
     matches within the continuation only). The stop string's first byte lies in some token:
     * at that token's start: the response keeps the tokens before it, then EOS;
-    * inside it (e.g. the token ".\\n" where the stop is "\\n\\n\\nProblem:"): that token is
-      replaced by the fewest tokens that spell its kept text (byte-exact), then EOS.
+    * inside it (e.g. the byte-level token " \\n\\n" before "\\nProblem:"): that token is replaced
+      by the fewest tokens that spell its kept text (" ", byte-exact), then EOS.
     A response with no stop string is returned unchanged (stopped=False).
     """
     if stops.token_bytes is None:
@@ -148,7 +148,7 @@ def cut_at_stop(tokenizer, stops: StopTable, token_ids: Sequence[int], search_fr
     texts = [stops.token_bytes[t] if 0 <= t < len(stops.token_bytes) else b"" for t in ids]
     ends = np.cumsum([len(b) for b in texts], dtype=np.int64)
     full = b"".join(texts)
-    origin = int(ends[search_from - 1]) if 0 < search_from <= len(ids) else 0
+    origin = int(ends[min(search_from, len(ids)) - 1]) if search_from > 0 and ids else 0
     found = [full.find(s.encode("utf-8"), origin) for s in stops.strings]
     found = [f for f in found if f >= 0]
     decode = lambda x: tokenizer.decode(x, skip_special_tokens=True)
@@ -166,11 +166,10 @@ def cut_at_stop(tokenizer, stops: StopTable, token_ids: Sequence[int], search_fr
 
 
 def _spell(spelling: dict, data: bytes) -> list:
-    """Fewest token ids whose texts concatenate to `data` (dynamic programming over prefixes)."""
-    longest = max(len(b) for b in spelling)
+    """Fewest token ids whose texts concatenate to `data` (part of one token: a few bytes)."""
     best = [[]] + [None] * len(data)  # best[i]: fewest token ids spelling data[:i]
     for end in range(1, len(data) + 1):
-        for start in range(max(0, end - longest), end):
+        for start in range(end):
             tok = spelling.get(data[start:end]) if best[start] is not None else None
             if tok is not None and (best[end] is None or len(best[start]) + 1 < len(best[end])):
                 best[end] = best[start] + [tok]
