@@ -6,7 +6,8 @@ settings, metrics) and `<split>/<label>.predictions.jsonl` (one record per probl
 extracted answers, verdicts, lengths, finish reasons); for a sweep, `accuracy.png` (accuracy,
 maj@n and pass@n against the checkpoint's step). A summary is written last and atomically, so a
 (checkpoint, split) whose summary exists with the same settings is finished: a rerun skips it and
-an interrupted sweep resumes where it stopped.
+an interrupted sweep resumes where it stopped. (The same `out` for another model folder
+evaluates again.)
 """
 from __future__ import annotations
 
@@ -141,6 +142,12 @@ def read_summary(path: str) -> dict | None:
         return None
 
 
+def is_finished(path: str, model: str, settings: dict) -> bool:
+    """Whether the summary at `path` is of `model` evaluated with `settings`."""
+    summary = read_summary(path) or {}
+    return summary.get("model") == model and summary.get("settings") == settings
+
+
 def _write_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -170,9 +177,9 @@ def run_evaluation(req: EvalRequest) -> list[dict]:
     writer = jax.process_index() == 0
     summaries = []
     with ctx.mesh_context():
-        settings = settings_of(ctx, req)
+        settings, model = settings_of(ctx, req), os.path.abspath(req.model)
         todo = [(t, s) for t in targets for s in req.splits
-                if (read_summary(summary_path(out, s, t.label)) or {}).get("settings") != settings]
+                if not is_finished(summary_path(out, s, t.label), model, settings)]
         log(f"evaluating {req.model} ({origin if targets[0].step is None else 'checkpoints'}) on {cfg.task.name} "
             f"{'/'.join(req.splits)}: {len(todo)} of {len(targets) * len(req.splits)} (checkpoint, split) to do, "
             f"{settings['samples']} samples at T {settings['temperature']}, top_p {settings['top_p']}; output {out}")
@@ -189,7 +196,7 @@ def run_evaluation(req: EvalRequest) -> list[dict]:
                 started = time.time()
                 metrics, records = evaluate_split(ctx, params, problem_sets[split], jax.random.key(req.seed),
                                                   f"{target.label} {split}")
-                summary = {"model": os.path.abspath(req.model), "label": target.label, "step": target.step,
+                summary = {"model": model, "label": target.label, "step": target.step,
                            "algo": cfg.algo, "checkpoint_meta": meta, "split": split,
                            "problems": len(problem_sets[split]), "settings": settings, "metrics": metrics,
                            "seconds": round(time.time() - started, 3)}
