@@ -10,25 +10,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str]) -> int:
-    from vinejax.train.stage import UserError, quiet_library_logs
+    from vinejax.train.stage import quiet_library_logs, run_command
 
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     quiet_library_logs(verbose)
-    try:
+
+    def body():
+        from vinejax.config import ConfigError
         from vinejax.config_file import config_from_argv
         from vinejax.train.loop import run
 
         cfg, path, overrides, rest = config_from_argv(argv)
         if rest:
-            raise UserError(f"unknown argument {rest[0]!r} (use --config.section.key=value)")
+            raise ConfigError(f"unknown argument {rest[0]!r} (use --config.section.key=value)")
         run(cfg, config_file=path, overrides=overrides)
-    except UserError as error:
-        if verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, verbose)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -37,6 +38,10 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps of every complete checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict, wait: bool = True) -> None:
         """Write `state` (pytree of arrays) and `meta` (JSON-able dict) as checkpoint `step`."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
@@ -58,6 +63,22 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         out = self._manager.restore(step, args=args)
         return out["state"], dict(out["meta"])
+
+    def restore_part(self, step: int, key: Any, target: Any) -> tuple[Any, dict]:
+        """Restore only `state[key]` of checkpoint `step` (a dict key or a sequence index, e.g.
+        "params" of an RL `TrainState`, 0 of an SFT `(params, opt_state)`) into the structure,
+        dtypes and shardings of `target`; the rest of the state is never read."""
+        path = epath.Path(self.directory) / str(step) / "state"
+        tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
+        template = jax.tree.map(lambda _: ocp.PLACEHOLDER, tree)
+        template[key] = jax.tree.map(_abstract, target)
+        restore_args = jax.tree.map(
+            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
+            if isinstance(x, jax.ShapeDtypeStruct) else ocp.RestoreArgs(), template)
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(template, restore_args=restore_args),
+                                  meta=ocp.args.JsonRestore())
+        out = self._manager.restore(step, args=args)
+        return out["state"][key], dict(out["meta"])
 
     def restore_latest(self, target: Any, warn: Callable[[str], None] = print) -> Optional[tuple[int, Any, dict]]:
         """(step, state, meta) of the newest checkpoint that restores, or None when there is none.

@@ -19,8 +19,9 @@ from vinejax.config import ConfigError, flat_keys
 FLAG = "--config"
 
 
-def parse_argv(argv: list[str]) -> tuple[str, list[tuple[str, str]], list[str]]:
-    """(config path, [(dotted key, raw value)], other arguments) from a command line."""
+def parse_argv(argv: list[str], require_file: bool = True) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """(config path, [(dotted key, raw value)], other arguments) from a command line; the path
+    is "" when there is no `--config FILE` and not `require_file`."""
     path, overrides, rest = "", [], []
     args = list(argv)
     while args:
@@ -40,7 +41,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[tuple[str, str]], list[str]]:
             overrides.append((key, value))
         else:
             rest.append(arg)
-    if not path:
+    if not path and require_file:
         raise ConfigError("no config file given: --config configs/<name>.py")
     return path, overrides, rest
 

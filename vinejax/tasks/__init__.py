@@ -5,8 +5,10 @@ exposes ``split_steps(response) -> list[str]`` (``"".join(steps) == response``; 
 VinePPO's splitter fails and drops the episode),
 ``load_split(split, **options) -> list[Problem]`` and (gsm8k, math) ``to_problem(record)``, which
 builds a ``Problem`` from a raw record of ``shared/data``. Graders are modules of their own with
-``grade(response, problem) -> float`` (1.0 correct, 0.0 wrong/unfinished) and
-``grade_batch(responses, problems, num_workers=...) -> np.ndarray[float32]`` (``GRADERS``):
+``grade(response, problem) -> float`` (1.0 correct, 0.0 wrong/unfinished),
+``grade_batch(responses, problems, num_workers=...) -> np.ndarray[float32]`` and
+``answer(response, problem)`` (the extracted final answer, hashable: str, tuple or None; the
+majority vote's candidates) (``GRADERS``):
 
 - "vineppo" (default for gsm8k and math): the verdicts of VinePPO's official reward, quirks
   included (``gsm8k_grade_vineppo``, ``math_grade_vineppo``);
@@ -19,6 +21,7 @@ The training loop uses the task-agnostic ``Task`` bundle (``vinejax.tasks.base``
     problems = task.load_split("train")                  # list[Problem(problem, answer, solution, meta)]
     prompt = task.prompt(problems[0].problem)             # "[MATH_TASK] Problem:\\n...\\n\\nSolution:"
     rewards = task.grade_batch(responses, problems_per_response, num_workers=8)
+    task.answer(responses[0], problems[0])                # "42", ("\\frac{1}{2}",) or None
     steps = task.split_steps(response)
     task.stop_strings                                     # ("\\n\\n\\nProblem:",)
 
@@ -62,7 +65,8 @@ def get_task(name: str, grader: str | None = None, **options) -> Task:
                               ARITHMETIC_STOP_STRINGS if is_arithmetic else DEFAULT_STOP_STRINGS))
     return Task(name=name, grade=grading.grade, grade_batch=grading.grade_batch,
                 split_steps=module.split_steps, loader=module.load_split,
-                prompt_template=template, stop_strings=stops, options=options, grader=grader)
+                prompt_template=template, stop_strings=stops, options=options, grader=grader,
+                answer=grading.answer)
 
 
 __all__ = ["Problem", "StepSplitError", "Task", "get_task", "KNOWN_TASKS", "GRADERS"]

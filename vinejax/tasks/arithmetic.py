@@ -180,6 +180,11 @@ def grade(response: str, problem: Problem) -> float:
     return gsm8k_grade_strict.grade(response, problem)
 
 
+def answer(response: str, problem: Problem) -> str | None:
+    """The integer after the last ``####`` as a vote key (``gsm8k_grade_strict.answer``), or None."""
+    return gsm8k_grade_strict.answer(response, problem)
+
+
 def grade_batch(responses: Sequence[str], problems: Sequence[Problem], num_workers: int | None = None) -> np.ndarray:
     """Grade many pairs (cheap string work; ``num_workers`` is ignored)."""
     del num_workers

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,9 @@ class Task:
     several samples of one problem); ``grader`` names the grader in use ("vineppo"/"strict");
     ``split_steps(response) -> list[str]`` whose concatenation equals ``response`` (it raises
     ``StepSplitError`` where the official splitter fails; such an episode is dropped);
-    ``load_split(split, cfg=None) -> list[Problem]``.
+    ``load_split(split, cfg=None) -> list[Problem]``; ``answer(response, problem)`` is the
+    grader's extracted final answer, hashable (str, tuple or None): the candidates of the
+    majority vote at evaluation.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Task:
     stop_strings: tuple = DEFAULT_STOP_STRINGS
     options: dict = dataclasses.field(default_factory=dict)
     grader: str = ""
+    answer: Callable[[str, Problem], Hashable] | None = None
 
     def prompt(self, problem_text: str) -> str:
         """Format the zero-shot prompt for one problem text."""

@@ -46,6 +46,21 @@ def answers_equal(predicted: str, gold: str) -> bool:
     return abs(predicted_value - gold_value) <= 1e-9 * max(1.0, abs(gold_value))
 
 
+def answer(response: str, problem: Problem) -> str | None:
+    """The answer after the last ``####`` as a vote key: equal values give equal keys (commas,
+    whitespace and case dropped; a finite number written in its shortest form, ``1,000.00`` ->
+    ``1000``); None without ``####`` or for a refused (too long) response."""
+    del problem
+    predicted = extract_answer(response) if len(response) <= MAX_RESPONSE_CHARS else None
+    if predicted is None:
+        return None
+    text = _canonical(predicted)
+    value = _as_number(text)
+    if value is None:
+        return text
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def grade(response: str, problem: Problem) -> float:
     """1.0 when the answer after the last ``####`` of ``response`` equals ``problem.answer``."""
     if len(response) > MAX_RESPONSE_CHARS:

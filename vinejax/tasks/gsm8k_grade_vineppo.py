@@ -17,16 +17,27 @@ from typing import Sequence
 import numpy as np
 
 from vinejax.tasks.base import Problem, grade_serially
+from vinejax.tasks.gsm8k import extract_answer
 
 MAX_RESPONSE_CHARS = 100_000  # longer responses are refused (graded 0)
 
 
+def answer(response: str, problem: Problem) -> str | None:
+    """The official extracted answer (the majority vote's candidate): the text after the last
+    ``####``, stripped, as written (``1,000`` and ``1000`` are different candidates); None without
+    ``####`` or for a refused (too long) response."""
+    del problem
+    if len(response) > MAX_RESPONSE_CHARS:
+        return None
+    return extract_answer(response)
+
+
 def grade(response: str, problem: Problem) -> float:
     """1.0 when the text after the last ``####`` of ``response`` matches ``problem.answer``."""
-    if len(response) > MAX_RESPONSE_CHARS or "####" not in response:
+    predicted = answer(response, problem)
+    if predicted is None:
         return 0.0
-    predicted = response.split("####")[-1].strip().replace(",", "").lower()
-    return float(predicted == problem.answer.strip().lower())
+    return float(predicted.replace(",", "").lower() == problem.answer.strip().lower())
 
 
 def grade_batch(responses: Sequence[str], problems: Sequence[Problem], num_workers: int | None = None) -> np.ndarray:

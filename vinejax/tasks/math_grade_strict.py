@@ -16,7 +16,7 @@ import numpy as np
 
 from vinejax.tasks import symbolic
 from vinejax.tasks.base import Problem, check_batch
-from vinejax.tasks.math_answer import extract_answer
+from vinejax.tasks.math_answer import extract_answer, normalize
 from vinejax.tasks.math_equiv import equivalence
 
 MAX_RESPONSE_CHARS = 100_000  # longer responses are refused (graded 0)
@@ -29,6 +29,16 @@ def _verdict(response: str, answer: str):
     if not predicted or not predicted.strip():
         return False  # no answer, or an empty \boxed{}: never correct
     return equivalence(predicted, answer)
+
+
+def answer(response: str, problem: Problem) -> str | None:
+    """The final answer of ``response`` as a vote key (``math_answer.normalize`` of the extracted
+    answer), or None when there is none, it is empty, or the response is refused (too long)."""
+    del problem
+    predicted = extract_answer(response) if len(response) <= MAX_RESPONSE_CHARS else None
+    if not predicted or not predicted.strip():
+        return None
+    return normalize(predicted)
 
 
 _SYMBOLIC_CACHE: dict[tuple[str, str], bool] = {}

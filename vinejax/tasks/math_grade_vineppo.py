@@ -49,6 +49,13 @@ def predicted_answers(response: str, problem: Problem) -> list | None:
     return answer_list(problem.problem, response)
 
 
+def answer(response: str, problem: Problem) -> tuple | None:
+    """The official extracted answer as a vote candidate: the response's answer list as a tuple
+    (``()`` when nothing is found), None for a refused (too long) response."""
+    predicted = predicted_answers(response, problem)
+    return None if predicted is None else tuple(predicted)
+
+
 class _Oracle:
     """The symbolic check for one grade: cached verdicts; a pair not yet checked is noted in
     ``missing`` (with its prepared job) and answered False for this round."""

@@ -56,6 +56,13 @@ class RunContext:
         c = self.cfg.model.context_size
         return c if c >= 0 else self.model_cfg.max_position_embeddings - 1
 
+    @property
+    def eval_context_size(self) -> int:
+        """`context_size` at evaluation (`eval.context_size`, or `context_size` when -1): the
+        official eval caps a response at min(max_tokens, model_context_size − prompt) too."""
+        c = self.cfg.eval.context_size
+        return c if c >= 0 else self.context_size
+
 
 def hf_folder_of_run(run_dir: str) -> str:
     """Where a run exports its policy as an HF folder."""
@@ -145,27 +152,30 @@ def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:
     are capped the official way (a response may write at most context − prompt tokens)."""
     positions = model_cfg.max_position_embeddings
     context = cfg.model.context_size if cfg.model.context_size >= 0 else positions - 1
-    if context > positions - 1:
-        raise ConfigError(f"config key 'model.context_size' is {context}, but the model has {positions} positions "
-                          f"(at most {positions - 1} besides BOS)")
+    for key, value in (("model.context_size", context), ("eval.context_size", cfg.eval.context_size)):
+        if value > positions - 1:
+            raise ConfigError(f"config key {key!r} is {value}, but the model has {positions} positions "
+                              f"(at most {positions - 1} besides BOS)")
     if cfg.task.max_prompt_tokens >= context + 1:
         raise ConfigError(f"config key 'task.max_prompt_tokens' is {cfg.task.max_prompt_tokens}: it leaves no room for a "
                           f"response in the context of {context} tokens (+ BOS)")
     if cfg.algo == "sft" and cfg.sft.max_seq_len > positions:
         raise ConfigError(f"config key 'sft.max_seq_len' is {cfg.sft.max_seq_len}, but the model has {positions} positions")
     notes = []
-    for key, value in (("sampling.max_new_tokens", cfg.sampling.max_new_tokens),
-                       ("eval.max_new_tokens", cfg.eval.max_new_tokens)):
-        if cfg.task.max_prompt_tokens - 1 + value > context:
-            notes.append(f"{key}={value}: responses to prompts longer than {context + 1 - value} tokens are capped "
-                         f"at context_size {context} − prompt (as the official code does)")
+    eval_context = cfg.eval.context_size if cfg.eval.context_size >= 0 else context
+    for key, value, limit in (("sampling.max_new_tokens", cfg.sampling.max_new_tokens, context),
+                              ("eval.max_new_tokens", cfg.eval.max_new_tokens, eval_context)):
+        if cfg.task.max_prompt_tokens - 1 + value > limit:
+            notes.append(f"{key}={value}: responses to prompts longer than {limit + 1 - value} tokens are capped "
+                         f"at context_size {limit} − prompt (as the official code does)")
     return notes
 
 
-def build_context(cfg) -> tuple[RunContext, dict, str]:
+def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[dict], str]:
     """Mesh, task, tokenizer, model config, RL pieces and the initial policy params (sharded).
 
-    Returns (context, params, where the params came from). Missing folders and impossible
+    Returns (context, params, where the params came from); params is None when not
+    `load_params` (a caller that restores them from a checkpoint). Missing folders and impossible
     lengths raise one-line errors before any weight is loaded.
     """
     from vinejax.model.hf import load_hf_model, read_hf_config
@@ -182,15 +192,18 @@ def build_context(cfg) -> tuple[RunContext, dict, str]:
     overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
     if source:
         notes = check_lengths(cfg, config_from_hf(read_hf_config(source)))
-        model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
+        if load_params:
+            model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
+        else:
+            model_cfg, params = config_from_hf(read_hf_config(source), **overrides), None
         model_cfg = model_cfg.replace(remat=cfg.model.remat)
         origin = source
     else:
         model_cfg = _random_model_config(cfg, tokenizer)
         notes = check_lengths(cfg, model_cfg)
-        params = llama.init_params(model_cfg, jax.random.key(cfg.seed))
+        params = llama.init_params(model_cfg, jax.random.key(cfg.seed)) if load_params else None
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
     ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
                      **_rl_pieces(cfg, model_cfg, mesh))
-    return ctx, ctx.put_params(params), origin
+    return ctx, None if params is None else ctx.put_params(params), origin

@@ -55,7 +55,7 @@ def run_rl(ctx: RunContext, params, writer: MetricsWriter) -> dict:
     """RL iterations from the policy `params`: eval cadence, checkpoints, time budget, export."""
     cfg, t = ctx.cfg, ctx.cfg.train
     train_problems = fitting_problems(ctx, ctx.task.load_split(cfg.task.train_split))
-    eval_problems = fitting_problems(ctx, held_out_problems(ctx)) if t.eval_every > 0 else []
+    eval_problems = held_out_problems(ctx) if t.eval_every > 0 else {}  # {split: problems}
     steps_per_iter = rl_steps_per_iteration(cfg)
     ref_params = jax.tree.map(jnp.copy, params)  # frozen reference (the starting policy)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), t.keep_checkpoints)

@@ -19,14 +19,14 @@ def sample_records(tokenizer, task, ep: Episodes, rewards: np.ndarray, count: in
     """
     firsts = np.unique(ep.problem_index, return_index=True)[1]
     order = list(firsts) + [r for r in range(len(ep.texts)) if r not in set(firsts)]
-    extract = getattr(task, "extract_answer", None)
+    extract = getattr(task, "answer", None)
     records = []
     for r in order[:count]:
         problem = ep.problems[r]
         rec = {
             "problem": problem.problem, "gold": problem.answer,
             "prompt": tokenizer.decode(ep.tokens[r, : ep.prompt_lens[r]].tolist(), skip_special_tokens=True),
-            "response": ep.texts[r], "answer": extract(ep.texts[r]) if extract else None,
+            "response": ep.texts[r], "answer": extract(ep.texts[r], problem) if extract else None,
             "reward": float(rewards[r]), "finish": sampling.FINISH_REASONS[int(ep.finish_reason[r])],
             "length": int(ep.total_lens[r] - ep.prompt_lens[r]),
         }

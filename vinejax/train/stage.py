@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -24,6 +26,19 @@ class RunError(RuntimeError):
 
 # What a user can cause and fix: reported as one line by experiments/run.py.
 UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError)
+
+
+def run_command(body: Callable[[], object], verbose: bool = False) -> int:
+    """Exit status of a command-line program: 0 when `body()` returns, 2 with one line
+    `error: ...` on stderr for a `UserError` (the full traceback when `verbose`)."""
+    try:
+        body()
+    except UserError as error:
+        if verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def log(msg: str) -> None:
@@ -71,11 +86,22 @@ def save_checked(ckpt: Checkpointer, step: int, state, meta: dict) -> None:
     ckpt.save(step, state, meta)
 
 
-def held_out_problems(ctx: RunContext) -> list:
-    """The first `task.num_eval_problems` of the eval split (all of it when 0)."""
-    problems = ctx.task.load_split(ctx.cfg.task.eval_split)
-    n = ctx.cfg.task.num_eval_problems
-    return problems[:n] if n > 0 else problems
+def held_out_problems(ctx: RunContext, splits=None, limit: int | None = None) -> dict:
+    """{split: problems} of each eval split (`splits`, default `eval.splits`): its first `limit`
+    (default `task.num_eval_problems`; all of it when 0) problems whose prompt leaves room for a
+    response in the eval context (the official eval has no prompt-length filter; a prompt that
+    long cannot be answered at all). Dropped problems are reported."""
+    n = ctx.cfg.task.num_eval_problems if limit is None else limit
+    out = {}
+    for split in splits or ctx.cfg.eval.splits:
+        problems = ctx.task.load_split(split)
+        problems = problems[:n] if n > 0 else problems
+        lens = [len(p) for p in encode_prompts(ctx.tokenizer, ctx.task, problems)]
+        out[split] = [p for p, length in zip(problems, lens) if length - 1 < ctx.eval_context_size]
+        if len(out[split]) < len(problems):
+            log(f"note: {len(problems) - len(out[split])} of {len(problems)} {split} problems dropped from the "
+                f"eval: their prompt fills the eval context of {ctx.eval_context_size} tokens")
+    return out
 
 
 def fitting_problems(ctx: RunContext, problems: list) -> list:
