@@ -18,6 +18,7 @@ from vinejax.config import ConfigError
 from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig
 from vinejax.tasks import get_task
+from vinejax.train.episodes import stop_table
 from vinejax.train.update import make_optimizer
 
 
@@ -37,6 +38,7 @@ class RunContext:
     critic_optimizer: Optional[optax.GradientTransformation] = None  # PPO only
     loss_cfg: Optional[PolicyLossConfig] = None  # RL: PPO-clip + KL settings
     notes: tuple = ()  # settings capped the official way, said once at the start
+    stops: Any = None  # the task's stop strings as a `sampling.StopTable` (matched on text), or None
 
     def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
@@ -205,5 +207,5 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
     ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
-                     **_rl_pieces(cfg, model_cfg, mesh))
+                     stops=stop_table(tokenizer, task, model_cfg.vocab_size), **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, None if params is None else ctx.put_params(params), origin

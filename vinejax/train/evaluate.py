@@ -47,8 +47,9 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
         return metrics, records
     rng_sample, rng_greedy = jax.random.split(rng)
     if n > 0:
-        scfg = sampling_config(tok, task, e.temperature, e.top_p, e.max_new_tokens)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng_sample, batch, context, desc)
+        scfg = sampling_config(tok, e.temperature, e.top_p, e.max_new_tokens)
+        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng_sample, batch, context,
+                             ctx.stops, desc)
         verdicts, answers = _graded(ctx, ep)
         per_problem = [answers[i * n:(i + 1) * n] for i in range(len(problems))]
         metrics = summarize(verdicts.reshape(-1, n), per_problem if task.answer else None,
@@ -58,9 +59,9 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
             if task.answer:
                 rec["majority"] = majority_index(per_problem[i])
     if e.greedy:
-        scfg = sampling_config(tok, task, 1.0, 1.0, e.max_new_tokens, greedy=True)
+        scfg = sampling_config(tok, 1.0, 1.0, e.max_new_tokens, greedy=True)
         ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng_greedy, batch, context,
-                             desc + " greedy")
+                             ctx.stops, desc + " greedy")
         verdicts, answers = _graded(ctx, ep)
         metrics["greedy_accuracy"] = float(verdicts.mean())
         for i, rec in enumerate(records):

@@ -61,11 +61,11 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     cfg, s = run.cfg, run.cfg.sampling
     timer = Timer()
     rng_sample, rng_mc = jax.random.split(rng)
-    scfg = sampling_config(run.tokenizer, run.task, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    scfg = sampling_config(run.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
     with timer("iteration"):
         with timer("sample"):
             ep = sample_episodes(state.params, run.model_cfg, run.tokenizer, run.task, problems, scfg,
-                                 s.samples_per_problem, rng_sample, s.batch_size, run.context_size)
+                                 s.samples_per_problem, rng_sample, s.batch_size, run.context_size, run.stops)
         with timer("grade"):
             rewards = grade_episodes(run.task, ep, cfg.task.grade_workers)  # f32[B]
         width = encode.length_bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
@@ -89,7 +89,7 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
                 state_values, mc_metrics = mc_state_values(
                     state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
                     scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                    cfg.task.grade_workers, run.context_size)
+                    cfg.task.grade_workers, run.context_size, run.stops)
             cap = cfg.vineppo.max_estimated_states
             values = dict(state_values=state_values, step_starts=step_starts, num_steps=num_steps,
                           max_value_step=None if cap < 0 else cap)
