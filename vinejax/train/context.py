@@ -85,8 +85,9 @@ def _task(cfg):
 
 
 def policy_source(cfg) -> str:
-    """The HF folder the policy starts from ("" = a random model): `model.init_from`'s exported
-    policy (a run dir) or `model.hf_path`; a missing folder is named with its config key."""
+    """The HF folder the policy (and the RL's frozen KL reference) starts from ("" = a random
+    model): `model.init_from`'s exported policy (a run dir) when given, else `model.hf_path`; a
+    missing folder is named with its config key."""
     m = cfg.model
     if m.init_from:
         if not os.path.isdir(m.init_from):

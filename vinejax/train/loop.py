@@ -38,7 +38,11 @@ def run(cfg, config_file: str = "", overrides=()) -> dict:
     log(f"vinejax {cfg.algo} | config {config_file or '(in code)'}"
         + (" | overrides " + " ".join(f"{k}={v}" for k, v in overrides) if overrides else ""))
     log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} process(es) | "
-        f"mesh {dict(ctx.mesh.shape)} | policy from {origin} | output {os.path.abspath(cfg.output_dir)}")
+        f"mesh {dict(ctx.mesh.shape)} | policy{' and KL reference' if cfg.algo != 'sft' else ''} from {origin} | "
+        f"output {os.path.abspath(cfg.output_dir)}")
+    if cfg.model.init_from and cfg.model.hf_path:
+        log(f"note: model.init_from gives the policy and the KL reference ({origin}); model.hf_path "
+            f"{cfg.model.hf_path} is not used for weights")
     for note in ctx.notes:
         log("note: " + note)
     writer = MetricsWriter(cfg.output_dir, enabled=jax.process_index() == 0, wandb=cfg.logging, config=to_dict(cfg))
