@@ -175,6 +175,10 @@ class SymbolicPool:
         self.timeout = timeout
         self._workers: list[_Worker] = []
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live sandboxed workers."""
+        return [w.process.pid for w in self._workers if w.process.poll() is None]
+
     def _ensure_workers(self, count: int) -> None:
         new = [_Worker() for _ in range(min(count, self.num_workers) - len(self._workers))]
         for worker in new:  # start all first, then wait: startups overlap
