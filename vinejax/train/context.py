@@ -168,9 +168,12 @@ def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:
     eval_context = cfg.eval.context_size if cfg.eval.context_size >= 0 else context
     for key, value, limit in (("sampling.max_new_tokens", cfg.sampling.max_new_tokens, context),
                               ("eval.max_new_tokens", cfg.eval.max_new_tokens, eval_context)):
-        if cfg.task.max_prompt_tokens - 1 + value > limit:
+        if value >= limit:
+            notes.append(f"{key}={value}: every response is capped at the context of {limit} tokens − prompt "
+                         f"(as the official code does)")
+        elif cfg.task.max_prompt_tokens - 1 + value > limit:
             notes.append(f"{key}={value}: responses to prompts longer than {limit + 1 - value} tokens are capped "
-                         f"at context_size {limit} − prompt (as the official code does)")
+                         f"at the context of {limit} tokens − prompt (as the official code does)")
     return notes
 
 
