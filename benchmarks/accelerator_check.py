@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     params = jax.jit(lambda k: llama.init_params(cfg, k))(jax.random.key(0))
     small = args.tiny
     sections = {
-        "decode": lambda: section_decode(cfg, params, peak, bandwidth, (8, 16) if small else (64, 256), 16 if small else 64,
+        "decode": lambda: section_decode(cfg, params, peak, bandwidth, (8,) if small else (64, 256), 16 if small else 64,
                                          16 if small else 128),
         "train": lambda: section_train(cfg, params, peak, 2 if small else 8, 32 if small else 512, 2),
         "mc": lambda: section_mc(cfg, params, peak, 4 if small else 64, 8 if small else 64, 16 if small else 128, 4,

@@ -19,7 +19,7 @@ def test_accelerator_check_tiny_mode_reports_every_figure(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "failed" not in out.stdout, out.stdout
     figures = json.load(open(tmp_path / "f.json"))
-    for name in ("matmul peak", "decode tok/s batch 8", "decode tok/s batch 16", "train step mfu",
+    for name in ("matmul peak", "decode tok/s batch 8", "train step mfu",
                  "mc continuation tok/s", "vineppo iteration s (incl. compile)", "iteration phase mc s"):
         assert figures[name]["value"] > 0, name
     assert 0 < figures["train step mfu"]["value"] <= 1.0
