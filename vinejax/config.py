@@ -204,6 +204,29 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return cfg.to_dict()
 
 
+def from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The locked schema filled with a `to_dict` dump (e.g. a run's config.json); JSON lists
+    become tuples where the default is a tuple. Unknown keys raise ConfigError naming them."""
+    cfg = base_config()
+
+    def fill(node, given, prefix):
+        for key, value in given.items():
+            name = f"{prefix}{key}"
+            if key not in node:
+                raise ConfigError(f"config key {name!r} is unknown (not in vinejax.config.base_config)")
+            default = node[key]
+            if isinstance(default, ml_collections.ConfigDict) and key != "options":
+                fill(default, value, name + ".")
+            elif key == "options":
+                for option, option_value in value.items():
+                    default[option] = option_value
+            else:
+                node[key] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+
+    fill(cfg, values, "")
+    return cfg
+
+
 # The paper's models (VINEPPO.md §6) and per-task settings (§1, §2, §5).
 PAPER_MODELS = {
     "rho1b": dict(max_seq_len=2048, sft_lr=1e-5, mesh=(1, -1, 1)),

@@ -1,0 +1,425 @@
+"""The paper's §9 value-prediction analysis: how well do the PPO critic and Monte Carlo estimates
+predict state values, and how well do they rank alternative next steps?
+
+Official counterparts: `treetune/analyzers/valnet_prediction_analyzer.py`,
+`mc_value_prediction_analyzer.py`, `action_ranking_analyzer.py` and its valnet / MC subclasses.
+
+1. States: one fresh episode of the policy per held-out problem (the task's eval split), cut at
+   its step boundaries (the task's splitter, as VinePPO cuts training episodes): state i is the
+   prompt plus the first i steps, i = 1 .. L-1 (the prompt alone only with
+   `include_prompt_state`; the state after the last step is terminal). A random subset of at
+   most `num_states` is kept.
+2. Ground truth V(s): the mean reward of `gt_rollouts` continuations of s, sampled from the
+   episode's KV cache by `sampling.continue_from_prefixes` and graded like training episodes
+   (`train.values.mc_rewards`: the remaining token budget of the episode, 0 when unfinished).
+3. Estimators: the critic's value at the state's last token (`train.scoring.critic_values`
+   alignment: column len(s)); MC with K rollouts for K in `mc_ks`: the first K of one draw of
+   max(mc_ks) rollouts, independent of the ground-truth ones (each MC-K is then an unbiased
+   K-sample mean independent of the ground truth; the official MC analyzer instead subsamples
+   the ground-truth returns); a constant: the mean reward of the episodes.
+4. Ranking: from a random subset of `ranking_states` states, `num_candidates` continuations
+   (temperature `candidate_temperature`); the step that follows the state in each (the task's
+   splitter on prefix + continuation) is a candidate action a. Distinct candidates (by tokens)
+   are kept, states with fewer than `min_candidates` dropped. Q(s, a) is the value of the prefix
+   s + a: ground truth from `gt_rollouts`, the critic at its last token, MC-K as above, and
+   random scores. The final step's action stops before the stop string / EOS, so s + a is a
+   state the policy continues from (the official analyzer works on text the same way).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from vinejax import sampling
+from vinejax.analysis import stats
+from vinejax.checkpoint import Checkpointer
+from vinejax.config import from_dict
+from vinejax.train import encode
+from vinejax.train.context import RunContext, build_context, hf_folder_of_run
+from vinejax.train.episodes import (Episodes, episode_steps, grade_episodes, response_texts, sample_episodes,
+                                    sampling_config, strip_eos, token_offsets)
+from vinejax.train.iteration import init_state
+from vinejax.train.metrics import Timer, progress
+from vinejax.train.stage import fitting_problems, held_out_problems
+from vinejax.train.values import critic_token_values, mc_rewards
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """Sizes and sampling of one analysis (defaults: the paper's, with fewer states)."""
+
+    num_problems: int = 256  # held-out problems sampled (one episode each); 0 = all of the split
+    num_states: int = 512  # states kept for the value metrics (random subset)
+    gt_rollouts: int = 256  # K_gt
+    mc_ks: tuple = (1, 3, 9)
+    ranking_states: int = 128  # states from which candidate actions are sampled
+    num_candidates: int = 5
+    min_candidates: int = 3  # distinct candidates a ranked state needs
+    temperature: Optional[float] = None  # episodes and rollouts; None = the run's sampling temperature
+    top_p: Optional[float] = None  # None = the run's sampling top_p
+    candidate_temperature: float = 1.0  # official: candidates sampled at T = 1 (top_p as above)
+    include_prompt_state: bool = False  # official value analyzer: intermediate states only
+    bootstrap: int = 1000  # resamples per confidence interval
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = [
+            (self.num_problems >= 0, "num_problems", "must be >= 0"),
+            (self.num_states >= 1, "num_states", "must be >= 1"),
+            (self.gt_rollouts >= 1, "gt_rollouts", "must be >= 1"),
+            (len(self.mc_ks) > 0 and all(int(k) >= 1 for k in self.mc_ks), "mc_ks", "must be positive integers"),
+            (self.ranking_states >= 0, "ranking_states", "must be >= 0"),
+            (2 <= self.min_candidates <= self.num_candidates, "min_candidates", "must be in [2, num_candidates]"),
+            (self.candidate_temperature > 0, "candidate_temperature", "must be > 0"),
+            (self.bootstrap >= 1, "bootstrap", "must be >= 1"),
+            (0 < self.confidence < 1, "confidence", "must be in (0, 1)"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise ValueError(f"analysis setting {name}={getattr(self, name)!r} {why}")
+        object.__setattr__(self, "mc_ks", tuple(sorted({int(k) for k in self.mc_ks})))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The analysed policy, its run context (task, tokenizer, mesh) and optionally a PPO critic."""
+
+    ctx: RunContext
+    params: Any
+    critic: Any = None
+    sources: dict = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def policy_folder(path: str) -> str:
+    """The HF folder of a policy given as a run dir (its exported `hf/`) or as an HF folder."""
+    if os.path.isdir(hf_folder_of_run(path)):
+        return hf_folder_of_run(path)
+    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
+        return path
+    raise FileNotFoundError(f"policy {path!r} is neither a run dir with an exported hf/ folder nor an HF folder")
+
+
+def read_run_config(path: str):
+    """A run's config (ConfigDict) from its config.json, given the file or the run dir."""
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no run config at {file}")
+    with open(file) as f:
+        return from_dict(json.load(f))
+
+
+def restore_critic(ctx: RunContext, params, run_dir: str, step: Optional[int] = None) -> tuple[Any, int]:
+    """The critic params of a PPO run's checkpoint `step` (default: the newest) and that step.
+
+    The checkpoint is restored into `iteration.init_state(ctx, params)`, which gives the shapes,
+    dtypes and shardings (ctx must be built from the PPO run's config).
+    """
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints folder in PPO run {run_dir}")
+    if ctx.critic_cfg is None:
+        raise ValueError(f"run {run_dir} is not a PPO run (algo {ctx.cfg.algo!r}): it has no critic")
+    ckpt = Checkpointer(directory, keep=10**6)  # keep: never prune someone else's checkpoints
+    try:
+        step = ckpt.latest_step() if step is None else int(step)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        state, _ = ckpt.restore(step, init_state(ctx, params))
+    finally:
+        ckpt.close()
+    return state.critic, step
+
+
+def load_setup(policy: str, ppo_run: Optional[str] = None, config: Optional[str] = None,
+               critic_step: Optional[int] = None) -> Setup:
+    """Policy (run dir or HF folder), run config (the PPO run's, else `config`, else the policy
+    run's config.json) and, with `ppo_run`, the critic of its checkpoint `critic_step`."""
+    if ppo_run and config:
+        raise ValueError("give either ppo_run (its config.json is used) or config, not both")
+    folder = policy_folder(policy)
+    config_source = ppo_run or config or policy
+    cfg = read_run_config(config_source)
+    cfg.model.hf_path, cfg.model.init_from, cfg.model.tokenizer_path = folder, "", ""
+    ctx, params, _ = build_context(cfg)
+    sources = {"policy": os.path.abspath(folder), "config": os.path.abspath(config_source)}
+    critic = None
+    if ppo_run:
+        with ctx.mesh_context():
+            critic, step = restore_critic(ctx, params, ppo_run, critic_step)
+        sources |= {"ppo_run": os.path.abspath(ppo_run), "critic_step": step}
+    return Setup(ctx, params, critic, sources)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def select_rows(ep: Episodes, rows) -> Episodes:
+    """The episodes `rows` (int[M], repeats allowed) as an Episodes of M rows."""
+    rows = np.asarray(rows, np.int64)
+    fields = {}
+    for f in dataclasses.fields(ep):
+        value = getattr(ep, f.name)
+        fields[f.name] = value[rows] if isinstance(value, np.ndarray) else [value[r] for r in rows]
+    return Episodes(**fields)
+
+
+def state_prefixes(tokenizer, task, ep: Episodes, include_prompt_state: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every non-terminal step-boundary state of every episode: (episode row int[N], prefix
+    length int[N], steps in the prefix int[N]). Episodes the splitter rejects have none."""
+    step_starts, num_steps = episode_steps(tokenizer, task.split_steps, ep)
+    first = 0 if include_prompt_state else 1
+    found = [(b, step_starts[b, i], i) for b in range(len(num_steps)) for i in range(first, num_steps[b])]
+    rows, positions, steps = (np.array([f[j] for f in found], np.int32).reshape(-1) for j in range(3))
+    return rows, positions, steps
+
+
+def rollout_rewards(setup: Setup, ep: Episodes, positions: np.ndarray, k: int, rng: jax.Array,
+                    scfg: sampling.SamplingConfig, desc: str) -> np.ndarray:
+    """f32[N, K] rewards of K continuations of each prefix `ep.tokens[n, :positions[n]]`, graded
+    like VinePPO's MC rollouts (`train.values.mc_rewards`), in groups of states (one progress step
+    each). Group g uses the key fold_in(rng, g)."""
+    ctx, cfg = setup.ctx, setup.ctx.cfg
+    n = len(positions)
+    group = max(1, 4 * cfg.vineppo.chunk_rows // k)
+    out = np.zeros((n, k), np.float32)
+    bar = progress(total=n, desc=desc)
+    for g, start in enumerate(range(0, n, group)):
+        rows = np.arange(start, min(n, start + group))
+        rewards, _, _ = mc_rewards(setup.params, ctx.model_cfg, ctx.tokenizer, ctx.task, select_rows(ep, rows),
+                                   positions[rows, None], np.ones(len(rows), np.int32), jax.random.fold_in(rng, g),
+                                   scfg, k, -1, cfg.vineppo.chunk_rows, cfg.task.grade_workers)
+        out[rows] = rewards[:, 0]
+        bar.update(len(rows))
+    bar.close()
+    return out
+
+
+def critic_prefix_values(setup: Setup, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """f32[N] critic value of each prefix `tokens[n, :positions[n]]`: the value head after its
+    last token (column positions[n] of `train.scoring.critic_values`, as PPO's GAE reads it)."""
+    ctx = setup.ctx
+    width = encode.length_bucket(int(positions.max()) + 1)
+    rows = encode.pad_rows(tokens, width, encode.pad_token_id(ctx.tokenizer))  # tokens past a prefix do not matter
+    values = critic_token_values(ctx.mesh, setup.critic, ctx.critic_cfg, rows, ctx.cfg.sampling.batch_size)
+    return values[np.arange(len(positions)), positions]
+
+
+def text_end_column(tokenizer, ep: Episodes, row: int) -> int:
+    """Column after the last token holding a character of the response text (a trailing stop
+    string and EOS excluded)."""
+    ids = strip_eos(tokenizer, ep.response_ids(row))
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    offsets = token_offsets(tokenizer, ids, full) if ids else []
+    return int(ep.prompt_lens[row]) + sum(1 for start, _ in offsets if start < len(ep.texts[row]))
+
+
+def continuation_episodes(tokenizer, task, ep: Episodes, positions: np.ndarray, out) -> Episodes:
+    """Episodes of N × K rows (state-major): each state's prefix followed by one continuation of
+    `out` (a `ContinuationOutput` with one state slot per row)."""
+    n, k = out.lengths.shape[0], out.lengths.shape[2]
+    rows, texts_ids, finish = [], [], []
+    for i in range(n):
+        prefix = ep.tokens[i, : positions[i]].tolist()
+        for j in range(k):
+            cont = out.tokens[i, 0, j, : out.lengths[i, 0, j]].tolist()
+            rows.append(prefix + cont)
+            texts_ids.append(strip_eos(tokenizer, rows[-1][ep.prompt_lens[i]:]))
+            finish.append(out.finish_reason[i, 0, j])
+    src = np.repeat(np.arange(n), k)
+    width = max(len(r) for r in rows)
+    tokens = encode.pad_rows(rows, width, encode.pad_token_id(tokenizer))
+    return Episodes(tokens=tokens, logprobs=np.zeros(tokens.shape, np.float32), prompt_lens=ep.prompt_lens[src],
+                    total_lens=np.array([len(r) for r in rows], np.int32), finish_reason=np.array(finish, np.int32),
+                    texts=response_texts(tokenizer, task.stop_strings, texts_ids),
+                    problems=[ep.problems[i] for i in src], problem_index=ep.problem_index[src])
+
+
+def next_step_ends(tokenizer, task, cand: Episodes, positions: np.ndarray, max_new_tokens: int) -> np.ndarray:
+    """int[M] end column of the step that follows the state in each continuation row of `cand`
+    (the state is `cand.tokens[m, :positions[m]]`), or -1 when there is none: the splitter
+    rejects the text, the state is not a step boundary of it, the step is empty, or no token
+    budget is left after it. The final step ends where the text ends."""
+    step_starts, num_steps = episode_steps(tokenizer, task.split_steps, cand)
+    ends = np.full(len(positions), -1, np.int64)
+    for m, pos in enumerate(positions):
+        starts = step_starts[m, : num_steps[m]].tolist()
+        if pos not in starts:
+            continue
+        i = starts.index(pos)
+        end = starts[i + 1] if i + 1 < len(starts) else text_end_column(tokenizer, cand, m)
+        if end > pos and max_new_tokens - (end - cand.prompt_lens[m]) >= 1:
+            ends[m] = end
+    return ends
+
+
+def distinct_candidates(cand: Episodes, positions: np.ndarray, ends: np.ndarray, per_state: int) -> list[list[int]]:
+    """For each state (rows s·K .. s·K+K-1 of `cand`), the rows of its distinct candidate actions
+    (by tokens, first occurrence kept)."""
+    out = []
+    for s in range(len(positions) // per_state):
+        seen, rows = set(), []
+        for m in range(s * per_state, (s + 1) * per_state):
+            if ends[m] < 0:
+                continue
+            key = tuple(cand.tokens[m, positions[m] : ends[m]].tolist())
+            if key not in seen:
+                seen.add(key)
+                rows.append(m)
+        out.append(rows)
+    return out
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+def estimators(setup: Setup, acfg: AnalysisConfig, ep: Episodes, positions: np.ndarray, rng: jax.Array,
+               scfg: sampling.SamplingConfig, timer: Timer, label: str) -> dict:
+    """Ground truth and every estimate of the values of the prefixes (ep rows, positions):
+    {"gt": f[N], "critic": f[N] (with a critic), "mc_k{K}": f[N] ...}."""
+    with timer(f"{label}_gt"):
+        gt = rollout_rewards(setup, ep, positions, acfg.gt_rollouts, jax.random.fold_in(rng, 0), scfg, f"{label} gt")
+    with timer(f"{label}_mc"):
+        mc = rollout_rewards(setup, ep, positions, max(acfg.mc_ks), jax.random.fold_in(rng, 1), scfg, f"{label} mc")
+    out = {"gt": gt.mean(axis=1)}
+    if setup.critic is not None:
+        with timer(f"{label}_critic"):
+            out["critic"] = critic_prefix_values(setup, ep.tokens, positions)
+    out |= {f"mc_k{k}": mc[:, :k].mean(axis=1) for k in acfg.mc_ks}
+    return out
+
+
+def analyze(setup: Setup, acfg: AnalysisConfig = AnalysisConfig()) -> dict:
+    """Run the analysis; returns the report (JSON-able): settings, value and ranking metrics
+    with confidence intervals, cost, and the per-state numbers."""
+    with setup.ctx.mesh_context():
+        return _analyze(setup, acfg)
+
+
+def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
+    ctx, cfg = setup.ctx, setup.ctx.cfg
+    tok, task, s = ctx.tokenizer, ctx.task, cfg.sampling
+    temperature = s.temperature if acfg.temperature is None else acfg.temperature
+    top_p = s.top_p if acfg.top_p is None else acfg.top_p
+    scfg = sampling_config(tok, task, temperature, top_p, s.max_new_tokens, top_k=s.top_k)
+    rng = jax.random.key(acfg.seed)
+    np_rng = np.random.default_rng([acfg.seed, 9])
+    timer = Timer()
+
+    problems = fitting_problems(ctx, held_out_problems(ctx))
+    problems = problems[: acfg.num_problems] if acfg.num_problems > 0 else problems
+    with timer("episodes"):
+        ep = sample_episodes(setup.params, ctx.model_cfg, tok, task, problems, scfg, 1, jax.random.fold_in(rng, 0),
+                             s.batch_size, desc="episodes")
+        rewards = grade_episodes(task, ep, cfg.task.grade_workers)
+    rows, positions, steps = state_prefixes(tok, task, ep, acfg.include_prompt_state)
+    if len(rows) == 0:
+        raise ValueError("no states: every episode has a single step or was rejected by the step splitter")
+    keep = np.sort(np_rng.choice(len(rows), size=min(len(rows), acfg.num_states), replace=False))
+    rows, positions, steps = rows[keep], positions[keep], steps[keep]
+    states_ep = select_rows(ep, rows)
+
+    values = estimators(setup, acfg, states_ep, positions, jax.random.fold_in(rng, 1), scfg, timer, "values")
+    values["constant"] = np.full(len(rows), float(rewards.mean()))
+    indices = stats.bootstrap_indices(len(rows), acfg.bootstrap, np_rng)
+    value_report = {name: stats.value_metrics(pred, values["gt"], indices, acfg.confidence)
+                    for name, pred in values.items() if name != "gt"}
+
+    ranking, ranked = _ranking(setup, acfg, states_ep, positions, rng, scfg, timer, np_rng)
+    gt_rollouts = acfg.gt_rollouts * (len(rows) + sum(len(c["gt"]) for c in ranked))
+    gt_seconds = timer.seconds.get("values_gt", 0.0) + timer.seconds.get("ranking_gt", 0.0)
+    mc_rollouts = max(acfg.mc_ks) * (len(rows) + sum(len(c["gt"]) for c in ranked))
+    cost = {"seconds": {k: round(v, 2) for k, v in timer.seconds.items()},
+            "gt_rollouts": gt_rollouts, "gt_seconds": round(gt_seconds, 2),
+            "gt_rollouts_per_s": gt_rollouts / gt_seconds if gt_seconds > 0 else None,
+            "mc_rollouts": mc_rollouts, "device": str(jax.devices()[0].device_kind), "devices": jax.device_count()}
+    to_list = lambda a: [round(float(x), 6) for x in a]
+    return {
+        "sources": setup.sources,
+        "settings": dataclasses.asdict(acfg) | {"temperature": temperature, "top_p": top_p,
+                                                "max_new_tokens": s.max_new_tokens, "task": task.name,
+                                                "eval_split": cfg.task.eval_split},
+        "episodes": {"count": len(ep.texts), "mean_reward": float(rewards.mean()),
+                     "finished": float(ep.finished.mean())},
+        "values": {"num_states": len(rows), "gt_mean": float(values["gt"].mean()),
+                   "gt_std": float(values["gt"].std()), "estimators": value_report},
+        "ranking": ranking,
+        "cost": cost,
+        "states": {"episode": rows.tolist(), "steps": steps.tolist(), "position": positions.tolist(),
+                   **{name: to_list(v) for name, v in values.items()}},
+        "ranked_states": ranked,
+    }
+
+
+def _ranking(setup: Setup, acfg: AnalysisConfig, states_ep: Episodes, positions: np.ndarray, rng: jax.Array,
+             scfg: sampling.SamplingConfig, timer: Timer, np_rng: np.random.Generator) -> tuple[dict, list]:
+    """Ranking metrics and per-state records (candidates, ground-truth and estimated Q)."""
+    ctx = setup.ctx
+    n = len(positions)
+    picked = np.sort(np_rng.choice(n, size=min(n, acfg.ranking_states), replace=False))
+    if len(picked) == 0:
+        return {"num_states_sampled": 0, "num_states": 0}, []
+    with timer("candidates"):
+        ep = select_rows(states_ep, picked)
+        pos = positions[picked]
+        budgets = np.maximum(scfg.max_new_tokens - (pos - ep.prompt_lens), 1)
+        cand_scfg = scfg.replace(temperature=acfg.candidate_temperature)
+        out = sampling.continue_from_prefixes(
+            setup.params, ctx.model_cfg, ep.tokens, ep.total_lens, pos[:, None], jax.random.fold_in(rng, 2),
+            cand_scfg, acfg.num_candidates, budgets=budgets[:, None], max_rows_per_chunk=ctx.cfg.vineppo.chunk_rows)
+        cand = continuation_episodes(ctx.tokenizer, ctx.task, ep, pos, out)
+        cand_pos = np.repeat(pos, acfg.num_candidates)
+        ends = next_step_ends(ctx.tokenizer, ctx.task, cand, cand_pos, scfg.max_new_tokens)
+        groups = distinct_candidates(cand, cand_pos, ends, acfg.num_candidates)
+    kept = [(i, g) for i, g in enumerate(groups) if len(g) >= acfg.min_candidates]
+    summary = {"num_states_sampled": len(picked), "num_states": len(kept),
+               "distinct_candidates_mean": float(np.mean([len(g) for g in groups]))}
+    if not kept:
+        return summary, []
+    q_rows = np.array([m for _, g in kept for m in g])
+    q = estimators(setup, acfg, select_rows(cand, q_rows), ends[q_rows], jax.random.fold_in(rng, 3), scfg, timer,
+                   "ranking")
+    q["random"] = np_rng.random(len(q_rows))
+    bounds = np.cumsum([0] + [len(g) for _, g in kept])
+    split = lambda a: [a[bounds[i] : bounds[i + 1]] for i in range(len(kept))]
+    targets = split(q["gt"])
+    indices = stats.bootstrap_indices(len(kept), acfg.bootstrap, np_rng)
+    summary |= {"num_candidates_mean": float(np.mean([len(g) for _, g in kept])),
+                "ceilings": stats.ranking_ceilings(targets),
+                "estimators": {name: stats.ranking_metrics(split(v), targets, indices, acfg.confidence)
+                               for name, v in q.items() if name != "gt"}}
+    records = []
+    for r, (i, g) in enumerate(kept):
+        prefix_ids = cand.tokens[g[0], cand.prompt_lens[g[0]] : cand_pos[g[0]]].tolist()
+        actions = [cand.tokens[m, cand_pos[m] : ends[m]].tolist() for m in g]
+        records.append({"state": int(picked[i]), "prefix": ctx.tokenizer.decode(prefix_ids, skip_special_tokens=True),
+                        "candidates": [ctx.tokenizer.decode(a, skip_special_tokens=True) for a in actions],
+                        "candidate_tokens": actions,
+                        **{name: [round(float(x), 6) for x in split(v)[r]] for name, v in q.items()}})
+    return summary, records
+
+
+def summary_line(report: dict) -> str:
+    """One line: value MAE / r per estimator, ranking accuracy per estimator, size and cost."""
+    v = report["values"]
+    parts = [f"{v['num_states']} states"]
+    for name, m in v["estimators"].items():
+        r = m["pearson"]["value"]
+        parts.append(f"{name} MAE {m['mae']['value']:.3f} r {'-' if r is None else f'{r:.2f}'}")
+    rk = report["ranking"]
+    if rk.get("estimators"):
+        accs = ", ".join(f"{name} {m['pairwise']['value']:.2f}" for name, m in rk["estimators"].items())
+        parts.append(f"ranking ({rk['num_states']} states): {accs}")
+    c = report["cost"]
+    rate = c["gt_rollouts_per_s"]
+    parts.append(f"{c['gt_rollouts']} gt rollouts in {c['gt_seconds']:.0f} s"
+                 + (f" ({rate:.0f}/s)" if rate else ""))
+    return " | ".join(parts)
