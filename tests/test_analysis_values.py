@@ -102,6 +102,21 @@ def odd_a_count(text: str) -> float:
     return float(text.count("a") % 2 == 1)
 
 
+def numpy_params(cfg: ModelConfig, seed: int, std: float) -> dict:
+    """Random params drawn with numpy (no per-shape jax compiles): N(0, std) matrices, unit norms,
+    and for a value-head config w ~ N(0, 1/sqrt(D+1)), b = 0.1."""
+    rng = np.random.default_rng(seed)
+    leaves, treedef = jax.tree.flatten_with_path(llama.param_shapes(cfg))
+    out = []
+    for path, leaf in leaves:
+        name = jax.tree_util.keystr(path)
+        scale = 1 / np.sqrt(cfg.hidden_size + 1) if "value_head" in name else std
+        x = np.ones(leaf.shape) if "norm" in name else (np.full(leaf.shape, 0.1) if name.endswith("['b']")
+                                                         else rng.normal(0, scale, leaf.shape))
+        out.append(x.astype(np.float32))
+    return jax.tree.unflatten(treedef, out)
+
+
 def toy_setup(std: float = 0.1) -> vp.Setup:
     """A tiny random model over the vocabulary {pad, bos, eos, unk, a, b, newline}, no stop strings,
     rewarding responses with an odd number of 'a'."""
@@ -118,7 +133,7 @@ def toy_setup(std: float = 0.1) -> vp.Setup:
     mesh = sharding.make_mesh((1, 1, 1))
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
     ctx = RunContext(cfg, mesh, task, tok, model_cfg, shardings)
-    params = ctx.put_params(llama.init_params(model_cfg, jax.random.key(4), std=std))
+    params = ctx.put_params(numpy_params(model_cfg, 4, std))
     return vp.Setup(ctx, params)
 
 
@@ -137,28 +152,39 @@ def toy_episodes(tok, responses: list[str], prompt: str = "a") -> Episodes:
                     problems=[Problem(prompt, "", "")] * n, problem_index=np.arange(n, dtype=np.int32))
 
 
-def exact_value(setup: vp.Setup, prefix: list[int], prompt_len: int, budget: int, temperature: float) -> float:
-    """E[reward] over every continuation of `prefix` with at most `budget` tokens, enumerated from
-    the model's full-sequence logits: a continuation ends at EOS (graded on its text) or has used
-    the budget without EOS (unfinished: reward 0)."""
+def exact_values(setup: vp.Setup, prefixes: list[list[int]], prompt_len: int, max_new: int,
+                 temperature: float) -> list[float]:
+    """E[reward] of each prefix over every continuation within the remaining budget
+    (max_new - response tokens of the prefix), enumerated: a continuation ends at EOS (graded on its
+    text) or uses the budget without EOS (unfinished: reward 0). Next-token distributions come
+    from ONE full forward over prefix + every EOS-free tail of budget - 1 tokens (all rows have
+    prompt_len + max_new - 1 tokens; causal masking gives every shorter tail's distribution)."""
     tok, cfg = setup.ctx.tokenizer, setup.ctx.model_cfg
     eos = tok.eos_token_id
-    forward = jax.jit(llama.forward, static_argnums=1)
-    frontier = {tuple(prefix): 1.0}  # live sequences and their probabilities
-    value = 0.0
-    for _ in range(budget):
-        seqs = list(frontier)
-        logits, _ = forward(setup.params, cfg, jnp.asarray(seqs, jnp.int32))
-        probs = np.asarray(jax.nn.softmax(logits[:, -1].astype(jnp.float32) / temperature, axis=-1), np.float64)
-        nxt = {}
-        for seq, row in zip(seqs, probs):
-            p_seq = frontier[seq]
-            value += p_seq * row[eos] * odd_a_count(tok.decode(list(seq[prompt_len:]), skip_special_tokens=True))
-            for t in range(len(row)):
-                if t != eos:
-                    nxt[seq + (t,)] = p_seq * row[t]
-        frontier = nxt
-    return value  # what remains in the frontier ran out of budget: reward 0
+    others = [t for t in range(cfg.vocab_size) if t != eos]
+    budgets = [max_new - (len(p) - prompt_len) for p in prefixes]
+    tails = [list(itertools.product(others, repeat=b - 1)) for b in budgets]
+    rows = [list(p) + list(t) for p, ts in zip(prefixes, tails) for t in ts]
+    logits, _ = llama.forward(setup.params, cfg, jnp.asarray(rows, jnp.int32))
+    probs = np.asarray(jax.nn.softmax(logits / temperature, axis=-1), np.float64)  # [M, L, V]
+    values, r = [], 0
+    for prefix, budget, ts in zip(prefixes, budgets, tails):
+        dist = {}  # EOS-free tail -> next-token distribution after prefix + tail
+        for t in ts:
+            for j in range(budget):
+                dist.setdefault(t[:j], probs[r, len(prefix) - 1 + j])
+            r += 1
+        value, frontier = 0.0, {(): 1.0}
+        for _ in range(budget):
+            nxt = {}
+            for tail, p_tail in frontier.items():
+                d = dist[tail]
+                text = tok.decode(list(prefix[prompt_len:]) + list(tail), skip_special_tokens=True)
+                value += p_tail * d[eos] * odd_a_count(text)
+                nxt.update({tail + (t,): p_tail * d[t] for t in others})
+            frontier = nxt  # what is left after the last step ran out of budget: reward 0
+        values.append(value)
+    return values
 
 
 def test_ground_truth_rollouts_converge_to_the_enumerated_value():
@@ -171,10 +197,8 @@ def test_ground_truth_rollouts_converge_to_the_enumerated_value():
     with setup.ctx.mesh_context():
         rewards = vp.rollout_rewards(setup, ep, positions, k, jax.random.key(0), scfg, "gt")
     assert rewards.shape == (3, k) and set(np.unique(rewards)) <= {0.0, 1.0}
-    for n in range(3):
-        prefix = ep.tokens[n, : positions[n]].tolist()
-        exact = exact_value(setup, prefix, int(ep.prompt_lens[n]), max_new - (positions[n] - ep.prompt_lens[n]),
-                            temperature)
+    prefixes = [ep.tokens[n, : positions[n]].tolist() for n in range(3)]
+    for n, exact in enumerate(exact_values(setup, prefixes, int(ep.prompt_lens[0]), max_new, temperature)):
         assert 0.02 < exact < 0.98  # a non-trivial target
         stderr = np.sqrt(exact * (1 - exact) / k)
         assert abs(rewards[n].mean() - exact) < 4 * stderr, (n, rewards[n].mean(), exact)
@@ -219,17 +243,19 @@ def test_candidate_actions_are_the_next_step_of_each_continuation():
 def test_critic_value_is_read_after_the_last_prefix_token():
     setup = toy_setup()
     cfg = setup.ctx.model_cfg.replace(value_head=True)
-    critic = dict(setup.params, value_head=llama.init_value_head(cfg, jax.random.key(7)))
+    critic = numpy_params(cfg, 7, 0.1)
     setup = vp.Setup(dataclasses.replace(setup.ctx, critic_cfg=cfg), setup.params, critic)
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, 7, size=(5, 9)).astype(np.int32)  # tokens after each prefix are junk
     positions = np.array([1, 3, 5, 8, 9])
     with setup.ctx.mesh_context():
         got = vp.critic_prefix_values(setup, tokens, positions)
-    for n, pos in enumerate(positions):
-        _, hidden = llama.forward(critic, cfg, jnp.asarray(tokens[n : n + 1, :pos]))
-        want = float(llama.value_head(critic, hidden)[0, -1])
-        assert got[n] == pytest.approx(want, abs=1e-5)
+    # reference: the prefixes alone (what follows is masked out as padding), value after the last token
+    prefix_only = (np.arange(tokens.shape[1])[None] < positions[:, None]).astype(np.int32)
+    _, hidden = llama.forward(critic, cfg, jnp.asarray(tokens), segment_ids=jnp.asarray(prefix_only))
+    want = np.asarray(llama.value_head(critic, hidden))[np.arange(5), positions - 1]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.ptp(got) > 1e-3  # distinct values: a misaligned column would not match
 
 
 # ----------------------------------------------------------------------------- a tiny PPO run
@@ -247,28 +273,32 @@ def character_steps(text):
 
 @pytest.fixture(scope="module")
 def tiny_ppo_run(tmp_path_factory):
-    """A PPO run dir as the loop leaves it (config.json, checkpoints/, hf/), from a random model;
-    and its critic."""
+    """A PPO run dir as the loop leaves it (config.json, checkpoints/, hf/) with a random policy
+    and a random critic; returns the dir and the checkpointed critic."""
+    run = str(tmp_path_factory.mktemp("run") / "ppo")
+    tok = build_char_tokenizer(arithmetic.ALPHABET)
+    model_cfg = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                            num_kv_heads=1, head_dim=16, max_position_embeddings=64, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    hf = save_hf_model(numpy_params(model_cfg, 3, 0.02), model_cfg, os.path.join(run, "hf"), tokenizer=tok)
     c = base_config()
-    c.algo, c.seed, c.output_dir = "ppo", 3, str(tmp_path_factory.mktemp("run") / "ppo")
+    c.algo, c.seed, c.output_dir = "ppo", 3, run
     c.task.options.num_operations = 2
     c.task.num_eval_problems, c.task.max_prompt_tokens = 8, 32
-    c.model.hidden_size, c.model.num_layers, c.model.num_heads, c.model.num_kv_heads = 32, 2, 2, 1
-    c.model.intermediate_size, c.model.max_position_embeddings = 64, 64
     c.sampling.max_new_tokens, c.sampling.batch_size, c.sampling.temperature, c.sampling.top_p = 12, 8, 1.0, 1.0
     c.vineppo.chunk_rows = 64
     c.mesh.shape = (1, 1, 1)
-    os.makedirs(c.output_dir)
-    with open(os.path.join(c.output_dir, "config.json"), "w") as f:
+    with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(to_dict(c), f)
+    c.model.hf_path = str(hf)
     ctx, params, _ = build_context(c)
+    critic = jax.device_put(numpy_params(ctx.critic_cfg, 5, 0.02), ctx.critic_shardings)
     with ctx.mesh_context():
-        state = init_state(ctx, params)
-        ckpt = Checkpointer(os.path.join(c.output_dir, "checkpoints"))
+        state = init_state(ctx, params).replace(critic=critic)
+        ckpt = Checkpointer(os.path.join(run, "checkpoints"))
         ckpt.save(2, state, {"iteration": 2})
         ckpt.close()
-    save_hf_model(params, ctx.model_cfg, os.path.join(c.output_dir, "hf"), tokenizer=ctx.tokenizer)
-    return c.output_dir, jax.device_get(state.critic)
+    return run, jax.device_get(critic)
 
 
 def test_restore_critic_returns_the_checkpointed_critic(tiny_ppo_run):
@@ -315,4 +345,5 @@ def test_script_end_to_end_writes_report_and_figures(tiny_ppo_run, tmp_path, cap
         actions = [tuple(a) for a in state["candidate_tokens"]]
         assert len(set(actions)) == len(actions) >= 3
         assert all(len(c) <= 1 for c in state["candidates"])  # one character = one step (special tokens join it)
-    assert report["cost"]["gt_rollouts"] == 16 * (12 + sum(len(s["gt"]) for s in report["ranked_states"]))
+    units = 12 + sum(len(s["gt"]) for s in report["ranked_states"])  # states and (state, action) pairs
+    assert report["cost"]["gt_rollouts"] == 16 * units and report["cost"]["rollouts"] == (16 + 3) * units

@@ -13,11 +13,13 @@ Official counterparts: `treetune/analyzers/valnet_prediction_analyzer.py`,
    episode's KV cache by `sampling.continue_from_prefixes` and graded like training episodes
    (`train.values.mc_rewards`: the remaining token budget of the episode, 0 when unfinished).
 3. Estimators: the critic's value at the state's last token (`train.scoring.critic_values`
-   alignment: column len(s)); MC with K rollouts for K in `mc_ks`: the first K of one draw of
-   max(mc_ks) rollouts, independent of the ground-truth ones (each MC-K is then an unbiased
-   K-sample mean independent of the ground truth; the official MC analyzer instead subsamples
-   the ground-truth returns); a constant: the mean reward of the episodes.
-4. Ranking: from a random subset of `ranking_states` states, `num_candidates` continuations
+   alignment: column len(s)); MC with K rollouts for K in `mc_ks`: the first K of max(mc_ks)
+   further rollouts drawn beside the ground-truth ones with their own sample keys, so each MC-K
+   is an unbiased K-sample mean independent of the ground truth (the official MC analyzer
+   instead subsamples the ground-truth returns, which shares their noise); a constant: the mean
+   reward of the episodes.
+4. Ranking: from `ranking_states` states drawn from all states of the episodes (not only the
+   `num_states` subset), `num_candidates` continuations
    (temperature `candidate_temperature`); the step that follows the state in each (the task's
    splitter on prefix + continuation) is a candidate action a. Distinct candidates (by tokens)
    are kept, states with fewer than `min_candidates` dropped. Q(s, a) is the value of the prefix
@@ -30,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -183,21 +186,25 @@ def state_prefixes(tokenizer, task, ep: Episodes, include_prompt_state: bool) ->
 
 
 def rollout_rewards(setup: Setup, ep: Episodes, positions: np.ndarray, k: int, rng: jax.Array,
-                    scfg: sampling.SamplingConfig, desc: str) -> np.ndarray:
-    """f32[N, K] rewards of K continuations of each prefix `ep.tokens[n, :positions[n]]`, graded
-    like VinePPO's MC rollouts (`train.values.mc_rewards`), in groups of states (one progress step
-    each). Group g uses the key fold_in(rng, g)."""
+                    scfg: sampling.SamplingConfig, desc: str, durations: Optional[list] = None) -> np.ndarray:
+    """f32[N, K] rewards of K independent continuations of each prefix `ep.tokens[n, :positions[n]]`,
+    graded like VinePPO's MC rollouts (`train.values.mc_rewards`), in groups of about
+    4 × `vineppo.chunk_rows` rows (one progress step each; group g uses the key fold_in(rng, g)).
+    `durations`, when given, receives (rollouts, seconds) per group."""
     ctx, cfg = setup.ctx, setup.ctx.cfg
     n = len(positions)
     group = max(1, 4 * cfg.vineppo.chunk_rows // k)
     out = np.zeros((n, k), np.float32)
     bar = progress(total=n, desc=desc)
     for g, start in enumerate(range(0, n, group)):
+        began = time.perf_counter()
         rows = np.arange(start, min(n, start + group))
         rewards, _, _ = mc_rewards(setup.params, ctx.model_cfg, ctx.tokenizer, ctx.task, select_rows(ep, rows),
                                    positions[rows, None], np.ones(len(rows), np.int32), jax.random.fold_in(rng, g),
                                    scfg, k, -1, cfg.vineppo.chunk_rows, cfg.task.grade_workers)
         out[rows] = rewards[:, 0]
+        if durations is not None:
+            durations.append((len(rows) * k, time.perf_counter() - began))
         bar.update(len(rows))
     bar.close()
     return out
@@ -282,18 +289,21 @@ def distinct_candidates(cand: Episodes, positions: np.ndarray, ends: np.ndarray,
 
 
 def estimators(setup: Setup, acfg: AnalysisConfig, ep: Episodes, positions: np.ndarray, rng: jax.Array,
-               scfg: sampling.SamplingConfig, timer: Timer, label: str) -> dict:
+               scfg: sampling.SamplingConfig, timer: Timer, durations: list, label: str) -> dict:
     """Ground truth and every estimate of the values of the prefixes (ep rows, positions):
-    {"gt": f[N], "critic": f[N] (with a critic), "mc_k{K}": f[N] ...}."""
-    with timer(f"{label}_gt"):
-        gt = rollout_rewards(setup, ep, positions, acfg.gt_rollouts, jax.random.fold_in(rng, 0), scfg, f"{label} gt")
-    with timer(f"{label}_mc"):
-        mc = rollout_rewards(setup, ep, positions, max(acfg.mc_ks), jax.random.fold_in(rng, 1), scfg, f"{label} mc")
-    out = {"gt": gt.mean(axis=1)}
+    {"gt": f[N], "critic": f[N] (with a critic), "mc_k{K}": f[N] ...}.
+
+    One rollout call draws K_gt + max(mc_ks) independent continuations per prefix (distinct
+    sample keys): the first K_gt make the ground truth, MC-K averages the first K of the rest.
+    """
+    k_gt, k_mc = acfg.gt_rollouts, max(acfg.mc_ks)
+    with timer(f"{label}_rollouts"):
+        rewards = rollout_rewards(setup, ep, positions, k_gt + k_mc, rng, scfg, f"{label} rollouts", durations)
+    out = {"gt": rewards[:, :k_gt].mean(axis=1)}
     if setup.critic is not None:
         with timer(f"{label}_critic"):
             out["critic"] = critic_prefix_values(setup, ep.tokens, positions)
-    out |= {f"mc_k{k}": mc[:, :k].mean(axis=1) for k in acfg.mc_ks}
+    out |= {f"mc_k{k}": rewards[:, k_gt : k_gt + k].mean(axis=1) for k in acfg.mc_ks}
     return out
 
 
@@ -320,27 +330,30 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
         ep = sample_episodes(setup.params, ctx.model_cfg, tok, task, problems, scfg, 1, jax.random.fold_in(rng, 0),
                              s.batch_size, desc="episodes")
         rewards = grade_episodes(task, ep, cfg.task.grade_workers)
-    rows, positions, steps = state_prefixes(tok, task, ep, acfg.include_prompt_state)
-    if len(rows) == 0:
+    all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state)
+    if len(all_rows) == 0:
         raise ValueError("no states: every episode has a single step or was rejected by the step splitter")
-    keep = np.sort(np_rng.choice(len(rows), size=min(len(rows), acfg.num_states), replace=False))
-    rows, positions, steps = rows[keep], positions[keep], steps[keep]
+    keep = np.sort(np_rng.choice(len(all_rows), size=min(len(all_rows), acfg.num_states), replace=False))
+    rows, positions, steps = all_rows[keep], all_positions[keep], all_steps[keep]
     states_ep = select_rows(ep, rows)
 
-    values = estimators(setup, acfg, states_ep, positions, jax.random.fold_in(rng, 1), scfg, timer, "values")
+    durations: list = []  # (rollouts, seconds) of each rollout call
+    values = estimators(setup, acfg, states_ep, positions, jax.random.fold_in(rng, 1), scfg, timer, durations,
+                        "values")
     values["constant"] = np.full(len(rows), float(rewards.mean()))
     indices = stats.bootstrap_indices(len(rows), acfg.bootstrap, np_rng)
     value_report = {name: stats.value_metrics(pred, values["gt"], indices, acfg.confidence)
                     for name, pred in values.items() if name != "gt"}
 
-    ranking, ranked = _ranking(setup, acfg, states_ep, positions, rng, scfg, timer, np_rng)
-    gt_rollouts = acfg.gt_rollouts * (len(rows) + sum(len(c["gt"]) for c in ranked))
-    gt_seconds = timer.seconds.get("values_gt", 0.0) + timer.seconds.get("ranking_gt", 0.0)
-    mc_rollouts = max(acfg.mc_ks) * (len(rows) + sum(len(c["gt"]) for c in ranked))
+    ranking, ranked = _ranking(setup, acfg, ep, all_rows, all_positions, rng, scfg, timer, durations, np_rng)
+    rollouts, seconds = (sum(d[i] for d in durations) for i in (0, 1))
+    warm = durations[1:]  # every call after the first (which compiles the decode loop)
+    warm_rollouts, warm_seconds = (sum(d[i] for d in warm) for i in (0, 1))
     cost = {"seconds": {k: round(v, 2) for k, v in timer.seconds.items()},
-            "gt_rollouts": gt_rollouts, "gt_seconds": round(gt_seconds, 2),
-            "gt_rollouts_per_s": gt_rollouts / gt_seconds if gt_seconds > 0 else None,
-            "mc_rollouts": mc_rollouts, "device": str(jax.devices()[0].device_kind), "devices": jax.device_count()}
+            "rollouts": rollouts, "gt_rollouts": acfg.gt_rollouts * (len(rows) + sum(len(c["gt"]) for c in ranked)),
+            "rollout_seconds": round(seconds, 2), "rollouts_per_s": rollouts / seconds if seconds > 0 else None,
+            "rollouts_per_s_after_first_call": warm_rollouts / warm_seconds if warm_seconds > 0 else None,
+            "device": str(jax.devices()[0].device_kind), "devices": jax.device_count()}
     to_list = lambda a: [round(float(x), 6) for x in a]
     return {
         "sources": setup.sources,
@@ -348,7 +361,7 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
                                                 "max_new_tokens": s.max_new_tokens, "task": task.name,
                                                 "eval_split": cfg.task.eval_split},
         "episodes": {"count": len(ep.texts), "mean_reward": float(rewards.mean()),
-                     "finished": float(ep.finished.mean())},
+                     "finished": float(ep.finished.mean()), "states": len(all_rows)},
         "values": {"num_states": len(rows), "gt_mean": float(values["gt"].mean()),
                    "gt_std": float(values["gt"].std()), "estimators": value_report},
         "ranking": ranking,
@@ -359,16 +372,17 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     }
 
 
-def _ranking(setup: Setup, acfg: AnalysisConfig, states_ep: Episodes, positions: np.ndarray, rng: jax.Array,
-             scfg: sampling.SamplingConfig, timer: Timer, np_rng: np.random.Generator) -> tuple[dict, list]:
-    """Ranking metrics and per-state records (candidates, ground-truth and estimated Q)."""
+def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.ndarray, positions: np.ndarray,
+             rng: jax.Array, scfg: sampling.SamplingConfig, timer: Timer, durations: list,
+             np_rng: np.random.Generator) -> tuple[dict, list]:
+    """Ranking metrics and per-state records (candidates, ground-truth and estimated Q) from
+    `ranking_states` states drawn from all states (episode `rows`, prefix `positions`)."""
     ctx = setup.ctx
-    n = len(positions)
-    picked = np.sort(np_rng.choice(n, size=min(n, acfg.ranking_states), replace=False))
+    picked = np.sort(np_rng.choice(len(rows), size=min(len(rows), acfg.ranking_states), replace=False))
     if len(picked) == 0:
         return {"num_states_sampled": 0, "num_states": 0}, []
     with timer("candidates"):
-        ep = select_rows(states_ep, picked)
+        ep = select_rows(episodes, rows[picked])
         pos = positions[picked]
         budgets = np.maximum(scfg.max_new_tokens - (pos - ep.prompt_lens), 1)
         cand_scfg = scfg.replace(temperature=acfg.candidate_temperature)
@@ -386,7 +400,7 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, states_ep: Episodes, positions:
         return summary, []
     q_rows = np.array([m for _, g in kept for m in g])
     q = estimators(setup, acfg, select_rows(cand, q_rows), ends[q_rows], jax.random.fold_in(rng, 3), scfg, timer,
-                   "ranking")
+                   durations, "ranking")
     q["random"] = np_rng.random(len(q_rows))
     bounds = np.cumsum([0] + [len(g) for _, g in kept])
     split = lambda a: [a[bounds[i] : bounds[i + 1]] for i in range(len(kept))]
@@ -400,7 +414,7 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, states_ep: Episodes, positions:
     for r, (i, g) in enumerate(kept):
         prefix_ids = cand.tokens[g[0], cand.prompt_lens[g[0]] : cand_pos[g[0]]].tolist()
         actions = [cand.tokens[m, cand_pos[m] : ends[m]].tolist() for m in g]
-        records.append({"state": int(picked[i]), "prefix": ctx.tokenizer.decode(prefix_ids, skip_special_tokens=True),
+        records.append({"episode": int(rows[picked[i]]), "prefix": ctx.tokenizer.decode(prefix_ids, skip_special_tokens=True),
                         "candidates": [ctx.tokenizer.decode(a, skip_special_tokens=True) for a in actions],
                         "candidate_tokens": actions,
                         **{name: [round(float(x), 6) for x in split(v)[r]] for name, v in q.items()}})
@@ -419,7 +433,6 @@ def summary_line(report: dict) -> str:
         accs = ", ".join(f"{name} {m['pairwise']['value']:.2f}" for name, m in rk["estimators"].items())
         parts.append(f"ranking ({rk['num_states']} states): {accs}")
     c = report["cost"]
-    rate = c["gt_rollouts_per_s"]
-    parts.append(f"{c['gt_rollouts']} gt rollouts in {c['gt_seconds']:.0f} s"
-                 + (f" ({rate:.0f}/s)" if rate else ""))
+    rate = c["rollouts_per_s"]
+    parts.append(f"{c['rollouts']} rollouts in {c['rollout_seconds']:.0f} s" + (f" ({rate:.0f}/s)" if rate else ""))
     return " | ".join(parts)
