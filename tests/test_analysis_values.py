@@ -42,21 +42,23 @@ def test_value_metrics_match_hand_computation():
     assert np.isnan(stats.pearson([0.4] * 4, target))  # a constant predictor has no correlation
 
 
-def test_pairwise_and_top1_count_ties_as_wrong():
+def test_pairwise_counts_ties_as_wrong_and_top1_breaks_ties_at_random():
     target = [0.2, 0.8, 0.8, 0.5]
     # pairs (0,1) (0,2) (0,3) (1,3) ordered right; (1,2) tied in the target; (2,3) tied in the prediction
-    assert stats.pairwise_counts([0.1, 0.9, 0.3, 0.3], target) == (4, 6)
-    assert stats.pairwise_counts([0.5] * 4, target) == (0, 6)
-    assert stats.top1_correct([0.1, 0.9, 0.3, 0.3], target)  # best by prediction is a best by target
-    assert stats.top1_correct([0.0, 0.0, 1.0, 0.0], target)  # the other best (target tie) is right too
-    assert not stats.top1_correct([1.0, 0.0, 0.0, 0.0], target)
-    assert not stats.top1_correct([0.0, 0.9, 0.9, 0.0], target)  # a tie for the predicted best is wrong
+    assert stats.pairwise_counts([0.1, 0.9, 0.3, 0.3], target) == (4, 6, 5)
+    assert stats.pairwise_counts([0.5] * 4, target) == (0, 6, 5)
+    assert stats.top1_accuracy([0.1, 0.9, 0.3, 0.3], target) == 1.0  # best by prediction is a best by target
+    assert stats.top1_accuracy([0.0, 0.0, 1.0, 0.0], target) == 1.0  # the other best (target tie) is right too
+    assert stats.top1_accuracy([1.0, 0.0, 0.0, 0.0], target) == 0.0
+    assert stats.top1_accuracy([0.9, 0.9, 0.0, 0.0], target) == 0.5  # a tie for the predicted best: a coin flip
+    assert stats.top1_accuracy([0.0] * 4, target) == 0.5  # no preference: 2 of 4 candidates are best
 
     preds = [[0.1, 0.9, 0.3, 0.3], [1.0, 2.0, 3.0]]
-    targets = [target, [0.0, 1.0, 0.5]]  # second state: only (0,1) and (0,2) right -> 2 of 3
+    targets = [target, [0.0, 1.0, 0.5]]  # second state: only (0,1) and (0,2) right -> 2 of 3, none tied
     indices = stats.bootstrap_indices(2, 50, np.random.default_rng(0))
     m = stats.ranking_metrics(preds, targets, indices)
     assert m["pairwise"]["value"] == pytest.approx(6 / 9)  # pooled over pairs, not averaged per state
+    assert m["pairwise_untied"]["value"] == pytest.approx(6 / 8)
     assert m["top1"]["value"] == pytest.approx(0.5)
     c = stats.ranking_ceilings(targets)
     assert c["untied_pairs"] == pytest.approx(8 / 9)
@@ -311,6 +313,8 @@ def test_restore_critic_returns_the_checkpointed_critic(tiny_ppo_run):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="not both"):
         vp.load_setup(run, ppo_run=run, config=run)
+    with pytest.raises(ValueError, match="holds no run config"):
+        vp.load_setup(os.path.join(run, "hf"))
     with pytest.raises(FileNotFoundError, match="neither a run dir"):
         vp.policy_folder(os.path.join(run, "checkpoints"))
 

@@ -35,25 +35,27 @@ def ranking_bars(report: dict, path: str) -> str:
     """Pairwise and top-1 ranking accuracy per estimator with their confidence intervals, and the
     chance and ceiling levels the ground-truth ties allow."""
     rk = report["ranking"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     estimators = rk.get("estimators", {})
     names = list(estimators)
     x = np.arange(len(names))
-    for offset, metric in ((-0.2, "pairwise"), (0.2, "top1")):
+    metrics = ("pairwise", "pairwise_untied", "top1")
+    for i, metric in enumerate(metrics):
         vals = np.array([estimators[n][metric]["value"] for n in names], float)
         cis = np.array([estimators[n][metric]["ci"] for n in names], float).reshape(-1, 2)
-        err = np.abs(np.stack([vals - cis[:, 0], cis[:, 1] - vals])) if len(names) else None
-        ax.bar(x + offset, vals, width=0.4, yerr=err, capsize=3, label=metric)
+        err = np.nan_to_num(np.abs(np.stack([vals - cis[:, 0], cis[:, 1] - vals]))) if len(names) else None
+        ax.bar(x + (i - 1) * 0.27, vals, width=0.27, yerr=err, capsize=3, label=metric, color=f"C{i}")
     if "ceilings" in rk:
         c = rk["ceilings"]
         ax.axhline(c["chance_pairwise"], color="C0", ls=":", lw=1, label="pairwise chance")
         ax.axhline(c["untied_pairs"], color="C0", ls="--", lw=1, label="pairwise ceiling (gt ties)")
-        ax.axhline(c["chance_top1"], color="C1", ls=":", lw=1, label="top-1 chance")
+        ax.axhline(0.5, color="C1", ls=":", lw=1, label="untied-pair chance")
+        ax.axhline(c["chance_top1"], color="C2", ls=":", lw=1, label="top-1 chance")
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"ranking of next steps ({rk.get('num_states', 0)} states, ties count wrong)")
-    ax.legend(fontsize=8)
+    ax.set_title(f"ranking of next steps ({rk.get('num_states', 0)} states; pairwise: ties count wrong)")
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -4,8 +4,10 @@ Value estimates are compared with ground-truth values per state (MAE, MSE, Pears
 rankings are compared per state: over all pairs of a state's candidate actions, a prediction is
 right when it orders the pair strictly the same way as the ground truth,
 `(gt_i - gt_j) * (pred_i - pred_j) > 0`, so a tie on either side counts wrong (the official
-`ActionRankingAnalyzer` rule; chance is at most 50%). Top-1: the prediction's best candidate is
-unique and has the highest ground-truth value (ground-truth ties at the top are all right).
+`ActionRankingAnalyzer` rule; chance is at most 50%, and pairs the ground truth ties are wrong for
+every predictor). The same count over the untied ground-truth pairs only is reported beside it.
+Top-1: the probability that the predicted best candidate, ties broken uniformly at random, is a
+best candidate by the ground truth (ground-truth ties at the top are all right).
 
 Confidence intervals are percentile bootstrap intervals over resampled units (states): every
 statistic is recomputed on `num_resamples` resamples with replacement, and the interval is the
@@ -37,20 +39,20 @@ def pearson(pred, target) -> float:
     return float(np.sum(x * y) / denom) if denom > 0 else float("nan")
 
 
-def pairwise_counts(pred, target) -> tuple[int, int]:
-    """(pairs ordered strictly like the target, number of pairs) over one state's candidates
-    pred f[C], target f[C]. Ties on either side count as wrong."""
+def pairwise_counts(pred, target) -> tuple[int, int, int]:
+    """(pairs ordered strictly like the target, number of pairs, pairs the target does not tie)
+    over one state's candidates pred f[C], target f[C]. Ties on either side count as wrong."""
     p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     i, j = np.triu_indices(len(p), k=1)
-    return int(np.sum((t[i] - t[j]) * (p[i] - p[j]) > 0)), len(i)
+    return int(np.sum((t[i] - t[j]) * (p[i] - p[j]) > 0)), len(i), int(np.sum(t[i] != t[j]))
 
 
-def top1_correct(pred, target) -> bool:
-    """Whether the predicted best of one state's candidates (pred f[C]) is unique and is a best
-    candidate by the target f[C]."""
+def top1_accuracy(pred, target) -> float:
+    """Probability that the predicted best of one state's candidates (pred f[C]; ties broken
+    uniformly at random) is a best candidate by the target f[C]."""
     p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    best = np.flatnonzero(p == p.max())
-    return len(best) == 1 and t[best[0]] == t.max()
+    best = p == p.max()
+    return float(np.mean(t[best] == t.max()))
 
 
 def bootstrap_indices(num_units: int, num_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,20 +98,23 @@ def value_metrics(pred, target, indices: np.ndarray, confidence: float = 0.95) -
 
 
 def ranking_metrics(preds: Sequence, targets: Sequence, indices: np.ndarray, confidence: float = 0.95) -> dict:
-    """Pairwise accuracy (correct pairs / pairs, pooled over states) and top-1 accuracy (mean over
-    states) of per-state candidate predictions `preds[s]` f[C_s] against `targets[s]` f[C_s],
-    with bootstrap intervals over the state resamples `indices` int[R, S]."""
-    counts = np.array([pairwise_counts(p, t) for p, t in zip(preds, targets)], np.float64).reshape(-1, 2)
-    top1 = np.array([top1_correct(p, t) for p, t in zip(preds, targets)], np.float64)
-    pairwise = lambda idx: counts[idx, 0].sum() / counts[idx, 1].sum()
-    return {"pairwise": estimate(pairwise, indices, confidence),
+    """Pairwise accuracy (correct pairs / pairs, pooled over states), the same over the pairs the
+    target does not tie (`pairwise_untied`) and top-1 accuracy (mean over states) of per-state
+    candidate predictions `preds[s]` f[C_s] against `targets[s]` f[C_s], with bootstrap intervals
+    over the state resamples `indices` int[R, S]."""
+    counts = np.array([pairwise_counts(p, t) for p, t in zip(preds, targets)], np.float64).reshape(-1, 3)
+    top1 = np.array([top1_accuracy(p, t) for p, t in zip(preds, targets)], np.float64)
+    ratio = lambda num, den: num / den if den > 0 else float("nan")
+    return {"pairwise": estimate(lambda idx: ratio(counts[idx, 0].sum(), counts[idx, 1].sum()), indices, confidence),
+            "pairwise_untied": estimate(lambda idx: ratio(counts[idx, 0].sum(), counts[idx, 2].sum()), indices,
+                                        confidence),
             "top1": estimate(lambda idx: top1[idx].mean(), indices, confidence)}
 
 
 def ranking_ceilings(targets: Sequence) -> dict:
     """What ties in the target allow: `untied_pairs` (the best possible pairwise accuracy),
-    `chance_pairwise` (a random strict ordering: half the untied pairs) and `chance_top1` (a
-    random pick: mean fraction of candidates that are best)."""
+    `chance_pairwise` (a random strict ordering: half the untied pairs; 0.5 on untied pairs) and
+    `chance_top1` (a random pick: mean fraction of candidates that are best)."""
     untied, pairs, top = 0, 0, []
     for t in targets:
         t = np.asarray(t, np.float64)

@@ -149,6 +149,8 @@ def load_setup(policy: str, ppo_run: Optional[str] = None, config: Optional[str]
     if ppo_run and config:
         raise ValueError("give either ppo_run (its config.json is used) or config, not both")
     folder = policy_folder(policy)
+    if not (ppo_run or config) and os.path.abspath(folder) == os.path.abspath(policy):
+        raise ValueError(f"policy {policy!r} is an HF folder, which holds no run config: give config or ppo_run")
     config_source = ppo_run or config or policy
     cfg = read_run_config(config_source)
     cfg.model.hf_path, cfg.model.init_from, cfg.model.tokenizer_path = folder, "", ""
@@ -430,8 +432,10 @@ def summary_line(report: dict) -> str:
         parts.append(f"{name} MAE {m['mae']['value']:.3f} r {'-' if r is None else f'{r:.2f}'}")
     rk = report["ranking"]
     if rk.get("estimators"):
-        accs = ", ".join(f"{name} {m['pairwise']['value']:.2f}" for name, m in rk["estimators"].items())
-        parts.append(f"ranking ({rk['num_states']} states): {accs}")
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"
+        accs = ", ".join(f"{name} {fmt(m['pairwise']['value'])} ({fmt(m['pairwise_untied']['value'])})"
+                         for name, m in rk["estimators"].items())
+        parts.append(f"pairwise ranking (untied pairs) over {rk['num_states']} states: {accs}")
     c = report["cost"]
     rate = c["rollouts_per_s"]
     parts.append(f"{c['rollouts']} rollouts in {c['rollout_seconds']:.0f} s" + (f" ({rate:.0f}/s)" if rate else ""))
