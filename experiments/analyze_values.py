@@ -14,7 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vinejax.analysis import plots  # noqa: E402
-from vinejax.analysis.value_prediction import AnalysisConfig, analyze, load_setup, summary_line  # noqa: E402
+from vinejax.analysis.setup import load_setup  # noqa: E402
+from vinejax.analysis.value_prediction import AnalysisConfig, analyze, summary_line  # noqa: E402
 
 DEFAULTS = AnalysisConfig()
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from vinejax import sampling, sharding
-from vinejax.analysis import stats
+from vinejax.analysis import candidates, stats
+from vinejax.analysis import setup as analysis_setup
 from vinejax.analysis import value_prediction as vp
 from vinejax.checkpoint import Checkpointer
-from vinejax.config import base_config, to_dict
+from vinejax.config import ConfigError, base_config, from_dict, paper_config, to_dict
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.model.hf import save_hf_model
@@ -96,6 +97,14 @@ def test_estimate_reports_undefined_values_as_none():
     assert lo <= m["mae"]["value"] <= hi
 
 
+def test_run_config_round_trips_through_json():
+    cfg = paper_config("rho1b", "gsm8k", "ppo")
+    back = from_dict(json.loads(json.dumps(to_dict(cfg))))
+    assert to_dict(back) == to_dict(cfg) and isinstance(back.mesh.shape, tuple)
+    with pytest.raises(ConfigError, match="'ppo.clip_epsilon'"):
+        from_dict({"ppo": {"clip_epsilon": 0.2}})
+
+
 # ----------------------------------------------------------------------------- a toy task
 
 
@@ -119,7 +128,7 @@ def numpy_params(cfg: ModelConfig, seed: int, std: float) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
-def toy_setup(std: float = 0.1) -> vp.Setup:
+def toy_setup(std: float = 0.1) -> analysis_setup.Setup:
     """A tiny random model over the vocabulary {pad, bos, eos, unk, a, b, newline}, no stop strings,
     rewarding responses with an odd number of 'a'."""
     tok = build_char_tokenizer("ab\n")
@@ -136,7 +145,7 @@ def toy_setup(std: float = 0.1) -> vp.Setup:
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
     ctx = RunContext(cfg, mesh, task, tok, model_cfg, shardings)
     params = ctx.put_params(numpy_params(model_cfg, 4, std))
-    return vp.Setup(ctx, params)
+    return analysis_setup.Setup(ctx, params)
 
 
 def toy_episodes(tok, responses: list[str], prompt: str = "a") -> Episodes:
@@ -154,7 +163,7 @@ def toy_episodes(tok, responses: list[str], prompt: str = "a") -> Episodes:
                     problems=[Problem(prompt, "", "")] * n, problem_index=np.arange(n, dtype=np.int32))
 
 
-def exact_values(setup: vp.Setup, prefixes: list[list[int]], prompt_len: int, max_new: int,
+def exact_values(setup: analysis_setup.Setup, prefixes: list[list[int]], prompt_len: int, max_new: int,
                  temperature: float) -> list[float]:
     """E[reward] of each prefix over every continuation within the remaining budget
     (max_new - response tokens of the prefix), enumerated: a continuation ends at EOS (graded on its
@@ -218,7 +227,8 @@ def test_candidate_actions_are_the_next_step_of_each_continuation():
     plen = int(ep.prompt_lens[0])
     positions = np.array([plen + len("12+7=19\n19*3=57"), plen + len("12+7=19")])
     conts = [["\n57-5=52\n#### 52\n\n", "\n57-5=51\n#### 51\n\n", "\n57-5=52\n#### 52\n\n"],  # final step, a repeat
-             ["\n19*3=57\n57-5=52\n#### 52\n\n", "5\n#### 5\n\n", "\n19*3=47\n47-5=4"]]  # "5..." extends the state's step
+             # "5..." extends the state's own step: no boundary at the state, no candidate
+             ["\n19*3=57\n57-5=52\n#### 52\n\n", "5\n#### 5\n\n", "\n19*3=47\n47-5=4"]]
     width = 28
     tokens = np.zeros((2, 1, 3, width), np.int32)
     lengths = np.zeros((2, 1, 3), np.int32)
@@ -228,25 +238,25 @@ def test_candidate_actions_are_the_next_step_of_each_continuation():
         tokens[i, 0, j, : len(ids)], lengths[i, 0, j] = ids, len(ids)
     finish[1, 0, 2] = sampling.FINISH_LENGTH
     out = sampling.ContinuationOutput(tokens, np.zeros(tokens.shape, np.float32), lengths, finish, {})
-    cand = vp.continuation_episodes(tok, task, ep, positions, out)
+    cand = candidates.continuation_episodes(tok, task, ep, positions, out)
     assert cand.texts[0] == "12+7=19\n19*3=57\n57-5=52\n#### 52"  # stop string removed
     cand_pos = np.repeat(positions, 3)
-    ends = vp.next_step_ends(tok, task, cand, cand_pos, max_new_tokens=64)
+    ends = candidates.next_step_ends(tok, task, cand, cand_pos, max_new_tokens=64)
     actions = [tok.decode(cand.tokens[m, cand_pos[m] : ends[m]].tolist()) if ends[m] >= 0 else None for m in range(6)]
     assert actions == ["\n57-5=52\n#### 52", "\n57-5=51\n#### 51", "\n57-5=52\n#### 52",
                        "\n19*3=57", None, "\n19*3=47"]
-    assert vp.distinct_candidates(cand, cand_pos, ends, 3) == [[0, 1], [3, 5]]
+    assert candidates.distinct_candidates(cand, cand_pos, ends, 3) == [[0, 1], [3, 5]]
     # an action needs one token of budget left after it
     used = len("12+7=19\n19*3=57")  # response tokens of state 1 plus its action
-    assert list(vp.next_step_ends(tok, task, cand, cand_pos, used + 1)) == [-1, -1, -1, ends[3], -1, ends[5]]
-    assert list(vp.next_step_ends(tok, task, cand, cand_pos, used)) == [-1] * 6
+    assert list(candidates.next_step_ends(tok, task, cand, cand_pos, used + 1)) == [-1, -1, -1, ends[3], -1, ends[5]]
+    assert list(candidates.next_step_ends(tok, task, cand, cand_pos, used)) == [-1] * 6
 
 
 def test_critic_value_is_read_after_the_last_prefix_token():
     setup = toy_setup()
     cfg = setup.ctx.model_cfg.replace(value_head=True)
     critic = numpy_params(cfg, 7, 0.1)
-    setup = vp.Setup(dataclasses.replace(setup.ctx, critic_cfg=cfg), setup.params, critic)
+    setup = analysis_setup.Setup(dataclasses.replace(setup.ctx, critic_cfg=cfg), setup.params, critic)
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, 7, size=(5, 9)).astype(np.int32)  # tokens after each prefix are junk
     positions = np.array([1, 3, 5, 8, 9])
@@ -305,18 +315,18 @@ def tiny_ppo_run(tmp_path_factory):
 
 def test_restore_critic_returns_the_checkpointed_critic(tiny_ppo_run):
     run, saved = tiny_ppo_run
-    setup = vp.load_setup(run, ppo_run=run)
+    setup = analysis_setup.load_setup(run, ppo_run=run)
     assert setup.sources["critic_step"] == 2
     restored = jax.device_get(setup.critic)
     assert jax.tree.structure(restored) == jax.tree.structure(saved)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="not both"):
-        vp.load_setup(run, ppo_run=run, config=run)
+        analysis_setup.load_setup(run, ppo_run=run, config=run)
     with pytest.raises(ValueError, match="holds no run config"):
-        vp.load_setup(os.path.join(run, "hf"))
+        analysis_setup.load_setup(os.path.join(run, "hf"))
     with pytest.raises(FileNotFoundError, match="neither a run dir"):
-        vp.policy_folder(os.path.join(run, "checkpoints"))
+        analysis_setup.policy_folder(os.path.join(run, "checkpoints"))
 
 
 def test_script_end_to_end_writes_report_and_figures(tiny_ppo_run, tmp_path, capsys, monkeypatch):

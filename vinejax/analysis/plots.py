@@ -35,7 +35,7 @@ def ranking_bars(report: dict, path: str) -> str:
     """Pairwise and top-1 ranking accuracy per estimator with their confidence intervals, and the
     chance and ceiling levels the ground-truth ties allow."""
     rk = report["ranking"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     estimators = rk.get("estimators", {})
     names = list(estimators)
     x = np.arange(len(names))
@@ -52,10 +52,10 @@ def ranking_bars(report: dict, path: str) -> str:
         ax.axhline(0.5, color="C1", ls=":", lw=1, label="untied-pair chance")
         ax.axhline(c["chance_top1"], color="C2", ls=":", lw=1, label="top-1 chance")
     ax.set_xticks(x, names)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
     ax.set_title(f"ranking of next steps ({rk.get('num_states', 0)} states; pairwise: ties count wrong)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

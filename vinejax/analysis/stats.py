@@ -123,4 +123,5 @@ def ranking_ceilings(targets: Sequence) -> dict:
         pairs += len(i)
         top.append(np.mean(t == t.max()))
     frac = untied / pairs if pairs else float("nan")
-    return {"untied_pairs": frac, "chance_pairwise": frac / 2, "chance_top1": float(np.mean(top)) if top else float("nan")}
+    chance_top1 = float(np.mean(top)) if top else float("nan")
+    return {"untied_pairs": frac, "chance_pairwise": frac / 2, "chance_top1": chance_top1}

@@ -30,23 +30,18 @@ Official counterparts: `treetune/analyzers/valnet_prediction_analyzer.py`,
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
 
 from vinejax import sampling
 from vinejax.analysis import stats
-from vinejax.checkpoint import Checkpointer
-from vinejax.config import from_dict
+from vinejax.analysis.candidates import continuation_episodes, distinct_candidates, next_step_ends
+from vinejax.analysis.setup import Setup
 from vinejax.train import encode
-from vinejax.train.context import RunContext, build_context, hf_folder_of_run
-from vinejax.train.episodes import (Episodes, episode_steps, grade_episodes, response_texts, sample_episodes,
-                                    sampling_config, strip_eos, token_offsets)
-from vinejax.train.iteration import init_state
+from vinejax.train.episodes import Episodes, episode_steps, grade_episodes, sample_episodes, sampling_config
 from vinejax.train.metrics import Timer, progress
 from vinejax.train.stage import fitting_problems, held_out_problems
 from vinejax.train.values import critic_token_values, mc_rewards
@@ -89,81 +84,6 @@ class AnalysisConfig:
         object.__setattr__(self, "mc_ks", tuple(sorted({int(k) for k in self.mc_ks})))
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """The analysed policy, its run context (task, tokenizer, mesh) and optionally a PPO critic."""
-
-    ctx: RunContext
-    params: Any
-    critic: Any = None
-    sources: dict = dataclasses.field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def policy_folder(path: str) -> str:
-    """The HF folder of a policy given as a run dir (its exported `hf/`) or as an HF folder."""
-    if os.path.isdir(hf_folder_of_run(path)):
-        return hf_folder_of_run(path)
-    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
-        return path
-    raise FileNotFoundError(f"policy {path!r} is neither a run dir with an exported hf/ folder nor an HF folder")
-
-
-def read_run_config(path: str):
-    """A run's config (ConfigDict) from its config.json, given the file or the run dir."""
-    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no run config at {file}")
-    with open(file) as f:
-        return from_dict(json.load(f))
-
-
-def restore_critic(ctx: RunContext, params, run_dir: str, step: Optional[int] = None) -> tuple[Any, int]:
-    """The critic params of a PPO run's checkpoint `step` (default: the newest) and that step.
-
-    The checkpoint is restored into `iteration.init_state(ctx, params)`, which gives the shapes,
-    dtypes and shardings (ctx must be built from the PPO run's config).
-    """
-    directory = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints folder in PPO run {run_dir}")
-    if ctx.critic_cfg is None:
-        raise ValueError(f"run {run_dir} is not a PPO run (algo {ctx.cfg.algo!r}): it has no critic")
-    ckpt = Checkpointer(directory, keep=10**6)  # keep: never prune someone else's checkpoints
-    try:
-        step = ckpt.latest_step() if step is None else int(step)
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        state, _ = ckpt.restore(step, init_state(ctx, params))
-    finally:
-        ckpt.close()
-    return state.critic, step
-
-
-def load_setup(policy: str, ppo_run: Optional[str] = None, config: Optional[str] = None,
-               critic_step: Optional[int] = None) -> Setup:
-    """Policy (run dir or HF folder), run config (the PPO run's, else `config`, else the policy
-    run's config.json) and, with `ppo_run`, the critic of its checkpoint `critic_step`."""
-    if ppo_run and config:
-        raise ValueError("give either ppo_run (its config.json is used) or config, not both")
-    folder = policy_folder(policy)
-    if not (ppo_run or config) and os.path.abspath(folder) == os.path.abspath(policy):
-        raise ValueError(f"policy {policy!r} is an HF folder, which holds no run config: give config or ppo_run")
-    config_source = ppo_run or config or policy
-    cfg = read_run_config(config_source)
-    cfg.model.hf_path, cfg.model.init_from, cfg.model.tokenizer_path = folder, "", ""
-    ctx, params, _ = build_context(cfg)
-    sources = {"policy": os.path.abspath(folder), "config": os.path.abspath(config_source)}
-    critic = None
-    if ppo_run:
-        with ctx.mesh_context():
-            critic, step = restore_critic(ctx, params, ppo_run, critic_step)
-        sources |= {"ppo_run": os.path.abspath(ppo_run), "critic_step": step}
-    return Setup(ctx, params, critic, sources)
-
-
 # ----------------------------------------------------------------------------- building blocks
 
 
@@ -177,7 +97,8 @@ def select_rows(ep: Episodes, rows) -> Episodes:
     return Episodes(**fields)
 
 
-def state_prefixes(tokenizer, task, ep: Episodes, include_prompt_state: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def state_prefixes(tokenizer, task, ep: Episodes,
+                   include_prompt_state: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every non-terminal step-boundary state of every episode: (episode row int[N], prefix
     length int[N], steps in the prefix int[N]). Episodes the splitter rejects have none."""
     step_starts, num_steps = episode_steps(tokenizer, task.split_steps, ep)
@@ -220,71 +141,6 @@ def critic_prefix_values(setup: Setup, tokens: np.ndarray, positions: np.ndarray
     rows = encode.pad_rows(tokens, width, encode.pad_token_id(ctx.tokenizer))  # tokens past a prefix do not matter
     values = critic_token_values(ctx.mesh, setup.critic, ctx.critic_cfg, rows, ctx.cfg.sampling.batch_size)
     return values[np.arange(len(positions)), positions]
-
-
-def text_end_column(tokenizer, ep: Episodes, row: int) -> int:
-    """Column after the last token holding a character of the response text (a trailing stop
-    string and EOS excluded)."""
-    ids = strip_eos(tokenizer, ep.response_ids(row))
-    full = tokenizer.decode(ids, skip_special_tokens=True)
-    offsets = token_offsets(tokenizer, ids, full) if ids else []
-    return int(ep.prompt_lens[row]) + sum(1 for start, _ in offsets if start < len(ep.texts[row]))
-
-
-def continuation_episodes(tokenizer, task, ep: Episodes, positions: np.ndarray, out) -> Episodes:
-    """Episodes of N × K rows (state-major): each state's prefix followed by one continuation of
-    `out` (a `ContinuationOutput` with one state slot per row)."""
-    n, k = out.lengths.shape[0], out.lengths.shape[2]
-    rows, texts_ids, finish = [], [], []
-    for i in range(n):
-        prefix = ep.tokens[i, : positions[i]].tolist()
-        for j in range(k):
-            cont = out.tokens[i, 0, j, : out.lengths[i, 0, j]].tolist()
-            rows.append(prefix + cont)
-            texts_ids.append(strip_eos(tokenizer, rows[-1][ep.prompt_lens[i]:]))
-            finish.append(out.finish_reason[i, 0, j])
-    src = np.repeat(np.arange(n), k)
-    width = max(len(r) for r in rows)
-    tokens = encode.pad_rows(rows, width, encode.pad_token_id(tokenizer))
-    return Episodes(tokens=tokens, logprobs=np.zeros(tokens.shape, np.float32), prompt_lens=ep.prompt_lens[src],
-                    total_lens=np.array([len(r) for r in rows], np.int32), finish_reason=np.array(finish, np.int32),
-                    texts=response_texts(tokenizer, task.stop_strings, texts_ids),
-                    problems=[ep.problems[i] for i in src], problem_index=ep.problem_index[src])
-
-
-def next_step_ends(tokenizer, task, cand: Episodes, positions: np.ndarray, max_new_tokens: int) -> np.ndarray:
-    """int[M] end column of the step that follows the state in each continuation row of `cand`
-    (the state is `cand.tokens[m, :positions[m]]`), or -1 when there is none: the splitter
-    rejects the text, the state is not a step boundary of it, the step is empty, or no token
-    budget is left after it. The final step ends where the text ends."""
-    step_starts, num_steps = episode_steps(tokenizer, task.split_steps, cand)
-    ends = np.full(len(positions), -1, np.int64)
-    for m, pos in enumerate(positions):
-        starts = step_starts[m, : num_steps[m]].tolist()
-        if pos not in starts:
-            continue
-        i = starts.index(pos)
-        end = starts[i + 1] if i + 1 < len(starts) else text_end_column(tokenizer, cand, m)
-        if end > pos and max_new_tokens - (end - cand.prompt_lens[m]) >= 1:
-            ends[m] = end
-    return ends
-
-
-def distinct_candidates(cand: Episodes, positions: np.ndarray, ends: np.ndarray, per_state: int) -> list[list[int]]:
-    """For each state (rows s·K .. s·K+K-1 of `cand`), the rows of its distinct candidate actions
-    (by tokens, first occurrence kept)."""
-    out = []
-    for s in range(len(positions) // per_state):
-        seen, rows = set(), []
-        for m in range(s * per_state, (s + 1) * per_state):
-            if ends[m] < 0:
-                continue
-            key = tuple(cand.tokens[m, positions[m] : ends[m]].tolist())
-            if key not in seen:
-                seen.add(key)
-                rows.append(m)
-        out.append(rows)
-    return out
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -416,7 +272,8 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.nd
     for r, (i, g) in enumerate(kept):
         prefix_ids = cand.tokens[g[0], cand.prompt_lens[g[0]] : cand_pos[g[0]]].tolist()
         actions = [cand.tokens[m, cand_pos[m] : ends[m]].tolist() for m in g]
-        records.append({"episode": int(rows[picked[i]]), "prefix": ctx.tokenizer.decode(prefix_ids, skip_special_tokens=True),
+        records.append({"episode": int(rows[picked[i]]),
+                        "prefix": ctx.tokenizer.decode(prefix_ids, skip_special_tokens=True),
                         "candidates": [ctx.tokenizer.decode(a, skip_special_tokens=True) for a in actions],
                         "candidate_tokens": actions,
                         **{name: [round(float(x), 6) for x in split(v)[r]] for name, v in q.items()}})
