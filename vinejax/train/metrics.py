@@ -61,6 +61,23 @@ class MetricsWriter:
             f.writelines(lines)
 
 
+    def num_records(self) -> int:
+        """How many lines the file holds (0 when disabled or absent)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return 0
+        with open(self.path) as f:
+            return sum(1 for line in f if line.strip())
+
+    def keep_first(self, count: int) -> None:
+        """Keep only the first `count` lines (a resumed run rewrites the later ones)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        with open(self.path) as f:
+            lines = [l for l in f if l.strip()][:count]
+        with open(self.path, "w") as f:
+            f.writelines(lines)
+
+
 def read_metrics(path: str) -> list[dict]:
     """All records of a metrics.jsonl file."""
     with open(path) as f:
