@@ -127,7 +127,8 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
             metrics = {k: float(v) for k, v in jax.device_get(m).items()} | clock()
             if at_eval:
                 last, evaluated_at = evaluated(), step
-            writer.write(step, metrics | (last if at_eval else {}))
+                metrics |= last
+            writer.write(step, metrics)
             log(summary_line(step, metrics, SUMMARY_KEYS))
         if at_eval or step % max(t.checkpoint_every, 1) == 0:
             meta = {"step": step, "evaluated_at": evaluated_at, "elapsed": time.time() - started}

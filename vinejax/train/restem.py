@@ -138,8 +138,8 @@ def run_restem(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
         problems = iteration_problems(train_problems, cfg.seed, it, cfg.sampling.problems_per_iteration)
         state, over_budget = restem_iteration(ctx, sft_params, state, prog, problems, select_problems,
                                               jax.random.fold_in(rng, it), writer, checkpoint, clock)
-    if over_budget:
-        log(f"time budget of {t.time_budget_minutes} min reached in iteration {prog.iteration}")
+    if prog.iteration < t.iterations:
+        log(f"time budget of {t.time_budget_minutes} min reached in iteration {prog.iteration} (step {prog.step})")
     last: dict = {}
     if t.eval_every > 0:
         last = evaluate(ctx, state.policy, eval_problems, jax.random.fold_in(rng, 10**6 + prog.iteration))
