@@ -141,19 +141,20 @@ def numbers(records):
     return [{k: v for k, v in r.items() if not k.startswith("time")} for r in records]
 
 
-def run_killed_then_resumed(cfg, monkeypatch, kill_when):
-    """Run `cfg`, raising after the first checkpoint whose meta satisfies `kill_when`; then resume."""
+def run_killed_then_resumed(cfg, monkeypatch, *kill_whens):
+    """Run `cfg`, killed after the first checkpoint whose meta satisfies `kill_whens[0]`; resume it,
+    killed at the next predicate's checkpoint, and so on; then resume it to the end."""
     real_save = Checkpointer.save
+    for kill_when in kill_whens:
+        def save_then_die(self, step, state, meta, wait=True, kill_when=kill_when):
+            real_save(self, step, state, meta, wait)
+            if kill_when(meta):
+                raise KeyboardInterrupt(f"simulated kill after saving {meta}")
 
-    def save_then_die(self, step, state, meta, wait=True):
-        real_save(self, step, state, meta, wait)
-        if kill_when(meta):
-            raise KeyboardInterrupt(f"simulated kill after saving {meta}")
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(cfg)
-    assert not os.path.exists(os.path.join(cfg.output_dir, "hf"))
+        monkeypatch.setattr(Checkpointer, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(cfg)
+        assert not os.path.exists(os.path.join(cfg.output_dir, "hf"))
     monkeypatch.setattr(Checkpointer, "save", real_save)
     loop.run(cfg)
 
@@ -191,7 +192,8 @@ def test_restem_learns_selects_and_resumes_exactly(tmp_path, monkeypatch):
     assert moved > 1e-4
 
     resumed = baseline_config(tmp_path / "b", "restem", **{"restem.early_stop": "best"})
-    run_killed_then_resumed(resumed, monkeypatch, lambda m: m["phase"] == "train" and m["step"] == 2)
+    run_killed_then_resumed(resumed, monkeypatch, lambda m: m["phase"] == "sample" and m["iteration"] == 1,  # between
+                            lambda m: m["phase"] == "train" and m["step"] == 2)  # mid-iteration 1, after a candidate
     for a, b in zip(jax.tree.leaves(exported_params(straight)), jax.tree.leaves(exported_params(resumed))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert numbers(read_metrics(resumed)) == numbers(records)
