@@ -101,7 +101,8 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
         writer.write(0, metrics)
         log(summary_line(0, metrics, SUMMARY_KEYS))
         ckpt.save(0, (params, opt_state), {"step": 0, "evaluated_at": 0, "elapsed": time.time() - started})
-    arrays = load_arrays(data_file)
+    else:  # resumed: the round this run saved
+        arrays = load_arrays(data_file)
     pairs, ref, rows = arrays["pairs"], arrays["ref_sums"], TokenRows.from_arrays(arrays, "rows_")
     per_epoch = len(pairs) // d.batch_size  # drop_last
     total = d.epochs * per_epoch

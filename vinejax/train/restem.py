@@ -166,8 +166,8 @@ def restem_iteration(ctx: RunContext, sft_params, state: RestemState, prog: Prog
         if prog.phase == "sample":
             with timer("sample"):
                 ep, rewards, metrics = sample_and_grade(ctx, state.policy, problems, rng)
-            rows, kept_metrics = finetuning_set(ep, rewards, r.max_per_problem, r.reward_threshold)
-            save_arrays(data_path(cfg.output_dir, it), rows.arrays(""))
+            data, kept_metrics = finetuning_set(ep, rewards, r.max_per_problem, r.reward_threshold)
+            save_arrays(data_path(cfg.output_dir, it), data.arrays(""))
             metrics |= kept_metrics
             if prog.sft_accuracy is None:
                 prog.sft_accuracy = selection_accuracy(ctx, sft_params, select_problems)["select/accuracy"]
@@ -178,7 +178,8 @@ def restem_iteration(ctx: RunContext, sft_params, state: RestemState, prog: Prog
             metrics |= {"select/step": 0, "select/accuracy": prog.sft_accuracy, "select/chosen": 1.0}
             writer.write(it, metrics | timer.as_metrics() | clock())
             log(summary_line(it, metrics, SUMMARY_KEYS))
-        data = TokenRows.from_arrays(load_arrays(data_path(cfg.output_dir, it)), "")
+        else:  # resumed while fine-tuning: the set this iteration saved
+            data = TokenRows.from_arrays(load_arrays(data_path(cfg.output_dir, it)), "")
         per_epoch = len(data) // r.batch_size  # drop_last
         total = r.epochs * per_epoch
         optimizer = update.stage_optimizer(cfg.optim, max(r.epochs * len(data) // r.batch_size, 1))
