@@ -89,3 +89,38 @@ def test_cli_missing_model_folder_names_the_path(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0
     assert str(missing) in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("algo,key,value,message", [
+    ("restem", "restem.micro_batch", 24, "restem.micro_batch"),  # does not divide 64
+    ("restem", "restem.max_per_problem", 0, "restem.max_per_problem"),
+    ("restem", "restem.early_stop", "last", "restem.early_stop"),
+    ("restem", "restem.eval_every_steps", -1, "restem.eval_every_steps"),
+    ("restem", "sampling.problems_per_iteration", -1, "sampling.problems_per_iteration"),
+    ("dpo_positive", "dpo.beta", 0.0, "dpo.beta"),
+    ("dpo_positive", "dpo.micro_batch", 5, "dpo.micro_batch"),
+    ("dpo_positive", "dpo.max_pairs_per_problem", -2, "dpo.max_pairs_per_problem"),
+    ("dpo_positive", "dpo.label_smoothing", 0.5, "dpo.label_smoothing"),
+    ("dpo_positive", "sampling.samples_per_problem", 1, "sampling.samples_per_problem"),
+    ("dpo_positive", "train.iterations", 2, "train.iterations"),
+    ("vineppo", "sampling.problems_per_iteration", 0, "sampling.problems_per_iteration"),  # 0 = all: baselines only
+])
+def test_baseline_values_name_the_key(algo, key, value, message):
+    cfg = base_config()
+    cfg.algo = algo
+    cfg.train.iterations = 1
+    section, _, name = key.rpartition(".")
+    (cfg[section] if section else cfg)[name] = value
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(cfg, num_devices=8)
+
+
+def test_baselines_take_any_number_of_problems_and_split_micro_batches_over_data():
+    cfg = base_config()
+    cfg.algo = "restem"
+    cfg.sampling.problems_per_iteration = 0  # the whole split; no ppo.episodes_per_step rule
+    validate(cfg, num_devices=8)
+    cfg.mesh.shape = (8, 1, 1)
+    cfg.restem.batch_size, cfg.restem.micro_batch = 64, 4
+    with pytest.raises(ConfigError, match="restem.micro_batch.*data-parallel size 8"):
+        validate(cfg, num_devices=8)

@@ -14,7 +14,8 @@ import ml_collections
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 from vinejax.tasks.data import SPLITS
 
-ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo")
+ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo", "restem", "dpo_positive")
+BASELINES = ("restem", "dpo_positive")  # RL-free baselines: their own sections, not ppo.*
 
 
 class ConfigError(ValueError):
@@ -54,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.grade_workers = 2
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.problems_per_iteration = 64
+    c.sampling.problems_per_iteration = 64  # restem / dpo_positive: 0 = the whole train split (official)
     c.sampling.samples_per_problem = 8
     c.sampling.temperature = 0.6
     c.sampling.top_p = 0.9
@@ -81,6 +82,37 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo.gae_lambda = 1.0
     c.ppo.value_clip = 0.2
     c.ppo.critic_lr = 1e-6
+
+    # RestEM (expert iteration) as the official code runs it (trainers/restem_MATH.jsonnet,
+    # math_restem_episode_generator.py, restem_trainer.py): each iteration samples the train
+    # problems with the chosen policy, keeps the correct responses and fine-tunes the SFT model
+    # afresh on them; candidates are picked on a validation split (early stopping).
+    c.restem = ml_collections.ConfigDict()
+    c.restem.epochs = 8  # passes over the kept responses per iteration
+    c.restem.batch_size = 64  # responses per optimizer step (drop_last)
+    c.restem.micro_batch = 16  # responses per forward/backward (gradient accumulation)
+    c.restem.max_per_problem = 10  # the first N correct responses of a problem; -1 = all
+    c.restem.reward_threshold = 1.0  # correct = reward >= this
+    c.restem.eval_every_steps = 500  # candidate every N cumulative steps (+ start and end); 0 = start, end
+    c.restem.early_stop = "first_decrease"  # official restem_paper_original; "best" = choose_best
+    c.restem.select_split = "validation"  # the split candidates are chosen on
+    c.restem.num_select_problems = 0  # its first N problems; 0 = all (MATH 500, GSM8K 373)
+
+    # DPO-Positive (DPO+, Smaug) as the official code runs it (trainers/dpo_positive_MATH.jsonnet,
+    # math_dpo_positive_episode_generator.py, dpo_positive_trainer.py): one round of samples from
+    # the SFT policy, (correct, incorrect) pairs per problem, offline training against the SFT
+    # policy as the frozen reference.
+    c.dpo = ml_collections.ConfigDict()
+    c.dpo.beta = 0.1  # MATH 0.1, GSM8K 0.3
+    c.dpo.lam = 50.0  # λ of the positive term max(0, r_w − s_w)
+    c.dpo.label_smoothing = 0.0
+    c.dpo.epochs = 3
+    c.dpo.batch_size = 64  # pairs per optimizer step (drop_last)
+    c.dpo.micro_batch = 8  # pairs per forward/backward (2 sequences each)
+    c.dpo.max_pairs_per_problem = 64  # a uniform random subset when more; -1 = all
+    c.dpo.reward_threshold = 0.5  # chosen = reward >= this, rejected = the rest
+    c.dpo.max_seq_len = 0  # drop pairs whose prompt + either response is longer; 0 = keep all
+    c.dpo.eval_every_steps = 500  # evaluate (and checkpoint) every N steps, plus start and end
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6
@@ -137,6 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "algo": ALGORITHMS,
     "ppo.kl_estimator": ("k1", "k2", "k3"),
+    "restem.early_stop": ("first_decrease", "best"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "optim.warmup_shape": ("log", "linear"),
@@ -201,8 +234,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     need(cfg.train.samples_per_iteration >= 0, "train.samples_per_iteration", "must be >= 0")
     episodes = cfg.sampling.problems_per_iteration * cfg.sampling.samples_per_problem
-    need(episodes % cfg.ppo.episodes_per_step == 0, "ppo.episodes_per_step",
+    need(cfg.algo in BASELINES or episodes % cfg.ppo.episodes_per_step == 0, "ppo.episodes_per_step",
          f"must divide the {episodes} episodes of an iteration")
+    need(cfg.sampling.problems_per_iteration >= (0 if cfg.algo in BASELINES else 1),
+         "sampling.problems_per_iteration", "must be >= 1 (0 = the whole split: restem / dpo_positive only)")
+    if cfg.algo in BASELINES:
+        validate_baselines(cfg, need)
     need(cfg.ppo.episodes_per_step % cfg.ppo.micro_batch == 0, "ppo.micro_batch",
          f"must divide ppo.episodes_per_step={cfg.ppo.episodes_per_step}")
     need(cfg.sft.batch_size % cfg.sft.micro_batch == 0, "sft.micro_batch",
@@ -220,10 +257,39 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
              f"must be divisible by the data-parallel size {data} (mesh data x fsdp)")
         need(cfg.sampling.batch_size % data == 0, "sampling.batch_size",
              f"must be divisible by the data-parallel size {data}")
+        for key in ("restem.micro_batch", "dpo.micro_batch") if cfg.algo in BASELINES else ():
+            need(given[key] % data == 0, key, f"must be divisible by the data-parallel size {data} (mesh data x fsdp)")
     if cfg.algo != "sft":
         need(cfg.model.hf_path != "" or cfg.model.init_from != "" or cfg.task.name == "arithmetic",
              "model.init_from", "RL needs a starting policy: an SFT run dir or an HF folder")
     return cfg
+
+
+def validate_baselines(cfg, need) -> None:
+    """The `restem` and `dpo` sections (checked when `algo` is one of BASELINES)."""
+    r, d = cfg.restem, cfg.dpo
+    need(r.epochs >= 1, "restem.epochs", "must be >= 1")
+    need(r.batch_size >= 1, "restem.batch_size", "must be >= 1")
+    need(r.micro_batch >= 1 and r.batch_size % r.micro_batch == 0, "restem.micro_batch",
+         f"must divide restem.batch_size={r.batch_size}")
+    need(r.max_per_problem == -1 or r.max_per_problem >= 1, "restem.max_per_problem", "must be >= 1 or -1 (all)")
+    need(r.eval_every_steps >= 0, "restem.eval_every_steps", "must be >= 0")
+    need(r.num_select_problems >= 0, "restem.num_select_problems", "must be >= 0 (0 = the whole split)")
+    need(d.beta > 0, "dpo.beta", "must be > 0")
+    need(d.lam >= 0, "dpo.lam", "must be >= 0")
+    need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
+    need(d.epochs >= 1, "dpo.epochs", "must be >= 1")
+    need(d.batch_size >= 1, "dpo.batch_size", "must be >= 1")
+    need(d.micro_batch >= 1 and d.batch_size % d.micro_batch == 0, "dpo.micro_batch",
+         f"must divide dpo.batch_size={d.batch_size}")
+    need(d.max_pairs_per_problem == -1 or d.max_pairs_per_problem >= 1, "dpo.max_pairs_per_problem",
+         "must be >= 1 or -1 (all)")
+    need(d.max_seq_len >= 0, "dpo.max_seq_len", "must be >= 0 (0 = no limit)")
+    need(d.eval_every_steps >= 0, "dpo.eval_every_steps", "must be >= 0")
+    need(cfg.algo != "dpo_positive" or cfg.sampling.samples_per_problem >= 2, "sampling.samples_per_problem",
+         "DPO+ pairs need >= 2 samples per problem")
+    need(cfg.algo != "dpo_positive" or cfg.train.iterations == 1, "train.iterations",
+         "DPO+ is one offline round (official total_num_iterations 1)")
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -270,7 +336,7 @@ PAPER_EVAL_EVERY = {("rho1b", "vineppo"): 10, ("deepseek7b", "vineppo"): 10,
 
 
 def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
-    """A paper run: `model` in PAPER_MODELS, `task` gsm8k|math, `algo` vineppo|ppo|sft.
+    """A paper run: `model` in PAPER_MODELS, `task` gsm8k|math, `algo` vineppo|ppo|sft|restem|dpo_positive.
 
     The HF folder is given on the command line: `--config.model.hf_path=/path/to/model` (an SFT
     checkpoint for RL, the base model for SFT) and `--config.task.data_dir=../shared/data`.
@@ -304,4 +370,25 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     if algo == "sft":
         c.optim.lr = m["sft_lr"]
         c.sft.batch_size = 64
+    if algo in BASELINES:
+        paper_baseline(c, model, task)
     return c
+
+
+def paper_baseline(c: ml_collections.ConfigDict, model: str, task: str) -> None:
+    """RestEM / DPO+ settings of the official configs (polIter_*_{restem,dpo_positive}_*.jsonnet)."""
+    c.sampling.problems_per_iteration = 0  # dataset_portion 1.0: the whole train split
+    c.train.eval_every = 1
+    c.restem.micro_batch = 8
+    c.dpo.micro_batch = 8
+    if c.algo == "restem":
+        c.train.iterations = 10
+        c.sampling.samples_per_problem = 8
+    else:  # dpo_positive: one offline round
+        c.train.iterations = 1
+        c.sampling.samples_per_problem = 64  # trainers/64_samples.jsonnet
+        c.dpo.beta = 0.3 if task == "gsm8k" else 0.1  # dpo_b_0.3 / dpo_b_0.1.jsonnet
+        c.dpo.max_seq_len = PAPER_MODELS[model]["max_seq_len"] if model == "deepseek7b" else 0
+        c.dpo.eval_every_steps = 450 if model == "deepseek7b" else 500  # save_steps
+        c.train.checkpoint_every = c.dpo.eval_every_steps  # DPO+ counts checkpoints in steps
+        c.sampling.batch_size = 8  # prompts per generate call: 8 x 64 samples = 512 rows

@@ -8,14 +8,14 @@ Modules (each a handful of pure, jittable functions over fixed-shape masked arra
   losses     PPO-clip, KL (k1/k2/k3), clipped value loss, entropy, the combined ``policy_loss``,
              RestEM sequence-mean NLL, DPO+ (DPO-Positive)
   baseline_data  RestEM fine-tuning rows and DPO+ preference pairs from graded samples (numpy)
-  batch      RolloutBatch pytree (the sampler <-> trainer contract)
+  batch      RolloutBatch pytree (the sampler <-> trainer contract), PairBatch (DPO+ pairs)
 """
 from vinejax.rl.advantages import (ALGORITHMS, Advantages, compute, gae_advantages, grpo_advantages,
                                    last_token_rewards, masked_mean, masked_var, masked_whiten,
                                    ppo_gae_targets, rloo_advantages, sequence_to_tokens, steps_to_tokens,
                                    vine_step_advantages, whiten_batch)
 from vinejax.rl.baseline_data import dpo_positive_pairs, restem_select
-from vinejax.rl.batch import RolloutBatch
+from vinejax.rl.batch import PairBatch, RolloutBatch
 from vinejax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
 from vinejax.rl.losses import (PolicyLossConfig, add_metrics, clipped_value_loss, dpo_positive_loss,
                                dpo_positive_loss_from_sums, entropy_sum, kl_loss, kl_penalty, kl_reward_penalty,

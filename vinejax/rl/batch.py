@@ -51,3 +51,25 @@ class RolloutBatch:
     def num_sequences(self) -> jax.Array:
         """Number of rows with at least one response token (the KL loss denominator)."""
         return self.response_mask.any(axis=1).sum()
+
+
+@flax.struct.dataclass
+class PairBatch:
+    """One optimizer batch (or micro-batch) of DPO preference pairs: row b of each side is pair b.
+
+    chosen_tokens, rejected_tokens: int32[B, T] prompt then response rows (one width T for both).
+    chosen_mask, rejected_mask:     bool[B, T] response tokens (incl. EOS when finished).
+    chosen_ref, rejected_ref:       f32[B] sums of the frozen reference's log-probs over each
+                                    response (stored once, before training).
+    """
+
+    chosen_tokens: jax.Array
+    rejected_tokens: jax.Array
+    chosen_mask: jax.Array
+    rejected_mask: jax.Array
+    chosen_ref: jax.Array
+    rejected_ref: jax.Array
+
+    def valid(self) -> jax.Array:
+        """bool[B]: pairs whose two responses both have a token (the loss denominator)."""
+        return self.chosen_mask.any(axis=-1) & self.rejected_mask.any(axis=-1)

@@ -13,6 +13,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from vinejax import sharding
+from vinejax.config import BASELINES
 from vinejax.model import llama
 from vinejax.config import ConfigError
 from vinejax.model.config import ModelConfig
@@ -131,7 +132,7 @@ def _random_model_config(cfg, tokenizer) -> ModelConfig:
 
 def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
     """Optimizers, loss settings and (PPO) the critic's config and shardings of an RL run."""
-    if cfg.algo == "sft":
+    if cfg.algo in ("sft",) + BASELINES:  # these build their optimizers per stage
         return {}
     total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
     p = cfg.ppo

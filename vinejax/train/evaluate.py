@@ -34,10 +34,12 @@ def _sample_record(ep: Episodes, row: int, verdict: float, answer) -> dict:
             "finish": sampling.FINISH_REASONS[int(ep.finish_reason[row])]}
 
 
-def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eval") -> tuple[dict, list[dict]]:
+def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eval",
+                   greedy: bool | None = None) -> tuple[dict, list[dict]]:
     """Metrics of `params` on `problems` (config section `eval`) and one record per problem:
     index, problem, gold, samples [{response, answer, correct, length, finish}], majority
-    (the voted sample's index), greedy (when `eval.greedy`). Call under `ctx.mesh_context()`."""
+    (the voted sample's index), greedy (when `eval.greedy`, or `greedy` when given). Call under
+    `ctx.mesh_context()`."""
     e, tok, task = ctx.cfg.eval, ctx.tokenizer, ctx.task
     batch, context, n = ctx.cfg.sampling.batch_size, ctx.eval_context_size, e.samples_per_problem
     records = [{"index": i, "problem": p.problem, "gold": p.answer} | (
@@ -58,7 +60,7 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
             rec["samples"] = [_sample_record(ep, r, verdicts[r], answers[r]) for r in range(i * n, (i + 1) * n)]
             if task.answer:
                 rec["majority"] = majority_index(per_problem[i])
-    if e.greedy:
+    if e.greedy if greedy is None else greedy:
         scfg = sampling_config(tok, 1.0, 1.0, e.max_new_tokens, greedy=True)
         ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng_greedy, batch, context,
                              ctx.stops, desc + " greedy")

@@ -1,9 +1,9 @@
-"""The program users run: config → SFT, or RL iterations (`iteration.rl_iteration`) with
-evaluation, checkpoints (exact resume), a time budget, export and logging. One code path for one
-device, a fake CPU mesh, a GPU or a TPU slice: only the config's mesh changes."""
+"""The program users run: config → SFT, RL iterations (`iteration.rl_iteration`) or the RL-free
+baselines (`restem`, `dpo`), with evaluation, checkpoints (exact resume), a time budget, export
+and logging. One code path for one device, a fake CPU mesh, a GPU or a TPU slice: only the
+config's mesh changes."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -14,10 +14,12 @@ from vinejax.checkpoint import Checkpointer
 from vinejax.config import to_dict, validate
 from vinejax.model.hf import save_hf_model
 from vinejax.train.context import RunContext, build_context, hf_folder_of_run, rl_steps_per_iteration
+from vinejax.train.dpo import run_dpo
 from vinejax.train.evaluate import evaluate
 from vinejax.train.iteration import init_state, rl_iteration
 from vinejax.train.metrics import MetricsWriter, summary_line
 from vinejax.train.run_dir import record_config
+from vinejax.train.restem import run_restem
 from vinejax.train.sft import run_sft
 from vinejax.train.stage import (RunError, fitting_problems, held_out_problems, iteration_problems, log, resume,
                                  save_checked)
@@ -50,6 +52,10 @@ def run(cfg, config_file: str = "", overrides=()) -> dict:
         with ctx.mesh_context():
             if cfg.algo == "sft":
                 return run_sft(ctx, params, writer, log)
+            if cfg.algo == "restem":
+                return run_restem(ctx, params, writer)
+            if cfg.algo == "dpo_positive":
+                return run_dpo(ctx, params, writer)
             return run_rl(ctx, params, writer)
     finally:
         writer.close()

@@ -92,6 +92,22 @@ class MetricsWriter:
             with open(path, "w") as f:
                 f.writelines(lines)
 
+    def num_records(self) -> int:
+        """How many lines the file holds (0 when disabled or absent)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return 0
+        with open(self.path) as f:
+            return sum(1 for line in f if line.strip())
+
+    def keep_first(self, count: int) -> None:
+        """Keep only the first `count` lines (a resumed run rewrites the later ones)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        with open(self.path) as f:
+            lines = [l for l in f if l.strip()][:count]
+        with open(self.path, "w") as f:
+            f.writelines(lines)
+
 
 def _start_wandb(directory: str, settings, config: Optional[dict]):
     """A W&B run for `settings` (config section `logging`); WANDB_MODE=offline writes it locally."""
@@ -105,6 +121,7 @@ def _start_wandb(directory: str, settings, config: Optional[dict]):
     return wandb.init(project=settings.wandb_project, entity=settings.wandb_entity or None,
                       name=settings.wandb_run_name or os.path.basename(os.path.abspath(directory)),
                       dir=directory, config=config, resume="allow")
+
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -66,13 +66,17 @@ def resume(ckpt: Checkpointer, state, enabled: bool, writer: MetricsWriter):
     """(state, meta) from the newest checkpoint that restores when `enabled`, else (state, {}).
 
     Metrics logged after the checkpoint are dropped: the resumed run writes them again (an RL
-    checkpoint `iteration` i holds the state after i iterations; an SFT one `step` s after s steps).
+    checkpoint `iteration` i holds the state after i iterations; an SFT one `step` s after s steps;
+    one whose meta has `records` n was saved when the metrics file had n lines).
     """
     found = ckpt.restore_latest(state, warn=log) if enabled else None
     if found is None:
         return state, {}
     step, state, meta = found
-    writer.truncate_after(step - 1 if "iteration" in meta else step)
+    if "records" in meta:  # a stage that checkpoints mid-iteration (RestEM) saves its metrics line count
+        writer.keep_first(meta["records"])
+    else:
+        writer.truncate_after(step - 1 if "iteration" in meta else step)
     log(f"resumed from checkpoint {step} in {ckpt.directory}")
     return state, meta
 
@@ -111,6 +115,6 @@ def fitting_problems(ctx: RunContext, problems: list) -> list:
 
 
 def iteration_problems(problems: list, seed: int, iteration: int, count: int) -> list:
-    """The problems of one iteration: the first `count` of a permutation seeded by (seed, iteration)."""
+    """The problems of one iteration: the first `count` (0 = all) of a permutation seeded by (seed, iteration)."""
     order = np.random.default_rng([seed, iteration]).permutation(len(problems))
-    return [problems[i] for i in order[:count]]
+    return [problems[i] for i in (order[:count] if count > 0 else order)]

@@ -19,7 +19,7 @@ from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl import losses
 from vinejax.rl.advantages import whiten_batch
-from vinejax.rl.batch import RolloutBatch
+from vinejax.rl.batch import PairBatch, RolloutBatch
 from vinejax.rl.logprobs import token_logprobs_and_entropy
 from vinejax.train.scoring import critic_values, sequence_logprobs
 
@@ -67,6 +67,19 @@ def all_finite(tree) -> jax.Array:
     """bool scalar: every floating-point leaf of `tree` is finite (one reduction per leaf)."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.ones((), bool)
+
+
+_OPTIMIZERS: dict = {}
+
+
+def stage_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+    """`make_optimizer`, one object per distinct (settings, total_steps). The jitted steps take
+    the optimizer as a static argument, so a stage that builds its own (RestEM: one per
+    iteration; DPO+) reuses compiled code when an equal one was built before in the process."""
+    key = (tuple(sorted(optim_cfg.items())), int(total_steps))
+    if key not in _OPTIMIZERS:
+        _OPTIMIZERS[key] = make_optimizer(optim_cfg, total_steps)
+    return _OPTIMIZERS[key]
 
 
 def _accumulate(loss_fn, params, micro: Any):
@@ -152,23 +165,50 @@ def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     return params, opt_state, out
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer"), donate_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "temperature"), donate_argnums=(0, 1))
 def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, *, model_cfg: ModelConfig,
-             optimizer: optax.GradientTransformation):
+             optimizer: optax.GradientTransformation, temperature: float = 1.0):
     """One MLE step on micro-batches tokens/loss_mask [M, mb, T] (mask marks target tokens).
 
-    The loss is the official `per_instance_non_pad_tokens_then_batch`: each example's mean
-    token NLL, then the mean over the examples of the batch. A non-finite loss or gradient
-    skips the step (`nonfinite` 1.0).
+    The loss is the official `per_instance_non_pad_tokens_then_batch` (SFT and RestEM): each
+    example's mean token NLL, then the mean over the examples of the batch; log-probs are those of
+    softmax(logits / temperature) (RestEM: the sampling temperature). A non-finite loss or
+    gradient skips the step (`nonfinite` 1.0).
     """
     n_seq = loss_mask.any(axis=-1).sum().astype(jnp.float32)
 
     def loss_fn(p, mb):
         toks, mask = mb
-        lp = sequence_logprobs(p, model_cfg, toks, 1.0)
+        lp = sequence_logprobs(p, model_cfg, toks, temperature)
         total, _, metrics = losses.sequence_mean_nll(lp, mask)
         return total / jnp.maximum(n_seq, 1.0), metrics
 
     loss, grads, metrics = _accumulate(loss_fn, params, (tokens, loss_mask))
+    params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
+    return params, opt_state, losses.reduce_metrics(metrics) | applied
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "temperature", "beta", "lam",
+                                             "label_smoothing"), donate_argnums=(0, 1))
+def dpo_step(params, opt_state, batch: PairBatch, *, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+             temperature: float, beta: float, lam: float, label_smoothing: float = 0.0):
+    """One DPO+ step on micro-batches of preference pairs [M, mb, ...] (`losses.dpo_positive_loss_from_sums`).
+
+    Each micro-batch runs the chosen and the rejected rows through the policy in one forward;
+    the loss is the mean over the pairs of the whole optimizer batch. The reference enters only
+    through the stored per-response sums `batch.chosen_ref` / `batch.rejected_ref`.
+    """
+    n_pairs = batch.valid().sum().astype(jnp.float32)
+
+    def loss_fn(p, mb: PairBatch):
+        tokens = jnp.concatenate([mb.chosen_tokens, mb.rejected_tokens])  # [2mb, T]
+        mask = jnp.concatenate([mb.chosen_mask, mb.rejected_mask])  # [2mb, T]
+        lp = sequence_logprobs(p, model_cfg, tokens, temperature)  # [2mb, T]
+        s_w, s_l = jnp.split(jnp.where(mask, lp, 0.0).sum(axis=-1), 2)  # [mb] each
+        total, _, metrics = losses.dpo_positive_loss_from_sums(
+            s_w, s_l, mb.chosen_ref, mb.rejected_ref, mb.valid(), beta, lam, label_smoothing)
+        return total / jnp.maximum(n_pairs, 1.0), metrics
+
+    loss, grads, metrics = _accumulate(loss_fn, params, batch)
     params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
     return params, opt_state, losses.reduce_metrics(metrics) | applied
