@@ -388,7 +388,7 @@ def paper_baseline(c: ml_collections.ConfigDict, model: str, task: str) -> None:
         c.train.iterations = 1
         c.sampling.samples_per_problem = 64  # trainers/64_samples.jsonnet
         c.dpo.beta = 0.3 if task == "gsm8k" else 0.1  # dpo_b_0.3 / dpo_b_0.1.jsonnet
-        c.dpo.max_seq_len = PAPER_MODELS[model]["max_seq_len"] if model == "deepseek7b" else 0
+        c.dpo.max_seq_len = 2499 if model == "deepseek7b" else 0  # the official max_sequence_length filter
         c.dpo.eval_every_steps = 450 if model == "deepseek7b" else 500  # save_steps
         c.train.checkpoint_every = c.dpo.eval_every_steps  # DPO+ counts checkpoints in steps
         c.sampling.batch_size = 8  # prompts per generate call: 8 x 64 samples = 512 rows
