@@ -50,7 +50,7 @@ def test_missing_data_and_no_hub_is_one_line(tmp_path, monkeypatch):
     build_char_tokenizer(ALPHABET).save_pretrained(tmp_path / "tok")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
     out = run_cli("--config", SFT, f"--config.model.tokenizer_path={tmp_path / 'tok'}", "--config.model.context_size=-1",
-                  "--config.task.max_prompt_tokens=100", "--config.sft.max_seq_len=256",
+                  "--config.eval.context_size=-1", "--config.task.max_prompt_tokens=100", "--config.sft.max_seq_len=256",
                   "--config.output_dir=" + str(tmp_path / "run"))
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "task.data_dir" in lines[0], out.stderr[-2000:]

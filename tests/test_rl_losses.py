@@ -193,3 +193,23 @@ def test_compiles_once_per_shape():
             d = random_rollouts(seed, B=6, T=12)
             jax.block_until_ready(jstep(jnp.asarray(d["logprobs"]), make_batch(d)))
     assert len(traces) == 1 and compiles["jit(step)"] == 1
+
+
+def test_traced_kl_coef_overrides_the_static_one():
+    d = random_rollouts(7, B=4, T=12)
+    batch, lp = make_batch(d), jnp.asarray(d["logprobs"])
+    static, _ = L.policy_loss(lp, batch, L.PolicyLossConfig(kl_coef=0.37))
+    traced, _ = jax.jit(lambda b: L.policy_loss(lp, batch, L.PolicyLossConfig(kl_coef=1e-4), kl_coef=b))(
+        jnp.float32(0.37))
+    np.testing.assert_allclose(traced, static, rtol=1e-6)
+    no_kl, _ = L.policy_loss(lp, batch, L.PolicyLossConfig(kl_coef=0.0))
+    zero, _ = L.policy_loss(lp, batch, L.PolicyLossConfig(kl_coef=0.37), kl_coef=jnp.float32(0.0))
+    np.testing.assert_allclose(zero, no_kl, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kl", [0.0, 3.0, 5.9, 6.5, 40.0])
+def test_adaptive_kl_controller_is_ziegler_formula(kl):
+    beta, target, horizon, n = 0.2, 6.0, 10000, 512
+    error = min(max(kl / target - 1.0, -0.2), 0.2)  # Ziegler et al. 2019, proportional error clipped to ±0.2
+    want = beta * (1 + error * n / horizon)
+    np.testing.assert_allclose(float(L.adaptive_kl_coef(jnp.float32(beta), kl, target, horizon, n)), want, rtol=1e-6)

@@ -138,3 +138,21 @@ def test_sft_stage_learns_and_is_cached(tmp_path, capsys):
     assert nll[-1] < nll[0] * 0.85, nll
     loop.run(cfg)
     assert "SFT already done" in capsys.readouterr().out
+
+
+def test_ppo_kl_in_reward_with_adaptive_controller(tmp_path, monkeypatch):
+    """The official KL options: −β·kl_t in the token rewards (β = 0 in the loss) and the adaptive
+    controller, whose β after each iteration is the hand formula of the logged KL."""
+    monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
+    cfg = tiny_config(tmp_path, "ppo", iterations=3, **{
+        "ppo.kl_in_reward": True, "ppo.adaptive_kl": True, "ppo.kl_coef": 0.05, "ppo.kl_target": 0.01,
+        "ppo.kl_horizon": 40, "optim.lr": 3e-3})
+    loop.run(cfg)
+    records = read_metrics(cfg)
+    assert records[0]["kl_coef"] == pytest.approx(0.05)
+    n = cfg.sampling.problems_per_iteration * cfg.sampling.samples_per_problem
+    for prev, nxt in zip(records, records[1:]):
+        error = np.clip(prev["rollout/kl_k1"] / 0.01 - 1.0, -0.2, 0.2)
+        assert nxt["kl_coef"] == pytest.approx(prev["kl_coef"] * (1 + error * n / 40), rel=1e-5)
+    assert any(r["rollout/kl_k1"] != 0 for r in records[1:])  # the policy moved from the reference
+    assert records[-1]["kl_coef"] != records[0]["kl_coef"]

@@ -157,7 +157,7 @@ class PolicyLossConfig:
 
 
 def policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossConfig(),
-                entropy: jax.Array | None = None, num_tokens=None, num_sequences=None):
+                entropy: jax.Array | None = None, num_tokens=None, num_sequences=None, kl_coef=None):
     """Actor loss of every PPO-style algorithm (VinePPO, PPO, GRPO, RLOO):
     ``Σ ℓ_pg / N_tok + β Σ_b Σ_t kl_bt / N_seq − c_H Σ H / N_tok``.
 
@@ -166,6 +166,7 @@ def policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossCo
         temperature).
       batch: a ``RolloutBatch`` (uses response_mask, old_logprobs, ref_logprobs, advantages).
       entropy: optional f32[B, T] token entropies (logged; bonus if ``cfg.entropy_coef``).
+      kl_coef: optional β as an array (an adaptive controller's current value); default cfg.kl_coef.
       num_tokens, num_sequences: denominators. Default: this batch's own counts. For
         micro-batching pass the optimizer batch's counts (``RolloutBatch.num_tokens()`` /
         ``num_sequences()`` of the full batch): then Σ over micro-batches of the returned loss
@@ -184,7 +185,8 @@ def policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossCo
     metrics.update(kl_metrics)
     n_tok = jnp.maximum(n_tok_local if num_tokens is None else num_tokens, 1)
     n_seq = jnp.maximum(n_seq_local if num_sequences is None else num_sequences, 1)
-    loss = pg_sum / n_tok + cfg.kl_coef * kl_sum / n_seq
+    beta = cfg.kl_coef if kl_coef is None else kl_coef  # a traced β (adaptive KL) overrides the static one
+    loss = pg_sum / n_tok + beta * kl_sum / n_seq
     if entropy is not None:
         ent_sum, _, ent_metrics = entropy_sum(entropy, mask)
         metrics.update(ent_metrics)
@@ -273,3 +275,12 @@ def dpo_positive_loss_from_sums(s_w: jax.Array, s_l: jax.Array, r_w: jax.Array, 
         "reward_accuracy": per_pair(s_w - r_w > s_l - r_l), "chosen_higher": per_pair(s_w > s_l),
         "ref_chosen_higher": per_pair(r_w > r_l),
     }
+
+
+def adaptive_kl_coef(coef, kl, target: float, horizon: float, num_episodes: int):
+    """The official adaptive KL controller (Ziegler et al.; PPOHParams `adap_kl_ctrl`), applied
+    once per iteration: β ← β·(1 + clip(kl / target − 1, −0.2, 0.2)·n / horizon), where kl is the
+    iteration's mean per-sequence KL (k1) of the sampling policy to the reference and n its
+    number of episodes."""
+    error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
+    return coef * (1.0 + error * num_episodes / horizon)

@@ -16,6 +16,7 @@ import numpy as np
 from vinejax.model import llama
 from vinejax.rl import advantages
 from vinejax.rl.batch import RolloutBatch
+from vinejax.rl.losses import adaptive_kl_coef, kl_reward_penalty
 from vinejax.train import encode, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
@@ -35,13 +36,14 @@ class TrainState:
     opt_state: Any  # policy optimizer state
     critic: Any = None  # PPO: critic params (the policy's shape + value head); else None
     critic_opt: Any = None
+    kl_coef: Any = None  # f32 scalar: β (moves with ppo.adaptive_kl; checkpointed)
     nonfinite_streak: int = flax.struct.field(pytree_node=False, default=0)  # skipped steps in a row (not saved)
 
 
 def init_state(run: RunContext, params) -> TrainState:
     """The state of iteration 0: the policy, its optimizer state and (PPO) a critic initialised
     from the policy with a fresh value head (the paper's critic)."""
-    state = TrainState(params, jax.jit(run.optimizer.init)(params))
+    state = TrainState(params, jax.jit(run.optimizer.init)(params), kl_coef=jnp.float32(run.cfg.ppo.kl_coef))
     if run.critic_cfg is None:
         return state
     critic = dict(jax.tree.map(jnp.copy, params))
@@ -98,6 +100,9 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             with timer("values"):
                 token_values = critic_token_values(run.mesh, state.critic, run.critic_cfg, tokens, s.batch_size)
             values = dict(token_values=token_values, gamma=cfg.ppo.gae_gamma, lam=cfg.ppo.gae_lambda)
+            if cfg.ppo.kl_in_reward:  # −β·kl_t in the token rewards (the official KL-in-reward option)
+                values["kl_penalties"] = kl_reward_penalty(jnp.asarray(old_lp), jnp.asarray(ref_lp), jnp.asarray(mask),
+                                                           state.kl_coef)
 
         adv = advantages.compute(cfg.algo, jnp.asarray(rewards), jnp.asarray(mask), group_size=s.samples_per_problem,
                                  **values)
@@ -110,6 +115,11 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             old_values=values.get("token_values"))
         with timer("train"):
             state, train_metrics = train_epochs(run, state, batch, iteration)
+        sequence_kl = float(np.where(mask, old_lp - ref_lp, 0.0).sum(1)[mask.any(1)].mean()) if mask.any() else 0.0
+        metrics |= {"kl_coef": float(state.kl_coef), "rollout/kl_k1": sequence_kl}
+        if cfg.ppo.adaptive_kl:
+            state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, sequence_kl, cfg.ppo.kl_target,
+                                                           cfg.ppo.kl_horizon, len(rewards)))
     samples = sample_records(run.tokenizer, run.task, ep, rewards, cfg.train.samples_per_iteration,
                              step_starts=values.get("step_starts"), num_steps=values.get("num_steps"),
                              state_values=values.get("state_values"), token_advantages=token_adv)
@@ -128,8 +138,9 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
         for start in range(0, n, per_step):
             rows = order[start : start + per_step]
             micro = to_microbatches(run.mesh, jax.tree.map(lambda x: np.asarray(x)[rows], batch), cfg.ppo.micro_batch)
+            beta = jnp.zeros((), jnp.float32) if cfg.ppo.kl_in_reward else state.kl_coef  # KL in the loss or not
             params, opt_state, m = update.policy_step(
-                state.params, state.opt_state, micro, model_cfg=run.model_cfg, loss_cfg=run.loss_cfg,
+                state.params, state.opt_state, micro, beta, model_cfg=run.model_cfg, loss_cfg=run.loss_cfg,
                 optimizer=run.optimizer, temperature=cfg.sampling.temperature, whiten=cfg.ppo.whiten_advantages)
             state = state.replace(params=params, opt_state=opt_state)
             if state.critic is not None:

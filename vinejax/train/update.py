@@ -114,10 +114,11 @@ def _apply(optimizer, params, opt_state, loss, grads):
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature", "whiten"),
                    donate_argnums=(0, 1))
-def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfig,
+def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_cfg: ModelConfig,
                 loss_cfg: losses.PolicyLossConfig, optimizer: optax.GradientTransformation,
                 temperature: float, whiten: bool = True):
-    """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T].
+    """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T]; `kl_coef`,
+    when given (an f32 scalar), is β instead of `loss_cfg.kl_coef` (the adaptive KL controller).
 
     With `whiten`, token advantages are whitened over the whole optimizer batch (all micro-batches
     together, paper §1.8) before the loss. A micro-batch whose mean ratio exceeds
@@ -136,7 +137,7 @@ def policy_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
     def loss_fn(p, mb):
         logits, _ = llama.forward(p, model_cfg, mb.tokens)
         lp, ent = token_logprobs_and_entropy(logits, mb.tokens, temperature)
-        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq)
+        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq, kl_coef)
         skip = losses.should_skip(metrics, loss_cfg)  # this micro-batch's mean ratio
         metrics["skipped"] = (skip.astype(jnp.float32), jnp.ones((), jnp.float32))
         return jnp.where(skip, 0.0, loss), metrics
