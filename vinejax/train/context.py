@@ -12,7 +12,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vinejax import sharding
+from vinejax import multihost, sharding
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig
@@ -44,7 +44,7 @@ class RunContext:
         return stack
 
     def put_params(self, params):
-        return jax.device_put(params, self.param_shardings)
+        return multihost.place(params, self.param_shardings)
 
     @property
     def context_size(self) -> int:
@@ -129,8 +129,7 @@ def build_context(cfg) -> tuple[RunContext, dict, str]:
     """
     from vinejax.model.hf import load_hf_model
 
-    if cfg.mesh.distributed:
-        jax.distributed.initialize()
+    multihost.initialize(cfg.mesh)  # before the first JAX computation
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
     task = _task(cfg)
     tokenizer = _tokenizer(cfg, task)

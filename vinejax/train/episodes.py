@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from vinejax import sampling
+from vinejax.multihost import to_host
 from vinejax.tasks.base import StepSplitError
 from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode
@@ -101,7 +102,7 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
         out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
                                 num_samples=num_samples, max_new=budgets)
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
-        parts.append(jax.device_get((tokens, logprobs, plen, tlen, out.finish_reason)))
+        parts.append(to_host((tokens, logprobs, plen, tlen, out.finish_reason)))
         bar.update(len(chunk))
     bar.close()
     width = max(p[0].shape[1] for p in parts)

@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from vinejax import multihost
 from vinejax.checkpoint import Checkpointer
 from vinejax.config import to_dict, validate
 from vinejax.model.hf import save_hf_model
@@ -28,10 +29,13 @@ SUMMARY_KEYS = (("reward", "rewards/mean"), ("eval", "eval/accuracy"), ("greedy"
 
 def run(cfg) -> dict:
     """Run the experiment described by a config; returns the last metrics."""
+    validate(cfg)  # before anything starts JAX: multihost.initialize must come first
+    multihost.initialize(cfg.mesh)
     validate(cfg, jax.device_count())
     os.makedirs(cfg.output_dir, exist_ok=True)
-    with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
-        json.dump(to_dict(cfg), f, indent=1, default=str)
+    if multihost.is_main_process():
+        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+            json.dump(to_dict(cfg), f, indent=1, default=str)
     ctx, params, origin = build_context(cfg)
     log(f"{cfg.algo}: policy from {origin}; mesh {dict(ctx.mesh.shape)}; output {os.path.abspath(cfg.output_dir)}")
     writer = MetricsWriter(cfg.output_dir, enabled=jax.process_index() == 0)
