@@ -4,8 +4,9 @@ Every process runs the same Python program on its own host and its own local dev
 spans the devices of all processes and `jax.jit` runs one SPMD program over it. vinejax keeps one
 rule: every process derives the same host data (problems, RNG keys, sampled episodes, rewards),
 so host arrays are global values that each process places only on its own devices
-(`put_global`), and device results are gathered back to every host (`to_host`).
-`assert_same_on_all_processes` checks the rule where a silent divergence would hurt.
+(`put_global`), and device results are gathered back to every host (`to_host`). Host work that
+may differ between hosts or is worth splitting (grading) is split by rows and gathered
+(`split_rows`). `assert_same_on_all_processes` checks the rule once per iteration.
 With one process every function here is the ordinary single-process path.
 """
 from __future__ import annotations
@@ -40,6 +41,14 @@ def barrier(name: str) -> None:
     """Wait until every process reaches the barrier `name` (no-op with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def main_decides(flag: bool) -> bool:
+    """Process 0's `flag` on every process: for decisions each host would otherwise take on its
+    own (e.g. from its clock) and that every process must take together."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def put_global(x, sharding) -> jax.Array:
@@ -77,6 +86,38 @@ def to_host(tree):
         return np.asarray(jax.device_get(x))
 
     return jax.tree.map(get, tree)
+
+
+@jax.jit
+def _row(x, i):
+    return x[i]
+
+
+def to_host_by_rows(x) -> np.ndarray:
+    """`to_host(x)` one index of the leading axis at a time, for arrays spanning processes: the
+    gather then replicates one row (e.g. one layer) on every device, not the whole array."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return to_host(x)
+    return np.stack([to_host(_row(x, i)) for i in range(x.shape[0])])
+
+
+def split_rows(fn, *columns) -> np.ndarray:
+    """f32[N] = fn(*columns) for N-row host columns, each process computing one contiguous share.
+
+    The shares are gathered on every process, so each row is computed once and all processes get
+    the same values even when `fn` is not deterministic (e.g. grading with timeouts). `fn` maps
+    equal-length sequences to one float per row (and must accept empty ones).
+    """
+    rows = len(columns[0])
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return np.asarray(fn(*columns), np.float32).reshape(rows)
+    share = -(-rows // count)
+    lo, hi = min(index * share, rows), min((index + 1) * share, rows)
+    mine = np.zeros((share,), np.float32)
+    mine[: hi - lo] = np.asarray(fn(*(c[lo:hi] for c in columns)), np.float32).reshape(hi - lo)
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, share]
+    return every.reshape(-1)[:rows]
 
 
 def fingerprint(tree) -> int:

@@ -28,7 +28,7 @@ from vinejax import sharding as shd
 from vinejax.model import hf_keys, llama
 from vinejax.model.config import ModelConfig
 from vinejax.model.hf_config import config_from_hf, config_to_hf
-from vinejax.multihost import barrier, is_main_process, to_host
+from vinejax.multihost import barrier, is_main_process, to_host, to_host_by_rows
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -221,12 +221,12 @@ def save_hf_model(
     table = hf_keys.expected_hf_names(cfg, layer_leaves, global_leaves)
     main = is_main_process()
 
-    def fetch(x):  # every process joins the gather; only process 0 keeps the host copy
-        a = to_host(x)
+    def fetch(x, gather=to_host):  # every process joins the gather; only process 0 keeps the host copy
+        a = gather(x)
         return a if main else None
 
     host = {name: fetch(params[name]) for name in global_leaves}
-    host.update({name: fetch(params["layers"][name]) for name in layer_leaves})
+    host.update({name: fetch(params["layers"][name], to_host_by_rows) for name in layer_leaves})  # layer by layer
     value_head = {k: fetch(v) for k, v in params.get("value_head", {}).items()} if cfg.value_head else {}
     if main:
         _write_folder(folder, cfg, table, host, value_head, out_dtype, _parse_size(max_shard_size), tokenizer)

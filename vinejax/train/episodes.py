@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from vinejax import sampling
-from vinejax.multihost import to_host
+from vinejax.multihost import split_rows, to_host
 from vinejax.tasks.base import StepSplitError
 from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode
@@ -118,7 +118,8 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
 
 def grade_episodes(task, ep: Episodes, workers: int) -> np.ndarray:
     """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones."""
-    rewards = task.grade_batch(ep.texts, [p.answer for p in ep.problems], num_workers=workers)
+    grade = lambda texts, answers: task.grade_batch(texts, answers, num_workers=workers)
+    rewards = split_rows(grade, ep.texts, [p.answer for p in ep.problems])  # each process grades a share
     return np.where(ep.finished, np.asarray(rewards, np.float32), 0.0).astype(np.float32)
 
 

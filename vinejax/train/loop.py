@@ -69,7 +69,8 @@ def run_rl(ctx: RunContext, params, writer: MetricsWriter) -> dict:
         done = it + 1
         writer.write(it, last | clock(done))
         log(summary_line(it, evaluated | last, SUMMARY_KEYS))
-        over_budget = t.time_budget_minutes > 0 and time.time() - started > 60 * t.time_budget_minutes
+        over_budget = multihost.main_decides(  # process 0's clock decides for every process
+            t.time_budget_minutes > 0 and time.time() - started > 60 * t.time_budget_minutes)
         if done % max(t.checkpoint_every, 1) == 0 or done == t.iterations or over_budget:
             ckpt.save(done, state, {"iteration": done, "elapsed": time.time() - started})
         if over_budget:
