@@ -6,15 +6,23 @@ CONFIG ?= configs/arith_vineppo.py
 SFT    ?= configs/arith_sft.py
 ARGS   ?=
 
-.PHONY: venv install run test test-fast lint bench clean
+.PHONY: venv install install-test run test test-fast lint bench clean
 
+# `make run` needs only the runtime dependencies; the test extra (torch for the HF parity
+# references, pytest, ruff, wandb) is installed on top by `make test`.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 # The default run: SFT of a tiny model on the arithmetic task (skipped once cached), then VinePPO.
 run: install
@@ -22,16 +30,16 @@ run: install
 	$(PY) experiments/run.py --config $(CONFIG) $(ARGS)
 	$(PY) experiments/plot.py runs/arith_vineppo --out runs/arith_vineppo/curves.png
 
-test: install
+test: install-test
 	$(PY) -m pytest -q tests $(ARGS)
 
-test-fast: install
+test-fast: install-test
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
 
-lint: install
+lint: install-test
 	$(PY) -m ruff check .
 
-bench: install
+bench: install-test
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -74,19 +74,19 @@ def main():
     print(f"policy from {origin}", flush=True)
     problems = iteration_problems(ctx.task.load_split(cfg.task.train_split), args.seed, 0, args.problems)
     s, v = cfg.sampling, cfg.vineppo
-    scfg = sampling_config(ctx.tokenizer, ctx.task, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    scfg = sampling_config(ctx.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
     rng = jax.random.key(args.seed)
     with open(args.out, "w") as f, ctx.mesh_context():
         for g in range(0, len(problems), args.group):
             t0 = time.time()
             r_sample, r_mc = jax.random.split(jax.random.fold_in(rng, g))
             ep = sample_episodes(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems[g:g + args.group], scfg,
-                                 s.samples_per_problem, r_sample, s.batch_size, ctx.context_size)
+                                 s.samples_per_problem, r_sample, s.batch_size, ctx.context_size, ctx.stops)
             rewards = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
             starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
             mc_r, _, stats = mc_rewards(params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep, starts, num_steps, r_mc,
                                         scfg, args.k, v.max_estimated_states, v.chunk_rows, cfg.task.grade_workers,
-                                        ctx.context_size)
+                                        ctx.context_size, ctx.stops)
             succ = mc_r.sum(-1).round().astype(int)  # [B, S]
             for b in range(len(rewards)):
                 n = int(num_steps[b])

@@ -1,9 +1,10 @@
-"""Grading throughput on MATH500 gold solutions: responses graded per second.
+"""Grading throughput on MATH500 gold solutions: responses graded per second, per grader.
 
 Run: ``python benchmarks/grading.py [--repeats 5] [--workers 2]``. Prints the median over the
-repeats for (a) ``math.grade`` one call at a time in this process, (b) ``math.grade_batch``
-with the symbolic worker pool, on the gold solutions (fast paths) and on shuffled pairs (which
-send many pairs to sympy), plus GSM8K test for reference. Skips cleanly without ../shared/data.
+repeats, for each grader ("vineppo", "strict"), of (a) ``grade`` one call at a time, (b)
+``grade_batch`` with the symbolic worker pool, on the gold solutions (fast paths) and on
+shuffled pairs (which send many pairs to sympy), plus GSM8K test for reference. Skips cleanly
+without ../shared/data.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def _rate(function, count: int, repeats: int) -> float:
-    from vinejax.tasks import math as math_task
+    from vinejax.tasks import math_grade_strict, math_grade_vineppo
 
     times = []
     for _ in range(repeats):
-        math_task.clear_cache()  # cold: no symbolic verdict reused between repeats
+        math_grade_strict.clear_cache()  # cold: no symbolic verdict reused between repeats
+        math_grade_vineppo.clear_cache()
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
@@ -39,27 +41,36 @@ def main() -> None:
     if not (DATA / "math" / "test.jsonl").is_file():
         print(f"skipped: real data not found at {DATA}")
         return
-    from vinejax.tasks import gsm8k, math as math_task, symbolic
+    from vinejax.tasks import get_task, symbolic
 
-    problems = math_task.load_split("test", data_dir=str(DATA))
-    responses, answers = [p.solution for p in problems], [p.answer for p in problems]
-    order = list(range(len(problems)))
-    random.Random(0).shuffle(order)
-    shuffled = [answers[i] for i in order]
     symbolic.get_pool(1).check_many([("x", "x")])  # start workers outside the timed sections
     symbolic.get_pool(args.workers).check_many([("x", "x")] * args.workers)
-    n = len(problems)
-    rows = [
-        ("MATH500 gold, grade() one by one", _rate(lambda: [math_task.grade(r, a) for r, a in zip(responses, answers)], n, args.repeats)),
-        (f"MATH500 gold, grade_batch(num_workers={args.workers})", _rate(lambda: math_task.grade_batch(responses, answers, num_workers=args.workers), n, args.repeats)),
-        ("MATH500 shuffled pairs, grade() one by one", _rate(lambda: [math_task.grade(r, a) for r, a in zip(responses, shuffled)], n, args.repeats)),
-        (f"MATH500 shuffled pairs, grade_batch(num_workers={args.workers})", _rate(lambda: math_task.grade_batch(responses, shuffled, num_workers=args.workers), n, args.repeats)),
-    ]
-    gsm = gsm8k.load_split("test", data_dir=str(DATA))
-    rows.append(("GSM8K test gold, grade_batch", _rate(lambda: gsm8k.grade_batch([p.solution for p in gsm], [p.answer for p in gsm]), len(gsm), args.repeats)))
+    rows = []
+    for grader in ("vineppo", "strict"):
+        math_task = get_task("math", grader=grader, data_dir=str(DATA))
+        problems = math_task.load_split("test")
+        responses = [p.solution for p in problems]
+        order = list(range(len(problems)))
+        random.Random(0).shuffle(order)
+        shuffled = [problems[i] for i in order]
+        n = len(problems)
+        rows += [
+            (f"[{grader}] MATH500 gold, grade() one by one",
+             _rate(lambda: [math_task.grade(r, p) for r, p in zip(responses, problems)], n, args.repeats)),
+            (f"[{grader}] MATH500 gold, grade_batch(num_workers={args.workers})",
+             _rate(lambda: math_task.grade_batch(responses, problems, num_workers=args.workers), n, args.repeats)),
+            (f"[{grader}] MATH500 shuffled pairs, grade() one by one",
+             _rate(lambda: [math_task.grade(r, p) for r, p in zip(responses, shuffled)], n, args.repeats)),
+            (f"[{grader}] MATH500 shuffled pairs, grade_batch(num_workers={args.workers})",
+             _rate(lambda: math_task.grade_batch(responses, shuffled, num_workers=args.workers), n, args.repeats)),
+        ]
+        gsm8k = get_task("gsm8k", grader=grader, data_dir=str(DATA))
+        gsm = gsm8k.load_split("test")
+        rows.append((f"[{grader}] GSM8K test gold, grade_batch",
+                     _rate(lambda: gsm8k.grade_batch([p.solution for p in gsm], gsm), len(gsm), args.repeats)))
     print(f"median over {args.repeats} repeats (responses graded per second):")
     for label, rate in rows:
-        print(f"  {label:<55s} {rate:>12,.0f}/s")
+        print(f"  {label:<65s} {rate:>12,.0f}/s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Paper setting: vineppo with deepseek7b on math (VINEPPO.md). Give the model folder and data on the command line:
+"""Paper setting: vineppo with deepseek7b on math (VINEPPO.md). Start from the SFT stage's run dir (its
+exported policy is both the policy and the frozen KL reference) and give the data:
 
     python experiments/run.py --config configs/math_deepseek7b_vineppo.py \
-        --config.model.hf_path=/path/to/hf_model --config.task.data_dir=../shared/data
+        --config.model.init_from=runs/math_deepseek7b_sft --config.task.data_dir=../shared/data
+
+(or `--config.model.hf_path=/path/to/an/sft_model` for an SFT model saved elsewhere).
 """
 from vinejax.config import paper_config
 

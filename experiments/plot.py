@@ -29,12 +29,25 @@ def load(run_dir: str) -> list:
     return read_metrics(path)
 
 
+SFT_PANELS = (
+    ("iteration", "sft/nll", "SFT loss (per-example token-mean NLL) vs step"),
+    ("iteration", "sft/grad_norm", "SFT gradient norm vs step"),
+    ("iteration", "eval/accuracy", "held-out accuracy (sampled)"),
+)
+
+
+def is_sft(records: list) -> bool:
+    """A run whose metrics are SFT steps (no RL iteration)."""
+    return any("sft/nll" in r for r in records) and not any("rewards/mean" in r for r in records)
+
+
 def plot(run_dirs, out: str) -> str:
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for run_dir in run_dirs:
-        records = load(run_dir)
-        label = os.path.basename(os.path.normpath(run_dir))
-        for ax, (x_key, y_key, title) in zip(axes.flat, PANELS):
+    """Curves of one or more runs into one PNG: RL panels, or SFT panels when every run is SFT."""
+    runs = [(os.path.basename(os.path.normpath(d)), load(d)) for d in run_dirs]
+    panels = SFT_PANELS if all(is_sft(records) for _, records in runs) else PANELS
+    fig, axes = plt.subplots(1 if panels is SFT_PANELS else 2, 3, figsize=(15, 4 if panels is SFT_PANELS else 8))
+    for label, records in runs:
+        for ax, (x_key, y_key, title) in zip(axes.flat, panels):
             pts = [(r[x_key], r[y_key]) for r in records if x_key in r and isinstance(r.get(y_key), (int, float))]
             if pts:
                 xs, ys = zip(*pts)

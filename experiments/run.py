@@ -1,27 +1,33 @@
-"""Entry point: `python experiments/run.py --config configs/<name>.py [--config.key=value ...]`."""
+"""Entry point: `python experiments/run.py --config configs/<name>.py [--config.key=value ...] [--verbose]`.
+
+A wrong key, a missing file or folder, or an impossible setting ends the run with one line
+naming it (exit status 2); `--verbose` shows library logs and full tracebacks.
+"""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags
-from ml_collections import config_flags
 
-from vinejax.config import ConfigError
+def main(argv: list[str]) -> int:
+    from vinejax.train.stage import quiet_library_logs, run_command
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    quiet_library_logs(verbose)
 
+    def body():
+        from vinejax.config import ConfigError
+        from vinejax.config_file import config_from_argv
+        from vinejax.train.loop import run
 
-def main(argv):
-    del argv
-    from vinejax.train.loop import run
+        cfg, path, overrides, rest = config_from_argv(argv)
+        if rest:
+            raise ConfigError(f"unknown argument {rest[0]!r} (use --config.section.key=value)")
+        run(cfg, config_file=path, overrides=overrides)
 
-    try:
-        run(_CONFIG.value)
-    except (ConfigError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    return run_command(body, verbose)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    sys.exit(main(sys.argv[1:]))

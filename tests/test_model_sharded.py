@@ -29,3 +29,14 @@ def test_sharded_load_matches_single_device():
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
         out, _ = jax.jit(forward, static_argnums=1)(sparams, cfg, tokens)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
+
+
+def test_data_parallel_size_follows_the_set_mesh_and_rules():
+    mesh = shd.make_mesh((2, 2, 2))
+    assert shd.data_parallel_size() == 1  # no mesh set
+    assert shd.data_parallel_size(mesh) == 4  # batch -> (data, fsdp) under DEFAULT_RULES
+    with jax.set_mesh(mesh):
+        assert shd.data_parallel_size() == 4  # the abstract mesh set with jax.set_mesh
+        with nn.logical_axis_rules((("batch", "data"),)):
+            assert shd.data_parallel_size() == 2  # the rules in effect
+        assert shd.data_parallel_size(rules=(("batch", ("data", "fsdp", "tensor")),)) == 8

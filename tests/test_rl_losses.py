@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
+import helpers_jax
 from vinejax.rl import losses as L
 from vinejax.rl.batch import RolloutBatch
-from compile_count import count_compiles
 from rl_testing import microbatches, pad_batch, random_rollouts
 
 
@@ -189,8 +188,8 @@ def test_compiles_once_per_shape():
         return loss, L.reduce_metrics(m)
 
     jstep = jax.jit(step)
-    inputs = [(jnp.asarray(d["logprobs"]), make_batch(d)) for d in (random_rollouts(s, B=6, T=12) for s in range(3))]
-    with count_compiles() as compiles:
-        for lp, batch in inputs:
-            jax.block_until_ready(jstep(lp, batch))
-    assert len(traces) == 1 and len(compiles) == 1
+    with helpers_jax.count_compiles() as compiles:
+        for seed in range(3):
+            d = random_rollouts(seed, B=6, T=12)
+            jax.block_until_ready(jstep(jnp.asarray(d["logprobs"]), make_batch(d)))
+    assert len(traces) == 1 and compiles["jit(step)"] == 1

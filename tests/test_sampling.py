@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import helpers_hf
+from tests import helpers_hf, helpers_jax
 from vinejax import sharding
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
@@ -21,7 +21,6 @@ from vinejax.sampling import (
     continue_from_prefixes,
     generate,
 )
-from vinejax.sampling import generation as gen_mod
 
 CFG = ModelConfig(
     vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
@@ -251,12 +250,12 @@ def test_mesh_matches_single_device(params, shape):
 
 def test_one_compile_per_bucket(params):
     scfg = SamplingConfig(max_new_tokens=4, temperature=0.9, top_k=7)
-    before = gen_mod._generate_jit._cache_size()
     t1, l1 = _prompts(b=5, p=10, lens=(10, 3, 5, 9, 1))
     t2, l2 = _prompts(b=7, p=12, lens=(12, 3, 5, 9, 1, 2, 11))
-    generate(params, CFG, t1, l1, jax.random.key(0), scfg)
-    generate(params, CFG, t2, l2, jax.random.key(1), scfg)
-    assert gen_mod._generate_jit._cache_size() - before == 1
+    with helpers_jax.count_compiles() as compiles:
+        generate(params, CFG, t1, l1, jax.random.key(0), scfg)
+        generate(params, CFG, t2, l2, jax.random.key(1), scfg)
+    assert sum(n for name, n in compiles.items() if "generate" in name) == 1, compiles
 
 
 def test_scan_and_unrolled_decode_agree(params):

@@ -6,7 +6,7 @@ import pytest
 from ml_collections import ConfigDict
 from transformers import AutoTokenizer
 
-from vinejax.tasks import KNOWN_TASKS, arithmetic, get_task
+from vinejax.tasks import KNOWN_TASKS, Problem, arithmetic, get_task
 from vinejax.tasks.char_tokenizer import save_char_tokenizer
 
 
@@ -30,7 +30,7 @@ def test_generator_is_deterministic_and_answers_are_right():
         arithmetic.load_split("train", 124, seed=7)[123]
     for problem in first:
         assert int(problem.answer) == _evaluate_by_hand(problem.problem)
-        assert arithmetic.grade(problem.solution, problem.answer) == 1.0
+        assert arithmetic.grade(problem.solution, problem) == 1.0
         assert len(problem.solution.split("\n")) == 5  # 4 operations + "#### answer"
         assert len(problem.problem) + len(problem.solution) <= 80
         assert set(problem.problem + problem.solution) <= set(arithmetic.ALPHABET)
@@ -62,7 +62,7 @@ def test_noisy_demonstrations_have_the_configured_slip_rate():
         assert 3 not in wrong_results  # the last operation is never a slip
         slipped += len(wrong_results)
         if wrong_results:
-            assert arithmetic.grade(problem.solution, problem.answer) == 0.0
+            assert arithmetic.grade(problem.solution, problem) == 0.0
             # the slip propagates: the next line starts from the wrong value
             first = wrong_results[0]
             assert lines[first + 1].startswith(lines[first].split("=")[1])
@@ -73,10 +73,15 @@ def test_noisy_demonstrations_have_the_configured_slip_rate():
 
 
 def test_grading_and_steps():
-    assert arithmetic.grade("1+2=3\n#### 3", "3") == 1.0
-    assert arithmetic.grade("1+2=4\n#### 4", "3") == 0.0
-    assert arithmetic.grade("1+2=3\n", "3") == 0.0  # unfinished
-    assert arithmetic.grade_batch(["#### 3", "#### 03", "####3 "], ["3", "3", "3"]).tolist() == [1.0] * 3
+    three = Problem(problem="1+2", answer="3", solution="1+2=3\n#### 3")
+    assert arithmetic.grade("1+2=3\n#### 3", three) == 1.0
+    assert arithmetic.grade("1+2=4\n#### 4", three) == 0.0
+    assert arithmetic.grade("1+2=3\n", three) == 0.0  # unfinished
+    assert arithmetic.grade_batch(["#### 3", "#### 03", "####3 "], [three] * 3).tolist() == [1.0] * 3
+    with pytest.raises(TypeError, match="graders take Problem records, got str"):
+        arithmetic.grade_batch(["#### 3"], ["3"])
+    with pytest.raises(ValueError, match="2 responses but 1 problems"):
+        arithmetic.grade_batch(["#### 3", "#### 3"], [three])
     # GSM8K's rules: each "\n" starts a step, "\n#### answer" joins the last one
     assert arithmetic.split_steps("1+2=3\n3*4=12\n#### 12") == ["1+2=3", "\n3*4=12\n#### 12"]
 
@@ -109,5 +114,9 @@ def test_registry():
     problems = task.load_split("validation", ConfigDict({"num_problems": 5}))
     assert len(problems) == 5 and all(p.solution.count("\n") == 3 for p in problems)
     assert len(task.prompt(problems[0].problem)) < 20
-    rewards = task.grade_batch([p.solution for p in problems], [p.answer for p in problems])
+    rewards = task.grade_batch([p.solution for p in problems], problems)
     assert isinstance(rewards, np.ndarray) and rewards.dtype == np.float32 and rewards.tolist() == [1.0] * 5
+    assert task.grader == "strict" and get_task("math").grader == get_task("gsm8k").grader == "vineppo"
+    assert get_task("math", grader="strict").grader == "strict"
+    with pytest.raises(ValueError, match="unknown grader 'official' for task 'math'; known graders: vineppo, strict"):
+        get_task("math", grader="official")

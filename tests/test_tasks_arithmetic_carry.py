@@ -32,9 +32,9 @@ def test_carry_slips_drop_exactly_the_carry_at_the_configured_rate():
         assert lines[-1] == f"#### {lines[-2].split('=')[1]}"
         if p.meta["slips"]:
             wrong_final += 1
-            assert arithmetic.grade(p.solution, p.answer) == 0.0
+            assert arithmetic.grade(p.solution, p) == 0.0
         else:
-            assert arithmetic.grade(p.solution, p.answer) == 1.0
+            assert arithmetic.grade(p.solution, p) == 1.0
     assert opportunities > 500
     assert abs(dropped / opportunities - 0.6) < 0.05
     assert wrong_final > 0

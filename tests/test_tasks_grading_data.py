@@ -4,11 +4,12 @@ import random
 
 import pytest
 
-from vinejax.tasks import gsm8k, math as math_task
+from vinejax.tasks import get_task, gsm8k, math as math_task
 from vinejax.tasks.math_answer import normalize
 from vinejax.tasks.math_equiv import parse_number
 
 pytestmark = pytest.mark.data
+GSM8K_COMMA_GOLDS = 14  # GSM8K test golds written with a thousands separator ("1,000")
 
 
 def _jsonl(path):
@@ -16,11 +17,15 @@ def _jsonl(path):
         return [json.loads(line) for line in handle]
 
 
-def test_gsm8k_test_gold_solutions_all_grade_correct(shared_data):
+def test_gsm8k_test_gold_solutions_grade_correct(shared_data):
     problems = gsm8k.load_split("test", data_dir=str(shared_data))
     assert len(problems) == 1319
-    rewards = gsm8k.grade_batch([p.solution for p in problems], [p.answer for p in problems])
-    assert rewards.tolist() == [1.0] * 1319
+    strict = get_task("gsm8k", grader="strict").grade_batch([p.solution for p in problems], problems)
+    assert strict.tolist() == [1.0] * 1319
+    # the official reward never credits a gold written with a thousands separator
+    vineppo = get_task("gsm8k", grader="vineppo").grade_batch([p.solution for p in problems], problems)
+    assert vineppo.tolist() == [float("," not in p.answer) for p in problems]
+    assert int(1319 - vineppo.sum()) == GSM8K_COMMA_GOLDS
     # the SFT target has no calculator annotations and ends with "#### answer"
     assert all("<<" not in p.solution and p.solution.rstrip().endswith(p.answer) for p in problems)
 
@@ -29,18 +34,25 @@ def test_gsm8k_shuffled_pairs_fail_unless_answers_equal(shared_data):
     problems = gsm8k.load_split("test", data_dir=str(shared_data))
     order = list(range(len(problems)))
     random.Random(0).shuffle(order)
-    other = [problems[i].answer for i in order]
-    rewards = gsm8k.grade_batch([p.solution for p in problems], other)
-    truly_equal = [float(p.answer.replace(",", "")) == float(o.replace(",", "")) for p, o in zip(problems, other)]
+    other = [problems[i] for i in order]
+    responses = [p.solution for p in problems]
+    rewards = get_task("gsm8k", grader="strict").grade_batch(responses, other)
+    truly_equal = [float(p.answer.replace(",", "")) == float(o.answer.replace(",", "")) for p, o in zip(problems, other)]
     assert rewards.tolist() == [float(e) for e in truly_equal]
     assert sum(truly_equal) < 30
+    rewards = get_task("gsm8k", grader="vineppo").grade_batch(responses, other)
+    same_text = [p.answer.replace(",", "") == o.answer for p, o in zip(problems, other)]
+    assert rewards.tolist() == [float(e) for e in same_text]
 
 
 def test_math500_gold_solutions_grade_correct(shared_data):
     problems = math_task.load_split("test", data_dir=str(shared_data))
     assert len(problems) == 500
-    rewards = math_task.grade_batch([p.solution for p in problems], [p.answer for p in problems], num_workers=2)
+    responses = [p.solution for p in problems]
+    rewards = get_task("math", grader="strict").grade_batch(responses, problems, num_workers=2)
     assert rewards.mean() >= 0.995
+    rewards = get_task("math", grader="vineppo").grade_batch(responses, problems, num_workers=2)
+    assert rewards.tolist() == [1.0] * 500
 
 
 def _really_equal(first: str, second: str) -> bool:
@@ -60,9 +72,9 @@ def test_math500_shuffled_pairs_fail_unless_answers_equal(shared_data):
     problems = math_task.load_split("test", data_dir=str(shared_data))
     order = list(range(len(problems)))
     random.Random(1).shuffle(order)
-    other = [problems[i].answer for i in order]
-    rewards = math_task.grade_batch([p.solution for p in problems], other, num_workers=2)
-    expected = [float(_really_equal(p.answer, o)) for p, o in zip(problems, other)]
+    other = [problems[i] for i in order]
+    rewards = get_task("math", grader="strict").grade_batch([p.solution for p in problems], other, num_workers=2)
+    expected = [float(_really_equal(p.answer, o.answer)) for p, o in zip(problems, other)]
     assert rewards.tolist() == expected
     assert 0 < sum(expected) < 25
 
@@ -72,21 +84,25 @@ def test_math_train_shuffled_pairs_fail_unless_answers_equal(shared_data):
     records = _jsonl(shared_data / "math" / "train.jsonl")
     order = list(range(len(records)))
     random.Random(5).shuffle(order)
-    other = [records[i]["answer"] for i in order]
-    rewards = math_task.grade_batch([r["solution"] for r in records], other, num_workers=2)
-    expected = [float(_really_equal(r["answer"], o)) for r, o in zip(records, other)]
+    other = [math_task.to_problem(records[i]) for i in order]
+    rewards = get_task("math", grader="strict").grade_batch([r["solution"] for r in records], other, num_workers=2)
+    expected = [float(_really_equal(r["answer"], o.answer)) for r, o in zip(records, other)]
     assert rewards.tolist() == expected
 
 
 def test_all_12000_math_train_gold_solutions(shared_data):
     records = _jsonl(shared_data / "math" / "train.jsonl")
     assert len(records) == 12000
-    rewards = math_task.grade_batch([r["solution"] for r in records], [r["answer"] for r in records],
-                                    num_workers=2)
+    problems = [math_task.to_problem(r) for r in records]
+    responses = [r["solution"] for r in records]
+    rewards = get_task("math", grader="strict").grade_batch(responses, problems, num_workers=2)
     assert rewards.mean() >= 0.99
     # the only exceptions: the two MATH solutions with an empty \boxed{} (an empty answer never counts)
     failures = {r["unique_id"] for r, reward in zip(records, rewards) if reward < 1}
     assert failures == {"train/number_theory/7115.json", "train/number_theory/7117.json"}
+    # officially every gold solution earns its own reward, empty boxes included
+    rewards = get_task("math", grader="vineppo").grade_batch(responses, problems, num_workers=2)
+    assert rewards.tolist() == [1.0] * 12000
 
 
 def test_splits_have_the_paper_sizes(shared_data):

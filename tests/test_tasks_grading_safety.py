@@ -1,12 +1,22 @@
-"""Untrusted answers are never executed and every grade call is bounded in time."""
+"""Untrusted answers are never executed and every grade call is bounded in time, whichever
+grader ("vineppo" or "strict") is used."""
 import os
 import time
 
 import pytest
 
-from vinejax.tasks import gsm8k, math as math_task, symbolic
+from vinejax.tasks import Problem, get_task, symbolic
 
 TIME_BOUND = 6.0  # seconds per call, including a possible worker restart on a loaded 2-core machine
+GRADERS = ["vineppo", "strict"]
+
+
+def _math_problem(gold: str) -> Problem:
+    return Problem(problem="Compute it.", answer=gold, solution=f"Thus the answer is $\\boxed{{{gold}}}$.")
+
+
+def _gsm8k_problem(gold: str) -> Problem:
+    return Problem(problem="How many?", answer=gold, solution=f"It is {gold}.\n#### {gold}")
 
 
 def _python_payloads(marker):
@@ -20,16 +30,20 @@ def _python_payloads(marker):
     ]
 
 
+@pytest.mark.parametrize("grader", GRADERS)
 @pytest.mark.parametrize("index", range(6))
-def test_python_in_answers_is_never_executed(tmp_path, index):
+def test_python_in_answers_is_never_executed(tmp_path, index, grader):
+    math_task, gsm8k = get_task("math", grader=grader), get_task("gsm8k", grader=grader)
     marker = tmp_path / "MARKER"
     payload = _python_payloads(marker)[index]
     for response, gold in [(f"\\boxed{{{payload}}}", "0"), (f"\\boxed{{{payload}}}", "x+1"),
                            ("\\boxed{x+1}", payload), (f"The answer is {payload}", payload + " ")]:
-        math_task.grade(response, gold)
-        gsm8k.grade(f"#### {payload}", gold)
-    math_task.grade_batch([f"\\boxed{{{payload}}}"] * 3, ["1", "y", payload[::-1]], num_workers=2)
+        math_task.grade(response, _math_problem(gold))
+        gsm8k.grade(f"#### {payload}", _gsm8k_problem(gold))
+    math_task.grade_batch([f"\\boxed{{{payload}}}"] * 3, [_math_problem(g) for g in ["1", "y", payload[::-1]]],
+                          num_workers=2)
     symbolic.get_pool(1).check_many([(payload, "x"), (payload, payload + "+0")])
+    symbolic.get_pool(1).check_many([(f"({payload})-(x)", payload, "x"), (payload, payload, payload)], check="vineppo")
     assert not marker.exists()
 
 
@@ -47,16 +61,23 @@ PATHOLOGICAL = [
     ("\\boxed{" * 20_000, "5"),
     ("\\boxed{" + "(0," * 3_000 + "1,2" + ")" * 3_000 + "}", "(0," * 3_000 + "1,3" + ")" * 3_000),
     ("\\boxed{" + "[" * 3_000 + "1" + "]" * 3_000 + "}", "[" * 3_000 + "2" + "]" * 3_000),
+    ("\\boxed{(9^9)^9^9}", "2"),
+    ("\\boxed{((99!)!)!}", "3"),
+    ("\\boxed{" + "(" * 400 + "1" + ")" * 400 + "}", "2"),
+    ("\\boxed{" + ",," * 20_000 + "x}", "1"),
+    ("\\boxed{" + "\\text{" * 3_000 + "}", "1"),
 ]
 
 
+@pytest.mark.parametrize("grader", GRADERS)
 @pytest.mark.parametrize("response,gold", PATHOLOGICAL, ids=range(len(PATHOLOGICAL)))
-def test_pathological_inputs_return_quickly_as_incorrect(response, gold):
+def test_pathological_inputs_return_quickly_as_incorrect(response, gold, grader):
+    math_task = get_task("math", grader=grader)
     start = time.monotonic()
-    assert math_task.grade(response, gold) == 0.0
+    assert math_task.grade(response, _math_problem(gold)) == 0.0
     assert time.monotonic() - start < TIME_BOUND
     # the grading machinery survives: a real symbolic equivalence still works afterwards
-    assert math_task.grade("\\boxed{2\\sqrt{2}}", "\\sqrt{8}") == 1.0
+    assert math_task.grade("\\boxed{2\\sqrt{2}}", _math_problem("\\sqrt{8}")) == 1.0
 
 
 def test_slow_symbolic_work_is_cut_by_the_timeout():
@@ -66,28 +87,45 @@ def test_slow_symbolic_work_is_cut_by_the_timeout():
         start = time.monotonic()
         heavy = "\\frac{(x+1)^{150}-(x-1)^{150}}{x^{3}+1}"
         assert pool.check_many([(heavy, "x^{2}+2"), ("x+1", "1+x")]) == [False, True]
-        assert time.monotonic() - start < TIME_BOUND
+        heavy_text = "((x+1)**150-(x-1)**150)/(x**3+1)"
+        jobs = [(f"({heavy_text})-(x**2+2)", heavy_text, "x**2+2"), ("(x+1)-(1+x)", "x+1", "1+x")]
+        assert pool.check_many(jobs, check="vineppo") == [False, True]
+        assert time.monotonic() - start < 2 * TIME_BOUND
     finally:
         pool.close()
 
 
-def test_pathological_batch_is_bounded():
+@pytest.mark.parametrize("grader", GRADERS)
+def test_pathological_batch_is_bounded(grader):
+    math_task = get_task("math", grader=grader)
     responses = [r for r, _ in PATHOLOGICAL] + ["\\boxed{\\frac{1}{2}}"] * 50
-    answers = [g for _, g in PATHOLOGICAL] + ["0.5"] * 50
+    problems = [_math_problem(g) for _, g in PATHOLOGICAL] + [_math_problem("0.5")] * 50
     start = time.monotonic()
-    rewards = math_task.grade_batch(responses, answers, num_workers=2)
+    rewards = math_task.grade_batch(responses, problems, num_workers=2)
     assert rewards.tolist() == [0.0] * len(PATHOLOGICAL) + [1.0] * 50
     assert time.monotonic() - start < 2 * TIME_BOUND
 
 
-def test_gsm8k_grader_bounded_on_huge_input():
+@pytest.mark.parametrize("grader", GRADERS)
+def test_gsm8k_grader_bounded_on_huge_input(grader):
+    gsm8k = get_task("gsm8k", grader=grader)
     start = time.monotonic()
-    assert gsm8k.grade("#### " + "9" * 100_000, "9") == 0.0
-    assert gsm8k.grade("####" * 50_000, "1") == 0.0
+    assert gsm8k.grade("#### " + "9" * 100_000, _gsm8k_problem("9")) == 0.0
+    assert gsm8k.grade("####" * 50_000, _gsm8k_problem("1")) == 0.0
+    assert gsm8k.grade("1" * 1_000_000 + "\n#### 1", _gsm8k_problem("1")) == 0.0  # oversized: refused
     assert time.monotonic() - start < 1.0
+
+
+def test_oversized_math_responses_are_refused():
+    gold = _math_problem("1")
+    for grader in GRADERS:
+        task = get_task("math", grader=grader)
+        assert task.grade("x" * 200_000 + "\\boxed{1}", gold) == 0.0
+        assert task.grade("x" * 1_000 + "\\boxed{1}", gold) == 1.0
 
 
 def test_worker_processes_are_separate():
     pool = symbolic.get_pool(1)
     pool.check_many([("x", "x+0")])
-    assert all(w.process.pid != os.getpid() and w.process.poll() is None for w in pool._workers)
+    pids = pool.worker_pids()
+    assert pids and os.getpid() not in pids

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from vinejax.tasks import gsm8k, math as math_task
+from vinejax.tasks import data, gsm8k, math as math_task
 from vinejax.tasks.data import DataError
 
 
@@ -52,6 +52,7 @@ def test_hub_path_calls_datasets_with_the_paper_names(monkeypatch):
         return rows if split == "train" else rows[:1319]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: True)
     train = gsm8k.load_split("train", seed=0)
     validation = gsm8k.load_split("validation", seed=0)
     test = gsm8k.load_split("test")
@@ -63,3 +64,20 @@ def test_hub_path_calls_datasets_with_the_paper_names(monkeypatch):
     assert len(math_task.load_split("test")) == 500
     with pytest.raises(ValueError, match="hub_train_name"):
         math_task.load_split("train")
+
+
+def test_no_data_dir_and_no_hub_is_one_clear_error(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
+    start = time.time()
+    with pytest.raises(data.DataError, match="task.data_dir"):
+        gsm8k.load_split("train")
+    assert time.time() - start < 5  # no retries
+
+
+def test_empty_split_file_names_the_file(tmp_path):
+    empty = tmp_path / "gsm8k_train.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(data.DataError, match="no records"):
+        gsm8k.load_split("train", data_files={"train": str(empty)})

@@ -1,7 +1,13 @@
-"""Hand-checked equivalence table for MATH answers (each row checked by hand)."""
+"""Hand-checked equivalence table for MATH answers under the "strict" grader (each row checked
+by hand). The "vineppo" grader follows the official reward instead: see
+test_tasks_grading_official.py."""
 import pytest
 
-from vinejax.tasks import math as math_task
+from vinejax.tasks import Problem, math_grade_strict as math_task
+
+
+def _problem(gold: str) -> Problem:
+    return Problem(problem="Compute it.", answer=gold, solution=f"So $\\boxed{{{gold}}}$.")
 
 # (predicted answer, gold answer, equal?)
 TABLE = [
@@ -110,7 +116,7 @@ TABLE = [
 @pytest.mark.parametrize("predicted,gold,expected", TABLE)
 def test_equivalence_table(predicted, gold, expected):
     response = f"So the final answer is $\\boxed{{{predicted}}}$."
-    assert math_task.grade(response, gold) == float(expected)
+    assert math_task.grade(response, _problem(gold)) == float(expected)
 
 
 def test_table_is_large_and_balanced():
@@ -129,12 +135,12 @@ def test_table_is_large_and_balanced():
     ("$\\boxed 5$.", "5", 1.0),
 ])
 def test_extraction_order(response, gold, expected):
-    assert math_task.grade(response, gold) == expected
+    assert math_task.grade(response, _problem(gold)) == expected
 
 
 def test_grade_batch_matches_grade():
     responses = [f"\\boxed{{{p}}}" for p, _, _ in TABLE]
     golds = [g for _, g, _ in TABLE]
-    rewards = math_task.grade_batch(responses, golds, num_workers=2)
+    rewards = math_task.grade_batch(responses, [_problem(g) for g in golds], num_workers=2)
     assert rewards.dtype.name == "float32"
     assert rewards.tolist() == [float(e) for _, _, e in TABLE]

@@ -1,6 +1,7 @@
 """The glue between sampler, task and RL numerics: step columns of real episodes, and MC rewards
 assembled from prefix + continuation text."""
 import jax
+import pytest
 import numpy as np
 
 from vinejax import sampling
@@ -54,7 +55,7 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
     seen = {}
 
     def fake_continue(params, cfg, tokens, lengths, positions, rng, scfg, num, *, state_mask, budgets,
-                      max_rows_per_chunk):
+                      max_rows_per_chunk, stops=None):
         b, s = positions.shape
         n = scfg.max_new_tokens
         out_tok = np.zeros((b, s, num, n), np.int32)
@@ -75,7 +76,7 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
         return sampling.ContinuationOutput(out_tok, np.zeros(out_tok.shape, np.float32), out_len, finish, {})
 
     monkeypatch.setattr(sampling, "continue_from_prefixes", fake_continue)
-    scfg = sampling_config(TOKENIZER, TASK, 1.0, 1.0, 40)
+    scfg = sampling_config(TOKENIZER, 1.0, 1.0, 40)
     context = 60
     rewards, mask, _ = values.mc_rewards(None, None, TOKENIZER, TASK, ep, starts, num_steps, jax.random.key(0),
                                          scfg, k, cap=-1, chunk_rows=64, workers=0, context_size=context)
@@ -131,3 +132,43 @@ def test_late_state_continuation_gets_the_full_budget_and_matches_generate():
     assert finished == 1.0 and int(alone.lengths[0]) > left  # needs more than the episode's budget leaves
     np.testing.assert_array_equal(rewards[0, 1], [finished, finished])  # unfinished would score 0
     assert stats["mc/unique_states"] == 2  # continued from the trajectory's own cache, no re-prefill
+
+
+TEXTS = ["Natalia sold 48 clips in April and half as many in May. How many did she sell?",
+         "She sold 48/2 = 24 clips in May.\nAltogether 48 + 24 = 72 clips.\n#### 72"] * 20
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_a_response_ending_in_the_stop_string_trains_and_grades_as_text_plus_eos(family):
+    """The official: vLLM stops on the text "\\n\\n\\nProblem:", removes it and appends EOS."""
+    import helpers_tokenizers
+
+    from vinejax.train.episodes import finish_response, stop_table
+
+    tok = getattr(helpers_tokenizers, family)(TEXTS)
+    task = get_task("gsm8k")
+    body = "She sold 48/2 = 24 clips.\n#### 24"
+    ids = encode.encode_text(tok, body + task.stop_strings[0] + " Tom has")  # as sampled, stop inside
+    text, kept = finish_response(tok, stop_table(tok, task, len(tok)), ids)
+    assert text == body
+    assert kept[-1] == tok.eos_token_id and tok.decode(kept[:-1]) == body  # tokens consistent with the text
+    plain = encode.encode_text(tok, body)
+    assert finish_response(tok, stop_table(tok, task, len(tok)), plain + [tok.eos_token_id]) == (body, plain + [tok.eos_token_id])
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_sft_example_tokenizes_prompt_and_target_together(family):
+    """No word-start token of its own before the target (SentencePiece adds "▁" to a text encoded
+    alone); the target is "\\n{solution}\\n" then EOS, and the mask covers exactly it."""
+    import helpers_tokenizers
+
+    tok = getattr(helpers_tokenizers, family)(TEXTS)
+    prompt, target = "[MATH_TASK] Problem:\nNatalia sold 48 clips.\n\nSolution:", "\nShe sold 24.\n#### 24\n"
+    ids, mask = encode.encode_sft(tok, prompt, target)
+    joint = encode.encode_text(tok, prompt + target)
+    assert ids[0] == tok.bos_token_id and ids[1:-1] == joint and ids[-1] == tok.eos_token_id
+    target_ids = [t for t, m in zip(ids, mask) if m]
+    assert tok.decode(target_ids[:-1]) == target and target_ids[-1] == tok.eos_token_id
+    alone = encode.encode_text(tok, target)
+    if family == "sentencepiece_bpe":
+        assert alone != target_ids[:-1]  # the separately encoded target differs (the old behaviour)

@@ -30,6 +30,7 @@ def tiny_config(tmp_path, algo="vineppo", iterations=2, **changes):
     c.model.num_kv_heads = 1
     c.model.intermediate_size = 64
     c.model.max_position_embeddings = 64
+    c.sft.max_seq_len = 64
     c.sampling.problems_per_iteration = 4
     c.sampling.samples_per_problem = 2
     c.sampling.max_new_tokens = 12
@@ -73,7 +74,7 @@ def read_metrics(cfg):
     return metrics.read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
 
 
-def reward_odd_length(responses, answers, num_workers=0):
+def reward_odd_length(responses, problems, num_workers=0):
     """A reward a random model earns about half the time (of its finished responses)."""
     return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
 

@@ -83,3 +83,18 @@ def test_nonfinite_loss_skips_the_step():
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     assert bool(update.all_finite(new)) and not bool(update.all_finite({"x": jnp.array([1.0, jnp.inf])}))
+
+
+def test_update_that_divides_zero_by_zero_is_skipped():
+    """Adam with eps = 0 (a legal setting) turns the zero gradient of unused embedding rows into
+    0/0: the step is skipped instead of writing NaN into the params."""
+    params = llama.init_params(MODEL, jax.random.key(0))
+    optim = base_config().optim
+    optim.lr, optim.warmup_frac, optim.warmup_shape, optim.eps = 1e-2, 0.0, "linear", 0.0
+    optimizer = update.make_optimizer(optim, total_steps=10)
+    batch = _batch(np.random.default_rng(2))
+    mb = jax.tree.map(lambda x: x.reshape((2, 4) + x.shape[1:]), batch)
+    new, _, m = update.policy_step(jax.tree.map(jnp.copy, params), optimizer.init(params), mb, model_cfg=MODEL,
+                                   loss_cfg=PolicyLossConfig(), optimizer=optimizer, temperature=1.0)
+    assert float(m["nonfinite"]) == 1.0 and np.isfinite(float(m["grad_norm"]))
+    assert bool(update.all_finite(new))

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
+from vinejax.tasks.data import SPLITS
 
 ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo")
 
@@ -47,8 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task.name = "arithmetic"
     c.task.data_dir = ""  # local folder laid out like shared/data ("" = the Hub)
     c.task.train_split = "train"
-    c.task.eval_split = "validation"
-    c.task.num_eval_problems = 500  # 0 = the whole split
+    c.task.num_eval_problems = 500  # the first N problems of each eval split; 0 = the whole split
     c.task.max_prompt_tokens = 1512  # longer prompts are dropped
     c.task.options = ml_collections.ConfigDict()  # task-specific loader options (free-form)
     c.task.grade_workers = 2
@@ -107,13 +107,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.time_budget_minutes = 0.0  # 0 = no limit; stops cleanly (checkpointed) when exceeded
     c.train.export_hf = True  # write the final policy as an HF folder
+    c.train.samples_per_iteration = 4  # episodes appended to samples.jsonl each iteration (0 = none)
+    c.train.max_nonfinite_steps = 3  # stop after this many optimizer steps in a row with a non-finite loss/gradient
+    c.train.kl_warning = 10.0  # warn when the KL to the reference (nats per sequence) exceeds this
 
-    c.eval = ml_collections.ConfigDict()
+    c.logging = ml_collections.ConfigDict()
+    c.logging.wandb_project = ""  # "" = no Weights & Biases (pip install -e '.[wandb]')
+    c.logging.wandb_entity = ""
+    c.logging.wandb_run_name = ""  # "" = the output_dir's name
+
+    c.eval = ml_collections.ConfigDict()  # the official protocol (vinejax.train.evaluate)
+    c.eval.splits = ("validation",)  # the first one's metrics are eval/accuracy...; others eval/<split>/...
     c.eval.samples_per_problem = 16
     c.eval.temperature = 0.35
     c.eval.top_p = 0.9
-    c.eval.greedy = True
-    c.eval.max_new_tokens = 1024
+    c.eval.greedy = True  # also greedy accuracy (not in the official protocol; False in paper configs)
+    c.eval.max_new_tokens = 1024  # a response may write min(this, eval context - prompt) tokens
+    c.eval.context_size = -1  # prompt + response tokens besides BOS at eval; -1 = model.context_size
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
@@ -143,6 +153,11 @@ def _flatten(d, prefix=""):
             yield from _flatten(value, name + ".")
         else:
             yield name, value
+
+
+def flat_keys(cfg: ml_collections.ConfigDict) -> list[str]:
+    """Every dotted key of `cfg` (free-form `task.options` counts as one key)."""
+    return [name for name, _ in _flatten(cfg)]
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> ml_collections.ConfigDict:
@@ -176,10 +191,18 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
     need(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
     need(cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
+    need(len(cfg.eval.splits) >= 1 and all(s in SPLITS for s in cfg.eval.splits), "eval.splits",
+         f'must name splits among {", ".join(SPLITS)}, e.g. ("test", "validation")')
+    need(cfg.eval.samples_per_problem >= 0, "eval.samples_per_problem", "must be >= 0")
+    need(cfg.eval.temperature > 0, "eval.temperature", "must be > 0")
+    need(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+    need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
     need(cfg.ppo.epochs >= 1, "ppo.epochs", "must be >= 1")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(0 <= cfg.optim.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)")
     need(cfg.train.iterations >= 0, "train.iterations", "must be >= 0")
+    need(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
+    need(cfg.train.samples_per_iteration >= 0, "train.samples_per_iteration", "must be >= 0")
     episodes = cfg.sampling.problems_per_iteration * cfg.sampling.samples_per_problem
     need(episodes % cfg.ppo.episodes_per_step == 0, "ppo.episodes_per_step",
          f"must divide the {episodes} episodes of an iteration")
@@ -225,6 +248,29 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return cfg.to_dict()
 
 
+def from_dict(raw: dict) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """`base_config()` with the values of a nested dict (a run's recorded config.json; JSON
+    lists become tuples where the schema has tuples) and the dotted keys it skipped for not
+    being in the schema (settings of an older version)."""
+    cfg, skipped = base_config(), []
+
+    def fill(node, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            name = prefix + key
+            if key not in node:
+                skipped.append(name)
+            elif key == "options" and isinstance(value, dict):
+                with node[key].unlocked():
+                    node[key].update(value)
+            elif isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+                fill(node[key], value, name + ".")
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+    fill(cfg, raw, "")
+    return cfg, skipped
+
+
 # The paper's models (VINEPPO.md §6) and per-task settings (§1, §2, §5).
 PAPER_MODELS = {
     # context_size: official `model_context_size` of MC continuations; micro_batch: the official
@@ -232,6 +278,12 @@ PAPER_MODELS = {
     "rho1b": dict(context_size=2047, sft_lr=1e-5, micro_batch=16, mesh=(1, -1, 1)),
     "deepseek7b": dict(context_size=2499, sft_lr=5e-5, micro_batch=8, mesh=(1, -1, 1)),
 }
+# The official evaluation (configs/sft_*_eval.jsonnet): its model_context_size per (model, task),
+# and the checkpoint cadence it sweeps (save_steps, in iterations) per (model, algo).
+PAPER_EVAL_CONTEXT = {("rho1b", "gsm8k"): 2047, ("rho1b", "math"): 2047,
+                      ("deepseek7b", "gsm8k"): 2047, ("deepseek7b", "math"): 4095}
+PAPER_EVAL_EVERY = {("rho1b", "vineppo"): 10, ("deepseek7b", "vineppo"): 10,
+                    ("rho1b", "ppo"): 40, ("deepseek7b", "ppo"): 30}
 
 
 def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
@@ -245,8 +297,11 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     c.algo = algo
     c.output_dir = f"runs/{task}_{model}_{algo}"
     c.task.name = task
-    c.task.train_split, c.task.eval_split = "train", "validation"
+    c.task.train_split = "train"
     c.task.num_eval_problems = 0
+    c.eval.splits = ("test", "validation")  # the official eval pipelines the paper reports (test first)
+    c.eval.greedy = False
+    c.eval.context_size = PAPER_EVAL_CONTEXT[model, task]
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = True
@@ -260,7 +315,7 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     c.ppo.micro_batch = m["micro_batch"]
     c.sft.micro_batch = 8
     c.train.iterations = 650 if task == "gsm8k" else 1000
-    c.train.eval_every = 10
+    c.train.eval_every = PAPER_EVAL_EVERY.get((model, algo), 10)  # SFT: evaluated once, at its end
     c.train.checkpoint_every = 10
     c.vineppo.max_estimated_states = 25 if task == "gsm8k" else -1
     if algo == "sft":

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -112,10 +113,21 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
     return NamedSharding(mesh, P(lead, *([None] * (ndim - 1))))
 
 
-def data_parallel_size(mesh, rules=DEFAULT_RULES) -> int:
-    """How many ways a batch is split: the product of the mesh axes the `batch` rule maps to.
+def data_parallel_size(mesh=None, rules=None) -> int:
+    """How many ways a batch is split: the product of the sizes of the mesh axes that the `batch`
+    rule maps to.
 
-    `mesh`: a Mesh, an AbstractMesh, or a mapping {axis name: size}."""
+    mesh: a `Mesh`, an `AbstractMesh` or a mapping {axis name: size} (default: the mesh set with
+    `jax.set_mesh`; 1 when none);
+    rules: logical-axis rules (default: the flax `nn.logical_axis_rules` in effect, else
+    DEFAULT_RULES).
+    """
+    if mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+    if getattr(mesh, "empty", False):
+        return 1
+    if rules is None:
+        rules = nn.get_logical_axis_rules() or DEFAULT_RULES
     shape = dict(getattr(mesh, "shape", mesh))
     return math.prod(shape.get(a, 1) for a in _mesh_axes_for("batch", dict(rules)))
 

@@ -7,6 +7,9 @@ Parameters are a plain pytree (see `param_specs`); decoder layers are stacked on
   and packed segments are handled through `segment_ids` + explicit `positions`.
 * `forward_cached`: appends tokens to a `KVCache` (prefill, decode, MC continuations).
 
+`vinejax.model.decode.decode_step` is the one-token-per-row step of samplers, built from the
+same public pieces: `embed`, `rms_norm`, `rope_tables` + `apply_rope`, `attention`, `lm_logits`.
+
 KV-cache layout: row b holds its sequence contiguously from slot 0, slot index == position;
 `lengths[b]` slots are valid. Truncating a cached prefix is just lowering `lengths`.
 """
@@ -22,6 +25,9 @@ from flax import linen as nn
 from vinejax.model.config import ModelConfig
 
 
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # logical axes of KVCache.k / .v
+
+
 class KVCache(NamedTuple):
     """Keys/values of every layer. k, v: [L, B, S, Hkv, Dh]; lengths: int32[B] valid slots."""
 
@@ -35,6 +41,15 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     zeros = jnp.zeros(shape, cfg.compute_dtype)
     return KVCache(zeros, zeros, jnp.zeros((batch,), jnp.int32))
+
+
+def constrain_cache(cache: KVCache) -> KVCache:
+    """Shard a cache's rows over the data axes (a no-op outside logical-axis rules)."""
+    return KVCache(
+        nn.with_logical_constraint(cache.k, CACHE_AXES),
+        nn.with_logical_constraint(cache.v, CACHE_AXES),
+        nn.with_logical_constraint(cache.lengths, ("batch",)),
+    )
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -144,27 +159,40 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
     return jnp.where(wavelen > low_wavelen, inv / factor, jnp.where(wavelen < high_wavelen, inv, mid))
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotate-half RoPE (HF convention). x: [B, T, H, Dh]; positions: int[B, T]."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+class Rope(NamedTuple):
+    """RoPE tables of some positions [...]: cos, sin f32[..., 1, Dh/2] (the 1 broadcasts over heads)."""
+
+    cos: jax.Array
+    sin: jax.Array
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> Rope:
+    """cos/sin of positions (int[...]) times the inverse frequencies; computed once for all layers."""
+    angles = positions[..., None].astype(jnp.float32) * rope_inv_freq(cfg)  # [..., Dh/2]
+    return Rope(jnp.cos(angles)[..., None, :], jnp.sin(angles)[..., None, :])
+
+
+def apply_rope(x: jax.Array, rope: Rope) -> jax.Array:
+    """Rotate-half RoPE (HF convention) of x [..., H, Dh] with `rope_tables` of its positions [...]."""
     x32 = x.astype(jnp.float32)
     x1, x2 = jnp.split(x32, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    out = jnp.concatenate([x1 * rope.cos - x2 * rope.sin, x2 * rope.cos + x1 * rope.sin], axis=-1)
     return out.astype(x.dtype)
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q: [B,T,H,Dh]; k, v: [B,S,Hkv,Dh]; mask: bool[B,T,S] → [B,T,H,Dh]."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query softmax attention, the one core of `forward`, `forward_cached` and decoding.
+
+    q: [B, T, H, Dh]; k, v: [B, Hkv, S, Dh] (heads before slots); mask: bool[B, T, S] (True =
+    attend). Scores and softmax in float32. Returns [B, T, H, Dh] in q's dtype.
+    """
     b, t, h, dh = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     q = q.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(dh)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores / math.sqrt(dh), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(q.dtype))
     return out.reshape(b, t, h, dh)
 
 
@@ -179,22 +207,23 @@ def _write_rows(cache: jax.Array, layer: jax.Array, new: jax.Array, starts: jax.
     return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")
 
 
-def _layer(cfg, inv_freq, p, x, positions, mask, kv=None, layer=None, starts=None):
-    """One pre-norm decoder layer. x: [B,T,D]; kv: optional whole caches ([L,B,S,Hkv,Dh] x 2)."""
+def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
+    """One pre-norm decoder layer. x: [B,T,D]; rope: tables of the tokens' positions [B, T];
+    kv: optional whole caches ([L,B,S,Hkv,Dh] x 2)."""
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(h.dtype))
     k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(h.dtype))
     v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(h.dtype))
     if cfg.attention_bias:
         q, k, v = q + p["bq"].astype(h.dtype), k + p["bk"].astype(h.dtype), v + p["bv"].astype(h.dtype)
-    q = nn.with_logical_constraint(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
-    k = apply_rope(k, positions, inv_freq)
+    q = nn.with_logical_constraint(apply_rope(q, rope), ("batch", "length", "heads", "head_dim"))
+    k = apply_rope(k, rope)
     if kv is not None:
         kv = (_write_rows(kv[0], layer, k, starts), _write_rows(kv[1], layer, v, starts))
         k_all, v_all = kv[0][layer], kv[1][layer]
     else:
         k_all, v_all = k, v
-    attn = _attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
+    attn = attention(q, jnp.swapaxes(k_all, 1, 2), jnp.swapaxes(v_all, 1, 2), mask)
     x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(attn.dtype))
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(h.dtype))
@@ -204,10 +233,10 @@ def _layer(cfg, inv_freq, p, x, positions, mask, kv=None, layer=None, starts=Non
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv
 
 
-def _head(cfg: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
-    """Final norm + LM head. x: [B,T,D] → float32 logits [B,T,V] (and normed hidden)."""
+def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """LM head on final-normed hidden [..., D] → float32 logits [..., V] (tied or separate head)."""
     w = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
-    return jnp.einsum("btd,dv->btv", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
 
 
 def value_head(params: dict, hidden: jax.Array) -> jax.Array:
@@ -216,7 +245,8 @@ def value_head(params: dict, hidden: jax.Array) -> jax.Array:
     return jnp.einsum("btd,d->bt", hidden.astype(jnp.float32), w.astype(jnp.float32)) + b
 
 
-def _embed(cfg: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
+def embed(params: dict, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+    """Token embeddings in the compute dtype. tokens: int[B, T] → [B, T, D]."""
     x = jnp.take(params["embed"], tokens, axis=0).astype(cfg.compute_dtype)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -251,15 +281,15 @@ def forward(
     causal = jnp.tril(jnp.ones((t, t), bool))
     same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
     mask = causal[None] & same  # [B, T, T]
-    inv_freq = rope_inv_freq(cfg)
+    rope = rope_tables(cfg, positions)
 
     def body(x, p):
-        x, _ = _layer(cfg, inv_freq, p, x, positions, mask)
+        x, _ = _layer(cfg, rope, p, x, mask)
         return x, None
 
-    x, _ = jax.lax.scan(_maybe_remat(cfg, body), _embed(cfg, params, tokens), params["layers"])
+    x, _ = jax.lax.scan(_maybe_remat(cfg, body), embed(params, cfg, tokens), params["layers"])
     hidden = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    return _head(cfg, params, hidden), hidden
+    return lm_logits(params, cfg, hidden), hidden
 
 
 def forward_cached(
@@ -281,17 +311,17 @@ def forward_cached(
     starts = cache.lengths
     positions = starts[:, None] + jnp.arange(t)[None]  # [B, T]
     mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]  # [B, T, S]
-    inv_freq = rope_inv_freq(cfg)
+    rope = rope_tables(cfg, positions)
 
     def body(carry, xs):
         x, k, v = carry
         p, layer = xs
-        x, (k, v) = _layer(cfg, inv_freq, p, x, positions, mask, (k, v), layer, starts)
+        x, (k, v) = _layer(cfg, rope, p, x, mask, (k, v), layer, starts)
         return (x, k, v), None
 
     layer_ids = jnp.arange(cfg.num_layers)
-    carry = (_embed(cfg, params, tokens), cache.k, cache.v)
+    carry = (embed(params, cfg, tokens), cache.k, cache.v)
     (x, k, v), _ = jax.lax.scan(body, carry, (params["layers"], layer_ids))
     hidden = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     lengths = starts + t if new_lengths is None else new_lengths.astype(jnp.int32)
-    return _head(cfg, params, hidden), hidden, KVCache(k, v, lengths)
+    return lm_logits(params, cfg, hidden), hidden, KVCache(k, v, lengths)

@@ -5,15 +5,24 @@ from vinejax.sampling.core import (  # noqa: F401
     FINISH_NONE,
     FINISH_REASONS,
     FINISH_STOP,
+    GenerationOutput,
     SamplingConfig,
     bucket,
     filter_logits,
     sample_tokens,
 )
-from vinejax.sampling.generation import GenerationOutput, assemble_rows, generate, row_keys  # noqa: F401
+from vinejax.sampling.generation import assemble_rows, generate, row_keys  # noqa: F401
 from vinejax.sampling.mc import (  # noqa: F401
     ContinuationOutput,
     TrajectoryCache,
     continue_from_prefixes,
     trajectory_cache,
+)
+from vinejax.sampling.stops import (  # noqa: F401
+    StopCut,
+    StopTable,
+    cut_at_stop,
+    stop_automaton,
+    token_bytes,
+    token_sequence_table,
 )

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,32 +11,9 @@ from flax import linen as nn
 
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
-from vinejax.sampling.core import (
-    SamplingConfig,
-    bucket,
-    cache_room,
-    constrain_cache,
-    data_parallel_size,
-    decode,
-    lm_logits,
-)
-
-
-class GenerationOutput(NamedTuple):
-    """Responses of B rows (B = prompts × num_samples, sample-major within a prompt).
-
-    tokens: int32[B, N] response tokens, pad_id after the end (N = max_new_tokens);
-    logprobs: f32[B, N] log_softmax(logits / T) of each token (0 on padding);
-    lengths: int32[B] response lengths (EOS / stop-sequence tokens included);
-    finish_reason: int32[B] codes into `FINISH_REASONS` (eos, stop, length);
-    steps: decode-loop iterations run (for efficiency statistics).
-    """
-
-    tokens: jax.Array
-    logprobs: jax.Array
-    lengths: jax.Array
-    finish_reason: jax.Array
-    steps: jax.Array
+from vinejax.sampling.core import GenerationOutput, SamplingConfig, bucket, cache_room, decode
+from vinejax.sampling.stops import StopTable
+from vinejax.sharding import data_parallel_size
 
 
 def row_keys(rng: jax.Array, ids) -> jax.Array:
@@ -47,23 +24,23 @@ def row_keys(rng: jax.Array, ids) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_samples", "room"))
-def _generate_jit(params, prompts, prompt_lens, budget, keys, *, cfg, scfg, num_samples, room):
-    """prompts int32[Bp, P] right-padded; prompt_lens [Bp]; budget/keys [Bp * num_samples].
+def _generate_jit(params, prompts, prompt_lens, budget, keys, stop_table, *, cfg, scfg, num_samples, room):
+    """prompts int32[Bp, P] right-padded; prompt_lens [Bp]; budget/keys [Bp * num_samples];
+    stop_table: None or int32[S, V] (`StopTable.next_state`).
 
     room: cache slots (>= max(prompt_len + budget)); prompt padding beyond it is dropped.
     """
     bp, p = prompts.shape
     prompts = nn.with_logical_constraint(prompts, ("batch", "length"))
-    cache = constrain_cache(llama.init_cache(cfg, bp, room))
+    cache = llama.constrain_cache(llama.init_cache(cfg, bp, room))
     _, hidden, cache = llama.forward_cached(params, cfg, prompts, cache, new_lengths=prompt_lens)
     last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]  # [Bp, D]
-    logits0 = lm_logits(params, cfg, last)  # [Bp, V]
+    logits0 = llama.lm_logits(params, cfg, last)  # [Bp, V]
     if num_samples > 1:  # one prefill, shared by every sample of a prompt
         rep = lambda x, ax: jnp.repeat(x, num_samples, axis=ax)
         cache = llama.KVCache(rep(cache.k, 1), rep(cache.v, 1), rep(cache.lengths, 0))
         logits0 = rep(logits0, 0)
-    res = decode(params, cfg, scfg, cache, logits0, keys, budget)
-    return GenerationOutput(*res)
+    return decode(params, cfg, scfg, cache, logits0, keys, budget, stop_table)
 
 
 def generate(
@@ -76,6 +53,7 @@ def generate(
     *,
     num_samples: int = 1,
     max_new=None,
+    stops: Optional[StopTable] = None,
 ) -> GenerationOutput:
     """Sample responses to right-padded prompts.
 
@@ -83,7 +61,8 @@ def generate(
     sharded over the data axes); prompts: int[Bp, P] right-padded; prompt_lens: int[Bp] (>= 1);
     rng: PRNG key; num_samples: responses per prompt (one prefill shared by all of them; output row
     b * num_samples + s); max_new: optional int[Bp * num_samples] per-row token budgets (capped at
-    scfg.max_new_tokens). Batch and prompt length are bucketed (`core.bucket`) so different
+    scfg.max_new_tokens); stops: a `stops.stop_automaton` table (stop strings matched on the
+    response text; a row stops at the token that completes one). Batch and prompt length are bucketed (`core.bucket`) so different
     batches reuse a handful of compiled programs. Row r's randomness is fold_in(rng, r).
     """
     prompts = np.asarray(prompts, np.int32)
@@ -105,7 +84,8 @@ def generate(
     keys = row_keys(rng, np.arange(bb * num_samples))
     need = int((np.repeat(lens, num_samples) + budget).max())
     room = min(pb + scfg.max_new_tokens, cache_room(need))  # attend over needed slots only
-    out = _generate_jit(params, tok, lens, budget, keys, cfg=cfg, scfg=scfg, num_samples=num_samples, room=room)
+    table = None if stops is None else jnp.asarray(stops.next_state)
+    out = _generate_jit(params, tok, lens, budget, keys, table, cfg=cfg, scfg=scfg, num_samples=num_samples, room=room)
     if bb * num_samples == rows:
         return out
     return GenerationOutput(*(x[:rows] for x in out[:4]), out.steps)

@@ -22,8 +22,10 @@ from flax import linen as nn
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.multihost import to_host
-from vinejax.sampling.core import SamplingConfig, bucket, cache_room, constrain_cache, data_parallel_size, decode, lm_logits
+from vinejax.sampling.core import SamplingConfig, bucket, cache_room, decode
 from vinejax.sampling.generation import row_keys
+from vinejax.sampling.stops import StopTable
+from vinejax.sharding import data_parallel_size
 
 
 class TrajectoryCache(NamedTuple):
@@ -55,7 +57,7 @@ class ContinuationOutput(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _trajectory_jit(params, tokens, lengths, *, cfg):
     tokens = nn.with_logical_constraint(tokens, ("batch", "length"))
-    cache = constrain_cache(llama.init_cache(cfg, tokens.shape[0], tokens.shape[1]))
+    cache = llama.constrain_cache(llama.init_cache(cfg, tokens.shape[0], tokens.shape[1]))
     _, hidden, cache = llama.forward_cached(params, cfg, tokens, cache, new_lengths=lengths)
     return TrajectoryCache(cache, hidden)
 
@@ -76,8 +78,9 @@ def trajectory_cache(params: dict, cfg: ModelConfig, tokens, lengths, pad_id: in
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "room"))
-def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, *, cfg, scfg, room):
-    """Continue R cache rows: rows int32[R] trajectory row, pos int32[R] prefix length (>= 1).
+def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_table, *, cfg, scfg, room):
+    """Continue R cache rows: rows int32[R] trajectory row, pos int32[R] prefix length (>= 1);
+    stop_table: None or int32[S, V] (`StopTable.next_state`).
 
     room: cache slots of the chunk (>= max(pos + budget)); attention runs over `room` slots only.
     """
@@ -86,8 +89,8 @@ def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, *, cfg, s
     pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
     cache = llama.KVCache(jnp.pad(k[:, rows, :keep], pad), jnp.pad(v[:, rows, :keep], pad), pos.astype(jnp.int32))
     last = traj.hidden[rows, pos - 1]  # [R, D] hidden at the state's last prefix token
-    logits0 = lm_logits(params, cfg, last)
-    return decode(params, cfg, scfg, constrain_cache(cache), logits0, keys, budget)
+    logits0 = llama.lm_logits(params, cfg, last)
+    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, keys, budget, stop_table)
 
 
 def continue_from_prefixes(
@@ -104,6 +107,7 @@ def continue_from_prefixes(
     budgets=None,
     max_rows_per_chunk: int = 256,
     traj: Optional[TrajectoryCache] = None,
+    stops: Optional[StopTable] = None,
 ) -> ContinuationOutput:
     """K = num_samples continuations from every state of every trajectory.
 
@@ -114,7 +118,9 @@ def continue_from_prefixes(
     the same rows (computed here otherwise). Continuation k of the state with unique-prefix id u
     uses the key fold_in(fold_in(rng, u_row * S + u_state), k) where (u_row, u_state) is the first
     state with that exact prefix, so results are reproducible and independent of chunking.
-    Stop sequences match within the continuation only.
+    stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within the
+    continuation only (as vLLM's `stop` with the prefix in the prompt); cut a continuation with
+    `stops.cut_at_stop(tokenizer, stops, prefix + continuation, search_from=len(prefix))`.
     """
     tokens = np.asarray(tokens, np.int32)
     lengths = np.asarray(lengths, np.int32)
@@ -162,6 +168,7 @@ def continue_from_prefixes(
     if traj is None:
         traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id)
     dp = data_parallel_size()
+    table = None if stops is None else jnp.asarray(stops.next_state)
     chunk = bucket(max_rows_per_chunk, multiple_of=dp)
     total = len(row_u)
     out_tok = np.full((nu, num_samples, n), scfg.pad_id, np.int32)
@@ -188,6 +195,7 @@ def continue_from_prefixes(
             pad_to(c_pos, 1),
             pad_to(c_budget),
             keys,
+            table,
             cfg=cfg,
             scfg=scfg,
             room=room,

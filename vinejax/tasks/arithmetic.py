@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vinejax.tasks import gsm8k
+from vinejax.tasks import gsm8k, gsm8k_grade_strict
 from vinejax.tasks.base import Problem, grade_serially
 
 ALPHABET = "\n0123456789+-*=()# "  # every character the task's texts use
@@ -175,15 +175,20 @@ def load_split(split: str, num_problems: int | None = None, **options) -> list[P
     return [make_problem(i, split, cfg) for i in range(count)]
 
 
-def grade(response: str, answer: str) -> float:
-    """1.0 when the integer after the last ``####`` equals ``answer`` (GSM8K rules), else 0.0."""
-    return gsm8k.grade(response, answer)
+def grade(response: str, problem: Problem) -> float:
+    """1.0 when the integer after the last ``####`` equals ``problem.answer`` (GSM8K rules), else 0.0."""
+    return gsm8k_grade_strict.grade(response, problem)
 
 
-def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: int = 0) -> np.ndarray:
+def answer(response: str, problem: Problem) -> str | None:
+    """The integer after the last ``####`` as a vote key (``gsm8k_grade_strict.answer``), or None."""
+    return gsm8k_grade_strict.answer(response, problem)
+
+
+def grade_batch(responses: Sequence[str], problems: Sequence[Problem], num_workers: int | None = None) -> np.ndarray:
     """Grade many pairs (cheap string work; ``num_workers`` is ignored)."""
     del num_workers
-    return grade_serially(grade, responses, answers)
+    return grade_serially(grade, responses, problems)
 
 
 def split_steps(response: str) -> list[str]:

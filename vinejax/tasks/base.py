@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -16,7 +16,11 @@ class StepSplitError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One problem: its text, its reference final answer and the SFT target solution."""
+    """One problem: its text, its reference final answer and the SFT target solution.
+
+    Graders take the whole record: the "vineppo" MATH grader reads the gold answers from
+    ``solution`` and looks at ``problem`` ("separated by commas"), the others use ``answer``.
+    """
 
     problem: str
     answer: str
@@ -28,21 +32,27 @@ class Problem:
 class Task:
     """Everything the RL/SFT loop needs to know about a task, independent of which task it is.
 
-    ``grade(response, answer) -> float`` gives 1.0 (correct) / 0.0 (wrong or unfinished);
-    ``grade_batch(responses, answers, num_workers=...) -> np.ndarray[float32]``;
+    ``grade(response, problem) -> float`` gives 1.0 (correct) / 0.0 (wrong or unfinished) for a
+    response to a ``Problem``; ``grade_batch(responses, problems, num_workers=...) ->
+    np.ndarray[float32]`` grades one response per problem record (repeat the record for
+    several samples of one problem); ``grader`` names the grader in use ("vineppo"/"strict");
     ``split_steps(response) -> list[str]`` whose concatenation equals ``response`` (it raises
     ``StepSplitError`` where the official splitter fails; such an episode is dropped);
-    ``load_split(split, cfg=None) -> list[Problem]``.
+    ``load_split(split, cfg=None) -> list[Problem]``; ``answer(response, problem)`` is the
+    grader's extracted final answer, hashable (str, tuple or None): the candidates of the
+    majority vote at evaluation.
     """
 
     name: str
-    grade: Callable[[str, str], float]
+    grade: Callable[[str, Problem], float]
     grade_batch: Callable[..., np.ndarray]
     split_steps: Callable[[str], list]
     loader: Callable[..., list]
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     stop_strings: tuple = DEFAULT_STOP_STRINGS
     options: dict = dataclasses.field(default_factory=dict)
+    grader: str = ""
+    answer: Callable[[str, Problem], Hashable] | None = None
 
     def prompt(self, problem_text: str) -> str:
         """Format the zero-shot prompt for one problem text."""
@@ -60,9 +70,18 @@ class Task:
         return self.loader(split, **merged)
 
 
-def grade_serially(grade: Callable[[str, str], float], responses: Sequence[str],
-                   answers: Sequence[str]) -> np.ndarray:
-    """Grade pairs one by one in this process; returns a float32 array."""
-    if len(responses) != len(answers):
-        raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
-    return np.asarray([grade(r, a) for r, a in zip(responses, answers)], dtype=np.float32)
+def check_batch(responses: Sequence[str], problems: Sequence[Problem]) -> None:
+    """Raise ``ValueError`` unless there is one record per response, ``TypeError`` for a record
+    that is not a ``Problem``."""
+    if len(responses) != len(problems):
+        raise ValueError(f"{len(responses)} responses but {len(problems)} problems")
+    for problem in problems:
+        if not isinstance(problem, Problem):
+            raise TypeError(f"graders take Problem records, got {type(problem).__name__}: {problem!r:.80}")
+
+
+def grade_serially(grade: Callable[[str, Problem], float], responses: Sequence[str],
+                   problems: Sequence[Problem]) -> np.ndarray:
+    """Grade (response, problem) pairs one by one in this process; returns a float32 array."""
+    check_batch(responses, problems)
+    return np.asarray([grade(r, p) for r, p in zip(responses, problems)], dtype=np.float32)

@@ -31,6 +31,8 @@ def read_jsonl(path: str | os.PathLike, required_fields: Sequence[str]) -> list[
                 raise DataError(f"{path}:{line_number}: not valid JSON ({error})") from None
             check_fields(record, required_fields, f"{path}:{line_number}")
             records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records (an empty split)")
     return records
 
 
@@ -47,11 +49,27 @@ def load_hub(name: str, config: str | None, split: str, required_fields: Sequenc
     """Load a split of a Hub dataset through ``datasets.load_dataset`` and check its fields."""
     import datasets  # imported lazily: only the hub path needs it
 
+    if not hub_reachable():
+        raise DataError(f"no local data (task.data_dir is empty) and the Hugging Face Hub is unreachable for "
+                        f"{name}: set task.data_dir to a folder laid out like shared/data")
     dataset = datasets.load_dataset(name, config, split=split)
     records = [dict(row) for row in dataset]
     for index, record in enumerate(records):
         check_fields(record, required_fields, f"hub dataset {name}[{config}]/{split} row {index}")
     return records
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers on port 443 within `timeout` seconds (HF_HUB_OFFLINE=1: no)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def seeded_split(records: Sequence[dict], num_validation: int, seed: int) -> tuple[list, list]:

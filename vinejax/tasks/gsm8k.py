@@ -1,20 +1,15 @@
-"""GSM8K: loading (hub / local files / VinePPO splits), SFT targets, grading and line steps.
+"""GSM8K: loading (hub / local files / VinePPO splits), SFT targets, answers and line steps.
 
-Grading follows the paper: the prediction is the text after the last ``####``; prediction and
-gold are compared after removing commas and whitespace and lower-casing, and count as equal
-when the strings match or both parse as numbers with the same value.
+The graders live in ``gsm8k_grade_vineppo`` (the official reward, the default) and
+``gsm8k_grade_strict`` (value equality); ``vinejax.tasks.get_task`` picks one.
 """
 from __future__ import annotations
 
-import math as _math
 import os
 import re
-from typing import Sequence
-
-import numpy as np
 
 from vinejax.tasks import data
-from vinejax.tasks.base import Problem, StepSplitError, grade_serially
+from vinejax.tasks.base import Problem, StepSplitError
 
 HUB_NAME = "openai/gsm8k"
 HUB_CONFIG = "main"
@@ -33,42 +28,6 @@ def extract_answer(text: str) -> str | None:
     if "####" not in text:
         return None
     return text.rsplit("####", 1)[1].strip()
-
-
-def _canonical(text: str) -> str:
-    return re.sub(r"\s+", "", text.replace(",", "")).lower()
-
-
-def _as_number(text: str) -> float | None:
-    if len(text) > 100:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if _math.isfinite(value) else None
-
-
-def grade(response: str, answer: str) -> float:
-    """1.0 when the answer after the last ``####`` of ``response`` equals ``answer``, else 0.0."""
-    predicted = extract_answer(response)
-    if predicted is None:
-        return 0.0
-    predicted, gold = _canonical(predicted), _canonical(answer)
-    if gold.startswith("####"):
-        gold = gold[4:]
-    if predicted == gold and predicted:
-        return 1.0
-    predicted_value, gold_value = _as_number(predicted), _as_number(gold)
-    if predicted_value is None or gold_value is None:
-        return 0.0
-    return float(abs(predicted_value - gold_value) <= 1e-9 * max(1.0, abs(gold_value)))
-
-
-def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: int = 0) -> np.ndarray:
-    """Grade many pairs; GSM8K grading is cheap string work, so ``num_workers`` is ignored."""
-    del num_workers
-    return grade_serially(grade, responses, answers)
 
 
 ANSWER_PREFIX = "\n#### "  # VinePPO's step splitter keeps it and the answer in the last step

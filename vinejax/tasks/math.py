@@ -1,79 +1,20 @@
-"""MATH (PRM800K split): loading, SFT targets (``\\boxed{}`` solutions), grading and steps.
+"""MATH (PRM800K split): loading, SFT targets (``\\boxed{}`` solutions) and steps.
 
-Grading: ``extract_answer`` (math_answer) -> ``equivalence`` fast paths (math_equiv) -> symbolic
-check in sandboxed, time-limited worker processes (symbolic) only when the fast paths cannot
-decide. ``grade_batch`` runs the fast paths for the whole batch first and sends only the
-undecided pairs to ``num_workers`` symbolic workers in parallel.
+The graders live in ``math_grade_vineppo`` (the official reward, the default) and
+``math_grade_strict`` (true equivalence); ``vinejax.tasks.get_task`` picks one.
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
-import numpy as np
-
-from vinejax.tasks import data, symbolic
+from vinejax.tasks import data
 from vinejax.tasks.base import Problem
-from vinejax.tasks.math_answer import extract_answer, find_boxed
-from vinejax.tasks.math_equiv import equivalence
+from vinejax.tasks.math_answer import find_boxed
 from vinejax.tasks.math_steps import split_steps  # noqa: F401  (public API of this task)
 
 HUB_TEST_NAME = "HuggingFaceH4/MATH-500"
 NUM_VALIDATION = 500
 _FIELDS = ("problem", "solution")
-
-
-def _verdict(response: str, answer: str):
-    predicted = extract_answer(response)
-    if not predicted or not predicted.strip():
-        return False  # no answer, or an empty \boxed{}: never correct
-    return equivalence(predicted, answer)
-
-
-_SYMBOLIC_CACHE: dict[tuple[str, str], bool] = {}
-_CACHE_LIMIT = 200_000
-
-
-def _symbolic_results(pairs: list, num_workers: int, timeout: float) -> dict:
-    """Symbolic verdicts for ``pairs``, cached (MC rollouts repeat the same answers a lot).
-    A timeout is cached as "not equal" too."""
-    refused = {p: False for p in pairs if not (symbolic.admissible(p[0]) and symbolic.admissible(p[1]))}
-    pairs = [p for p in pairs if p not in refused]  # only small pairs reach the workers / the cache
-    missing = [p for p in pairs if p not in _SYMBOLIC_CACHE]
-    if missing:
-        pool = symbolic.get_pool(num_workers)
-        pool.timeout = timeout
-        if len(_SYMBOLIC_CACHE) + len(missing) > _CACHE_LIMIT:
-            _SYMBOLIC_CACHE.clear()
-        _SYMBOLIC_CACHE.update(zip(missing, pool.check_many(missing)))
-    return {**refused, **{p: _SYMBOLIC_CACHE[p] for p in pairs}}
-
-
-def clear_cache() -> None:
-    """Forget cached symbolic verdicts (benchmarks use it to measure cold grading)."""
-    _SYMBOLIC_CACHE.clear()
-
-
-def grade(response: str, answer: str, timeout: float = symbolic.DEFAULT_TIMEOUT) -> float:
-    """1.0 when the final answer of ``response`` is equivalent to ``answer``, else 0.0."""
-    verdict = _verdict(response, answer)
-    if isinstance(verdict, bool):
-        return float(verdict)
-    return float(all(_symbolic_results(verdict, 1, timeout).values()))
-
-
-def grade_batch(responses: Sequence[str], answers: Sequence[str], num_workers: int | None = None,
-                timeout: float = symbolic.DEFAULT_TIMEOUT) -> np.ndarray:
-    """Grade many pairs: fast paths in-process, undecided pairs on ``num_workers`` sympy workers
-    (default: min(8, cpu count)). Not thread-safe: call it from one thread."""
-    if len(responses) != len(answers):
-        raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
-    verdicts = [_verdict(r, a) for r, a in zip(responses, answers)]
-    pending = sorted({pair for v in verdicts if not isinstance(v, bool) for pair in v})
-    workers = num_workers or min(8, os.cpu_count() or 1)
-    decided = _symbolic_results(pending, workers, timeout) if pending else {}
-    rewards = [v if isinstance(v, bool) else all(decided[p] for p in v) for v in verdicts]
-    return np.asarray(rewards, dtype=np.float32)
 
 
 def to_problem(record: dict, where: str = "MATH record") -> Problem:

@@ -6,10 +6,14 @@ objects from a parse tree. Even so, symbolic work can explode (``9^{9^{9^{9}}}``
 in separate worker processes (fresh interpreters; memory-capped with ``RLIMIT_AS``) and every check has a
 wall-clock timeout; a worker that overruns is killed and replaced, and the check counts as
 "not equal". Inputs that are too long or too deeply nested are refused before any work.
+
+Workers answer named checks (``CHECKS``): "latex" (``symbolic_equal`` above, the strict
+grader's) and "vineppo" (``math_vineppo_symbolic.texts_equal``, the official grader's).
 """
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import math
 import os
@@ -25,6 +29,11 @@ MAX_BRACE_DEPTH = 12
 DEFAULT_TIMEOUT = 2.0
 STARTUP_TIMEOUT = 120.0
 MEMORY_LIMIT_BYTES = 2 << 30
+MAX_JOB_CHARS = 4000  # a job whose arguments are longer in total is answered False unsent
+CHECKS = {  # check name -> (module, function); the function takes strings and returns a bool
+    "latex": ("vinejax.tasks.symbolic", "symbolic_equal"),
+    "vineppo": ("vinejax.tasks.math_vineppo_symbolic", "texts_equal"),
+}
 
 
 def admissible(latex: str) -> bool:
@@ -80,8 +89,13 @@ def symbolic_equal(first: str, second: str, tolerance: float = 1e-6) -> bool:
         return False
 
 
+def _check_function(name: str):
+    module, function = CHECKS[name]
+    return getattr(importlib.import_module(module), function)
+
+
 def serve() -> None:
-    """Worker loop: one JSON ``[a, b]`` per stdin line -> one ``1``/``0`` line on stdout."""
+    """Worker loop: one JSON ``[check, *args]`` per stdin line -> one ``1``/``0`` line on stdout."""
     try:
         import resource
 
@@ -94,14 +108,15 @@ def serve() -> None:
 
     try:
         _latex_to_sympy("x+1")
+        _check_function("vineppo")("(x)-(x)", "x", "x")
     except Exception:
         pass
     replies.write("ready\n")
     replies.flush()
     for line in sys.stdin:
         try:
-            first, second = json.loads(line)
-            result = symbolic_equal(str(first), str(second))
+            name, *arguments = json.loads(line)
+            result = _check_function(name)(*map(str, arguments))
         except BaseException:  # MemoryError, RecursionError, bad input: unequal, keep serving
             result = False
         replies.write("1\n" if result else "0\n")
@@ -120,14 +135,19 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, text=True, bufsize=1)
         self.reader = self.process.stdout
+        self.ready = False
 
     def wait_ready(self) -> None:
+        """Block until the worker has imported sympy (once; later calls return at once)."""
+        if self.ready:
+            return
         if not wait([self.reader], timeout=STARTUP_TIMEOUT) or self.reader.readline().strip() != "ready":
             self.kill()
             raise RuntimeError("symbolic worker failed to start")
+        self.ready = True
 
-    def send(self, pair: tuple[str, str]) -> None:
-        self.process.stdin.write(json.dumps(list(pair)) + "\n")
+    def send(self, check: str, arguments: Sequence[str]) -> None:
+        self.process.stdin.write(json.dumps([check, *arguments]) + "\n")
         self.process.stdin.flush()
 
     def receive(self) -> bool:
@@ -155,16 +175,24 @@ class SymbolicPool:
         self.timeout = timeout
         self._workers: list[_Worker] = []
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live sandboxed workers."""
+        return [w.process.pid for w in self._workers if w.process.poll() is None]
+
     def _ensure_workers(self, count: int) -> None:
         new = [_Worker() for _ in range(min(count, self.num_workers) - len(self._workers))]
         for worker in new:  # start all first, then wait: startups overlap
             worker.wait_ready()
         self._workers.extend(new)
 
-    def check_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        """``symbolic_equal`` for each pair, in parallel over the workers; timeouts give False."""
+    def check_many(self, pairs: Sequence[Sequence[str]], check: str = "latex") -> list[bool]:
+        """The ``check`` (a name in ``CHECKS``; "latex": ``symbolic_equal``) of each tuple of
+        arguments, in parallel over the workers; timeouts and oversized jobs give False."""
+        if check not in CHECKS:
+            raise ValueError(f"unknown symbolic check {check!r}; known: {', '.join(CHECKS)}")
         results = [False] * len(pairs)
-        jobs = [i for i, (a, b) in enumerate(pairs) if admissible(a) and admissible(b)]
+        jobs = [i for i, job in enumerate(pairs) if sum(map(len, job)) <= MAX_JOB_CHARS
+                and (check != "latex" or all(map(admissible, job)))]
         if not jobs:
             return results
         self._ensure_workers(len(jobs))
@@ -174,7 +202,8 @@ class SymbolicPool:
         while queue or busy:
             while queue and idle:
                 slot, job = idle.pop(), queue.pop()
-                self._workers[slot].send(pairs[job])
+                self._workers[slot].wait_ready()
+                self._workers[slot].send(check, pairs[job])
                 busy[slot] = (job, time.monotonic() + self.timeout)
             nearest = min(deadline for _, deadline in busy.values())
             ready = wait([self._workers[s].reader for s in busy],
@@ -197,9 +226,10 @@ class SymbolicPool:
         return results
 
     def _replace(self, slot: int) -> None:
+        """Kill the worker in ``slot`` and start a new one; it is waited for only when it gets
+        its next job, so a call that cut a check short returns without waiting for the restart."""
         self._workers[slot].kill()
         self._workers[slot] = _Worker()
-        self._workers[slot].wait_ready()
 
     def close(self) -> None:
         """Stop all worker processes."""

@@ -14,9 +14,11 @@ from jax.sharding import Mesh
 
 from vinejax import multihost, sharding
 from vinejax.model import llama
+from vinejax.config import ConfigError
 from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig
 from vinejax.tasks import get_task
+from vinejax.train.episodes import stop_table
 from vinejax.train.update import make_optimizer
 
 
@@ -35,6 +37,8 @@ class RunContext:
     optimizer: Optional[optax.GradientTransformation] = None  # RL: the policy's optimizer
     critic_optimizer: Optional[optax.GradientTransformation] = None  # PPO only
     loss_cfg: Optional[PolicyLossConfig] = None  # RL: PPO-clip + KL settings
+    notes: tuple = ()  # settings capped the official way, said once at the start
+    stops: Any = None  # the task's stop strings as a `sampling.StopTable` (matched on text), or None
 
     def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
@@ -53,6 +57,13 @@ class RunContext:
         min(max_new_tokens, context_size − (P − 1)) tokens, as the official `_compute_max_tokens`."""
         c = self.cfg.model.context_size
         return c if c >= 0 else self.model_cfg.max_position_embeddings - 1
+
+    @property
+    def eval_context_size(self) -> int:
+        """`context_size` at evaluation (`eval.context_size`, or `context_size` when -1): the
+        official eval caps a response at min(max_tokens, model_context_size − prompt) too."""
+        c = self.cfg.eval.context_size
+        return c if c >= 0 else self.context_size
 
 
 def hf_folder_of_run(run_dir: str) -> str:
@@ -73,21 +84,38 @@ def _task(cfg):
     return get_task(cfg.task.name, **options)
 
 
-def _tokenizer(cfg, task):
+def policy_source(cfg) -> str:
+    """The HF folder the policy (and the RL's frozen KL reference) starts from ("" = a random
+    model): `model.init_from`'s exported policy (a run dir) when given, else `model.hf_path`; a
+    missing folder is named with its config key."""
+    m = cfg.model
+    if m.init_from:
+        if not os.path.isdir(m.init_from):
+            raise FileNotFoundError(f"run folder not found: {m.init_from} (model.init_from)")
+        folder = hf_folder_of_run(m.init_from)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"no exported policy in {folder} (model.init_from): run that stage to its end first")
+        return folder
+    if m.hf_path and not os.path.isdir(m.hf_path):
+        raise FileNotFoundError(f"model folder not found: {m.hf_path} (model.hf_path)")
+    return m.hf_path
+
+
+def _tokenizer(cfg, task, source: str):
     from transformers import AutoTokenizer
 
-    for path in (cfg.model.tokenizer_path, cfg.model.hf_path,
-                 hf_folder_of_run(cfg.model.init_from) if cfg.model.init_from else ""):
-        if path:
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"tokenizer folder not found: {path}")
-            return AutoTokenizer.from_pretrained(path)
+    if cfg.model.tokenizer_path and not os.path.isdir(cfg.model.tokenizer_path):
+        raise FileNotFoundError(f"tokenizer folder not found: {cfg.model.tokenizer_path} (model.tokenizer_path)")
+    path = cfg.model.tokenizer_path or source
+    if path:
+        return AutoTokenizer.from_pretrained(path)
     if task.name == "arithmetic":
         from vinejax.tasks.arithmetic import ALPHABET
         from vinejax.tasks.char_tokenizer import build_char_tokenizer
 
         return build_char_tokenizer(ALPHABET)
-    raise ValueError(f"task {cfg.task.name!r} has no tokenizer of its own: set model.hf_path or model.tokenizer_path")
+    raise ConfigError(f"config key 'model.tokenizer_path': task {cfg.task.name!r} has no tokenizer of its own; "
+                      f"set model.hf_path, model.init_from or model.tokenizer_path")
 
 
 def _random_model_config(cfg, tokenizer) -> ModelConfig:
@@ -122,27 +150,65 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
     return pieces
 
 
-def build_context(cfg) -> tuple[RunContext, dict, str]:
+def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:
+    """Raise ConfigError for a length setting the model cannot hold; return notes on settings that
+    are capped the official way (a response may write at most context − prompt tokens)."""
+    positions = model_cfg.max_position_embeddings
+    context = cfg.model.context_size if cfg.model.context_size >= 0 else positions - 1
+    for key, value in (("model.context_size", context), ("eval.context_size", cfg.eval.context_size)):
+        if value > positions - 1:
+            raise ConfigError(f"config key {key!r} is {value}, but the model has {positions} positions "
+                              f"(at most {positions - 1} besides BOS)")
+    if cfg.task.max_prompt_tokens >= context + 1:
+        raise ConfigError(f"config key 'task.max_prompt_tokens' is {cfg.task.max_prompt_tokens}: it leaves no room for a "
+                          f"response in the context of {context} tokens (+ BOS)")
+    if cfg.algo == "sft" and cfg.sft.max_seq_len > positions:
+        raise ConfigError(f"config key 'sft.max_seq_len' is {cfg.sft.max_seq_len}, but the model has {positions} positions")
+    notes = []
+    eval_context = cfg.eval.context_size if cfg.eval.context_size >= 0 else context
+    for key, value, limit in (("sampling.max_new_tokens", cfg.sampling.max_new_tokens, context),
+                              ("eval.max_new_tokens", cfg.eval.max_new_tokens, eval_context)):
+        if value >= limit:
+            notes.append(f"{key}={value}: every response is capped at the context of {limit} tokens − prompt "
+                         f"(as the official code does)")
+        elif cfg.task.max_prompt_tokens - 1 + value > limit:
+            notes.append(f"{key}={value}: responses to prompts longer than {limit + 1 - value} tokens are capped "
+                         f"at the context of {limit} tokens − prompt (as the official code does)")
+    return notes
+
+
+def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[dict], str]:
     """Mesh, task, tokenizer, model config, RL pieces and the initial policy params (sharded).
 
-    Returns (context, params, where the params came from).
+    Returns (context, params, where the params came from); params is None when not
+    `load_params` (a caller that restores them from a checkpoint). Missing folders and impossible
+    lengths raise one-line errors before any weight is loaded.
     """
-    from vinejax.model.hf import load_hf_model
+    from vinejax.model.hf import load_hf_model, read_hf_config
+    from vinejax.model.hf_config import config_from_hf
 
     multihost.initialize(cfg.mesh)  # before the first JAX computation
+    if cfg.task.data_dir and not os.path.isdir(cfg.task.data_dir):
+        raise FileNotFoundError(f"data folder not found: {cfg.task.data_dir} (task.data_dir)")
+    source = policy_source(cfg)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
     task = _task(cfg)
-    tokenizer = _tokenizer(cfg, task)
-    source = cfg.model.hf_path or (hf_folder_of_run(cfg.model.init_from) if cfg.model.init_from else "")
+    tokenizer = _tokenizer(cfg, task, source)
     overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
     if source:
-        model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
+        notes = check_lengths(cfg, config_from_hf(read_hf_config(source)))
+        if load_params:
+            model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
+        else:
+            model_cfg, params = config_from_hf(read_hf_config(source), **overrides), None
         model_cfg = model_cfg.replace(remat=cfg.model.remat)
         origin = source
     else:
         model_cfg = _random_model_config(cfg, tokenizer)
-        params = llama.init_params(model_cfg, jax.random.key(cfg.seed))
+        notes = check_lengths(cfg, model_cfg)
+        params = llama.init_params(model_cfg, jax.random.key(cfg.seed)) if load_params else None
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
-    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, **_rl_pieces(cfg, model_cfg, mesh))
-    return ctx, ctx.put_params(params), origin
+    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
+                     stops=stop_table(tokenizer, task, model_cfg.vocab_size), **_rl_pieces(cfg, model_cfg, mesh))
+    return ctx, None if params is None else ctx.put_params(params), origin

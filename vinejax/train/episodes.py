@@ -45,15 +45,20 @@ class Episodes:
         return self.tokens[row, self.prompt_lens[row] : self.total_lens[row]].tolist()
 
 
-def sampling_config(tokenizer, task, temperature: float, top_p: float, max_new_tokens: int,
+def sampling_config(tokenizer, temperature: float, top_p: float, max_new_tokens: int,
                     greedy: bool = False, top_k: int = 0) -> sampling.SamplingConfig:
-    """The task's stop strings and the tokenizer's EOS/pad as a static SamplingConfig."""
-    stops = tuple(tuple(encode.encode_text(tokenizer, s)) for s in task.stop_strings if s)
+    """The tokenizer's EOS/pad as a static SamplingConfig (stop strings travel as a
+    `sampling.StopTable`, `stop_table`)."""
     return sampling.SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=temperature if not greedy else 1.0, top_p=top_p,
-        top_k=top_k, greedy=greedy, eos_ids=(tokenizer.eos_token_id,), stop_sequences=stops,
-        pad_id=encode.pad_token_id(tokenizer),
+        top_k=top_k, greedy=greedy, eos_ids=(tokenizer.eos_token_id,), pad_id=encode.pad_token_id(tokenizer),
     )
+
+
+def stop_table(tokenizer, task, vocab_size: int):
+    """The task's stop strings matched on the generated text (any tokenizer), or None."""
+    strings = [s for s in task.stop_strings if s]
+    return sampling.stop_automaton(tokenizer, strings, vocab_size) if strings else None
 
 
 def strip_eos(tokenizer, ids: list) -> list:
@@ -61,17 +66,16 @@ def strip_eos(tokenizer, ids: list) -> list:
     return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
 
 
-def response_texts(tokenizer, stop_strings, ids_list: list) -> list[str]:
-    """Decoded responses (one batched decode) without special tokens or a trailing stop string."""
-    texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
-    return [_strip_stop(t, stop_strings) for t in texts]
-
-
-def _strip_stop(text: str, stop_strings) -> str:
-    for stop in stop_strings:
-        if stop and text.endswith(stop):
-            return text[: -len(stop)]
-    return text
+def finish_response(tokenizer, stops, ids: list, search_from: int = 0) -> tuple[str, list]:
+    """(text, token ids) of a sampled response as the official code trains and grades it: a
+    response that ends in a stop string loses it (and anything after it) and gets EOS; the text
+    is decoded without special tokens. `search_from`: where the response's own tokens start
+    (after an MC state's prefix)."""
+    if stops is not None:
+        cut = sampling.cut_at_stop(tokenizer, stops, strip_eos(tokenizer, ids), search_from=search_from)
+        if cut.stopped:
+            return cut.text, cut.token_ids
+    return tokenizer.decode(strip_eos(tokenizer, ids), skip_special_tokens=True), list(ids)
 
 
 def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
@@ -87,9 +91,10 @@ def token_budgets(prefix_lens: np.ndarray, max_new_tokens: int, context_size: in
 
 def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling.SamplingConfig,
                     num_samples: int, rng: jax.Array, batch_prompts: int, context_size: int,
-                    desc: str = "sample") -> Episodes:
+                    stops=None, desc: str = "sample") -> Episodes:
     """`num_samples` responses to each problem, generated `batch_prompts` prompts at a time; each
-    response is capped by `token_budgets` (prompt + response stay within `context_size` + BOS)."""
+    response is capped by `token_budgets` (prompt + response stay within `context_size` + BOS)
+    and stops at the `stops` strings (`stop_table`), which `finish_response` then replaces by EOS."""
     prompts = encode_prompts(tokenizer, task, problems)
     pad = encode.pad_token_id(tokenizer)
     parts = []
@@ -100,7 +105,7 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
         rows = encode.pad_rows(chunk, int(lens.max()), pad)
         budgets = np.repeat(token_budgets(lens, scfg.max_new_tokens, context_size), num_samples)
         out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
-                                num_samples=num_samples, max_new=budgets)
+                                num_samples=num_samples, max_new=budgets, stops=stops)
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
         parts.append(to_host((tokens, logprobs, plen, tlen, out.finish_reason)))
         bar.update(len(chunk))
@@ -111,15 +116,28 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
     tokens, logprobs = cat(0, pad).astype(np.int32), cat(1, 0.0).astype(np.float32)
     plen, tlen, finish = (np.concatenate([p[i] for p in parts]).astype(np.int32) for i in (2, 3, 4))
     index = np.repeat(np.arange(len(problems)), num_samples).astype(np.int32)
-    responses = [strip_eos(tokenizer, tokens[r, plen[r] : tlen[r]].tolist()) for r in range(len(index))]
-    texts = response_texts(tokenizer, task.stop_strings, responses)
+    texts, cuts = [], {}
+    for r in range(len(index)):
+        text, ids = finish_response(tokenizer, stops, tokens[r, plen[r] : tlen[r]].tolist())
+        texts.append(text)
+        if finish[r] == sampling.FINISH_STOP:  # the stop string's tokens become EOS
+            cuts[r] = ids
+    if cuts:
+        width = max(width, max(plen[r] + len(ids) for r, ids in cuts.items()))
+        tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=pad)
+        logprobs = np.pad(logprobs, ((0, 0), (0, width - logprobs.shape[1])))
+        for r, ids in cuts.items():
+            end = plen[r] + len(ids)
+            tokens[r, plen[r] : end], tokens[r, end:] = ids, pad
+            logprobs[r, end - 1 :] = 0.0  # EOS (and re-spelled tokens) were not sampled; scored later
+            tlen[r] = end
     return Episodes(tokens, logprobs, plen, tlen, finish, texts, [problems[i] for i in index], index)
 
 
 def grade_episodes(task, ep: Episodes, workers: int) -> np.ndarray:
     """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones."""
-    grade = lambda texts, answers: task.grade_batch(texts, answers, num_workers=workers)
-    rewards = split_rows(grade, ep.texts, [p.answer for p in ep.problems])  # each process grades a share
+    grade = lambda texts, problems: task.grade_batch(texts, problems, num_workers=workers)
+    rewards = split_rows(grade, ep.texts, ep.problems)  # each process grades a share
     return np.where(ep.finished, np.asarray(rewards, np.float32), 0.0).astype(np.float32)
 
 

@@ -1,29 +1,81 @@
-"""Held-out evaluation: mean accuracy over n samples at the eval temperature (pass@1), pass@n,
-and greedy accuracy."""
+"""The paper's evaluation protocol (the official `sft_*_eval.jsonnet` + `evaluate_predictions`),
+one implementation for the in-training eval and `experiments/evaluate.py`.
+
+Per split: `eval.samples_per_problem` samples of each problem at `eval.temperature` /
+`eval.top_p`, each response capped at min(`eval.max_new_tokens`, eval context − prompt); every
+response is graded as it stands, whatever stopped it (the official eval ignores the finish
+reason: a length-stopped response with a right answer counts); the task's `answer` gives the
+extracted answers the majority vote counts. Metrics (`eval_metrics.summarize`): accuracy (mean
+over samples), pass@k (unbiased), maj@n, length, unfinished fraction; optionally greedy accuracy
+(`eval.greedy`, not in the official protocol). Each problem's samples, answers, verdicts,
+lengths and finish reasons come back as a JSON-able record, so every number can be audited.
+"""
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from vinejax.train.episodes import grade_episodes, sample_episodes, sampling_config
+from vinejax import sampling
+from vinejax.train.episodes import Episodes, sample_episodes, sampling_config
+from vinejax.train.eval_metrics import majority_index, summarize
 
 
-def evaluate(ctx, params, problems, rng: jax.Array) -> dict:
-    """Accuracy metrics of `params` on `problems` (config section `eval`)."""
+def _graded(ctx, ep: Episodes) -> tuple[np.ndarray, list]:
+    """f32[B] verdicts of every response (finish reason ignored) and its extracted answers."""
+    task = ctx.task
+    verdicts = np.asarray(task.grade_batch(ep.texts, ep.problems, num_workers=ctx.cfg.task.grade_workers), np.float32)
+    answers = [task.answer(t, p) for t, p in zip(ep.texts, ep.problems)] if task.answer else [None] * len(ep.texts)
+    return verdicts, answers
+
+
+def _sample_record(ep: Episodes, row: int, verdict: float, answer) -> dict:
+    return {"response": ep.texts[row], "answer": answer, "correct": float(verdict),
+            "length": int(ep.total_lens[row] - ep.prompt_lens[row]),
+            "finish": sampling.FINISH_REASONS[int(ep.finish_reason[row])]}
+
+
+def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eval") -> tuple[dict, list[dict]]:
+    """Metrics of `params` on `problems` (config section `eval`) and one record per problem:
+    index, problem, gold, samples [{response, answer, correct, length, finish}], majority
+    (the voted sample's index), greedy (when `eval.greedy`). Call under `ctx.mesh_context()`."""
     e, tok, task = ctx.cfg.eval, ctx.tokenizer, ctx.task
-    batch, workers = ctx.cfg.sampling.batch_size, ctx.cfg.task.grade_workers
-    out = {}
-    n = e.samples_per_problem
+    batch, context, n = ctx.cfg.sampling.batch_size, ctx.eval_context_size, e.samples_per_problem
+    records = [{"index": i, "problem": p.problem, "gold": p.answer} | (
+        {"unique_id": p.meta["unique_id"]} if "unique_id" in p.meta else {}) for i, p in enumerate(problems)]
+    metrics: dict = {}
+    if not problems:
+        return metrics, records
+    rng_sample, rng_greedy = jax.random.split(rng)
     if n > 0:
-        scfg = sampling_config(tok, task, e.temperature, e.top_p, e.max_new_tokens)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng, batch, ctx.context_size, "eval")
-        r = grade_episodes(task, ep, workers).reshape(len(problems), n)
-        out["eval/accuracy"] = float(r.mean())
-        out[f"eval/pass@{n}"] = float((r.max(axis=1) > 0).mean())
-        out["eval/length_mean"] = float((ep.total_lens - ep.prompt_lens).mean())
+        scfg = sampling_config(tok, e.temperature, e.top_p, e.max_new_tokens)
+        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng_sample, batch, context,
+                             ctx.stops, desc)
+        verdicts, answers = _graded(ctx, ep)
+        per_problem = [answers[i * n:(i + 1) * n] for i in range(len(problems))]
+        metrics = summarize(verdicts.reshape(-1, n), per_problem if task.answer else None,
+                            (ep.total_lens - ep.prompt_lens).reshape(-1, n), ep.finished.reshape(-1, n))
+        for i, rec in enumerate(records):
+            rec["samples"] = [_sample_record(ep, r, verdicts[r], answers[r]) for r in range(i * n, (i + 1) * n)]
+            if task.answer:
+                rec["majority"] = majority_index(per_problem[i])
     if e.greedy:
-        scfg = sampling_config(tok, task, 1.0, 1.0, e.max_new_tokens, greedy=True)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng, batch, ctx.context_size,
-                             "eval greedy")
-        out["eval/greedy_accuracy"] = float(grade_episodes(task, ep, workers).mean())
+        scfg = sampling_config(tok, 1.0, 1.0, e.max_new_tokens, greedy=True)
+        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng_greedy, batch, context,
+                             ctx.stops, desc + " greedy")
+        verdicts, answers = _graded(ctx, ep)
+        metrics["greedy_accuracy"] = float(verdicts.mean())
+        for i, rec in enumerate(records):
+            rec["greedy"] = _sample_record(ep, i, verdicts[i], answers[i])
+    return metrics, records
+
+
+def evaluate(ctx, params, problem_sets: dict, rng: jax.Array) -> dict:
+    """In-training metrics of `params` on {split: problems} (`stage.held_out_problems`): the
+    first split's as `eval/<metric>` (`eval/accuracy`, `eval/maj@16`, `eval/pass@k`, ...), the
+    others' as `eval/<split>/<metric>`."""
+    out = {}
+    for position, (split, problems) in enumerate(problem_sets.items()):
+        metrics, _ = evaluate_split(ctx, params, problems, jax.random.fold_in(rng, position), f"eval {split}")
+        prefix = "eval/" if position == 0 else f"eval/{split}/"
+        out |= {prefix + key: value for key, value in metrics.items()}
     return out

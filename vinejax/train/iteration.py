@@ -22,7 +22,9 @@ from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
 from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config
 from vinejax.train.metrics import Timer, describe, progress
+from vinejax.train.samples import sample_records
 from vinejax.train.scoring import logprob_scorer, score_rows
+from vinejax.train.stage import RunError
 from vinejax.train.values import critic_token_values, mc_state_values
 
 
@@ -34,6 +36,7 @@ class TrainState:
     opt_state: Any  # policy optimizer state
     critic: Any = None  # PPO: critic params (the policy's shape + value head); else None
     critic_opt: Any = None
+    nonfinite_streak: int = flax.struct.field(pytree_node=False, default=0)  # skipped steps in a row (not saved)
 
 
 def init_state(run: RunContext, params) -> TrainState:
@@ -49,20 +52,21 @@ def init_state(run: RunContext, params) -> TrainState:
 
 
 def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list, iteration: int,
-                 rng: jax.Array) -> tuple[TrainState, dict]:
+                 rng: jax.Array) -> tuple[TrainState, dict, list]:
     """Sample `problems`, estimate values and advantages, and train on the episodes.
 
-    Returns the new state and the iteration's metrics (rewards, MC / critic statistics, loss
-    terms, phase times). Call it under `run.mesh_context()`.
+    Returns the new state, the iteration's metrics (rewards, MC / critic statistics, loss terms,
+    phase times) and a few readable episodes (`samples.sample_records`). Call it under
+    `run.mesh_context()`.
     """
     cfg, s = run.cfg, run.cfg.sampling
     timer = Timer()
     rng_sample, rng_mc = jax.random.split(rng)
-    scfg = sampling_config(run.tokenizer, run.task, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    scfg = sampling_config(run.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
     with timer("iteration"):
         with timer("sample"):
             ep = sample_episodes(state.params, run.model_cfg, run.tokenizer, run.task, problems, scfg,
-                                 s.samples_per_problem, rng_sample, s.batch_size, run.context_size)
+                                 s.samples_per_problem, rng_sample, s.batch_size, run.context_size, run.stops)
         with timer("grade"):
             rewards = grade_episodes(run.task, ep, cfg.task.grade_workers)  # f32[B]
         width = encode.length_bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
@@ -86,7 +90,7 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
                 state_values, mc_metrics = mc_state_values(
                     state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
                     scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                    cfg.task.grade_workers, run.context_size)
+                    cfg.task.grade_workers, run.context_size, run.stops)
             cap = cfg.vineppo.max_estimated_states
             values = dict(state_values=state_values, step_starts=step_starts, num_steps=num_steps,
                           max_value_step=None if cap < 0 else cap)
@@ -107,7 +111,10 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             old_values=values.get("token_values"))
         with timer("train"):
             state, train_metrics = train_epochs(run, state, batch, iteration)
-    return state, metrics | train_metrics | timer.as_metrics()
+    samples = sample_records(run.tokenizer, run.task, ep, rewards, cfg.train.samples_per_iteration,
+                             step_starts=values.get("step_starts"), num_steps=values.get("num_steps"),
+                             state_values=values.get("state_values"), token_advantages=token_adv)
+    return state, metrics | train_metrics | timer.as_metrics(), samples
 
 
 def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int) -> tuple[TrainState, dict]:
@@ -137,4 +144,11 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
             bar.update(1)
     bar.close()
     step_metrics = jax.device_get(step_metrics)
+    streak = state.nonfinite_streak
+    for m in step_metrics:  # a skipped step changed nothing; too many in a row stop the run
+        streak = streak + 1 if m["nonfinite"] or m.get("vf_nonfinite", 0) else 0
+        if streak >= cfg.train.max_nonfinite_steps:
+            raise RunError(f"iteration {iteration}: {streak} optimizer steps in a row had a non-finite loss or "
+                           f"gradient (train.max_nonfinite_steps {cfg.train.max_nonfinite_steps})")
+    state = state.replace(nonfinite_streak=streak)
     return state, {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}

@@ -24,12 +24,17 @@ def _plain(value):
 
 
 class MetricsWriter:
-    """Appends `{"iteration": i, "time": t, **metrics}` lines to `<dir>/metrics.jsonl`."""
+    """Appends `{"iteration": i, "time": t, **metrics}` lines to `<dir>/metrics.jsonl`, and readable
+    episodes to `<dir>/samples.jsonl`; mirrors both to TensorBoard (when tensorboardX is installed)
+    and Weights & Biases (when `wandb.wandb_project` is set), under the same metric names."""
 
-    def __init__(self, directory: str, filename: str = "metrics.jsonl", enabled: bool = True):
+    def __init__(self, directory: str, filename: str = "metrics.jsonl", enabled: bool = True,
+                 wandb=None, config: Optional[dict] = None):
         self.path = os.path.join(directory, filename)
+        self.samples_path = os.path.join(directory, "samples.jsonl")
         self.enabled = enabled
         self._tb = None
+        self._wandb = None
         if enabled:
             os.makedirs(directory, exist_ok=True)
             try:
@@ -38,6 +43,8 @@ class MetricsWriter:
                 self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
             except ImportError:
                 self._tb = None
+            if wandb is not None and wandb.wandb_project:
+                self._wandb = _start_wandb(directory, wandb, config)
 
     def write(self, iteration: int, metrics: dict) -> None:
         if not self.enabled:
@@ -46,20 +53,59 @@ class MetricsWriter:
         record.update({k: _plain(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("iteration", "time")}
         if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("iteration", "time"):
-                    self._tb.add_scalar(k, v, iteration)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, iteration)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=int(iteration))
+
+    def write_samples(self, iteration: int, samples: list[dict]) -> None:
+        """Append readable episodes (`train.samples.sample_records`) to samples.jsonl (and as text)."""
+        if not (self.enabled and samples):
+            return
+        with open(self.samples_path, "a") as f:
+            for s in samples:
+                f.write(json.dumps({"iteration": int(iteration), **s}) + "\n")
+        text = "\n\n".join(f"reward {s['reward']} ({s['finish']}), answer {s.get('answer')!r} vs gold {s['gold']!r}\n"
+                            f"{s['response']}" for s in samples)
+        if self._tb is not None:
+            self._tb.add_text("samples", text, iteration)
+        if self._wandb is not None:
+            self._wandb.log({"samples": text}, step=int(iteration))
+
+    def close(self) -> None:
+        """Flush and close TensorBoard and W&B."""
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def truncate_after(self, iteration: int) -> None:
         """Drop lines past `iteration` (a resumed run rewrites what the killed run logged later)."""
-        if not (self.enabled and os.path.exists(self.path)):
-            return
-        with open(self.path) as f:
-            lines = [l for l in f if l.strip() and json.loads(l).get("iteration", -1) <= iteration]
-        with open(self.path, "w") as f:
-            f.writelines(lines)
+        for path in (self.path, self.samples_path):
+            if not (self.enabled and os.path.exists(path)):
+                continue
+            with open(path) as f:
+                lines = [line for line in f if line.strip() and json.loads(line).get("iteration", -1) <= iteration]
+            with open(path, "w") as f:
+                f.writelines(lines)
+
+
+def _start_wandb(directory: str, settings, config: Optional[dict]):
+    """A W&B run for `settings` (config section `logging`); WANDB_MODE=offline writes it locally."""
+    try:
+        import wandb
+    except ImportError:
+        from vinejax.config import ConfigError
+
+        raise ConfigError("config key 'logging.wandb_project' is set but wandb is not installed: "
+                          "pip install -e '.[wandb]'") from None
+    return wandb.init(project=settings.wandb_project, entity=settings.wandb_entity or None,
+                      name=settings.wandb_run_name or os.path.basename(os.path.abspath(directory)),
+                      dir=directory, config=config, resume="allow")
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -7,18 +7,20 @@ import jax
 import numpy as np
 
 from vinejax.checkpoint import Checkpointer
+from vinejax.config import ConfigError
 from vinejax.model.hf import save_hf_model
 from vinejax.multihost import is_main_process
 from vinejax.train import encode, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import hf_folder_of_run
 from vinejax.train.evaluate import evaluate
-from vinejax.train.stage import held_out_problems, resume
+from vinejax.train.stage import RunError, held_out_problems, resume, save_checked
 
 
-def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: str) -> tuple[list, list]:
+def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: str) -> tuple[list, list, int]:
     """Token rows and target masks of `prompt + target + EOS` (target = `target_template` with the
-    problem's solution, e.g. "\n{solution}\n"), dropping over-long ones."""
+    problem's solution, e.g. "\n{solution}\n"), and how many examples were dropped for being
+    longer than `max_seq_len` tokens (the official rule)."""
     rows, masks = [], []
     for p in problems:
         toks, mask = encode.encode_sft(tokenizer, task.prompt(p.problem), target_template.format(solution=p.solution))
@@ -26,8 +28,8 @@ def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: s
             rows.append(toks)
             masks.append(mask)
     if not rows:
-        raise ValueError(f"no SFT example fits sft.max_seq_len={max_seq_len}")
-    return rows, masks
+        raise ConfigError(f"config key 'sft.max_seq_len': no SFT example fits in {max_seq_len} tokens")
+    return rows, masks, len(problems) - len(rows)
 
 
 def sft_total_steps(cfg, num_examples: int) -> int:
@@ -61,16 +63,18 @@ def run_sft(ctx, params, writer, log) -> dict:
         log(f"SFT already done: policy cached at {export}")
         return {}
     problems = ctx.task.load_split(cfg.task.train_split)
-    rows, masks = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len, cfg.sft.target_template)
+    rows, masks, dropped = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len,
+                                        cfg.sft.target_template)
     total = sft_total_steps(cfg, len(rows))
     per_epoch = max(len(rows) // cfg.sft.batch_size, 1)
     optimizer = update.make_optimizer(cfg.optim, total)
     opt_state = jax.jit(optimizer.init)(params)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.train.keep_checkpoints)
     (params, opt_state), meta = resume(ckpt, (params, opt_state), cfg.resume, writer)
-    step = meta.get("step", 0)
+    step, streak, pending = meta.get("step", 0), 0, []
     pad = encode.pad_token_id(ctx.tokenizer)
-    log(f"SFT: {len(rows)} examples, {total} steps of {cfg.sft.batch_size}")
+    log(f"SFT: {len(rows)} examples ({dropped} of {len(problems)} dropped: longer than sft.max_seq_len "
+        f"{cfg.sft.max_seq_len} tokens), {total} steps of {cfg.sft.batch_size}")
     while step < total:
         epoch, within = divmod(step, per_epoch)
         order = epoch_order(cfg.seed, epoch, len(rows))
@@ -79,12 +83,19 @@ def run_sft(ctx, params, writer, log) -> dict:
         params, opt_state, m = update.sft_step(params, opt_state, tok_mb, mask_mb, model_cfg=ctx.model_cfg,
                                                optimizer=optimizer)
         step += 1
+        pending.append(m["nonfinite"])  # read back with the metrics, not every step
         if step == 1 or step % 20 == 0 or step == total:
+            for flag in jax.device_get(pending):  # a skipped step changed nothing; too many in a row stop
+                streak = streak + 1 if flag else 0
+                if streak >= cfg.train.max_nonfinite_steps:
+                    raise RunError(f"SFT step {step}: {streak} steps in a row had a non-finite loss or gradient; "
+                                   f"the last good checkpoint is {ckpt.latest_step()} in {ckpt.directory}")
+            pending = []
             m = {k: float(v) for k, v in jax.device_get(m).items()}
-            writer.write(step, {"sft/" + k: v for k, v in m.items()} | {"sft/epoch": epoch})
+            writer.write(step, {"sft/" + k: v for k, v in m.items()} | {"sft/epoch": epoch, "sft/dropped": dropped})
             log(f"sft step {step}/{total} | nll {m['nll']:.4f}")
         if step % max(cfg.train.checkpoint_every, 1) == 0 or step == total:
-            ckpt.save(step, (params, opt_state), {"step": step})
+            save_checked(ckpt, step, (params, opt_state), {"step": step})
     ckpt.close()
     metrics = {}
     if cfg.train.eval_every > 0:

@@ -1,14 +1,44 @@
-"""What the SFT and RL stages share: logging on process 0, resuming from the newest checkpoint,
-and the problems they train and evaluate on."""
+"""What the SFT and RL stages share: logging on process 0, the errors a run reports in one line,
+resuming from the newest checkpoint, the guard before every save, and the problems they train
+and evaluate on."""
 from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
 
 import jax
 import numpy as np
 
-from vinejax.checkpoint import Checkpointer
+from vinejax.checkpoint import CheckpointError, Checkpointer
+from vinejax.config import ConfigError
+from vinejax.tasks.data import DataError
 from vinejax.train.context import RunContext
 from vinejax.train.episodes import encode_prompts
 from vinejax.train.metrics import MetricsWriter
+from vinejax.train.update import all_finite
+
+
+class RunError(RuntimeError):
+    """The run stopped for a reason its message names (non-finite updates, a broken state)."""
+
+
+# What a user can cause and fix: reported as one line by experiments/run.py.
+UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError)
+
+
+def run_command(body: Callable[[], object], verbose: bool = False) -> int:
+    """Exit status of a command-line program: 0 when `body()` returns, 2 with one line
+    `error: ...` on stderr for a `UserError` (the full traceback when `verbose`)."""
+    try:
+        body()
+    except UserError as error:
+        if verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def log(msg: str) -> None:
@@ -17,26 +47,61 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def quiet_library_logs(verbose: bool = False) -> None:
+    """Keep library INFO logs (absl, orbax, jax, transformers, XLA) off the console unless `verbose`."""
+    level = logging.INFO if verbose else logging.WARNING
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ warnings
+    for name in ("absl", "orbax", "jax", "transformers", "datasets", "huggingface_hub"):
+        logging.getLogger(name).setLevel(level)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    except ImportError:
+        pass
+
+
 def resume(ckpt: Checkpointer, state, enabled: bool, writer: MetricsWriter):
-    """(state, meta) from the newest checkpoint when `enabled` and one exists, else (state, {}).
+    """(state, meta) from the newest checkpoint that restores when `enabled`, else (state, {}).
 
     Metrics logged after the checkpoint are dropped: the resumed run writes them again (an RL
     checkpoint `iteration` i holds the state after i iterations; an SFT one `step` s after s steps).
     """
-    step = ckpt.latest_step() if enabled else None
-    if step is None:
+    found = ckpt.restore_latest(state, warn=log) if enabled else None
+    if found is None:
         return state, {}
-    state, meta = ckpt.restore(step, state)
+    step, state, meta = found
     writer.truncate_after(step - 1 if "iteration" in meta else step)
-    log(f"resumed at step {step} from {ckpt.directory}")
+    log(f"resumed from checkpoint {step} in {ckpt.directory}")
     return state, meta
 
 
-def held_out_problems(ctx: RunContext) -> list:
-    """The first `task.num_eval_problems` of the eval split (all of it when 0)."""
-    problems = ctx.task.load_split(ctx.cfg.task.eval_split)
-    n = ctx.cfg.task.num_eval_problems
-    return problems[:n] if n > 0 else problems
+def save_checked(ckpt: Checkpointer, step: int, state, meta: dict) -> None:
+    """Save `state` unless a parameter or optimizer moment is not finite (then stop the run,
+    naming the last good checkpoint): a broken state never reaches the disk."""
+    if not bool(all_finite(state)):
+        raise RunError(f"non-finite parameters or optimizer state at step {step}: not saved; "
+                       f"the last good checkpoint is {ckpt.latest_step()} in {ckpt.directory}")
+    ckpt.save(step, state, meta)
+
+
+def held_out_problems(ctx: RunContext, splits=None, limit: int | None = None) -> dict:
+    """{split: problems} of each eval split (`splits`, default `eval.splits`): its first `limit`
+    (default `task.num_eval_problems`; all of it when 0) problems whose prompt leaves room for a
+    response in the eval context (the official eval has no prompt-length filter; a prompt that
+    long cannot be answered at all). Dropped problems are reported."""
+    n = ctx.cfg.task.num_eval_problems if limit is None else limit
+    out = {}
+    for split in splits or ctx.cfg.eval.splits:
+        problems = ctx.task.load_split(split)
+        problems = problems[:n] if n > 0 else problems
+        lens = [len(p) for p in encode_prompts(ctx.tokenizer, ctx.task, problems)]
+        out[split] = [p for p, length in zip(problems, lens) if length - 1 < ctx.eval_context_size]
+        if len(out[split]) < len(problems):
+            log(f"note: {len(problems) - len(out[split])} of {len(problems)} {split} problems dropped from the "
+                f"eval: their prompt fills the eval context of {ctx.eval_context_size} tokens")
+    return out
 
 
 def fitting_problems(ctx: RunContext, problems: list) -> list:

@@ -87,11 +87,12 @@ def _accumulate(loss_fn, params, micro: Any):
 
 
 def _apply(optimizer, params, opt_state, loss, grads):
-    """AdamW step, unless the loss or the gradient is not finite: then params and optimizer state
-    stay as they are. Returns (params, opt_state, metrics `grad_norm`, `nonfinite`)."""
+    """AdamW step, unless the loss, the gradient or the update is not finite (e.g. Adam with
+    eps = 0 divides 0 by 0 where a gradient is 0): then params and optimizer state stay as they
+    are. Returns (params, opt_state, metrics `grad_norm`, `nonfinite`)."""
     grad_norm = optax.tree.norm(grads)
-    bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates)))
     new_params = optax.apply_updates(params, updates)
     keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
     return keep(params, new_params), keep(opt_state, new_opt_state), {"grad_norm": grad_norm,
