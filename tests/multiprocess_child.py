@@ -13,8 +13,10 @@ raises on data that differs between processes. The parent sets XLA_FLAGS (fake C
 process) and JAX_PLATFORMS=cpu; collectives between processes use gloo.
 """
 import argparse
+import faulthandler
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--kill-after-iteration", type=int, default=-1)
     parser.add_argument("--check-divergence", action="store_true")
     args = parser.parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks for stacks before a kill
 
     import jax
 

@@ -7,6 +7,7 @@ with the same XLA flags, so only the process layout differs.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,12 +59,18 @@ class Launch:
     def wait(self, kill_on: str = "") -> float:
         """Wait until every process exits with 0, or (with `kill_on`) until every log shows
         `kill_on` and then SIGKILL them all; fail with the logs' tails as soon as one process
-        fails or after TIMEOUT_S. Returns the launch's wall-clock seconds."""
+        fails or after TIMEOUT_S (with every process's Python stacks). Returns the launch's
+        wall-clock seconds."""
         ready = False
         while any(p.poll() is None for p in self.procs) and not ready:
             failed = any(p.poll() not in (None, 0) for p in self.procs)
             ready = bool(kill_on) and all(kill_on in self.output(i) for i in range(len(self.procs)))
-            if failed or ready or time.time() - self.started > TIMEOUT_S:
+            timed_out = time.time() - self.started > TIMEOUT_S
+            if failed or ready or timed_out:
+                if timed_out:  # a hang: the children print their Python stacks into their logs
+                    for p in self.procs:
+                        p.send_signal(signal.SIGUSR1)
+                    time.sleep(3)
                 for p in self.procs:
                     p.kill()
                     p.wait()
@@ -75,7 +82,7 @@ class Launch:
         return time.time() - self.started
 
     @staticmethod
-    def tail(path: str, lines: int = 40) -> str:
+    def tail(path: str, lines: int = 60) -> str:
         with open(path) as f:
             text = [l for l in f if "Gloo" not in l]  # gloo's connection chatter
         return "".join(text[-lines:])
