@@ -128,7 +128,7 @@ def test_two_processes_equal_one_and_resume_exactly(tmp_path):
     resumed = Launch(killed / "logs", [killed / "vineppo"], 2, 4, cache, "--check-divergence")
     seconds["resumed"] = resumed.wait()
     print("launch seconds:", seconds)
-    assert "resumed at step 1" in resumed.output(0)
+    assert "resumed from checkpoint 1 " in resumed.output(0)
     assert "divergence detected: per-process data differs" in resumed.output(1)
     for i in range(2):
         assert "process %d of 2: 4 local devices, 8 in all; done" % i in resumed.output(i)
