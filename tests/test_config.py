@@ -124,3 +124,36 @@ def test_baselines_take_any_number_of_problems_and_split_micro_batches_over_data
     cfg.restem.batch_size, cfg.restem.micro_batch = 64, 4
     with pytest.raises(ConfigError, match="restem.micro_batch.*data-parallel size 8"):
         validate(cfg, num_devices=8)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"process_id": 0}, r"mesh\.process_id.*only used with mesh\.distributed"),
+    ({"distributed": True, "coordinator_address": "10.0.0.1"}, r"mesh\.coordinator_address.*host:port"),
+    ({"distributed": True, "coordinator_address": "10.0.0.1:99999"}, r"mesh\.coordinator_address.*host:port"),
+    ({"distributed": True, "num_processes": -2}, r"mesh\.num_processes"),
+    ({"distributed": True, "num_processes": 2, "process_id": 2}, r"mesh\.process_id.*below mesh\.num_processes=2"),
+])
+def test_process_keys_are_checked(changes, message):
+    cfg = base_config()
+    cfg.mesh.update(changes)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, num_devices=8)
+
+
+def test_distributed_initialize_gets_only_the_keys_set(monkeypatch):
+    import jax
+
+    from vinejax import multihost
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    cfg = base_config()
+    multihost.initialize(cfg.mesh)  # distributed=False: nothing
+    cfg.mesh.distributed = True
+    validate(cfg, num_devices=8)
+    multihost.initialize(cfg.mesh)  # all detected by JAX (TPU VM, SLURM, ...)
+    cfg.mesh.update({"coordinator_address": "node0:1234", "num_processes": 4, "process_id": 3})
+    validate(cfg, num_devices=8)
+    multihost.initialize(cfg.mesh)
+    assert calls == [{}, {"coordinator_address": "node0:1234", "num_processes": 4, "process_id": 3}]

@@ -163,7 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
-    c.mesh.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+    c.mesh.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU; docs/scaling.md)
+    c.mesh.coordinator_address = ""  # "host:port" of process 0; "" = JAX detects it (TPU, SLURM, Open MPI, k8s)
+    c.mesh.num_processes = 0  # 0 = detected
+    c.mesh.process_id = -1  # this process's rank; -1 = detected
 
     c.lock()
     c.task.options.unlock()
@@ -252,6 +255,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(cfg.sft.batch_size % cfg.sft.micro_batch == 0, "sft.micro_batch",
          f"must divide sft.batch_size={cfg.sft.batch_size}")
     need(len(cfg.mesh.shape) == 3, "mesh.shape", "must be (data, fsdp, tensor)")
+    _validate_processes(cfg.mesh, need)
     if num_devices is not None:
         try:
             shape = resolve_mesh_shape(cfg.mesh.shape, num_devices)
@@ -297,6 +301,19 @@ def validate_baselines(cfg, need) -> None:
          "DPO+ pairs need >= 2 samples per problem")
     need(cfg.algo != "dpo_positive" or cfg.train.iterations == 1, "train.iterations",
          "DPO+ is one offline round (official total_num_iterations 1)")
+
+
+def _validate_processes(mesh, need) -> None:
+    """The mesh.* keys of a multi-process run (set only with mesh.distributed)."""
+    for key, unset in (("coordinator_address", ""), ("num_processes", 0), ("process_id", -1)):
+        need(mesh.distributed or mesh[key] == unset, f"mesh.{key}", "is only used with mesh.distributed=true")
+    host, _, port = mesh.coordinator_address.rpartition(":")
+    need(mesh.coordinator_address == "" or (host != "" and port.isdigit() and 0 < int(port) < 65536),
+         "mesh.coordinator_address", "must be host:port")
+    need(mesh.num_processes >= 0, "mesh.num_processes", "must be >= 1 (0 = detected)")
+    need(mesh.process_id >= -1, "mesh.process_id", "must be >= 0 (-1 = detected)")
+    need(mesh.process_id < mesh.num_processes or mesh.num_processes == 0, "mesh.process_id",
+         f"must be below mesh.num_processes={mesh.num_processes}")
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from vinejax import sharding as shd
 from vinejax.model import hf_keys, llama
 from vinejax.model.config import ModelConfig
 from vinejax.model.hf_config import config_from_hf, config_to_hf
+from vinejax.multihost import barrier, is_main_process, to_host, to_host_by_rows
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -188,15 +189,6 @@ def load_hf_model(
 # ----------------------------------------------------------------------------- export
 
 
-def _to_host(x) -> np.ndarray:
-    """A full host copy of a (possibly sharded, possibly multi-host) array."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def _parse_size(size: Union[int, str]) -> int:
     if isinstance(size, int):
         return size
@@ -227,11 +219,25 @@ def save_hf_model(
     out_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
     layer_leaves, global_leaves = _leaf_names(cfg)
     table = hf_keys.expected_hf_names(cfg, layer_leaves, global_leaves)
-    host = {name: _to_host(params[name]) for name in global_leaves}
-    host.update({name: _to_host(params["layers"][name]) for name in layer_leaves})
-    value_head = {k: _to_host(v) for k, v in params.get("value_head", {}).items()} if cfg.value_head else {}
-    if jax.process_index() != 0:
-        return folder
+    main = is_main_process()
+
+    def fetch(x, gather=to_host):  # every process joins the gather; only process 0 keeps the host copy
+        a = gather(x)
+        return a if main else None
+
+    host = {name: fetch(params[name]) for name in global_leaves}
+    host.update({name: fetch(params["layers"][name], to_host_by_rows) for name in layer_leaves})  # layer by layer
+    value_head = {k: fetch(v) for k, v in params.get("value_head", {}).items()} if cfg.value_head else {}
+    if main:
+        _write_folder(folder, cfg, table, host, value_head, out_dtype, _parse_size(max_shard_size), tokenizer)
+    barrier(f"save_hf_model {folder}")  # no process reads the folder before it is complete
+    return folder
+
+
+def _write_folder(folder: pathlib.Path, cfg: ModelConfig, table: dict, host: dict, value_head: dict,
+                  out_dtype: np.dtype, limit: int, tokenizer) -> None:
+    """Write host weights (`host[leaf]`, stacked over layers) as safetensors shards of at most
+    `limit` bytes, the value head, config.json and the tokenizer into `folder`."""
 
     def tensor(hf_name: str) -> np.ndarray:
         leaf, layer, kind = table[hf_name]
@@ -239,7 +245,6 @@ def save_hf_model(
         return hf_keys.to_hf(kind, a.astype(out_dtype))
 
     # Plan shards from sizes first, then materialise one shard at a time.
-    limit = _parse_size(max_shard_size)
     shards, current, current_bytes = [], [], 0
     for hf_name, (leaf, layer, _) in table.items():
         a = host[leaf]
@@ -280,4 +285,3 @@ def save_hf_model(
     (folder / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype=str(out_dtype)), indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
-    return folder

@@ -21,6 +21,7 @@ from flax import linen as nn
 
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
+from vinejax.multihost import to_host
 from vinejax.sampling.core import SamplingConfig, bucket, cache_room, decode
 from vinejax.sampling.generation import row_keys
 from vinejax.sampling.stops import StopTable
@@ -201,7 +202,7 @@ def continue_from_prefixes(
         )
         results.append((sl, m, r, res))  # dispatch every chunk before reading any back
     for sl, m, r, res in results:
-        res = jax.device_get(res)
+        res = to_host(res)  # the whole chunk on every process
         u, k = row_u[sl], row_k[sl]
         out_tok[u, k] = res.tokens[:m]
         out_lp[u, k] = res.logprobs[:m]

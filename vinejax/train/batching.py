@@ -1,4 +1,8 @@
-"""Host arrays → device micro-batches [M, mb, ...] sharded over the mesh's data axes."""
+"""Host arrays → device micro-batches [M, mb, ...] sharded over the mesh's data axes.
+
+The host arrays are the same on every process (see `vinejax.multihost`): each process places
+only the rows its own devices hold, so this works for meshes spanning several processes.
+"""
 from __future__ import annotations
 
 import jax
@@ -6,6 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vinejax import sharding
+from vinejax.multihost import put_global
 
 
 def _microbatch_sharding(mesh, ndim: int) -> NamedSharding:
@@ -22,11 +27,11 @@ def to_microbatches(mesh, tree, micro_batch: int):
         if x.shape[0] % micro_batch:
             raise ValueError(f"batch of {x.shape[0]} rows is not divisible by micro_batch={micro_batch}")
         x = x.reshape((x.shape[0] // micro_batch, micro_batch) + x.shape[1:])
-        return jax.device_put(x, _microbatch_sharding(mesh, x.ndim))
+        return put_global(x, _microbatch_sharding(mesh, x.ndim))
 
     return jax.tree.map(put, tree)
 
 
 def to_device_batch(mesh, tree):
     """Place every [B, ...] leaf with its batch axis over the data axes of `mesh`."""
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding.batch_sharding(mesh, np.ndim(x))), tree)
+    return jax.tree.map(lambda x: put_global(x, sharding.batch_sharding(mesh, np.ndim(x))), tree)

@@ -12,7 +12,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vinejax import sharding
+from vinejax import multihost, sharding
 from vinejax.config import BASELINES
 from vinejax.model import llama
 from vinejax.config import ConfigError
@@ -49,7 +49,7 @@ class RunContext:
         return stack
 
     def put_params(self, params):
-        return jax.device_put(params, self.param_shardings)
+        return multihost.place(params, self.param_shardings)
 
     @property
     def context_size(self) -> int:
@@ -188,8 +188,7 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
     from vinejax.model.hf import load_hf_model, read_hf_config
     from vinejax.model.hf_config import config_from_hf
 
-    if cfg.mesh.distributed:
-        jax.distributed.initialize()
+    multihost.initialize(cfg.mesh)  # before the first JAX computation
     if cfg.task.data_dir and not os.path.isdir(cfg.task.data_dir):
         raise FileNotFoundError(f"data folder not found: {cfg.task.data_dir} (task.data_dir)")
     source = policy_source(cfg)

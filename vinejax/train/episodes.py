@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from vinejax import sampling
+from vinejax.multihost import split_rows, to_host
 from vinejax.tasks.base import StepSplitError
 from vinejax.tasks.steps import step_token_starts, token_char_offsets
 from vinejax.train import encode
@@ -106,7 +107,7 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
         out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
                                 num_samples=num_samples, max_new=budgets, stops=stops)
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
-        parts.append(jax.device_get((tokens, logprobs, plen, tlen, out.finish_reason)))
+        parts.append(to_host((tokens, logprobs, plen, tlen, out.finish_reason)))
         bar.update(len(chunk))
     bar.close()
     width = max(p[0].shape[1] for p in parts)
@@ -135,7 +136,8 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
 
 def grade_episodes(task, ep: Episodes, workers: int) -> np.ndarray:
     """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones."""
-    rewards = task.grade_batch(ep.texts, ep.problems, num_workers=workers)
+    grade = lambda texts, problems: task.grade_batch(texts, problems, num_workers=workers)
+    rewards = split_rows(grade, ep.texts, ep.problems)  # each process grades a share
     return np.where(ep.finished, np.asarray(rewards, np.float32), 0.0).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vinejax import multihost
 from vinejax.model import llama
 from vinejax.rl import advantages
 from vinejax.rl.batch import RolloutBatch
@@ -48,7 +49,7 @@ def init_state(run: RunContext, params) -> TrainState:
         return state
     critic = dict(jax.tree.map(jnp.copy, params))
     head = llama.init_value_head(run.critic_cfg, jax.random.key(run.cfg.seed + 17))
-    critic["value_head"] = jax.device_put(head, run.critic_shardings["value_head"])
+    critic["value_head"] = multihost.place(head, run.critic_shardings["value_head"])
     return state.replace(critic=critic, critic_opt=jax.jit(run.critic_optimizer.init)(critic))
 
 
@@ -131,6 +132,7 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
     one jitted policy step (and critic step); returns the new state and the mean step metrics."""
     cfg = run.cfg
     n, per_step = batch.tokens.shape[0], cfg.ppo.episodes_per_step
+    multihost.assert_same_on_all_processes(f"the episodes of iteration {iteration}", batch)
     step_metrics = []  # fetched once at the end, so steps dispatch without waiting on the host
     bar = progress(total=cfg.ppo.epochs * -(-n // per_step), desc=f"update it {iteration}")
     for epoch in range(cfg.ppo.epochs):

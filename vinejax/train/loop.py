@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from vinejax import multihost
 from vinejax.checkpoint import Checkpointer
 from vinejax.config import to_dict, validate
 from vinejax.model.hf import save_hf_model
@@ -33,9 +34,12 @@ SUMMARY_KEYS = (("reward", "rewards/mean"), ("eval", "eval/accuracy"), ("greedy"
 
 def run(cfg, config_file: str = "", overrides=()) -> dict:
     """Run the experiment described by a config; returns the last metrics."""
+    validate(cfg)  # before anything starts JAX: multihost.initialize must come first
+    multihost.initialize(cfg.mesh)
     validate(cfg, jax.device_count())
     os.makedirs(cfg.output_dir, exist_ok=True)
     record_config(cfg)
+    multihost.barrier("run directory ready")  # process 0 may have moved an earlier run aside
     ctx, params, origin = build_context(cfg)
     log(f"vinejax {cfg.algo} | config {config_file or '(in code)'}"
         + (" | overrides " + " ".join(f"{k}={v}" for k, v in overrides) if overrides else ""))
@@ -92,7 +96,8 @@ def run_rl(ctx: RunContext, params, writer: MetricsWriter) -> dict:
         if last.get("kl", 0.0) > t.kl_warning:
             log(f"warning: KL to the reference is {last['kl']:.3g} nats per sequence at iteration {it} "
                 f"(train.kl_warning {t.kl_warning}): the policy is moving far from its start; check optim.lr")
-        over_budget = t.time_budget_minutes > 0 and time.time() - started > 60 * t.time_budget_minutes
+        over_budget = multihost.main_decides(  # process 0's clock decides for every process
+            t.time_budget_minutes > 0 and time.time() - started > 60 * t.time_budget_minutes)
         if done % max(t.checkpoint_every, 1) == 0 or done == t.iterations or over_budget:
             save_checked(ckpt, done, state, {"iteration": done, "elapsed": time.time() - started})
         if over_budget:

@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Optional
 
+import jax
 import numpy as np
 
 
@@ -141,8 +142,8 @@ def summary_line(iteration: int, m: dict, keys: Iterable[tuple[str, str]]) -> st
 
 
 def progress(iterable=None, total: Optional[int] = None, desc: str = ""):
-    """tqdm progress bar on a terminal, a plain iterable otherwise."""
-    if not sys.stderr.isatty():
+    """tqdm progress bar on a terminal (process 0 only), a plain iterable otherwise."""
+    if not sys.stderr.isatty() or jax.process_index() != 0:
         return iterable if iterable is not None else _NullBar()
     from tqdm import tqdm
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
+from vinejax.multihost import to_host
 from vinejax.rl.logprobs import token_logprobs
 from vinejax.train.batching import to_device_batch
 
@@ -43,11 +44,12 @@ def value_scorer(params, tokens, *, model_cfg):
 
 
 def score_rows(mesh, scorer, params, tokens: np.ndarray, rows_per_call: int) -> np.ndarray:
-    """Apply a jitted scorer `scorer(params, tokens)` over row chunks sharded on `mesh`; f32[B, T] on host."""
+    """Apply a jitted scorer `scorer(params, tokens)` over row chunks sharded on `mesh`; f32[B, T] on
+    every host."""
     out = []
     for start in range(0, tokens.shape[0], rows_per_call):
         chunk = tokens[start : start + rows_per_call]
         n = chunk.shape[0]
         padded = np.pad(chunk, ((0, rows_per_call - n), (0, 0)))
-        out.append(np.asarray(scorer(params, to_device_batch(mesh, padded)))[:n])
+        out.append(to_host(scorer(params, to_device_batch(mesh, padded)))[:n])
     return np.concatenate(out)

@@ -9,6 +9,7 @@ import numpy as np
 from vinejax.checkpoint import Checkpointer
 from vinejax.config import ConfigError
 from vinejax.model.hf import save_hf_model
+from vinejax.multihost import is_main_process
 from vinejax.train import encode, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import hf_folder_of_run
@@ -102,6 +103,7 @@ def run_sft(ctx, params, writer, log) -> dict:
         writer.write(step, metrics)
         log("SFT eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     save_hf_model(params, ctx.model_cfg, export, tokenizer=ctx.tokenizer)
-    open(done_marker, "w").write("ok\n")
+    if is_main_process():
+        open(done_marker, "w").write("ok\n")
     log(f"SFT policy exported to {export}")
     return metrics

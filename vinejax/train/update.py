@@ -63,8 +63,12 @@ def make_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> opta
     )
 
 
+@jax.jit
 def all_finite(tree) -> jax.Array:
-    """bool scalar: every floating-point leaf of `tree` is finite (one reduction per leaf)."""
+    """bool scalar: every floating-point leaf of `tree` is finite (one reduction per leaf).
+
+    Jitted: one program for the whole tree. Eager, each leaf was its own cross-process reduction,
+    and on CPU (gloo) many of them in flight at once deadlocked a two-process run."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.ones((), bool)
 

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from vinejax import sampling
+from vinejax.multihost import split_rows
 from vinejax.rl import values as values_lib
 from vinejax.train.episodes import Episodes, finish_response, token_budgets
 from vinejax.train.scoring import score_rows, value_scorer
@@ -36,7 +37,7 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
                                   search_from=len(prefix))[0] for j in range(k)]
     finished = (out.finish_reason[rows, cols] != sampling.FINISH_LENGTH).reshape(-1)  # [N * K]
     problems = [ep.problems[r] for r in rows for _ in range(k)]
-    graded = task.grade_batch(texts, problems, num_workers=workers)
+    graded = split_rows(lambda t, p: task.grade_batch(t, p, num_workers=workers), texts, problems)  # shared out
     rewards = np.zeros((b, s, k), np.float32)
     rewards[rows, cols] = np.where(finished, graded, 0.0).reshape(len(rows), k)
     mask = np.repeat(estimated[:, :, None], k, axis=2)
