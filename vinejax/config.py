@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo.kl_in_reward = False  # PPO: −β·kl_t (k1) in the token rewards instead of β·KL in the loss
     c.ppo.adaptive_kl = False  # the official adaptive controller (PPOHParams adap_kl_ctrl; paper: off)
     c.ppo.kl_target = 6.0  # adaptive controller: target KL per sequence (PPOHParams target)
-    c.ppo.kl_horizon = 10000  # adaptive controller: horizon in episodes (PPOHParams horizon)
+    c.ppo.kl_horizon = 0  # adaptive controller: horizon in episodes; 0 = official: iterations x episodes x epochs
     c.ppo.kl_estimator = "k3"
     c.ppo.kl_clamp = 10.0
     c.ppo.epochs = 2
@@ -237,7 +237,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(cfg.ppo.epochs >= 1, "ppo.epochs", "must be >= 1")
     need(not cfg.ppo.kl_in_reward or cfg.algo == "ppo", "ppo.kl_in_reward",
          "the KL penalty in the reward is the PPO baseline's option (GAE over token rewards)")
-    need(cfg.ppo.kl_target > 0 and cfg.ppo.kl_horizon > 0, "ppo.kl_target", "target and horizon must be > 0")
+    need(cfg.ppo.kl_target > 0, "ppo.kl_target", "must be > 0")
+    need(cfg.ppo.kl_horizon >= 0, "ppo.kl_horizon", "must be >= 0 (0 = all episodes of training x epochs)")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(0 <= cfg.optim.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)")
     need(cfg.train.iterations >= 0, "train.iterations", "must be >= 0")

@@ -119,8 +119,10 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
         sequence_kl = float(np.where(mask, old_lp - ref_lp, 0.0).sum(1)[mask.any(1)].mean()) if mask.any() else 0.0
         metrics |= {"kl_coef": float(state.kl_coef), "rollout/kl_k1": sequence_kl}
         if cfg.ppo.adaptive_kl:
-            state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, sequence_kl, cfg.ppo.kl_target,
-                                                           cfg.ppo.kl_horizon, len(rewards)))
+            # official horizon: every episode of training, once per epoch (total steps x global batch)
+            horizon = cfg.ppo.kl_horizon or cfg.train.iterations * len(rewards) * cfg.ppo.epochs
+            state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, sequence_kl, cfg.ppo.kl_target, horizon,
+                                                           len(rewards)))
     samples = sample_records(run.tokenizer, run.task, ep, rewards, cfg.train.samples_per_iteration,
                              step_starts=values.get("step_starts"), num_steps=values.get("num_steps"),
                              state_values=values.get("state_values"), token_advantages=token_adv)
