@@ -8,8 +8,8 @@ Run: python benchmarks/decode.py [--sizes tiny,100m] [--batches tiny:32,64 100m:
 Per (size, batch), medians over repeats in which ours, the peer, the matmuls alone and a matmul
 peak probe run in turn (the same machine load for all):
 * generate tok/s, ours and transformers (fp32 torch, its faster of 1 or all threads), prefill included;
-* decode tok/s, prefill excluded: ours = the jitted decode loop on a prefilled cache; transformers =
-  generate(N) − generate(1);
+* decode tok/s, prefill excluded: ours = the jitted decode loop on prefilled caches with the decode
+  weight layout done (both happen before the loop in `generate`); transformers = generate(N) − generate(1);
 * matmuls alone: the decode steps' weight matmuls ([R, D] @ fused q/k/v, o, gate/up, down, LM head)
   chained in a loop; "decode / matmuls" = decode time ÷ their time (wall, and CPU time);
 * fraction of peak: decode FLOP (weight matmuls + attention over the valid positions) per CPU
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
-from vinejax.model import llama
+from vinejax.model import decode as model_decode
 from vinejax.sampling import SamplingConfig, generate
 from vinejax.sampling.core import cache_room, decode
 from vinejax.sampling.generation import row_keys
@@ -77,16 +77,17 @@ def bench(size: str, batch: int, repeats: int, hf, cfg, params) -> dict:
     def ours_generate(seed):
         generate(params, cfg, prompts, plens, jax.random.key(seed), scfg).tokens.block_until_ready()
 
-    # The decode loop alone on a prefilled cache (as `generate` builds it).
+    # The decode loop alone, after the prefill and the weight layout that `generate` does first.
     room = cache_room(p + n)
-    cache = llama.init_cache(cfg, batch, room)
-    _, hidden, cache = jax.jit(lambda pr, c: llama.forward_cached(params, cfg, pr, c))(prompts, cache)
-    logits0 = llama.lm_logits(params, cfg, hidden[:, -1])
+    weights = jax.jit(lambda prm: model_decode.decode_weights(prm, cfg))(params)
+    logits0, caches = jax.jit(lambda prm, w, pr: model_decode.prefill(prm, w, cfg, pr, jnp.asarray(plens), room))(
+        params, weights, prompts)
     budget = jnp.full((batch,), n, jnp.int32)
-    decode_jit = jax.jit(lambda prm, c, lg, k: decode(prm, cfg, scfg, c, lg, k, budget).tokens)
+    decode_jit = jax.jit(lambda prm, w, c, lg, k: decode(prm, cfg, scfg, c, lg, k, budget, weights=w).tokens)
 
     def ours_decode(seed):
-        decode_jit(params, cache, logits0, row_keys(jax.random.key(seed), np.arange(batch))).block_until_ready()
+        keys = row_keys(jax.random.key(seed), np.arange(batch))
+        decode_jit(params, weights, caches, logits0, keys).block_until_ready()
 
     ids = torch.tensor(prompts, dtype=torch.long)
 

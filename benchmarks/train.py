@@ -8,9 +8,11 @@ add `--shapes 100m:8x256,64x128` for the big optimizer batch).
 A shape `B x T` is one optimizer batch of B rows of T tokens; `--micro size:BxT=m` splits it into
 micro-batches of m rows (gradient accumulation inside the step) when memory requires. Both steps
 are compiled ahead of time and then timed interleaved with a matmul peak probe (medians):
-* tokens/s = B·T ÷ step time;
-* MFU = (6·N + 12·L·H·Dh·T)·B·T ÷ step time ÷ the fp32 matmul FLOP/s measured in the same repeat
-  (N = parameters used in matmuls: layers + LM head; the second term counts attention);
+* tokens/s = B·T ÷ step time (wall);
+* MFU = (6·N + 12·L·H·Dh·T)·B·T FLOP per CPU second of the step ÷ the 1024³ fp32 matmul's FLOP
+  per CPU second measured in the same repeat (N = parameters used in matmuls: layers + LM head;
+  the second term counts attention). CPU time because this shared machine's wall-clock rate
+  changes several-fold within a minute; the wall-clock MFU is printed too;
 * "rl step vs plain step" = RL step time ÷ plain step time (what the RL loss, its log-probs,
   entropy, whitening, ratio rule and update guard add).
 The last lines are `train mfu 100m: X` (RL step, 8 x 256) and `rl step vs plain step: X` (100m,
@@ -114,25 +116,33 @@ def bench(size: str, rows: int, length: int, micro: int, repeats: int) -> dict:
         jax.block_until_ready(loss)
         state["plain"] = (p, o)
 
-    t = {"rl": [], "plain": [], "peak": []}
+    runs = {"rl": [], "plain": []}
+    peaks = []
     for i in range(repeats):
-        t["peak"].append(common.matmul_peak())
+        peaks.append(common.matmul_peak())
         order = (("rl", run_rl), ("plain", run_plain)) if i % 2 == 0 else (("plain", run_plain), ("rl", run_rl))
         for name, fn in order:
-            t[name].append(common.timed(fn)[0])
+            runs[name].append(common.clocked(fn))
     flops = train_flops(cfg, rows, length)
+    med = common.median
+    wall = {k: [w for w, _ in v] for k, v in runs.items()}
+    cpu = {k: [c for _, c in v] for k, v in runs.items()}
+    mfu = lambda k: med([flops / c / pc for c, (_, pc) in zip(cpu[k], peaks)])
     r = {
-        "rl_tps": rows * length / common.median(t["rl"]),
-        "plain_tps": rows * length / common.median(t["plain"]),
-        "rl_mfu": common.median([flops / a / pk for a, pk in zip(t["rl"], t["peak"])]),
-        "plain_mfu": common.median([flops / a / pk for a, pk in zip(t["plain"], t["peak"])]),
-        "ratio": common.median([a / b for a, b in zip(t["rl"], t["plain"])]),
-        "peak": common.median(t["peak"]),
+        "rl_tps": rows * length / med(wall["rl"]),
+        "plain_tps": rows * length / med(wall["plain"]),
+        "rl_mfu": mfu("rl"), "plain_mfu": mfu("plain"),
+        "rl_mfu_wall": med([flops / w / pw for w, (pw, _) in zip(wall["rl"], peaks)]),
+        "ratio": med([a / b for a, b in zip(wall["rl"], wall["plain"])]),
+        "ratio_cpu": med([a / b for a, b in zip(cpu["rl"], cpu["plain"])]),
+        "peak": med([pw for pw, _ in peaks]), "peak_cpu": med([pc for _, pc in peaks]),
     }
-    print(f"{size} {rows} x {length} (micro-batch {micro}): RL step {r['rl_tps']:,.0f} tok/s "
-          f"(median {common.median(t['rl']):.2f} s, MFU {r['rl_mfu']:.2f}), plain step {r['plain_tps']:,.0f} tok/s "
-          f"(median {common.median(t['plain']):.2f} s, MFU {r['plain_mfu']:.2f}); RL/plain {r['ratio']:.2f}; "
-          f"peak {r['peak'] / 1e9:.1f} GFLOP/s", flush=True)
+    print(f"{size} {rows} x {length} (micro-batch {micro}), medians of {repeats}:\n"
+          f"  RL step {r['rl_tps']:,.0f} tok/s ({med(wall['rl']):.2f} s), MFU {r['rl_mfu']:.2f} per CPU-s "
+          f"({r['rl_mfu_wall']:.2f} wall)\n"
+          f"  plain step {r['plain_tps']:,.0f} tok/s ({med(wall['plain']):.2f} s), MFU {r['plain_mfu']:.2f} per CPU-s\n"
+          f"  RL / plain step time {r['ratio']:.2f} wall, {r['ratio_cpu']:.2f} CPU time; peak "
+          f"{r['peak'] / 1e9:.1f} GFLOP/s wall, {r['peak_cpu'] / 1e9:.1f} GFLOP per CPU-s", flush=True)
     return r
 
 
