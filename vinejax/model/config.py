@@ -39,6 +39,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool = False  # gradient checkpointing of every decoder layer
     value_head: bool = False  # scalar value head on the last hidden state (PPO critic)
+    attention_impl: str = "auto"  # auto (cuDNN flash attention where it applies, else XLA), xla, cudnn
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):
@@ -47,6 +48,8 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        if self.attention_impl not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"attention_impl must be auto, xla or cudnn, got {self.attention_impl!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"

@@ -1,19 +1,21 @@
-"""Decoding one token per row: the step a sampler runs in its loop.
+"""Prefill and decoding one token per row: the model side of a sampler's loop.
 
-Same math as `llama.forward_cached` on a single new token per row, built from the same pieces
-(`embed`, `rms_norm`, `rope_tables`/`apply_rope`, `attention`, `lm_logits`), but laid out for a
-cheap step. Before the loop, `decode_weights` fuses each layer's q/k/v and gate/up projections
-into single matrices and `decode_caches` splits the stacked `KVCache` into one heads-major
-buffer per layer; the step itself then has no per-layer slices, transposes or cache copies.
-Layers are unrolled in Python, so compile time grows with depth (`llama.forward_cached` inside
-a loop is the scanned alternative).
+Same math as `llama.forward_cached`, built from the same pieces (`embed`, `rms_norm`,
+`rope_tables`/`apply_rope`, `lm_logits`), but laid out for a cheap step. `decode_weights` fuses
+each layer's q/k/v and gate/up projections into single matrices, once per sampling call; the
+caches are one heads-major buffer per layer ([R, Hkv, S, Dh], `DecodeCaches`), so the step has
+no per-layer slices, transposes or cache copies. `prefill` runs right-padded prompts causally
+(`llama.attention`, i.e. `jax.nn.dot_product_attention`) and writes these caches directly;
+`decode_caches` converts a stacked `llama.KVCache` instead. Layers are unrolled in Python, so
+compile time grows with depth (`llama.forward_cached` inside a loop is the scanned alternative).
 
-    weights = decode_weights(params, cfg)              # once per decode call
-    caches = decode_caches(cache)
+    weights = decode_weights(params, cfg)              # once per sampling call
+    logits, caches = prefill(params, weights, cfg, prompts, prompt_lens, room)
     logits, caches = decode_step(params, weights, cfg, tokens, caches)   # per step
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -56,6 +58,36 @@ def decode_weights(params: dict, cfg: ModelConfig) -> tuple:
     return tuple(out)
 
 
+def prefill(
+    params: dict, weights: tuple, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, room: int
+) -> tuple[jax.Array, DecodeCaches]:
+    """Run right-padded prompts tokens int32[B, T] (lengths int32[B] >= 1) into fresh caches of
+    `room` slots (slots past T are zero; prompt columns past `room` are dropped).
+
+    Returns float32 next-token logits [B, V] at each row's last prompt token and the caches
+    (lengths = `lengths`).
+    """
+    b, t = tokens.shape
+    rope = llama.rope_tables(cfg, jnp.broadcast_to(jnp.arange(t), (b, t)))  # [B, T, 1, Dh/2]
+    x = llama.embed(params, cfg, tokens)  # [B, T, D]
+
+    def to_cache(a):  # [B, T, Hkv, Dh] -> [B, Hkv, room, Dh]
+        a = jnp.swapaxes(a[:, :room], 1, 2)
+        return _constrain(jnp.pad(a, ((0, 0), (0, 0), (0, room - a.shape[2]), (0, 0))))
+
+    ks, vs = [], []
+    for w in weights:
+        def attend(q, k, v):
+            ks.append(to_cache(k))
+            vs.append(to_cache(v))
+            return llama.attention(q, k, v, causal=True, implementation=cfg.attention_impl)
+
+        x = _layer(cfg, w, x, rope, attend)
+    last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
+    hidden = llama.rms_norm(last, params["final_norm"], cfg.rms_norm_eps)
+    return llama.lm_logits(params, cfg, hidden), DecodeCaches(tuple(ks), tuple(vs), lengths.astype(jnp.int32))
+
+
 def decode_caches(cache: llama.KVCache) -> DecodeCaches:
     """Stacked cache (k, v [L, R, S, Hkv, Dh]) → per-layer heads-major buffers [R, Hkv, S, Dh]."""
     layers = range(cache.k.shape[0])
@@ -74,37 +106,59 @@ def decode_step(
     """
     s = caches.k[0].shape[2]
     lengths = caches.lengths
-    mask = (jnp.arange(s)[None, :] <= lengths[:, None])[:, None]  # [R, 1, S]
-    rope = llama.rope_tables(cfg, lengths)  # [R, 1, Dh/2]: position of the new token
-    x = llama.embed(params, cfg, tokens[:, None])[:, 0]  # [R, D]
+    mask = jnp.arange(s)[None, :] <= lengths[:, None]  # [R, S]
+    rope = llama.rope_tables(cfg, lengths[:, None])  # [R, 1, 1, Dh/2]: position of the new token
+    x = llama.embed(params, cfg, tokens[:, None])  # [R, 1, D]
+    rows = jnp.arange(tokens.shape[0])
     new_k, new_v = [], []
-    for w, k, v in zip(weights, caches.k, caches.v):
-        x, k, v = _layer(cfg, w, x, k, v, lengths, rope, mask)
-        new_k.append(_constrain(k))
-        new_v.append(_constrain(v))
-    hidden = llama.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    for w, k_cache, v_cache in zip(weights, caches.k, caches.v):
+        def attend(q, k, v, k_cache=k_cache, v_cache=v_cache):
+            k_cache = _constrain(k_cache.at[rows, :, lengths].set(k[:, 0].astype(k_cache.dtype), mode="drop"))
+            v_cache = _constrain(v_cache.at[rows, :, lengths].set(v[:, 0].astype(v_cache.dtype), mode="drop"))
+            new_k.append(k_cache)
+            new_v.append(v_cache)
+            return cache_attention(q, k_cache, v_cache, mask)
+
+        x = _layer(cfg, w, x, rope, attend)
+    hidden = llama.rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
     return llama.lm_logits(params, cfg, hidden), DecodeCaches(tuple(new_k), tuple(new_v), lengths + 1)
+
+
+def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of one new token per row over heads-major caches (decode's own core: it reads
+    the caches in place, where `llama.attention` wants slots before heads).
+
+    q: [R, 1, H, Dh]; k, v: [R, Hkv, S, Dh]; mask: bool[R, S]. Scores and softmax in float32
+    (masked scores as in `jax.nn.dot_product_attention`). Returns [R, 1, H, Dh] in q's dtype.
+    """
+    r, _, h, dh = q.shape
+    kv = k.shape[1]
+    q = q.reshape(r, kv, h // kv, dh)
+    scores = jnp.einsum("rkgd,rksd->rkgs", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(dh)), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("rkgs,rksd->rkgd", probs, v.astype(q.dtype)).reshape(r, 1, h, dh)
+
+
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # the masked score of jax.nn.dot_product_attention
 
 
 def _constrain(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, LAYER_CACHE_AXES)
 
 
-def _layer(cfg, w, x, k_cache, v_cache, lengths, rope, mask):
-    """One pre-norm decoder layer on one token per row. x [R, D]; caches [R, Hkv, S, Dh]."""
-    r = x.shape[0]
+def _layer(cfg, w, x, rope, attend):
+    """One pre-norm decoder layer on x [R, T, D] with fused weights `w`; `attend(q, k, v)` (q
+    [R, T, H, Dh], k/v [R, T, Hkv, Dh] after RoPE) stores k/v and returns attention [R, T, H, Dh]."""
+    r, t = x.shape[:2]
     nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = llama.rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-    qkv = h @ w["wqkv"]  # [R, (H+2K)*Dh]
+    qkv = h @ w["wqkv"]  # [R, T, (H+2K)*Dh]
     if cfg.attention_bias:
         qkv = qkv + w["bqkv"]
-    q, k, v = jnp.split(qkv.reshape(r, nh + 2 * nk, dh), [nh, nh + nk], axis=1)
-    q, k = llama.apply_rope(q, rope), llama.apply_rope(k, rope)
-    rows = jnp.arange(r)
-    k_cache = k_cache.at[rows, :, lengths].set(k.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[rows, :, lengths].set(v.astype(v_cache.dtype), mode="drop")
-    attn = llama.attention(q[:, None], k_cache, v_cache, mask)  # [R, 1, H, Dh]
-    x = x + attn.reshape(r, nh * dh) @ w["wo"]
+    q, k, v = jnp.split(qkv.reshape(r, t, nh + 2 * nk, dh), [nh, nh + nk], axis=2)
+    attn = attend(llama.apply_rope(q, rope), llama.apply_rope(k, rope), v)
+    x = x + attn.reshape(r, t, nh * dh) @ w["wo"]
     h = llama.rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-    gate, up = jnp.split(h @ w["w_gu"], 2, axis=-1)  # [R, F] each
-    return x + (jax.nn.silu(gate) * up) @ w["w_down"], k_cache, v_cache
+    gate, up = jnp.split(h @ w["w_gu"], 2, axis=-1)  # [R, T, F] each
+    return x + (jax.nn.silu(gate) * up) @ w["w_down"]

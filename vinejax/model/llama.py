@@ -180,20 +180,28 @@ def apply_rope(x: jax.Array, rope: Rope) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query softmax attention, the one core of `forward`, `forward_cached` and decoding.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None,
+              causal: bool = False, implementation: str = "auto") -> jax.Array:
+    """Grouped-query softmax attention of `forward` and `forward_cached` (`jax.nn.dot_product_attention`).
 
-    q: [B, T, H, Dh]; k, v: [B, Hkv, S, Dh] (heads before slots); mask: bool[B, T, S] (True =
-    attend). Scores and softmax in float32. Returns [B, T, H, Dh] in q's dtype.
+    q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh]; mask: optional bool[B, T, S] (True = attend);
+    causal: query t sees keys 0..t (T == S). Scores and softmax in float32; returns [B, T, H, Dh]
+    in q's dtype. `implementation` "auto" picks cuDNN flash attention where it applies (a CUDA
+    GPU, bf16/fp16, causal without an explicit mask, head_dim a multiple of 8 up to 128) and XLA
+    elsewhere (CPU, TPU, masks); "xla" / "cudnn" force one.
     """
-    b, t, h, dh = q.shape
-    kv = k.shape[1]
-    q = q.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores / math.sqrt(dh), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(q.dtype))
-    return out.reshape(b, t, h, dh)
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if implementation == "auto":
+        implementation = "cudnn" if cudnn_attention_applies(q, mask) else "xla"
+    return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
+                                        is_causal=causal, implementation=implementation)
+
+
+def cudnn_attention_applies(q: jax.Array, mask: Optional[jax.Array]) -> bool:
+    """Whether `attention(implementation="auto")` uses cuDNN flash attention for q [B, T, H, Dh]."""
+    dh = q.shape[-1]
+    return (mask is None and q.dtype in (jnp.bfloat16, jnp.float16) and dh % 8 == 0 and dh <= 128
+            and jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower())
 
 
 def _write_rows(cache: jax.Array, layer: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
@@ -209,7 +217,7 @@ def _write_rows(cache: jax.Array, layer: jax.Array, new: jax.Array, starts: jax.
 
 def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
     """One pre-norm decoder layer. x: [B,T,D]; rope: tables of the tokens' positions [B, T];
-    kv: optional whole caches ([L,B,S,Hkv,Dh] x 2)."""
+    mask: bool[B, T, S] or None (causal); kv: optional whole caches ([L,B,S,Hkv,Dh] x 2)."""
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(h.dtype))
     k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(h.dtype))
@@ -220,10 +228,9 @@ def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
     k = apply_rope(k, rope)
     if kv is not None:
         kv = (_write_rows(kv[0], layer, k, starts), _write_rows(kv[1], layer, v, starts))
-        k_all, v_all = kv[0][layer], kv[1][layer]
-    else:
-        k_all, v_all = k, v
-    attn = attention(q, jnp.swapaxes(k_all, 1, 2), jnp.swapaxes(v_all, 1, 2), mask)
+        attn = attention(q, kv[0][layer], kv[1][layer], mask, implementation=cfg.attention_impl)
+    else:  # no cache: causal self-attention over the tokens, within segments when given a mask
+        attn = attention(q, k, v, mask, causal=mask is None, implementation=cfg.attention_impl)
     x = x + jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(attn.dtype))
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(h.dtype))
@@ -271,16 +278,18 @@ def forward(
 
     tokens: int[B, T]; positions: int[B, T] (default 0..T-1; give them for left padding);
     segment_ids: int[B, T], 0 = padding, tokens attend only within their own segment
-    (default: all ones). Returns float32 logits [B, T, V] and final-normed hidden [B, T, D].
+    (default: one segment; right padding needs none, as no real token attends to a later one).
+    Returns float32 logits [B, T, V] and final-normed hidden [B, T, D].
+    Without segment_ids attention is plain causal (cuDNN flash attention on GPUs, see `attention`).
     """
     b, t = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    if segment_ids is None:
-        segment_ids = jnp.ones((b, t), jnp.int32)
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
-    mask = causal[None] & same  # [B, T, T]
+    mask = None
+    if segment_ids is not None:
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+        mask = causal[None] & same  # [B, T, T]
     rope = rope_tables(cfg, positions)
 
     def body(x, p):

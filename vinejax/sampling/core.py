@@ -32,6 +32,7 @@ from vinejax.sampling.stops import STOPPED, token_sequence_table
 
 FINISH_NONE, FINISH_EOS, FINISH_STOP, FINISH_LENGTH = 0, 1, 2, 3
 FINISH_REASONS = ("none", "eos", "stop", "length")  # name of each finish_reason code
+SAMPLE_BLOCK = 256  # classes per block of the two-level inverse-CDF sampler (`categorical`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,52 +114,119 @@ def scaled_logits(logits: jax.Array, scfg: SamplingConfig) -> jax.Array:
 def filter_logits(scaled: jax.Array, scfg: SamplingConfig) -> jax.Array:
     """Top-k then top-p (nucleus) filtering of temperature-scaled logits [R, V]; removed → -inf.
 
-    top-p keeps the smallest set of most likely tokens whose probability reaches top_p (the token
-    that crosses the threshold is kept; ties with the last kept logit are kept too).
+    top-k keeps the tokens whose logit is at least the k-th largest; top-p keeps the smallest set
+    of most likely tokens whose probability reaches top_p (the token that crosses the threshold
+    is kept; ties with the last kept logit are kept too). Both thresholds are found by bisection
+    (`logit_threshold`): O(V) work per row per pass, no sort.
     """
     neg = jnp.asarray(-jnp.inf, scaled.dtype)
     if scfg.top_k and scfg.top_k < scaled.shape[-1]:
-        kth = jax.lax.top_k(scaled, scfg.top_k)[0][:, -1:]  # [R, 1]
+        kth = logit_threshold(scaled, jnp.ones_like(scaled), jnp.float32(scfg.top_k))
         scaled = jnp.where(scaled < kth, neg, scaled)
     if scfg.top_p < 1.0:
-        srt = jnp.sort(scaled, axis=-1)[:, ::-1]  # descending [R, V]
-        probs = jax.nn.softmax(srt, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each sorted token
-        keep = before < scfg.top_p
-        thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+        w = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))  # [R, V] unnormalised probs
+        thresh = logit_threshold(scaled, w, scfg.top_p * w.sum(-1, keepdims=True))
         scaled = jnp.where(scaled < thresh, neg, scaled)
     return scaled
+
+
+def _order_key(x: jax.Array) -> jax.Array:
+    """int32 keys that sort like the float32 values x (finite or ±inf)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _from_order_key(k: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(jnp.where(k < 0, k ^ jnp.int32(0x7FFFFFFF), k), jnp.float32)
+
+
+def logit_threshold(z: jax.Array, w: jax.Array, target: jax.Array) -> jax.Array:
+    """Smallest logit value t of each row with sum(w[z > t]) < target: f32[R, 1].
+
+    z f32[R, V] (-inf = removed); w >= 0 [R, V] weights (0 where z is -inf); target [R, 1] or
+    scalar, 0 < target <= sum(w). With w = 1 and target k, t is the k-th largest logit; with w the
+    probabilities and target top_p, t is the smallest logit the nucleus keeps. Bisection over the
+    float32 order (32 passes of a masked sum), exact.
+    """
+    target = jnp.broadcast_to(jnp.asarray(target, jnp.float32), z.shape[:-1] + (1,))
+    keys = _order_key(z)
+    finite_min = jnp.min(jnp.where(jnp.isfinite(z), keys, jnp.int32(2**31 - 1)), axis=-1, keepdims=True)
+    lo = finite_min - 1  # sum(w[z > lo]) = sum(w) >= target: not a threshold
+    hi = jnp.max(keys, axis=-1, keepdims=True)  # sum(w[z > max]) = 0 < target: a threshold
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        ok = jnp.sum(jnp.where(keys > mid, w, 0.0), axis=-1, keepdims=True) < target
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return _from_order_key(hi)
+
+
+def categorical(logits: jax.Array, u: jax.Array) -> jax.Array:
+    """Draw one index per row from softmax(logits) by inverse CDF in two levels: a block of
+    `SAMPLE_BLOCK` classes, then a class within it. Exact up to float32 rounding of the sums.
+
+    logits f32[R, V] (-inf = never drawn; a finite entry per row); u f32[R, 2] uniforms in
+    [0, 1), one per level. Returns int32[R]. Work is O(V) per row, no [R, V] noise.
+    """
+    r, v = logits.shape
+    blk = min(SAMPLE_BLOCK, v)
+    nb = -(-v // blk)
+    top = jnp.max(logits, axis=-1, keepdims=True)[:, :, None]  # [R, 1, 1]
+    x = logits if nb * blk == v else jnp.pad(logits, ((0, 0), (0, nb * blk - v)), constant_values=-jnp.inf)
+    x = x.reshape(r, nb, blk)
+    block = _inverse_cdf(jnp.exp(x - top).sum(-1), u[:, 0])  # [R]
+    inner = jnp.exp(jnp.take_along_axis(x, block[:, None, None], axis=1) - top)[:, 0]  # [R, blk]
+    return block * blk + _inverse_cdf(inner, u[:, 1])
+
+
+def _inverse_cdf(w: jax.Array, u: jax.Array) -> jax.Array:
+    """First index i with cumsum(w)[i] > u * sum(w) and w[i] > 0 (the last positive index if
+    rounding leaves none). w f32[R, n] >= 0 with a positive entry per row; u f32[R]. int32[R]."""
+    n = w.shape[-1]
+    c = jnp.cumsum(w, axis=-1)
+    idx = jnp.arange(n, dtype=jnp.int32)[None]
+    pos = w > 0
+    first = jnp.min(jnp.where((c > (u * c[:, -1])[:, None]) & pos, idx, n), axis=-1)
+    last = jnp.max(jnp.where(pos, idx, -1), axis=-1)
+    return jnp.minimum(first, last).astype(jnp.int32)
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, step, scfg: SamplingConfig):
     """Draw one token per row. logits [R, V] f32; keys: typed keys [R]; step: int scalar.
 
     Returns (tokens int32[R], logprobs f32[R] = log_softmax(logits / T)[token]).
-    Sampling is Gumbel-max over the filtered distribution with the key fold_in(keys[r], step).
+    A draw is an exact categorical sample of the filtered distribution (`categorical`) with two
+    uniforms from the key fold_in(keys[r], step).
     """
-    scaled = scaled_logits(logits, scfg)
-    logp_all = jax.nn.log_softmax(scaled, axis=-1)
+    scaled = scaled_logits(logits, scfg)  # [R, V]
     if scfg.greedy:
-        tok = jnp.argmax(scaled, axis=-1)
+        tok = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
     else:
-        v = scaled.shape[-1]
-        gumbel = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, step), (v,)))(keys)
-        tok = jnp.argmax(filter_logits(scaled, scfg) + gumbel, axis=-1)
-    tok = tok.astype(jnp.int32)
-    return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+        u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step), (2,)))(keys)  # [R, 2]
+        tok = categorical(filter_logits(scaled, scfg), u)
+    lse = jax.nn.logsumexp(scaled, axis=-1)
+    return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
 
 
 def decode(
     params: dict,
     cfg: ModelConfig,
     scfg: SamplingConfig,
-    cache: llama.KVCache,
+    cache,
     logits0: jax.Array,
     keys: jax.Array,
     budget: jax.Array,
     stop_table: Optional[jax.Array] = None,
+    weights: Optional[tuple] = None,
 ) -> GenerationOutput:
     """Decode loop (call inside jit). Row r continues its cached sequence (cache.lengths[r] slots).
+
+    cache: a stacked `llama.KVCache`, or (with `scfg.unroll_layers`) per-layer
+    `model.decode.DecodeCaches` as `model.decode.prefill` returns them; weights: optional
+    `model.decode.decode_weights(params, cfg)` when the caller already has them.
 
     logits0: f32[R, V] next-token logits of every row (from prefill or the trajectory pass);
     keys: typed PRNG keys [R]; budget: int32[R] max new tokens per row (capped at
@@ -216,11 +284,14 @@ def decode(
         return (i < n) & jnp.any(st[3] == FINISH_NONE)
 
     if scfg.unroll_layers:
-        # Weights fused and split per layer, caches re-laid out per layer, once outside the loop.
-        weights = model_decode.decode_weights(params, cfg)
-        kv = model_decode.decode_caches(cache)
+        # Weights fused and split per layer, caches laid out per layer, once outside the loop.
+        if weights is None:
+            weights = model_decode.decode_weights(params, cfg)
+        kv = cache if isinstance(cache, model_decode.DecodeCaches) else model_decode.decode_caches(cache)
         step_fn = lambda tok, kv: model_decode.decode_step(params, weights, cfg, tok, kv)
     else:
+        if isinstance(cache, model_decode.DecodeCaches):
+            raise ValueError("per-layer DecodeCaches need SamplingConfig.unroll_layers=True")
         kv = llama.constrain_cache(cache)
 
         def step_fn(tok, kv):

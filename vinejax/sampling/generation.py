@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from vinejax.model import decode as model_decode
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.sampling.core import GenerationOutput, SamplingConfig, bucket, cache_room, decode
@@ -32,15 +33,24 @@ def _generate_jit(params, prompts, prompt_lens, budget, keys, stop_table, *, cfg
     """
     bp, p = prompts.shape
     prompts = nn.with_logical_constraint(prompts, ("batch", "length"))
-    cache = llama.constrain_cache(llama.init_cache(cfg, bp, room))
-    _, hidden, cache = llama.forward_cached(params, cfg, prompts, cache, new_lengths=prompt_lens)
-    last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]  # [Bp, D]
-    logits0 = llama.lm_logits(params, cfg, last)  # [Bp, V]
+    weights = None
+    if scfg.unroll_layers:  # per-layer caches written by the prefill itself
+        weights = model_decode.decode_weights(params, cfg)
+        logits0, cache = model_decode.prefill(params, weights, cfg, prompts, prompt_lens, room)
+    else:
+        cache = llama.constrain_cache(llama.init_cache(cfg, bp, room))
+        _, hidden, cache = llama.forward_cached(params, cfg, prompts, cache, new_lengths=prompt_lens)
+        last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]  # [Bp, D]
+        logits0 = llama.lm_logits(params, cfg, last)  # [Bp, V]
     if num_samples > 1:  # one prefill, shared by every sample of a prompt
-        rep = lambda x, ax: jnp.repeat(x, num_samples, axis=ax)
-        cache = llama.KVCache(rep(cache.k, 1), rep(cache.v, 1), rep(cache.lengths, 0))
-        logits0 = rep(logits0, 0)
-    return decode(params, cfg, scfg, cache, logits0, keys, budget, stop_table)
+        rows = lambda x: jnp.repeat(x, num_samples, axis=0)
+        if scfg.unroll_layers:
+            cache = jax.tree.map(rows, cache)
+        else:
+            rep = lambda x: jnp.repeat(x, num_samples, axis=1)
+            cache = llama.KVCache(rep(cache.k), rep(cache.v), rows(cache.lengths))
+        logits0 = rows(logits0)
+    return decode(params, cfg, scfg, cache, logits0, keys, budget, stop_table, weights)
 
 
 def generate(
