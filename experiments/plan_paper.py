@@ -1,6 +1,7 @@
 """Memory plans of the 12 paper configs on three machines (the "Memory plans" of docs/scaling.md).
 
     python experiments/plan_paper.py [--hardware gpu8x80,v4-8,v5e-8] [--configs gsm8k_rho1b_sft,...] \\
+        [--mesh 1,4,2] [--devices 16] [--set model.param_dtype=bfloat16] \\
         [--out docs/memory_plans.json] [--cache /tmp/plan_cache.json] [--max-compiles 3]
     python experiments/plan_paper.py --markdown docs/memory_plans.json      # the doc's tables
 
@@ -30,11 +31,12 @@ CONFIGS = [f"{task}_{model}_{algo}" for model in ("rho1b", "deepseek7b") for tas
 GiB = 2**30
 
 
-def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles: int, mesh: str = "") -> None:
-    use_host_devices(8)
+def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles: int, mesh: str = "",
+              overrides: tuple = (), devices: int = 0) -> None:
+    use_host_devices(max(8, devices))
     import jax
 
-    from vinejax.config_file import load_config_file
+    from vinejax.config_file import apply_overrides, load_config_file
     from vinejax.planning.report import format_plan, make_plan
     from vinejax.tools.plan import parse_mesh
 
@@ -42,12 +44,15 @@ def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles:
     for hw in hardware:
         count, gib, _ = HARDWARE[hw]
         for name in configs:
-            key = f"{hw}/{name}" + (f"/mesh={mesh}" if mesh else "")
+            count = devices or count
+            key = "/".join([hw, name] + ([f"devices={count}"] if devices else []) + ([f"mesh={mesh}"] if mesh else [])
+                           + list(overrides))
             if key in plans:
                 continue
             cfg = load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
             if mesh:
                 cfg.mesh.shape = parse_mesh(mesh)
+            apply_overrides(cfg, [tuple(o.split("=", 1)) for o in overrides])
             print(f"== {key}", file=sys.stderr, flush=True)
             plan = make_plan(cfg, jax.devices("cpu")[:count], int(gib * GiB), device_kind="fake CPU",
                              max_compiles=max_compiles, cache_path=cache,
@@ -90,7 +95,7 @@ def markdown(path: str) -> str:
                              for k in knobs if k in found)
             mesh = ",".join(str(v) for v in p["mesh"].values())
             verdict = "fits" if p["fits"] else ("fits with settings" if p["fits_with_settings"] else "**does not fit**")
-            out.append(f"| {name.rsplit('/mesh=', 1)[0]} | {mesh} | {_gib(state)} | " + " | ".join(cells)
+            out.append(f"| {name} | {mesh} | {_gib(state)} | " + " | ".join(cells)
                        + f" | {best} | {verdict} |")
         out.append("")
     return "\n".join(out)
@@ -101,6 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hardware", default=",".join(HARDWARE))
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--mesh", default="", help="data,fsdp,tensor instead of the configs' mesh")
+    parser.add_argument("--devices", type=int, default=0, help="devices instead of the machine's (a bigger slice)")
+    parser.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "memory_plans.json"))
     parser.add_argument("--cache", default="")
     parser.add_argument("--max-compiles", type=int, default=3)
@@ -110,7 +117,7 @@ def main(argv=None) -> int:
         print(markdown(args.markdown))
         return 0
     run_plans(args.hardware.split(","), args.configs.split(","), args.out, args.cache or None, args.max_compiles,
-              args.mesh)
+              args.mesh, tuple(args.set), args.devices)
     return 0
 
 
