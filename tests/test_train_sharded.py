@@ -36,7 +36,7 @@ def one_step(mesh, params, batch, micro_batch=8):
     shardings = sharding.tree_shardings(llama.param_logical_axes(MODEL), llama.param_shapes(MODEL), mesh)
     params = jax.device_put(params, shardings)
     optimizer = update.make_optimizer(_optim(), total_steps=10)
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = update.init_opt_state(optimizer, params, shardings)
     micro = to_microbatches(mesh, batch, micro_batch)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         params, _, metrics = update.policy_step(params, opt_state, micro, model_cfg=MODEL,
@@ -77,3 +77,21 @@ def test_loop_runs_on_eight_fake_devices(tmp_path):
     (record,) = read_metrics(cfg)
     assert np.isfinite(record["pg_loss"]) and np.isfinite(record["kl"])
     assert record["mc/num_states"] >= 8
+
+
+def test_optimizer_state_is_sharded_like_the_params():
+    """Adam's moments take the params' layout (a plain jitted init replicates them on every device:
+    2x the params per device); the step count is replicated."""
+    mesh = sharding.make_mesh((1, 8, 1))
+    shardings = sharding.tree_shardings(llama.param_logical_axes(MODEL), llama.param_shapes(MODEL), mesh)
+    params = jax.device_put(llama.init_params(MODEL, jax.random.key(0)), shardings)
+    optimizer = update.make_optimizer(_optim(), total_steps=10)
+    state = update.init_opt_state(optimizer, params, shardings)
+    adam = state[1][0]
+    for moments in (adam.mu, adam.nu):
+        for leaf, param in zip(jax.tree.leaves(moments), jax.tree.leaves(params)):
+            assert leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim)
+            assert leaf.dtype == param.dtype and not leaf.any()
+    assert adam.count.sharding.is_fully_replicated
+    embed = params["embed"].sharding.shard_shape(params["embed"].shape)
+    assert embed == (MODEL.vocab_size, MODEL.hidden_size // 8)  # really sharded, not replicated

@@ -122,3 +122,8 @@ def assemble_rows(prompts, prompt_lens, out: GenerationOutput, pad_id: int = 0, 
     tokens = jnp.where(col < plen[:, None], prm, jnp.where(valid, resp, pad_id)).astype(jnp.int32)
     logprobs = jnp.where(valid, jnp.take_along_axis(out.logprobs, rc, axis=1), 0.0)
     return tokens, logprobs, plen, plen + out.lengths
+
+
+# The jitted core of `generate` (prefill + decode loop) under a public name, for ahead-of-time
+# lowering with abstract arguments (`vinejax.tools.plan`): same arguments as `_generate_jit`.
+generate_program = _generate_jit

@@ -224,3 +224,9 @@ def continue_from_prefixes(
         live_fraction=live / max(slot_steps, 1),
     )
     return ContinuationOutput(tok, sel(out_lp), sel(out_len), sel(out_fin), stats)
+
+
+# The jitted cores of MC continuations under public names, for ahead-of-time lowering with
+# abstract arguments (`vinejax.tools.plan`): same arguments as `_trajectory_jit` / `_chunk_jit`.
+trajectory_program = _trajectory_jit
+chunk_program = _chunk_jit

@@ -213,3 +213,10 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
     ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
                      stops=stop_table(tokenizer, task, model_cfg.vocab_size), **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, None if params is None else ctx.put_params(params), origin
+
+
+def planning_context(cfg, model_cfg: ModelConfig, mesh: Mesh) -> RunContext:
+    """The RunContext of `cfg` with `model_cfg` on `mesh`, without task, tokenizer or weights: what
+    `vinejax.tools.plan` lowers the run's jitted programs with."""
+    shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
+    return RunContext(cfg, mesh, None, None, model_cfg, shardings, **_rl_pieces(cfg, model_cfg, mesh))

@@ -78,7 +78,7 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
     eval_problems = held_out_problems(ctx) if t.eval_every > 0 else {}  # {split: problems}
     data_file = os.path.join(cfg.output_dir, "dpo_data.npz")
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), t.keep_checkpoints)
-    opt_template = jax.jit(update.stage_optimizer(cfg.optim, 1).init)(sft_params)
+    opt_template = update.init_opt_state(update.stage_optimizer(cfg.optim, 1), sft_params, ctx.param_shardings)
     (params, opt_state), meta = resume(ckpt, (sft_params, opt_template), cfg.resume, writer)
     step, evaluated_at = meta.get("step", 0), meta.get("evaluated_at", -1)  # the last step evaluated
     started = time.time() - meta.get("elapsed", 0.0)
@@ -108,7 +108,7 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
     total = d.epochs * per_epoch
     optimizer = update.stage_optimizer(cfg.optim, max(d.epochs * len(pairs) // d.batch_size, 1))
     if step == 0:
-        opt_state = jax.jit(optimizer.init)(params)
+        opt_state = update.init_opt_state(optimizer, params, ctx.param_shardings)
     log(f"DPO+: {len(pairs)} pairs, {total} steps of {d.batch_size} pairs")
     pad = encode.pad_token_id(ctx.tokenizer)
     over_budget, last = False, {}

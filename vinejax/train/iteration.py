@@ -44,13 +44,15 @@ class TrainState:
 def init_state(run: RunContext, params) -> TrainState:
     """The state of iteration 0: the policy, its optimizer state and (PPO) a critic initialised
     from the policy with a fresh value head (the paper's critic)."""
-    state = TrainState(params, jax.jit(run.optimizer.init)(params), kl_coef=jnp.float32(run.cfg.ppo.kl_coef))
+    state = TrainState(params, update.init_opt_state(run.optimizer, params, run.param_shardings),
+                       kl_coef=jnp.float32(run.cfg.ppo.kl_coef))
     if run.critic_cfg is None:
         return state
     critic = dict(jax.tree.map(jnp.copy, params))
     head = llama.init_value_head(run.critic_cfg, jax.random.key(run.cfg.seed + 17))
     critic["value_head"] = multihost.place(head, run.critic_shardings["value_head"])
-    return state.replace(critic=critic, critic_opt=jax.jit(run.critic_optimizer.init)(critic))
+    return state.replace(critic=critic,
+                         critic_opt=update.init_opt_state(run.critic_optimizer, critic, run.critic_shardings))
 
 
 def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list, iteration: int,

@@ -113,7 +113,7 @@ def run_restem(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
     eval_problems = held_out_problems(ctx) if t.eval_every > 0 else {}  # {split: problems}
     select_problems = selection_problems(ctx)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), t.keep_checkpoints)
-    opt_template = jax.jit(update.stage_optimizer(cfg.optim, 1).init)(sft_params)
+    opt_template = update.init_opt_state(update.stage_optimizer(cfg.optim, 1), sft_params, ctx.param_shardings)
     state, meta = resume(ckpt, RestemState(sft_params, sft_params, opt_template), cfg.resume, writer)
     prog = Progress(**meta)
     rng = jax.random.key(cfg.seed)
@@ -184,7 +184,7 @@ def restem_iteration(ctx: RunContext, sft_params, state: RestemState, prog: Prog
         total = r.epochs * per_epoch
         optimizer = update.stage_optimizer(cfg.optim, max(r.epochs * len(data) // r.batch_size, 1))
         if prog.step == 0:
-            state = state.replace(opt_state=jax.jit(optimizer.init)(state.params))
+            state = state.replace(opt_state=update.init_opt_state(optimizer, state.params, ctx.param_shardings))
             if checkpoint(state, prog):
                 return state, True
         if total == 0:

@@ -68,7 +68,7 @@ def run_sft(ctx, params, writer, log) -> dict:
     total = sft_total_steps(cfg, len(rows))
     per_epoch = max(len(rows) // cfg.sft.batch_size, 1)
     optimizer = update.make_optimizer(cfg.optim, total)
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = update.init_opt_state(optimizer, params, ctx.param_shardings)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.train.keep_checkpoints)
     (params, opt_state), meta = resume(ckpt, (params, opt_state), cfg.resume, writer)
     step, streak, pending = meta.get("step", 0), 0, []

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vinejax import sharding
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl import losses
@@ -61,6 +62,22 @@ def make_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> opta
         optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                     weight_decay=optim_cfg.weight_decay),
     )
+
+
+def opt_state_shardings(optimizer: optax.GradientTransformation, params, param_shardings):
+    """Shardings of `optimizer.init(params)`: every params-shaped part (Adam's mu and nu) laid out
+    like the params, the rest (step counts) replicated. params: arrays or `jax.ShapeDtypeStruct`s."""
+    shapes = jax.eval_shape(optimizer.init, params)
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+    return optax.tree_map_params(optimizer, lambda _, s: s, shapes, param_shardings,
+                                 transform_non_params=lambda _: sharding.replicated(mesh))
+
+
+def init_opt_state(optimizer: optax.GradientTransformation, params, param_shardings):
+    """`optimizer.init(params)` sharded like the params (`opt_state_shardings`). A plain jitted
+    init would put the zero moments on every device in full: 2x the params per device."""
+    out = opt_state_shardings(optimizer, params, param_shardings)
+    return jax.jit(optimizer.init, out_shardings=out)(params)
 
 
 @jax.jit

@@ -1,0 +1,125 @@
+"""Memory plans of the 12 paper configs on three machines (the "Memory plans" of docs/scaling.md).
+
+    python experiments/plan_paper.py [--hardware gpu8x80,v4-8,v5e-8] [--configs gsm8k_rho1b_sft,...] \\
+        [--mesh 1,4,2] [--devices 16] [--set model.param_dtype=bfloat16] \\
+        [--out docs/memory_plans.json] [--cache /tmp/plan_cache.json] [--max-compiles 3]
+    python experiments/plan_paper.py --markdown docs/memory_plans.json      # the doc's tables
+
+Every plan is `vinejax.planning.report.make_plan` (what `python -m vinejax.tools.plan` prints), on 8
+fake CPU devices (4 of them for the v4-8). Plans already in `--out` are kept (a rerun continues);
+each new one is added as soon as it is done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from vinejax.tools.plan import use_host_devices  # noqa: E402  (imports no JAX)
+
+HARDWARE = {  # name: (devices, GiB per device, words)
+    "gpu8x80": (8, 80.0, "8 GPUs of 80 GiB (A100 / H100 80GB)"),
+    "v4-8": (4, 32.0, "TPU v4-8: 4 chips of 32 GiB"),
+    "v5e-8": (8, 16.0, "TPU v5e-8: 8 chips of 16 GiB"),
+}
+CONFIGS = [f"{task}_{model}_{algo}" for model in ("rho1b", "deepseek7b") for task in ("gsm8k", "math")
+           for algo in ("sft", "vineppo", "ppo")]
+GiB = 2**30
+
+
+def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles: int, mesh: str = "",
+              overrides: tuple = (), devices: int = 0) -> None:
+    use_host_devices(max(8, devices))
+    import jax
+
+    from vinejax.config_file import apply_overrides, load_config_file
+    from vinejax.planning.report import format_plan, make_plan
+    from vinejax.tools.plan import parse_mesh
+
+    plans = json.load(open(out)) if os.path.isfile(out) else {}
+    for hw in hardware:
+        count, gib, _ = HARDWARE[hw]
+        for name in configs:
+            count = devices or count
+            key = "/".join([hw, name] + ([f"devices={count}"] if devices else []) + ([f"mesh={mesh}"] if mesh else [])
+                           + list(overrides))
+            if key in plans:
+                continue
+            cfg = load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
+            if mesh:
+                cfg.mesh.shape = parse_mesh(mesh)
+            apply_overrides(cfg, [tuple(o.split("=", 1)) for o in overrides])
+            print(f"== {key}", file=sys.stderr, flush=True)
+            plan = make_plan(cfg, jax.devices("cpu")[:count], int(gib * GiB), device_kind="fake CPU",
+                             max_compiles=max_compiles, cache_path=cache,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+            print(format_plan(plan), file=sys.stderr, flush=True)
+            plans[key] = plan
+            with open(out + ".tmp", "w") as f:
+                json.dump(plans, f, indent=0)
+            os.replace(out + ".tmp", out)
+
+
+def _gib(b) -> str:
+    return "-" if b is None else f"{b / GiB:.1f}"
+
+
+def markdown(path: str) -> str:
+    """One table per machine: each config's verdict, per-phase peaks and the largest settings that fit."""
+    plans = json.load(open(path))
+    order = ["generate", "score", "critic_score", "trajectory", "mc_chunk", "policy_step", "critic_step", "sft_step",
+             "eval_generate"]
+    knobs = ["ppo.micro_batch", "sft.micro_batch", "sampling.batch_size", "vineppo.chunk_rows"]
+    out = []
+    for hw, (_, _, words) in HARDWARE.items():
+        rows = {k.split("/", 1)[1]: p for k, p in plans.items() if k.startswith(hw + "/")}
+        if not rows:
+            continue
+        out += [f"#### {words}", "",
+                "| config | mesh | state | " + " | ".join(order) + " | largest that fit (configured → largest) | verdict |",
+                "|" + "---|" * (len(order) + 5)]
+        for name, p in rows.items():
+            peaks = {r["name"]: r for r in p["phases"]}
+            state = max(sum(r["resident"].values()) + r["analytic"]["params"] + r["analytic"].get("optimizer", 0)
+                        for r in p["phases"])
+            cells = [(_gib(peaks[n]["peak"]) + ("" if peaks[n]["fits"] else " ✗")) if n in peaks else ""
+                     for n in order]
+            found = {s["knob"]: s for s in p["search"]}
+            best = "; ".join(f"{k.split('.')[-1]} {found[k]['configured']} → "
+                             f"{found[k]['largest'] if found[k]['largest'] else 'none'}"
+                             f"{'' if found[k]['verified'] or not found[k]['largest'] else '+'}"
+                             for k in knobs if k in found)
+            mesh = ",".join(str(v) for v in p["mesh"].values())
+            verdict = "fits" if p["fits"] else ("fits with settings" if p["fits_with_settings"] else "**does not fit**")
+            out.append(f"| {name} | {mesh} | {_gib(state)} | " + " | ".join(cells)
+                       + f" | {best} | {verdict} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hardware", default=",".join(HARDWARE))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--mesh", default="", help="data,fsdp,tensor instead of the configs' mesh")
+    parser.add_argument("--devices", type=int, default=0, help="devices instead of the machine's (a bigger slice)")
+    parser.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "memory_plans.json"))
+    parser.add_argument("--cache", default="")
+    parser.add_argument("--max-compiles", type=int, default=3)
+    parser.add_argument("--markdown", default="", help="print the tables of this plans file and exit")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
+    run_plans(args.hardware.split(","), args.configs.split(","), args.out, args.cache or None, args.max_compiles,
+              args.mesh, tuple(args.set), args.devices)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Child process of tests/test_tools_plan.py: plan a small model's programs, run them, measure.
+
+    python tests/plan_measure_child.py DEVICES FSDP TENSOR PHASE[,PHASE...]
+
+For each phase it compiles the planned program (`vinejax.planning`), runs it on real arrays of
+the planned shapes and shardings, and prints one JSON line: the planned peak of the program on
+one device (memory_analysis) and the analytic one, times the number of devices, next to the
+measured peak of the whole process. On CPU, JAX reports no device memory
+(`Device.memory_stats()` is None), so the measure is the process's resident set: the bytes of
+the arguments (their shards, `addressable_shards`) plus how far the peak resident set (VmHWM,
+reset through /proc/self/clear_refs before the call) rose above the resident set before it.
+A fresh process keeps freed memory of earlier work from hiding new allocations.
+"""
+import json
+import os
+import re
+import sys
+
+DEVICES, FSDP, TENSOR = (int(x) for x in sys.argv[1:4])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vinejax import sharding  # noqa: E402
+from vinejax.config import base_config  # noqa: E402
+from vinejax.model import llama  # noqa: E402
+from vinejax.model.config import ModelConfig  # noqa: E402
+from vinejax.planning import analytic, phases  # noqa: E402
+from vinejax.train import update  # noqa: E402
+from vinejax.train.context import planning_context  # noqa: E402
+
+
+def small_run():
+    """A GRPO config and a model big enough (~200 MB per step) that the process's own overhead is small."""
+    cfg = base_config()
+    cfg.algo = "grpo"
+    cfg.ppo.episodes_per_step, cfg.ppo.micro_batch = 16, 8
+    cfg.sampling.batch_size, cfg.sampling.samples_per_problem = 4, 2
+    cfg.task.max_prompt_tokens, cfg.sampling.max_new_tokens = 128, 128
+    model = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=2, num_heads=8,
+                        num_kv_heads=4, head_dim=32, max_position_embeddings=512)
+    mesh = sharding.make_mesh((1, FSDP, TENSOR), devices=jax.devices()[:DEVICES])
+    return planning_context(cfg, model, mesh)
+
+
+def status_bytes(key: str) -> int:
+    return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+
+def real_arguments(run, phase, rng):
+    """Arrays of the phase's abstract arguments: random params, their optimizer state, inputs."""
+    params = jax.device_put(llama.init_params(run.model_cfg, jax.random.key(0)), run.param_shardings)
+    out = [params]
+    for arg in phase.args[1:]:
+        if arg is phase.args[1] and phase.name == "policy_step":
+            out.append(update.init_opt_state(run.optimizer, params, run.param_shardings))
+        else:
+            out.append(jax.tree.map(lambda s: _fill(s, run.model_cfg, rng), arg))
+    return out
+
+
+def _fill(s, model, rng):
+    if jnp.issubdtype(s.dtype, jax.dtypes.prng_key):
+        return jax.device_put(jax.random.split(jax.random.key(1), s.shape[0]), s.sharding)
+    if s.dtype == jnp.int32 and len(s.shape) == 2 and s.shape[1] == model.vocab_size:
+        x = np.zeros(s.shape, np.int32)  # stop table: never stops
+    elif s.dtype == jnp.int32:
+        x = rng.integers(3, model.vocab_size, s.shape).astype(np.int32)
+    elif s.dtype == jnp.bool_:
+        x = np.ones(s.shape, bool)
+    else:
+        x = -rng.uniform(0.5, 2.0, s.shape).astype(np.float32)
+    return jax.device_put(x, s.sharding)
+
+
+def measure(run, name: str) -> dict:
+    lengths = phases.lengths_of(run)
+    phase = phases.build_phase(name, run, lengths)
+    if name in ("generate", "eval_generate"):  # prompt lengths and budgets of the planned (longest) case
+        prompts, lens, budget = phase.args[1], phase.args[2], phase.args[3]
+    compiled = phase.lower(run).compile()
+    stats = compiled.memory_analysis()
+    planned = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes \
+        + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes
+    args = real_arguments(run, phase, np.random.default_rng(0))
+    if name in ("generate", "eval_generate"):
+        args[2] = jax.device_put(np.full(lens.shape, lengths.prompt, np.int32), lens.sharding)
+        args[3] = jax.device_put(np.full(budget.shape, run.cfg.sampling.max_new_tokens, np.int32), budget.sharding)
+        assert args[1].shape == prompts.shape
+    jax.block_until_ready(args)
+    held = sum(s.data.nbytes for x in jax.tree.leaves(args) for s in x.addressable_shards)
+    before = status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set
+    with run.mesh_context():
+        jax.block_until_ready(compiled(*args, **{}))
+    measured = held + status_bytes("VmHWM") - before
+    model = analytic.breakdown(phase, run, lengths)
+    return dict(phase=name, devices=DEVICES, planned=planned * DEVICES, measured=measured,
+                analytic=(model["total"] - model["resident"]) * DEVICES,
+                argument_planned=stats.argument_size_in_bytes * DEVICES, argument_held=held)
+
+
+if __name__ == "__main__":
+    run = small_run()
+    for name in sys.argv[4].split(","):
+        print(json.dumps(measure(run, name)), flush=True)
