@@ -185,8 +185,8 @@ def test_restem_learns_selects_and_resumes_exactly(tmp_path, monkeypatch):
         ctx, _, _ = build_context(straight)
         texts = [ctx.tokenizer.decode(t[m], skip_special_tokens=True) for t, m in zip(tokens, mask)]
         assert all(len(t) <= SHORT for t in texts) and len(rows) > 0
-    first = [r for r in records if r["iteration"] == 0 and "restem/chosen_step" in r][0]
-    assert first["restem/chosen_step"] > 0, "no fine-tuned candidate beat the SFT model"
+    chosen = [r["restem/chosen_step"] for r in records if "restem/chosen_step" in r]
+    assert max(chosen) > 0, "no fine-tuned candidate beat its iteration's start"
     moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                 for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(exported_params(straight))))
     assert moved > 1e-4

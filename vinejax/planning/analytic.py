@@ -15,9 +15,10 @@ divided by the tensor-parallel size where it divides them; dt = compute dtype si
   trajectory pass) holds one layer at a time, with two float32 copies of the attention scores.
 * logits: float32 [tokens, V]: 4 copies in a train step (logits, log-softmax, softmax for the
   entropy, their gradient), 2 when scoring.
-* KV cache: 2·L·rows·slots·Hkv·Dh·dt, twice in a decode loop (the stacked cache of the prefill
-  or of the gathered MC prefixes, and its per-layer copies `model.decode.decode_caches`, alive
-  together while it is copied); sampling also holds the per-layer decode weights in the compute
+* KV cache: 2·L·rows·slots·Hkv·Dh·dt. `generate` holds it once per sampled row (the prefill
+  writes the per-layer decode caches itself) plus, with several samples per prompt, the prompts'
+  cache while it is repeated; an MC chunk twice (the gathered prefixes and their per-layer copies
+  `model.decode.decode_caches`, alive together while it is copied); sampling also holds the per-layer decode weights in the compute
   dtype and [rows, V] float32 sampling buffers (~6 copies). The MC chunk's trajectory cache is
   its argument, counted as it is sharded (a chunk that gathers it whole needs more: compare).
 """
@@ -94,7 +95,8 @@ def breakdown(phase: Phase, run, lengths: Lengths) -> dict:
         prompts, samples, room = phase.args[1].shape[0], kw["num_samples"], kw["room"]
         r = d.rows(prompts * samples)
         prefill = d.layer_forward(d.rows(prompts) * phase.args[1].shape[1], room)
-        out |= {"decode_weights": d.decode_weights(params), "kv_cache": 2 * d.kv(r, room),
+        shared = d.kv(d.rows(prompts), room) if samples > 1 else 0  # the prompts' cache, repeated per sample
+        out |= {"decode_weights": d.decode_weights(params), "kv_cache": d.kv(r, room) + shared,
                 "activations": prefill, "logits": 6 * r * d.m.vocab_size * 4}
     elif name == "mc_chunk":
         r, room = d.rows(phase.args[2].shape[0]), phase.kwargs["room"]
