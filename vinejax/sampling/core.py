@@ -131,10 +131,11 @@ def filter_logits(scaled: jax.Array, scfg: SamplingConfig) -> jax.Array:
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, step, scfg: SamplingConfig):
-    """Draw one token per row. logits [R, V] f32; keys: typed keys [R]; step: int scalar.
+    """Draw one token per row. logits [R, V] f32; keys: typed keys [R]; step: int scalar or int[R]
+    (each row's own column, e.g. in `refill.decode_rows`).
 
     Returns (tokens int32[R], logprobs f32[R] = log_softmax(logits / T)[token]).
-    Sampling is Gumbel-max over the filtered distribution with the key fold_in(keys[r], step).
+    Sampling is Gumbel-max over the filtered distribution with the key fold_in(keys[r], step[r]).
     """
     scaled = scaled_logits(logits, scfg)
     logp_all = jax.nn.log_softmax(scaled, axis=-1)
@@ -142,7 +143,8 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, step, scfg: SamplingConfig
         tok = jnp.argmax(scaled, axis=-1)
     else:
         v = scaled.shape[-1]
-        gumbel = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, step), (v,)))(keys)
+        steps = jnp.broadcast_to(jnp.asarray(step), keys.shape)
+        gumbel = jax.vmap(lambda k, i: jax.random.gumbel(jax.random.fold_in(k, i), (v,)))(keys, steps)
         tok = jnp.argmax(filter_logits(scaled, scfg) + gumbel, axis=-1)
     tok = tok.astype(jnp.int32)
     return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
