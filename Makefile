@@ -6,7 +6,7 @@ CONFIG ?= configs/arith_vineppo.py
 SFT    ?= configs/arith_sft.py
 ARGS   ?=
 
-.PHONY: venv install install-test run test test-fast lint bench clean
+.PHONY: venv install install-test run compare test test-fast lint bench clean
 
 # `make run` needs only the runtime dependencies; the test extra (torch for the HF parity
 # references, pytest, ruff, wandb) is installed on top by `make test`.
@@ -29,6 +29,14 @@ run: install
 	$(PY) experiments/run.py --config $(SFT)
 	$(PY) experiments/run.py --config $(CONFIG) $(ARGS)
 	$(PY) experiments/plot.py runs/arith_vineppo --out runs/arith_vineppo/curves.png
+
+# VinePPO vs PPO, GRPO, RLOO, RestEM, DPO+ (3 seeds, equal gradient steps) and the K ablation on
+# the arithmetic task and its harder variant; resumable, finished runs are skipped. Tables and
+# plots: runs/compare/results.md. JOBS runs at a time, each pinned to one core with single-threaded
+# XLA (JOBS=1: one at a time on every core).
+JOBS ?= 2
+compare: install
+	$(PY) experiments/compare.py --jobs $(JOBS) $(ARGS)
 
 test: install-test
 	$(PY) -m pytest -q tests $(ARGS)

@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from vinejax.rl import adaptive as adaptive_lib
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 from vinejax.tasks.data import SPLITS
 
@@ -66,7 +67,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo = ml_collections.ConfigDict()
     c.vineppo.num_rollouts = 9  # K
     c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K: 25 = states 0..25 estimated, later V = R
-    c.vineppo.chunk_rows = 512  # continuation rows per decode call
+    c.vineppo.chunk_rows = 512  # continuation rows decoded at once (slots, refilled as rows finish)
+    c.vineppo.adaptive = ml_collections.ConfigDict()  # adaptive K (vinejax.rl.adaptive); off = the paper's fixed K
+    c.vineppo.adaptive.enabled = False
+    c.vineppo.adaptive.round_size = 3  # rollouts per round
+    c.vineppo.adaptive.min_rollouts = (3, 9, 12)  # per tier: 0 evidence unanimous, 1 episode rewards agree, 2 otherwise
+    c.vineppo.adaptive.max_rollouts = (12, 12, 12)
+    c.vineppo.adaptive.stop_stderr = 0.0  # stop once sqrt(p(1-p)/n) <= this (n >= min); 0 = unanimous only
+    c.vineppo.adaptive.evidence = True  # False: no tiers, every state follows tier 0's rule
+    c.vineppo.adaptive.budget_per_state = 0.0  # cap on mean rollouts per distinct state per iteration; 0 = none
 
     c.ppo = ml_collections.ConfigDict()
     c.ppo.clip_eps = 0.2
@@ -225,6 +234,16 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             raise ConfigError(f"config key {key!r}: {why} (got {given[key]!r})")
 
     need(cfg.vineppo.num_rollouts >= 1, "vineppo.num_rollouts", "K must be >= 1")
+    if cfg.vineppo.adaptive.enabled:
+        a = cfg.vineppo.adaptive
+        need(len(a.min_rollouts) == len(a.max_rollouts) >= 1, "vineppo.adaptive.min_rollouts",
+             "needs one entry per tier, as many as vineppo.adaptive.max_rollouts")
+        need(a.budget_per_state == 0 or a.budget_per_state >= a.round_size, "vineppo.adaptive.budget_per_state",
+             "must be 0 (no cap) or at least vineppo.adaptive.round_size (the first round)")
+        try:
+            adaptive_lib.validate(adaptive_lib.AdaptiveConfig(rules=adaptive_rules(cfg)))
+        except ValueError as e:
+            raise ConfigError(f"config key 'vineppo.adaptive': {e}") from None
     need(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
     need(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
     need(cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
@@ -315,6 +334,23 @@ def _validate_processes(mesh, need) -> None:
     need(mesh.process_id >= -1, "mesh.process_id", "must be >= 0 (-1 = detected)")
     need(mesh.process_id < mesh.num_processes or mesh.num_processes == 0, "mesh.process_id",
          f"must be below mesh.num_processes={mesh.num_processes}")
+
+
+def adaptive_config(cfg: ml_collections.ConfigDict):
+    """`rl.adaptive.AdaptiveConfig` of `vineppo.adaptive` (one rule per tier; tier 0's only when
+    `evidence` is off), or None when adaptive K is off."""
+    a = cfg.vineppo.adaptive
+    if not a.enabled:
+        return None
+    rules = adaptive_rules(cfg)
+    return adaptive_lib.AdaptiveConfig(rules=rules if a.evidence else rules[:1])
+
+
+def adaptive_rules(cfg: ml_collections.ConfigDict) -> tuple:
+    """The `rl.adaptive.Rule` of every tier of `vineppo.adaptive` (used or not)."""
+    a = cfg.vineppo.adaptive
+    return tuple(adaptive_lib.Rule(int(a.round_size), int(mn), int(mx), float(a.stop_stderr))
+                 for mn, mx in zip(a.min_rollouts, a.max_rollouts))
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from vinejax.sampling.mc import (  # noqa: F401
     TrajectoryCache,
     continue_from_prefixes,
     trajectory_cache,
+    unique_prefixes,
 )
 from vinejax.sampling.stops import (  # noqa: F401
     StopCut,

@@ -195,17 +195,19 @@ def _inverse_cdf(w: jax.Array, u: jax.Array) -> jax.Array:
 
 
 def sample_tokens(logits: jax.Array, keys: jax.Array, step, scfg: SamplingConfig):
-    """Draw one token per row. logits [R, V] f32; keys: typed keys [R]; step: int scalar.
+    """Draw one token per row. logits [R, V] f32; keys: typed keys [R]; step: int scalar or int[R]
+    (each row's own column, e.g. in `refill.decode_rows`).
 
     Returns (tokens int32[R], logprobs f32[R] = log_softmax(logits / T)[token]).
     A draw is an exact categorical sample of the filtered distribution (`categorical`) with two
-    uniforms from the key fold_in(keys[r], step).
+    uniforms from the key fold_in(keys[r], step[r]).
     """
     scaled = scaled_logits(logits, scfg)  # [R, V]
     if scfg.greedy:
         tok = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
     else:
-        u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step), (2,)))(keys)  # [R, 2]
+        steps = jnp.broadcast_to(jnp.asarray(step), keys.shape)
+        u = jax.vmap(lambda k, i: jax.random.uniform(jax.random.fold_in(k, i), (2,)))(keys, steps)  # [R, 2]
         tok = categorical(filter_logits(scaled, scfg), u)
     lse = jax.nn.logsumexp(scaled, axis=-1)
     return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse

@@ -6,8 +6,12 @@ the keys/values of every prefix: a state at position `pos` of row b continues fr
 cache gathered K times with `lengths = pos`, and its first token is drawn from the logits at
 pos - 1 of the same pass. No prefix is prefilled again, and identical prefixes (e.g. the prompt,
 state 0 of every sample of one problem) are expanded once and share their K continuations.
-Continuation rows are sorted by their token budget and processed in fixed-size chunks, so rows in
-one chunk finish at similar steps and the decode loop spends few steps on finished rows.
+Scheduling (`schedule`): "refill" (default) decodes every continuation row in one jitted loop with
+a fixed number of slots; a slot whose row finishes takes the next waiting row, its cache rows
+gathered from the trajectory cache inside the loop (`refill.decode_rows`, continuous batching),
+and rows wait longest-expected-first (the episode's own remainder from the state predicts the
+continuation's length). "chunks" (the earlier scheme) sorts rows by budget and decodes fixed-size
+chunks, each until its longest row ends.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from vinejax.model.config import ModelConfig
 from vinejax.multihost import to_host
 from vinejax.sampling.core import SamplingConfig, bucket, cache_room, decode
 from vinejax.sampling.generation import row_keys
+from vinejax.sampling.refill import RowStart, decode_rows
 from vinejax.sampling.stops import StopTable
 from vinejax.sharding import data_parallel_size
 
@@ -43,8 +48,10 @@ class ContinuationOutput(NamedTuple):
     """K continuations of each state: tokens/logprobs [B, S, K, N], lengths/finish_reason [B, S, K].
 
     Masked-out states have length 0 and finish_reason FINISH_NONE. `stats` (host floats):
-    unique_states, rows, chunks, slot_steps (rows × loop steps, padding included), live_steps
-    (= sum of lengths = useful tokens), live_fraction = live_steps / slot_steps.
+    unique_states, rows, chunks (decode calls), slots (rows decoded at once), slot_steps (slots ×
+    loop steps, padding included; with refill each refilled row's first token, drawn from the
+    trajectory pass, counts one more), live_steps (= sum of lengths = useful tokens),
+    live_fraction = live_steps / slot_steps.
     """
 
     tokens: np.ndarray
@@ -93,49 +100,34 @@ def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_tabl
     return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, keys, budget, stop_table)
 
 
-def continue_from_prefixes(
-    params: dict,
-    cfg: ModelConfig,
-    tokens,
-    lengths,
-    state_positions,
-    rng: jax.Array,
-    scfg: SamplingConfig,
-    num_samples: int,
-    *,
-    state_mask=None,
-    budgets=None,
-    max_rows_per_chunk: int = 256,
-    traj: Optional[TrajectoryCache] = None,
-    stops: Optional[StopTable] = None,
-) -> ContinuationOutput:
-    """K = num_samples continuations from every state of every trajectory.
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "slots", "room", "refills"))
+def _refill_jit(params, traj: TrajectoryCache, q_row, q_pos, budget, keys, num_rows, stop_table, *, cfg, scfg, slots,
+                room, refills):
+    """Decode queue rows (q_row int32[N] trajectory row, q_pos int32[N] prefix length >= 1) with
+    `slots` slots refilled from the trajectory cache (`refill.decode_rows`)."""
+    k_all, v_all = traj.cache.k, traj.cache.v
+    keep = min(room, k_all.shape[2])
+    pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
 
-    tokens int[B, T] right-padded trajectories (prompt + response), lengths int[B];
-    state_positions int[B, S]: prefix length of each state (state = tokens[b, :pos], 1 <= pos <=
-    lengths[b]); state_mask bool[B, S] (default all true); budgets: optional int[B, S] max new
-    tokens per state (capped at scfg.max_new_tokens); traj: a precomputed `trajectory_cache` of
-    the same rows (computed here otherwise). Continuation k of the state with unique-prefix id u
-    uses the key fold_in(fold_in(rng, u_row * S + u_state), k) where (u_row, u_state) is the first
-    state with that exact prefix, so results are reproducible and independent of chunking.
-    stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within the
-    continuation only (as vLLM's `stop` with the prefix in the prompt); cut a continuation with
-    `stops.cut_at_stop(tokenizer, stops, prefix + continuation, search_from=len(prefix))`.
-    """
-    tokens = np.asarray(tokens, np.int32)
-    lengths = np.asarray(lengths, np.int32)
-    pos = np.asarray(state_positions, np.int32)
+    def fetch(rows):
+        b, p = q_row[rows], q_pos[rows]
+        logits0 = llama.lm_logits(params, cfg, traj.hidden[b, p - 1])  # [M, V] from the state's last token
+        return RowStart(jnp.pad(k_all[:, b, :keep], pad), jnp.pad(v_all[:, b, :keep], pad), p, logits0)
+
+    return decode_rows(params, cfg, scfg, fetch, num_rows, keys, budget, slots=slots, room=room,
+                       refills_per_step=refills, stop_table=stop_table)
+
+
+def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct states by exact token prefix: uid int64[B, S] (-1 where masked out) and the
+    representative (row, state) of each uid, int64[U, 2], in first-seen (row-major) order."""
+    tokens = np.asarray(tokens)
+    pos = np.asarray(state_positions)
     b, s = pos.shape
     mask = np.ones((b, s), bool) if state_mask is None else np.asarray(state_mask, bool)
-    n = scfg.max_new_tokens
-    bud = np.full((b, s), n, np.int32) if budgets is None else np.minimum(np.asarray(budgets, np.int32), n)
-    if np.any(mask & ((pos < 1) | (pos > lengths[:, None]))):
-        raise ValueError("state positions must be in [1, length] of their trajectory")
-
-    # Dedup by exact token prefix: uid per (b, s); representatives in first-seen order.
     uid = np.full((b, s), -1, np.int64)
     seen: dict = {}
-    reps = []  # (row, state)
+    reps = []
     for i in range(b):
         for j in range(s):
             if not mask[i, j]:
@@ -146,24 +138,89 @@ def continue_from_prefixes(
                 u = seen[key] = len(reps)
                 reps.append((i, j))
             uid[i, j] = u
-    nu = len(reps)
+    return uid, np.asarray(reps, np.int64).reshape(len(reps), 2)
+
+
+def continue_from_prefixes(
+    params: dict,
+    cfg: ModelConfig,
+    tokens,
+    lengths,
+    state_positions,
+    rng: jax.Array,
+    scfg: SamplingConfig,
+    num_samples,
+    *,
+    state_mask=None,
+    budgets=None,
+    max_rows_per_chunk: int = 256,
+    traj: Optional[TrajectoryCache] = None,
+    stops: Optional[StopTable] = None,
+    schedule: str = "refill",
+    refills_per_step: Optional[int] = None,
+) -> ContinuationOutput:
+    """num_samples continuations from every state of every trajectory.
+
+    tokens int[B, T] right-padded trajectories (prompt + response), lengths int[B];
+    state_positions int[B, S]: prefix length of each state (state = tokens[b, :pos], 1 <= pos <=
+    lengths[b]); num_samples: K for every state, or int[B, S] per state (output K = the largest;
+    slots k >= a state's own count are empty: length 0, FINISH_NONE); state_mask bool[B, S]
+    (default all true); budgets: optional int[B, S] max new tokens per state (capped at
+    scfg.max_new_tokens); traj: a precomputed `trajectory_cache` of the same rows (computed here
+    otherwise; pass it to reuse one cache over several calls). Continuation k of the state with
+    unique-prefix id u uses the key fold_in(fold_in(rng, u_row * S + u_state), k) where (u_row,
+    u_state) is the first state with that exact prefix (`unique_prefixes`), so results are
+    reproducible and independent of scheduling and chunking. Identical prefixes share their
+    continuations (a prefix shared by states with different counts gets the largest).
+    max_rows_per_chunk: rows decoded at once (slots with refill, chunk rows otherwise);
+    schedule: "refill" or "chunks" (module docstring); refills_per_step: slots refilled per loop
+    iteration at most (default slots // 8).
+    stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within the
+    continuation only (as vLLM's `stop` with the prefix in the prompt); cut a continuation with
+    `stops.cut_at_stop(tokenizer, stops, prefix + continuation, search_from=len(prefix))`.
+    """
+    if schedule not in ("refill", "chunks"):
+        raise ValueError(f"schedule must be 'refill' or 'chunks', got {schedule!r}")
+    tokens = np.asarray(tokens, np.int32)
+    lengths = np.asarray(lengths, np.int32)
+    pos = np.asarray(state_positions, np.int32)
+    b, s = pos.shape
+    mask = np.ones((b, s), bool) if state_mask is None else np.asarray(state_mask, bool)
+    counts = np.broadcast_to(np.asarray(num_samples, np.int64), (b, s))
+    if np.any(counts < 0):
+        raise ValueError("num_samples must be >= 0")
+    mask = mask & (counts > 0)
+    kmax = int(counts.max(initial=0))
+    n = scfg.max_new_tokens
+    bud = np.full((b, s), n, np.int32) if budgets is None else np.minimum(np.asarray(budgets, np.int32), n)
+    if np.any(mask & ((pos < 1) | (pos > lengths[:, None]))):
+        raise ValueError("state positions must be in [1, length] of their trajectory")
+
+    uid, rep = unique_prefixes(tokens, pos, mask)
+    nu = len(rep)
     if nu == 0:  # every state masked out
-        z = np.zeros((b, s, num_samples), np.int32)
-        stats = dict(unique_states=0, rows=0, chunks=0, slot_steps=0, live_steps=0, live_fraction=0.0)
+        z = np.zeros((b, s, kmax), np.int32)
+        stats = dict(unique_states=0, rows=0, chunks=0, slots=0, slot_steps=0, live_steps=0, live_fraction=0.0)
         return ContinuationOutput(
-            np.full((b, s, num_samples, n), scfg.pad_id, np.int32), np.zeros((b, s, num_samples, n), np.float32), z, z, stats
+            np.full((b, s, kmax, n), scfg.pad_id, np.int32), np.zeros((b, s, kmax, n), np.float32), z, z, stats
         )
-    rep = np.asarray(reps, np.int64).reshape(nu, 2)
     u_budget = np.zeros((nu,), np.int32)
     np.maximum.at(u_budget, uid[mask], bud[mask])
-
-    # Rows (unique state, sample) sorted by budget, longest first.
-    order = np.argsort(-u_budget, kind="stable")
-    row_u = np.repeat(order, num_samples)
-    row_k = np.tile(np.arange(num_samples), nu)
+    u_count = np.zeros((nu,), np.int64)
+    np.maximum.at(u_count, uid[mask], counts[mask])
+    # Expected length: the episode's own continuation from the state (the longest over episodes
+    # sharing it), capped by the budget; rows wait longest first (refill), or by budget (chunks).
+    u_expect = np.zeros((nu,), np.int64)
+    np.maximum.at(u_expect, uid[mask], np.broadcast_to(lengths[:, None], (b, s))[mask] - pos[mask])
+    u_expect = np.minimum(u_expect, u_budget)
+    order = np.argsort(-u_budget, kind="stable") if schedule == "chunks" else np.lexsort((-u_budget, -u_expect))
+    row_u = np.repeat(order, u_count[order])
+    row_k = np.concatenate([np.arange(u_count[u]) for u in order])
     row_b, row_s = rep[row_u, 0], rep[row_u, 1]
     base = row_keys(rng, (row_b * s + row_s).astype(np.uint32))
     all_keys = jax.vmap(jax.random.fold_in)(base, jnp.asarray(row_k, jnp.uint32))
+    row_pos = pos[row_b, row_s].astype(np.int32)
+    row_budget = u_budget[row_u]
 
     if traj is None:
         traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id)
@@ -171,59 +228,78 @@ def continue_from_prefixes(
     table = None if stops is None else jnp.asarray(stops.next_state)
     chunk = bucket(max_rows_per_chunk, multiple_of=dp)
     total = len(row_u)
-    out_tok = np.full((nu, num_samples, n), scfg.pad_id, np.int32)
-    out_lp = np.zeros((nu, num_samples, n), np.float32)
-    out_len = np.zeros((nu, num_samples), np.int32)
-    out_fin = np.zeros((nu, num_samples), np.int32)
-    slot_steps, chunks = 0, 0
-    results = []
-    for start in range(0, total, chunk):
-        sl = slice(start, min(start + chunk, total))
-        m = sl.stop - sl.start
-        r = chunk if m == chunk else bucket(m, multiple_of=dp)
-        pad_to = lambda x, fill=0: np.concatenate([x, np.full((r - m,), fill, x.dtype)])
-        keys = all_keys[sl]
-        if r > m:
-            keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
-        c_pos = pos[row_b[sl], row_s[sl]].astype(np.int32)
-        c_budget = u_budget[row_u[sl]]
-        room = cache_room(int((c_pos + c_budget).max()))  # slots this chunk needs
-        res = _chunk_jit(
-            params,
-            traj,
-            pad_to(row_b[sl].astype(np.int32)),
-            pad_to(c_pos, 1),
-            pad_to(c_budget),
-            keys,
-            table,
-            cfg=cfg,
-            scfg=scfg,
-            room=room,
-        )
-        results.append((sl, m, r, res))  # dispatch every chunk before reading any back
-    for sl, m, r, res in results:
-        res = to_host(res)  # the whole chunk on every process
-        u, k = row_u[sl], row_k[sl]
-        out_tok[u, k] = res.tokens[:m]
-        out_lp[u, k] = res.logprobs[:m]
-        out_len[u, k] = res.lengths[:m]
-        out_fin[u, k] = res.finish_reason[:m]
-        slot_steps += r * int(res.steps)
-        chunks += 1
+    run = _refill_rows if schedule == "refill" else _chunk_rows
+    results, slots, slot_steps, chunks = run(params, cfg, scfg, traj, row_b.astype(np.int32), row_pos, row_budget,
+                                             all_keys, table, chunk, dp, refills_per_step)
 
+    out_tok = np.full((nu, kmax, n), scfg.pad_id, np.int32)
+    out_lp = np.zeros((nu, kmax, n), np.float32)
+    out_len = np.zeros((nu, kmax), np.int32)
+    out_fin = np.zeros((nu, kmax), np.int32)
+    for sl, res in results:
+        u, k = row_u[sl], row_k[sl]
+        out_tok[u, k], out_lp[u, k], out_len[u, k], out_fin[u, k] = res
+
+    keep = mask[..., None] & (np.arange(kmax)[None, None] < counts[..., None])  # [B, S, K]
     safe = np.where(mask, uid, 0)
-    sel = lambda x: np.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x[safe], 0)
-    tok = np.where(mask[..., None, None], out_tok[safe], scfg.pad_id)
+    sel = lambda x: np.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), x[safe], 0)
+    tok = np.where(keep[..., None], out_tok[safe], scfg.pad_id)
     live = int(out_len.sum())
     stats = dict(
         unique_states=nu,
         rows=total,
         chunks=chunks,
+        slots=slots,
         slot_steps=slot_steps,
         live_steps=live,
         live_fraction=live / max(slot_steps, 1),
     )
     return ContinuationOutput(tok, sel(out_lp), sel(out_len), sel(out_fin), stats)
+
+
+def _chunk_rows(params, cfg, scfg, traj, row_b, row_pos, row_budget, all_keys, table, chunk, dp, refills):
+    """Fixed-size chunks, each decoded until its longest row ends. Returns ([(slice, (tokens,
+    logprobs, lengths, finish))], slots, slot_steps, chunks)."""
+    total = len(row_b)
+    dispatched = []
+    for start in range(0, total, chunk):
+        sl = slice(start, min(start + chunk, total))
+        m = sl.stop - sl.start
+        r = chunk if m == chunk else bucket(m, multiple_of=dp)
+        pad_to = lambda x, fill=0: np.concatenate([x[sl], np.full((r - m,), fill, x.dtype)])
+        keys = all_keys[sl]
+        if r > m:
+            keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
+        room = cache_room(int((row_pos[sl] + row_budget[sl]).max()))  # slots this chunk needs
+        res = _chunk_jit(params, traj, pad_to(row_b), pad_to(row_pos, 1), pad_to(row_budget), keys, table,
+                         cfg=cfg, scfg=scfg, room=room)
+        dispatched.append((sl, m, r, res))  # dispatch every chunk before reading any back
+    results, slot_steps = [], 0
+    for sl, m, r, res in dispatched:
+        res = to_host(res)  # the whole chunk on every process
+        results.append((sl, (res.tokens[:m], res.logprobs[:m], res.lengths[:m], res.finish_reason[:m])))
+        slot_steps += r * int(res.steps)
+    return results, chunk, slot_steps, len(dispatched)
+
+
+def _refill_rows(params, cfg, scfg, traj, row_b, row_pos, row_budget, all_keys, table, chunk, dp, refills):
+    """One decode call with `chunk` slots (fewer when there are fewer rows), refilled in the loop."""
+    total = len(row_b)
+    slots = min(chunk, bucket(total, multiple_of=dp))
+    nb = bucket(total, multiple_of=dp)  # queue length bucketed; rows >= total never start
+    pad_to = lambda x, fill=0: np.concatenate([x, np.full((nb - total,), fill, x.dtype)])
+    keys = all_keys
+    if nb > total:
+        keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (nb - total,))])
+    room = cache_room(int((row_pos + row_budget).max()))
+    refills = max(1, slots // 8) if refills is None else max(1, min(int(refills), slots))
+    res = _refill_jit(params, traj, pad_to(row_b), pad_to(row_pos, 1), pad_to(row_budget), keys, np.int32(total),
+                      table, cfg=cfg, scfg=scfg, slots=slots, room=room, refills=refills)
+    res = to_host(res)  # every row on every process
+    sl = slice(0, total)
+    slot_steps = slots * int(res.steps) + max(total - slots, 0)  # + first tokens of refilled rows
+    return [(sl, (res.tokens[:total], res.logprobs[:total], res.lengths[:total], res.finish_reason[:total]))], \
+        slots, slot_steps, 1
 
 
 # The jitted cores of MC continuations under public names, for ahead-of-time lowering with

@@ -24,6 +24,11 @@ Systematic noise (``slip_kind="carry"``): an intermediate line whose units digit
 carry is what most demonstrations show, a misconception an SFT policy adopts (greedy too) and RL
 has to unlearn step by step.
 
+Where slips happen: ``slip_ops`` (default ``"+-*"``) names the operations whose lines may slip
+and ``slip_steps`` (default: all) the operation lines (0-based), e.g. ``slip_ops="*"`` makes a
+policy that drops the carry of multiplications only: confidently wrong at one kind of step and
+right everywhere else, so the final reward alone does not say which line to fix.
+
 Noisy demonstrations (``slip_rate`` > 0, ``slip_kind="random"``): each intermediate line (all but the last operation)
 gets, with probability ``slip_rate``, a wrong result (off by 1..10, or by 10/100 as a carry
 error). Later lines use the wrong value, and the ``####`` line follows the wrong chain; a later
@@ -46,6 +51,8 @@ from vinejax.tasks import gsm8k, gsm8k_grade_strict
 from vinejax.tasks.base import Problem, grade_serially
 
 ALPHABET = "\n0123456789+-*=()# "  # every character the task's texts use
+OPERATIONS = "+-*"
+SLIP_KINDS = ("random", "carry")
 SPLIT_FRACTIONS = {"test": (0, 10), "validation": (10, 20), "train": (20, 100)}  # hash buckets
 DEFAULT_SIZES = {"train": 20000, "validation": 500, "test": 500}
 
@@ -61,7 +68,23 @@ class ArithmeticConfig:
     max_value: int = 999
     slip_rate: float = 0.0
     slip_kind: str = "random"  # "random" perturbations, or "carry": a dropped carry / borrow
+    slip_ops: str = "+-*"  # the operations whose lines may slip (e.g. "*": only multiplications)
+    slip_steps: tuple[int, ...] = ()  # the operation lines (0-based) that may slip; () = every intermediate line
     seed: int = 0
+
+    def __post_init__(self):
+        if self.slip_kind not in SLIP_KINDS:
+            raise ValueError(f"arithmetic option slip_kind={self.slip_kind!r}; choose one of {', '.join(SLIP_KINDS)}")
+        if not self.slip_ops or set(self.slip_ops) - set(OPERATIONS):
+            raise ValueError(f"arithmetic option slip_ops={self.slip_ops!r}: give one or more of {OPERATIONS!r}")
+        bad = [s for s in self.slip_steps if not isinstance(s, int) or not 0 <= s < self.num_operations - 1]
+        if bad:
+            raise ValueError(f"arithmetic option slip_steps={tuple(self.slip_steps)!r}: {bad[0]!r} is not an "
+                             f"intermediate line (0..{self.num_operations - 2}; the last line never slips)")
+
+    def may_slip(self, line: int, op: str) -> bool:
+        """Whether operation line `line` (0-based) with operation `op` is one the demonstrations may get wrong."""
+        return op in self.slip_ops and (not self.slip_steps or line in self.slip_steps)
 
 
 def _bucket(text: str) -> int:
@@ -153,6 +176,8 @@ def make_problem(index: int, split: str, cfg: ArithmeticConfig = ArithmeticConfi
         value_before = value
         correct, true_value = _apply(value, op, operand), _apply(true_value, op, operand)
         value = correct
+        if not cfg.may_slip(line, op):
+            continue
         if cfg.slip_kind == "carry":
             wrong = _carry_slip(value_before, op, operand, correct)
             if wrong is not None and wrong >= 0 and wrong != true_value and slip_rng.random() < cfg.slip_rate:

@@ -13,7 +13,6 @@ same data without sampling again; checkpoints hold (params, optimizer state) at 
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ from vinejax.train import encode, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext, hf_folder_of_run
 from vinejax.train.evaluate import evaluate
-from vinejax.train.metrics import MetricsWriter, Timer, summary_line
+from vinejax.train.metrics import MetricsWriter, RunClock, Timer, summary_line
 from vinejax.train.offline_data import TokenRows, load_arrays, sample_and_grade, save_arrays
 from vinejax.train.scoring import logprob_scorer, score_rows
 from vinejax.train.stage import fitting_problems, held_out_problems, iteration_problems, log, resume, save_checked
@@ -81,9 +80,9 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
     opt_template = update.init_opt_state(update.stage_optimizer(cfg.optim, 1), sft_params, ctx.param_shardings)
     (params, opt_state), meta = resume(ckpt, (sft_params, opt_template), cfg.resume, writer)
     step, evaluated_at = meta.get("step", 0), meta.get("evaluated_at", -1)  # the last step evaluated
-    started = time.time() - meta.get("elapsed", 0.0)
+    run_clock = RunClock(meta)  # wall-clock and CPU seconds, across resumes
     rng = jax.random.key(cfg.seed)
-    clock = lambda: {"time/elapsed": time.time() - started, "train/gradient_steps": step}
+    clock = lambda: run_clock.as_metrics() | {"train/gradient_steps": step}
 
     def evaluated() -> dict:
         if t.eval_every <= 0:
@@ -100,7 +99,7 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
         evaluated_at = 0
         writer.write(0, metrics)
         log(summary_line(0, metrics, SUMMARY_KEYS))
-        save_checked(ckpt, 0, (params, opt_state), {"step": 0, "evaluated_at": 0, "elapsed": time.time() - started})
+        save_checked(ckpt, 0, (params, opt_state), {"step": 0, "evaluated_at": 0} | run_clock.as_meta())
     else:  # resumed: the round this run saved
         arrays = load_arrays(data_file)
     pairs, ref, rows = arrays["pairs"], arrays["ref_sums"], TokenRows.from_arrays(arrays, "rows_")
@@ -132,9 +131,9 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
             writer.write(step, metrics)
             log(summary_line(step, metrics, SUMMARY_KEYS))
         if at_eval or step % max(t.checkpoint_every, 1) == 0:
-            meta = {"step": step, "evaluated_at": evaluated_at, "elapsed": time.time() - started}
+            meta = {"step": step, "evaluated_at": evaluated_at} | run_clock.as_meta()
             save_checked(ckpt, step, (params, opt_state), meta)
-            over_budget = t.time_budget_minutes > 0 and time.time() - started > 60 * t.time_budget_minutes
+            over_budget = t.time_budget_minutes > 0 and run_clock.elapsed() > 60 * t.time_budget_minutes
     if over_budget:
         log(f"time budget of {t.time_budget_minutes} min reached at step {step} of {total}")
     if t.eval_every > 0 and evaluated_at != step:  # stopped by the time budget between evaluations

@@ -12,6 +12,8 @@ lengths and finish reasons come back as a JSON-able record, so every number can 
 """
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 
@@ -74,10 +76,11 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
 def evaluate(ctx, params, problem_sets: dict, rng: jax.Array) -> dict:
     """In-training metrics of `params` on {split: problems} (`stage.held_out_problems`): the
     first split's as `eval/<metric>` (`eval/accuracy`, `eval/maj@16`, `eval/pass@k`, ...), the
-    others' as `eval/<split>/<metric>`."""
-    out = {}
+    others' as `eval/<split>/<metric>`; `time/eval` and `time/eval_cpu`: the wall-clock and CPU
+    seconds it took (a run's clock minus these is its training time)."""
+    out, wall, cpu = {}, time.time(), time.process_time()
     for position, (split, problems) in enumerate(problem_sets.items()):
         metrics, _ = evaluate_split(ctx, params, problems, jax.random.fold_in(rng, position), f"eval {split}")
         prefix = "eval/" if position == 0 else f"eval/{split}/"
         out |= {prefix + key: value for key, value in metrics.items()}
-    return out
+    return out | {"time/eval": time.time() - wall, "time/eval_cpu": time.process_time() - cpu}

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vinejax import multihost
+from vinejax.config import adaptive_config
 from vinejax.model import llama
 from vinejax.rl import advantages
 from vinejax.rl.batch import RolloutBatch
@@ -26,7 +27,7 @@ from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
 from vinejax.train.scoring import logprob_scorer, score_rows
 from vinejax.train.stage import RunError
-from vinejax.train.values import critic_token_values, mc_state_values
+from vinejax.train.values import adaptive_rollouts, critic_token_values, mc_state_values
 
 
 @flax.struct.dataclass
@@ -90,11 +91,19 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             dropped = num_steps == 0  # responses the splitter rejects: no MC, no loss (official)
             mask &= ~dropped[:, None]
             metrics["episodes/parse_failed"] = float(dropped.mean())
+            acfg = adaptive_config(cfg)
             with timer("mc"):
-                state_values, mc_metrics = mc_state_values(
-                    state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
-                    scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                    cfg.task.grade_workers, run.context_size, run.stops)
+                if acfg is None:  # the paper: K = vineppo.num_rollouts from every state
+                    state_values, mc_metrics = mc_state_values(
+                        state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
+                        scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
+                        cfg.task.grade_workers, run.context_size, run.stops)
+                else:
+                    res, mc_metrics = adaptive_rollouts(
+                        state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rewards,
+                        rng_mc, scfg, acfg, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
+                        cfg.task.grade_workers, run.context_size, run.stops, cfg.vineppo.adaptive.budget_per_state)
+                    state_values = res.values
             cap = cfg.vineppo.max_estimated_states
             values = dict(state_values=state_values, step_starts=step_starts, num_steps=num_steps,
                           max_value_step=None if cap < 0 else cap)

@@ -5,7 +5,6 @@ config's mesh changes."""
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from vinejax.train.context import RunContext, build_context, hf_folder_of_run, r
 from vinejax.train.dpo import run_dpo
 from vinejax.train.evaluate import evaluate
 from vinejax.train.iteration import init_state, rl_iteration
-from vinejax.train.metrics import MetricsWriter, summary_line
+from vinejax.train.metrics import MetricsWriter, RunClock, summary_line
 from vinejax.train.run_dir import record_config
 from vinejax.train.restem import run_restem
 from vinejax.train.sft import run_sft
@@ -76,8 +75,8 @@ def run_rl(ctx: RunContext, params, writer: MetricsWriter) -> dict:
     state, meta = resume(ckpt, init_state(ctx, params), cfg.resume, writer)
     done = meta.get("iteration", 0)
     rng = jax.random.key(cfg.seed)
-    started = time.time() - meta.get("elapsed", 0.0)  # wall-clock of the run, across resumes
-    clock = lambda it: {"time/elapsed": time.time() - started, "train/gradient_steps": it * steps_per_iter}
+    run_clock = RunClock(meta)  # wall-clock and CPU seconds of the run, across resumes
+    clock = lambda it: run_clock.as_metrics() | {"train/gradient_steps": it * steps_per_iter}
     last: dict = {}
     for it in range(done, t.iterations):
         evaluated = {}
@@ -97,9 +96,9 @@ def run_rl(ctx: RunContext, params, writer: MetricsWriter) -> dict:
             log(f"warning: KL to the reference is {last['kl']:.3g} nats per sequence at iteration {it} "
                 f"(train.kl_warning {t.kl_warning}): the policy is moving far from its start; check optim.lr")
         over_budget = multihost.main_decides(  # process 0's clock decides for every process
-            t.time_budget_minutes > 0 and time.time() - started > 60 * t.time_budget_minutes)
+            t.time_budget_minutes > 0 and run_clock.elapsed() > 60 * t.time_budget_minutes)
         if done % max(t.checkpoint_every, 1) == 0 or done == t.iterations or over_budget:
-            save_checked(ckpt, done, state, {"iteration": done, "elapsed": time.time() - started})
+            save_checked(ckpt, done, state, {"iteration": done} | run_clock.as_meta())
         if over_budget:
             log(f"time budget of {t.time_budget_minutes} min reached after iteration {it}")
             break

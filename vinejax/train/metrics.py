@@ -158,6 +158,30 @@ class _NullBar:
         pass
 
 
+class RunClock:
+    """Seconds a run has used, carried across resumes through the checkpoint meta: wall-clock
+    (`time/elapsed`) and this process's CPU time, all threads, user + system (`time/cpu`: a fairer
+    clock than wall-clock on a machine shared with other jobs)."""
+
+    def __init__(self, saved: Optional[dict] = None):
+        saved = saved or {}
+        self.wall_start = time.time() - saved.get("elapsed", 0.0)
+        self.cpu_start = time.process_time() - saved.get("cpu", 0.0)
+
+    def elapsed(self) -> float:
+        return time.time() - self.wall_start
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu_start
+
+    def as_metrics(self) -> dict:
+        return {"time/elapsed": self.elapsed(), "time/cpu": self.cpu()}
+
+    def as_meta(self) -> dict:
+        """What a checkpoint's meta keeps so that a resumed run's clock continues."""
+        return {"elapsed": self.elapsed(), "cpu": self.cpu()}
+
+
 class Timer:
     """Accumulates wall-clock seconds per named phase: `with timer("sample"): ...`."""
 

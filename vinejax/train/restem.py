@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Any, Optional
 
 import flax.struct
@@ -35,7 +34,7 @@ from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext, hf_folder_of_run
 from vinejax.train.episodes import Episodes
 from vinejax.train.evaluate import evaluate, evaluate_split
-from vinejax.train.metrics import MetricsWriter, Timer, summary_line
+from vinejax.train.metrics import MetricsWriter, RunClock, Timer, summary_line
 from vinejax.train.offline_data import TokenRows, load_arrays, sample_and_grade, save_arrays
 from vinejax.train.stage import fitting_problems, held_out_problems, iteration_problems, log, resume, save_checked
 
@@ -66,6 +65,7 @@ class Progress:
     chosen_accuracy: float = 0.0
     sft_accuracy: Optional[float] = None  # the SFT model's selection accuracy (every iteration's start)
     elapsed: float = 0.0  # wall-clock seconds of the run, across resumes
+    cpu: float = 0.0  # CPU seconds of the run (this process, all threads), across resumes
     saves: int = 0  # checkpoints written (their step numbers)
     records: int = 0  # metrics lines written when the checkpoint was saved
 
@@ -117,16 +117,16 @@ def run_restem(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
     state, meta = resume(ckpt, RestemState(sft_params, sft_params, opt_template), cfg.resume, writer)
     prog = Progress(**meta)
     rng = jax.random.key(cfg.seed)
-    started = time.time() - prog.elapsed
+    run_clock = RunClock({"elapsed": prog.elapsed, "cpu": prog.cpu})
 
     def checkpoint(state: RestemState, prog: Progress) -> bool:
         """Save; True when the time budget is spent."""
         prog.saves += 1
-        prog.elapsed, prog.records = time.time() - started, writer.num_records()
+        prog.elapsed, prog.cpu, prog.records = run_clock.elapsed(), run_clock.cpu(), writer.num_records()
         save_checked(ckpt, prog.saves, state, dataclasses.asdict(prog))
         return t.time_budget_minutes > 0 and prog.elapsed > 60 * t.time_budget_minutes
 
-    clock = lambda: {"time/elapsed": time.time() - started, "train/gradient_steps": prog.gradient_steps}
+    clock = lambda: run_clock.as_metrics() | {"train/gradient_steps": prog.gradient_steps}
     log(f"RestEM: {len(train_problems)} train problems, {len(select_problems)} selection problems")
     over_budget = False
     while prog.iteration < t.iterations and not over_budget:

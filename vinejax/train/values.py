@@ -2,14 +2,50 @@
 every step boundary, graded like episodes) and PPO's critic token values."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
 
 from vinejax import sampling
 from vinejax.multihost import split_rows
+from vinejax.rl import adaptive
 from vinejax.rl import values as values_lib
 from vinejax.train.episodes import Episodes, finish_response, token_budgets
 from vinejax.train.scoring import score_rows, value_scorer
+
+
+def estimated_states(step_starts: np.ndarray, num_steps: np.ndarray, cap: int) -> np.ndarray:
+    """bool[B, S]: states with MC values: i < num_steps[b] (and i <= cap when cap >= 0)."""
+    s = step_starts.shape[1]
+    estimated = np.arange(s)[None] < num_steps[:, None]
+    if cap >= 0:
+        estimated &= np.arange(s)[None] <= cap
+    return estimated
+
+
+def grade_continuations(tokenizer, task, ep: Episodes, step_starts: np.ndarray, out: sampling.ContinuationOutput,
+                        rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, workers: int, stops=None) -> np.ndarray:
+    """f32[N, K] rewards of the continuations of states (rows[i], cols[i]): the grade of prefix +
+    continuation (cut at a stop string in the continuation), 0 for a length-stopped one and for
+    slots k >= counts[i] (N = len(rows), K = out's sample axis)."""
+    k_all = out.lengths.shape[2]
+    texts, problems, where = [], [], []  # prefix + continuation of each drawn sample
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        prefix = ep.tokens[r, ep.prompt_lens[r] : step_starts[r, c]].tolist()
+        for j in range(int(counts[i])):
+            ids = prefix + out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()
+            texts.append(finish_response(tokenizer, stops, ids, search_from=len(prefix))[0])
+            problems.append(ep.problems[r])
+            where.append((i, j))
+    rewards = np.zeros((len(rows), k_all), np.float32)
+    if not texts:
+        return rewards
+    graded = split_rows(lambda t, p: task.grade_batch(t, p, num_workers=workers), texts, problems)  # shared out
+    i, j = np.asarray(where).T
+    finished = out.finish_reason[rows[i], cols[i], j] != sampling.FINISH_LENGTH
+    rewards[i, j] = np.where(finished, graded, 0.0)
+    return rewards
 
 
 def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
@@ -22,24 +58,15 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     (the official budget), not what is left of its episode's own budget.
     """
     b, s = step_starts.shape
-    estimated = np.arange(s)[None] < num_steps[:, None]
-    if cap >= 0:
-        estimated &= np.arange(s)[None] <= cap
+    estimated = estimated_states(step_starts, num_steps, cap)
     budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
     out = sampling.continue_from_prefixes(
         params, model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
         state_mask=estimated, budgets=budgets, max_rows_per_chunk=chunk_rows, stops=stops)
     rows, cols = np.nonzero(estimated)
-    texts = []  # prefix + continuation, cut at a stop string in the continuation
-    for r, c in zip(rows, cols):
-        prefix = ep.tokens[r, ep.prompt_lens[r] : step_starts[r, c]].tolist()
-        texts += [finish_response(tokenizer, stops, prefix + out.tokens[r, c, j, : out.lengths[r, c, j]].tolist(),
-                                  search_from=len(prefix))[0] for j in range(k)]
-    finished = (out.finish_reason[rows, cols] != sampling.FINISH_LENGTH).reshape(-1)  # [N * K]
-    problems = [ep.problems[r] for r in rows for _ in range(k)]
-    graded = split_rows(lambda t, p: task.grade_batch(t, p, num_workers=workers), texts, problems)  # shared out
     rewards = np.zeros((b, s, k), np.float32)
-    rewards[rows, cols] = np.where(finished, graded, 0.0).reshape(len(rows), k)
+    rewards[rows, cols] = grade_continuations(tokenizer, task, ep, step_starts, out, rows, cols,
+                                              np.full(len(rows), k), workers, stops)
     mask = np.repeat(estimated[:, :, None], k, axis=2)
     stats = {"mc/" + key: float(v) for key, v in out.stats.items()}
     return rewards, mask, stats
@@ -55,6 +82,102 @@ def mc_state_values(params, model_cfg, tokenizer, task, ep: Episodes, step_start
     states = values_lib.estimated_state_mask(num_steps, step_starts.shape[1], None if cap < 0 else cap)
     metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, states).items()}
     return np.asarray(est.value), stats | metrics
+
+
+class AdaptiveRollouts(NamedTuple):
+    """Outcome of adaptive K over the U distinct states of an iteration's episodes."""
+
+    values: np.ndarray  # f32[B, S] unbiased V̂ of every estimated state (0 elsewhere)
+    uid: np.ndarray     # int64[B, S] distinct-state id (-1: not estimated)
+    n: np.ndarray       # int64[U] rollouts drawn per distinct state
+    s: np.ndarray       # int64[U] successes
+    tier: np.ndarray    # int64[U] evidence tier (0 without evidence)
+    outcomes: np.ndarray  # int8[U, max_rollouts] 0/1 reward of each rollout in drawing order; -1 = not drawn
+    calls: int          # decode calls (rounds, several rounds drawn at once where no decision falls between)
+
+
+def next_increment(n: np.ndarray, rules: tuple, tier: np.ndarray, one_round: bool) -> np.ndarray:
+    """int[U] rollouts to draw next for states with n rollouts: up to the next round end at which
+    their tier's rule can stop (n + round_size, or the first round end >= min_rollouts; at most
+    max_rollouts), so no stop decision is skipped; one round each when `one_round`."""
+    out = np.zeros(n.shape, np.int64)
+    for t, rule in enumerate(rules):
+        m = tier == t
+        step = np.full(n.shape, rule.round_size, np.int64)
+        if not one_round:
+            ahead = -(-(np.maximum(rule.min_rollouts, n + rule.round_size) - n) // rule.round_size) * rule.round_size
+            step = np.maximum(step, ahead)
+        out[m] = np.minimum(step, rule.max_rollouts - n)[m]
+    return out
+
+
+def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
+                      episode_rewards: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, acfg, cap: int,
+                      chunk_rows: int, workers: int, context_size: int, stops=None,
+                      budget_per_state: float = 0.0) -> tuple[AdaptiveRollouts, dict]:
+    """VinePPO values with an adaptive number of rollouts per state (`rl.adaptive`, `vineppo.adaptive`).
+
+    Rounds of continuations from the distinct states (one trajectory cache for all rounds; the
+    call drawing round r uses the key fold_in(rng, r)); after round 1 each state gets its
+    evidence tier (`adaptive.evidence_tiers` from episode_rewards f32[B] and its neighbours'
+    round-1 results; tier 0 for all when `acfg` has one rule); then states go on while their
+    tier's rule says so (`adaptive.continue_mask`), several rounds per call where the rule cannot
+    stop in between (one round per call when a total budget, budget_per_state × U, is set; its
+    cuts go by a random priority). V̂ = `adaptive.adaptive_values` (exactly unbiased).
+    Returns the outcome and `mc/*`, `adaptive/*` metrics.
+    """
+    rules = tuple(acfg.rules)
+    b, s = step_starts.shape
+    estimated = estimated_states(step_starts, num_steps, cap)
+    uid, rep = sampling.unique_prefixes(ep.tokens, step_starts, estimated)
+    u = len(rep)
+    n = np.zeros(u, np.int64)
+    succ = np.zeros(u, np.int64)
+    tier = np.zeros(u, np.int64)
+    budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
+    total = int(np.ceil(budget_per_state * u)) if budget_per_state > 0 else None
+    pri_rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1 << 20))).ravel())
+    traj = sampling.trajectory_cache(params, model_cfg, ep.tokens, ep.total_lens, pad_id=scfg.pad_id) if u else None
+    outcomes = np.full((u, max(rule.max_rollouts for rule in rules)), -1, np.int8)
+    running = np.ones(u, bool)
+    inc = np.full(u, rules[0].round_size, np.int64)
+    calls, stats = 0, {"rows": 0, "slot_steps": 0, "live_steps": 0}
+    while running.any():
+        counts = np.zeros((b, s), np.int64)
+        counts[rep[running, 0], rep[running, 1]] = inc[running]
+        out = sampling.continue_from_prefixes(
+            params, model_cfg, ep.tokens, ep.total_lens, step_starts, jax.random.fold_in(rng, calls), scfg, counts,
+            state_mask=counts > 0, budgets=budgets, max_rows_per_chunk=chunk_rows, traj=traj, stops=stops)
+        idx = np.nonzero(running)[0]
+        r = grade_continuations(tokenizer, task, ep, step_starts, out, rep[idx, 0], rep[idx, 1], inc[idx], workers,
+                                stops)
+        for j, i in enumerate(idx):
+            outcomes[i, n[i] : n[i] + inc[i]] = r[j, : inc[i]]
+        succ[idx] += r.sum(1).round().astype(np.int64)
+        n[idx] += inc[idx]
+        for key in stats:
+            stats[key] += out.stats[key]
+        calls += 1
+        if calls == 1 and len(rules) > 1:
+            tier = adaptive.evidence_tiers(uid, episode_rewards, n, succ)
+        left = None if total is None else total - int(n.sum())
+        running = adaptive.continue_mask(n, succ, running, acfg, tier, left, pri_rng.random(u))
+        inc = next_increment(n, rules, tier, one_round=total is not None)
+    v_u = adaptive.adaptive_values(n, succ, acfg, tier)
+    values = np.where(uid >= 0, v_u[np.maximum(uid, 0)] if u else 0.0, 0.0).astype(np.float32)
+    most = np.array([rule.max_rollouts for rule in rules])[tier]  # [U] each state's tier maximum
+    metrics = {
+        "mc/unique_states": float(u),
+        "mc/rows": float(stats["rows"]),
+        "mc/live_fraction": stats["live_steps"] / max(stats["slot_steps"], 1),
+        "mc/num_states": float(estimated.sum()),
+        "mc/value_mean": float(values[estimated].mean()) if estimated.any() else 0.0,
+        "adaptive/rollouts_per_state": float(n.mean()) if u else 0.0,
+        "adaptive/calls": float(calls),
+        "adaptive/stopped_early_frac": float((n < most).mean()) if u else 0.0,
+    }
+    metrics |= {f"adaptive/tier{t}_frac": float((tier == t).mean()) if u else 0.0 for t in range(len(rules))}
+    return AdaptiveRollouts(values, uid, n, succ, tier, outcomes, calls), metrics
 
 
 def critic_token_values(mesh, critic_params, critic_cfg, tokens: np.ndarray, rows_per_call: int) -> np.ndarray:

@@ -1,0 +1,427 @@
+"""VinePPO against PPO, GRPO, RLOO, RestEM and DPO+ from one SFT policy, on equal gradient steps.
+
+    python experiments/compare.py                      # everything (`make compare`), then the report
+    python experiments/compare.py --tasks arith --seeds 0 --algos vineppo,ppo   # a part of it
+    python experiments/compare.py --report-only --report-dir docs/compare       # tables and plots only
+
+Per task (`TASKS`: the arithmetic task of `make run`, and its harder variant) the SFT stage runs
+once (`<root>/<task>/sft`); every method then starts from its export, with seeds 0, 1, 2
+(`<root>/<task>/<algo>_s<seed>`; the K ablation `vineppo_k<K>_s<seed>`). Each is a normal run
+directory, so a run interrupted anywhere resumes from its checkpoint the next time; finished runs
+(`compare_done.json`) are skipped. The comparison can be built over several sittings.
+
+Gradient-step budget: `--iterations` RL iterations of `ppo.epochs` × episodes / `ppo.episodes_per_step`
+policy optimizer steps (PPO's critic steps are not counted). RestEM counts every optimizer step it
+takes on its kept samples (64 per step), over all its iterations, including fine-tunings whose
+later candidates it discards; DPO+ counts its steps of 64 pairs. Their iterations / pairs are
+sized to reach the budget, and every curve is cut at it.
+
+Fairness of wall-clock: `--jobs 1` runs one run at a time with every core; `--jobs N` runs N
+at a time, each pinned to its own core with single-threaded XLA (same cores per run either way).
+Each run's CPU time (the process's resource usage, all threads) is recorded beside wall-clock:
+on a machine shared with other jobs it is the fairer clock. Curves use training time: the
+run's clocks minus its held-out evaluations (vinejax.analysis.curves).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+from arith_hard_sft import HARD_OPTIONS  # noqa: E402
+
+from vinejax.analysis.curves import CLOCKS, run_curve, summarize  # noqa: E402
+from vinejax.train.metrics import read_metrics  # noqa: E402
+
+RUN_PY = os.path.join(ROOT, "experiments", "run.py")
+DONE, USAGE, LOCK = "compare_done.json", "compare_usage.jsonl", "compare.lock"
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task of the comparison: its SFT config and the task options every stage applies."""
+
+    sft_config: str
+    options: dict = field(default_factory=dict)
+
+
+TASKS = {
+    "arith": Task("configs/arith_sft.py"),  # 3 operations, carries dropped at any line (make run's task)
+    "arith_hard": Task("configs/arith_hard_sft.py", HARD_OPTIONS),  # 5 operations, only * carries dropped
+}
+ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "grpo": "configs/arith_grpo.py",
+         "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
+REFERENCE = "ppo"  # the method whose peak the others race to
+LABELS = {"vineppo": "VinePPO (K 9)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "restem": "RestEM",
+          "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: where it lives, its config file and command-line overrides."""
+
+    task: str
+    name: str  # "sft", "<algo>_s<seed>" or "vineppo_k<K>_s<seed>"
+    config: str
+    overrides: tuple  # ((key, value), ...) passed as --config.key=value
+
+    def directory(self, root: str) -> str:
+        return os.path.join(root, self.task, self.name)
+
+
+def scale_overrides(algo: str, iterations: int, steps_per_iteration: int, args) -> dict:
+    """Config overrides that size one method's run to the step budget and the eval protocol."""
+    budget = iterations * steps_per_iteration
+    common = {"task.num_eval_problems": args.eval_problems, "eval.samples_per_problem": args.eval_samples,
+              "eval.greedy": False, "train.time_budget_minutes": 0.0}
+    if algo == "restem":  # ~35-45 steps per iteration at this scale (early stop); one more iteration crosses the budget
+        return common | {"train.iterations": max(1, -(-budget // 40) + 1), "train.eval_every": 1,
+                         "restem.eval_every_steps": 16}
+    if algo == "dpo":  # 3 epochs of ⌊pairs / 64⌋ steps; ~5 pairs per problem at this scale
+        return common | {"sampling.problems_per_iteration": max(16, budget * 64 // 3 // 5),
+                         "dpo.eval_every_steps": args.eval_every * steps_per_iteration,
+                         "train.checkpoint_every": args.eval_every * steps_per_iteration}
+    return common | {"train.iterations": iterations, "train.eval_every": args.eval_every,
+                     "train.checkpoint_every": args.eval_every}
+
+
+def plan(args) -> list[Run]:
+    """Every run of the comparison, in the order they should run: the SFT stages, then per seed
+    every method on every task, then the K ablation."""
+    runs = []
+    options = lambda t: tuple((f"task.options.{k}", v) for k, v in TASKS[t].options.items()) + tuple(args.set)
+    for task in args.tasks:
+        runs.append(Run(task, "sft", TASKS[task].sft_config, options(task) + tuple(args.sft_set)))
+    for seed in args.seeds:
+        for algo in args.algos:
+            for task in args.tasks:
+                over = scale_overrides(algo, args.iterations, args.steps_per_iteration, args)
+                runs.append(Run(task, f"{algo}_s{seed}", ALGOS[algo], tuple(over.items()) + (("seed", seed),)
+                                + options(task)))
+    for seed in args.seeds:
+        for task in args.tasks:
+            for k in args.ks:
+                over = scale_overrides("vineppo", args.iterations, args.steps_per_iteration, args)
+                runs.append(Run(task, f"vineppo_k{k}_s{seed}", ALGOS["vineppo"],
+                                tuple(over.items()) + (("seed", seed), ("vineppo.num_rollouts", k)) + options(task)))
+    return runs
+
+
+def command(run: Run, root: str) -> list[str]:
+    """The experiments/run.py command line of a run (RL runs start from their task's SFT export)."""
+    over = dict(run.overrides) | {"output_dir": run.directory(root)}
+    if run.name != "sft":
+        over["model.init_from"] = os.path.join(root, run.task, "sft")
+    return [sys.executable, RUN_PY, "--config", os.path.join(ROOT, run.config)] + [
+        f"--config.{k}={v}" for k, v in over.items()]
+
+
+def git_commit() -> str:
+    """HEAD of the checkout, with "+dirty" when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def is_done(run_dir: str) -> bool:
+    return os.path.exists(os.path.join(run_dir, DONE))
+
+
+def execute(run: Run, root: str, cpu: int | None, log) -> bool:
+    """Run (or resume) one run in a child process; record its wall-clock and CPU usage.
+
+    `cpu`: pin the child to this core with single-threaded XLA; None = every core, XLA's threads.
+    """
+    run_dir = run.directory(root)
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pin = None
+    if cpu is not None:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+        pin = lambda: os.sched_setaffinity(0, {cpu})
+    cmd = command(run, root)
+    log(f"start {run.task}/{run.name}" + ("" if cpu is None else f" on cpu {cpu}"))
+    started = time.time()
+    with open(os.path.join(run_dir, "compare.log"), "a") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=pin)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own resource usage
+        child.returncode = os.waitstatus_to_exitcode(status)
+    record = {"start": started, "wall": time.time() - started, "cpu_user": usage.ru_utime,
+              "cpu_system": usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024, "exit": child.returncode,
+              "pinned_cpu": cpu, "commit": git_commit(), "command": cmd}
+    with open(os.path.join(run_dir, USAGE), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if child.returncode != 0:
+        log(f"FAILED {run.task}/{run.name} (exit {child.returncode}; see {run_dir}/compare.log)")
+        return False
+    sittings = [json.loads(line) for line in open(os.path.join(run_dir, USAGE))]
+    done = {"commit": record["commit"], "sittings": len(sittings), "wall": sum(s["wall"] for s in sittings),
+            "cpu": sum(s["cpu_user"] + s["cpu_system"] for s in sittings)}
+    with open(os.path.join(run_dir, DONE), "w") as f:
+        json.dump(done, f, indent=1)
+    log(f"done {run.task}/{run.name}: {done['wall']:.0f} s wall, {done['cpu']:.0f} s CPU")
+    return True
+
+
+def take_locks(root: str, tasks: list[str]) -> list[str]:
+    """One runner per task: refuse while another live compare.py holds one of the tasks' locks.
+    Returns the lock files taken."""
+    paths = [os.path.join(root, task, LOCK) for task in tasks]
+    for path in paths:
+        if os.path.exists(path):
+            pid = int(open(path).read().strip() or 0)
+            try:
+                os.kill(pid, 0)
+                raise SystemExit(f"error: compare.py (pid {pid}) is already running this task (lock {path})")
+            except (ProcessLookupError, PermissionError):
+                pass  # a stale lock
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+    return paths
+
+
+def run_all(runs: list[Run], root: str, jobs: int, log) -> list[str]:
+    """Run every unfinished run, `jobs` at a time; RL runs wait for their task's SFT. Returns the
+    names of failed runs."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    free = list(cpus[:jobs]) if jobs > 1 else [None]
+    slot_lock, failed = threading.Condition(), []
+    sft_done: dict[str, threading.Event] = {}
+    for r in runs:
+        if r.name == "sft":
+            sft_done[r.task] = threading.Event()
+            if is_done(r.directory(root)):
+                sft_done[r.task].set()
+
+    def job(r: Run):
+        if r.name != "sft":
+            sft_done[r.task].wait()
+            if not is_done(os.path.join(root, r.task, "sft")):
+                failed.append(f"{r.task}/{r.name} (no SFT)")
+                return
+        with slot_lock:
+            while not free:
+                slot_lock.wait()
+            cpu = free.pop(0)
+        try:
+            if not execute(r, root, cpu, log):
+                failed.append(f"{r.task}/{r.name}")
+        finally:
+            with slot_lock:
+                free.append(cpu)
+                slot_lock.notify()
+            if r.name == "sft":
+                sft_done[r.task].set()
+
+    todo = [r for r in runs if not is_done(r.directory(root))]
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run, {max(jobs, 1)} at a time")
+    # Threads for every run: an RL run's thread waits on its SFT without holding a slot.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(todo), 1)) as pool:
+        list(pool.map(job, todo))
+    return failed
+
+
+# ---------------------------------------------------------------- report
+
+
+def load_curves(root: str, task: str, names: list[str], budget: int) -> dict:
+    """{method: [Curve per finished seed]} for the given method names (prefix of `<name>_s<seed>`)."""
+    out = {}
+    task_dir = os.path.join(root, task)
+    for name in names:
+        runs = sorted(d for d in os.listdir(task_dir) if d.rsplit("_s", 1)[0] == name and is_done(os.path.join(task_dir, d)))
+        if runs:
+            out[name] = [run_curve(read_metrics(os.path.join(task_dir, d, "metrics.jsonl")), budget) for d in runs]
+    return out
+
+
+def run_cpu_totals(root: str, task: str) -> dict:
+    """{run name: its compare_done.json} (total wall and CPU of the finished runs)."""
+    task_dir = os.path.join(root, task)
+    return {d: json.load(open(os.path.join(task_dir, d, DONE))) for d in sorted(os.listdir(task_dir))
+            if is_done(os.path.join(task_dir, d))}
+
+
+def plot_curves(curves: dict, title: str, path: str) -> str:
+    """Mean ± std band of held-out accuracy against steps, training wall-clock and CPU seconds."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    for name, runs in curves.items():
+        n = min(len(c.accuracy) for c in runs)
+        acc = np.stack([c.accuracy[:n] for c in runs])  # [R, n]
+        mean, std = acc.mean(0), acc.std(0)
+        for ax, clock in zip(axes, CLOCKS):
+            x = np.stack([c.clock(clock)[:n] for c in runs]).mean(0)
+            line, = ax.plot(x, mean, marker="o", ms=3, label=f"{LABELS.get(name, name)} ({len(runs)})")
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18)
+    for ax, xlabel in zip(axes, ("policy gradient steps", "training wall-clock (s)", "training CPU time (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fmt_reach(summary: dict, name: str, clock: str) -> str:
+    reach = summary["methods"][name]["reach"]
+    return "never" if reach is None else f"{reach[clock]:.0f}"
+
+
+def table(summary: dict, run_cpu: dict) -> str:
+    """Markdown rows: peak and final accuracy (mean ± std over seeds), when the mean curve first
+    reaches the reference's peak (steps, training wall-clock, training CPU), and the whole runs'
+    mean CPU time (`run_cpu`: {method: seconds})."""
+    ref = LABELS.get(summary["reference"], summary["reference"])
+    lines = [f"| method | seeds | peak acc. | final acc. | steps to {ref} peak ({summary['target']:.3f}) | "
+             "train wall-clock s | train CPU s | CPU s per run |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in summary["methods"].items():
+        lines.append(f"| {LABELS.get(name, name)} | {m['runs']} | {m['peak']['mean']:.3f} ± {m['peak']['std']:.3f} | "
+                     f"{m['final']['mean']:.3f} ± {m['final']['std']:.3f} | {fmt_reach(summary, name, 'steps')} | "
+                     f"{fmt_reach(summary, name, 'wall')} | {fmt_reach(summary, name, 'cpu')} | "
+                     f"{run_cpu.get(name, float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
+def speedups(summary: dict, method: str) -> dict | None:
+    """How many times fewer steps / less training wall-clock / CPU `method` needs than the
+    reference to reach the reference's peak (None when either never does)."""
+    reach = summary["methods"].get(method, {}).get("reach")
+    ref = summary["methods"][summary["reference"]]["reach"]
+    if reach is None or ref is None:
+        return None
+    return {clock: ref[clock] / reach[clock] if reach[clock] > 0 else float("inf") for clock in CLOCKS}
+
+
+def method_cpu(runs: dict) -> dict:
+    """{method: mean CPU seconds of its finished runs} from {run name: compare_done.json}."""
+    by_method: dict = {}
+    for name, done in runs.items():
+        if done.get("cpu") is None:  # adopted from elsewhere: not measured here
+            continue
+        by_method.setdefault(name.rsplit("_s", 1)[0], []).append(done["cpu"])
+    return {k: float(np.mean(v)) for k, v in by_method.items()}
+
+
+def report(args, log) -> dict:
+    """Tables (markdown + JSON) and plots of every finished run, in `args.report_dir`."""
+    budget = args.iterations * args.steps_per_iteration
+    os.makedirs(args.report_dir, exist_ok=True)
+    out, md = {"budget_steps": budget, "commit": git_commit(), "tasks": {}}, []
+    for task in args.tasks:
+        if not os.path.isdir(os.path.join(args.root, task)):
+            continue
+        entry = {"runs": run_cpu_totals(args.root, task)}
+        cpu_of = method_cpu(entry["runs"])
+        curves = load_curves(args.root, task, list(args.algos), budget)
+        if REFERENCE in curves:
+            entry["main"] = summarize(curves, REFERENCE)
+            entry["main_png"] = plot_curves(curves, f"{task}: held-out accuracy, mean ± std over seeds",
+                                            os.path.join(args.report_dir, f"{task}_curves.png"))
+            md += [f"### {task}: methods (budget {budget} gradient steps)", "", table(entry["main"], cpu_of), ""]
+            entry["vineppo_speedup"] = speedups(entry["main"], "vineppo")
+            if entry["vineppo_speedup"]:
+                words = {"steps": "fewer gradient steps", "wall": "less training wall-clock", "cpu": "less training CPU"}
+                md += ["VinePPO reaches PPO's peak with " + ", ".join(
+                    f"{v:.2f}x {words[k]}" for k, v in entry["vineppo_speedup"].items()) + ".", ""]
+        ablation = load_curves(args.root, task, ["vineppo"] + [f"vineppo_k{k}" for k in args.ks], budget)
+        if len(ablation) > 1:
+            ablation = {("vineppo_k9" if k == "vineppo" else k): v for k, v in ablation.items()}
+            cpu_of["vineppo_k9"] = cpu_of.get("vineppo", float("nan"))
+            reference = "vineppo_k9" if "vineppo_k9" in ablation else next(iter(ablation))
+            entry["ablation"] = summarize(ablation, reference)
+            entry["ablation_png"] = plot_curves(ablation, f"{task}: VinePPO with K MC rollouts per state",
+                                                os.path.join(args.report_dir, f"{task}_k_ablation.png"))
+            md += [f"### {task}: K ablation", "", table(entry["ablation"], cpu_of), ""]
+        cpu = [r["cpu"] for r in entry["runs"].values() if r.get("cpu") is not None]
+        md += [f"{len(cpu)} finished runs on {task}: {sum(cpu) / 3600:.2f} CPU hours in all.", ""]
+        out["tasks"][task] = entry
+    with open(os.path.join(args.report_dir, "results.json"), "w") as f:
+        json.dump(out, f, indent=1, default=float)
+    with open(os.path.join(args.report_dir, "results.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    log(f"report: {os.path.join(args.report_dir, 'results.md')}\n" + "\n".join(md))
+    return out
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    csv = lambda kind: (lambda s: [kind(x) for x in s.split(",") if x])
+    p.add_argument("--root", default="runs/compare", help="where the run directories go")
+    p.add_argument("--tasks", type=csv(str), default=list(TASKS), help=f"comma list of {', '.join(TASKS)}")
+    p.add_argument("--algos", type=csv(str), default=list(ALGOS), help=f"comma list of {', '.join(ALGOS)}")
+    p.add_argument("--seeds", type=csv(int), default=[0, 1, 2])
+    p.add_argument("--ks", type=csv(int), default=[1, 3], help="K of the VinePPO ablation (K 9 is the main run); '' = none")
+    p.add_argument("--iterations", type=int, default=20, help="RL iterations; the step budget is this × steps per iteration")
+    p.add_argument("--steps-per-iteration", type=int, default=8, help="policy steps per RL iteration of the arith configs")
+    p.add_argument("--eval-every", type=int, default=4, help="RL iterations between held-out evaluations")
+    p.add_argument("--eval-problems", type=int, default=300)
+    p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time; > 1 pins each to one core, single-threaded XLA")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    p.add_argument("--sft-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for the SFT stages")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (unfinished runs' commands); run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the report from the finished runs; run nothing")
+    p.add_argument("--report-dir", default=None, help="where the tables and plots go (default: --root)")
+    args = p.parse_args(argv)
+    for name, given, known in (("--tasks", args.tasks, TASKS), ("--algos", args.algos, ALGOS)):
+        bad = [x for x in given if x not in known]
+        if bad:
+            p.error(f"{name}: unknown {bad[0]!r}; choose from {', '.join(known)}")
+    if "vineppo" not in args.algos and args.ks:
+        p.error("--ks needs vineppo among --algos (the K ablation's K 9 is the main VinePPO run)")
+    split = lambda pairs: [tuple(s.split("=", 1)) for s in pairs]
+    args.set, args.sft_set = split(args.set), split(args.sft_set)
+    args.report_dir = args.report_dir or args.root
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    log = lambda msg: print(time.strftime("%H:%M:%S ") + msg, flush=True)
+    failed = []
+    if args.dry_run:
+        for r in plan(args):
+            print(("done " if is_done(r.directory(args.root)) else "todo ") + " ".join(command(r, args.root)[1:]))
+        return 0
+    if not args.report_only:
+        locks = take_locks(args.root, args.tasks)
+        try:
+            failed = run_all(plan(args), args.root, args.jobs, log)
+        finally:
+            for path in locks:
+                os.remove(path)
+    report(args, log)
+    if failed:
+        log("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

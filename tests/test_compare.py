@@ -1,0 +1,131 @@
+"""experiments/compare.py end to end at toy size: an SFT stage, then VinePPO and PPO from it (each
+a real experiments/run.py child process), the report read back against the runs' own metrics,
+skip-when-finished, resume of an interrupted run, and a failing run reported as failed."""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import compare  # noqa: E402
+
+from vinejax.train.metrics import read_metrics  # noqa: E402
+
+TINY_MODEL = ["sft.max_steps=2", "sft.batch_size=8", "sft.micro_batch=8", "model.hidden_size=32",
+              "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=2", "model.intermediate_size=64",
+              "eval.greedy=false", "eval.samples_per_problem=2", "task.num_eval_problems=4"]
+TINY_RUNS = ["task.options.num_problems=64", "sampling.max_new_tokens=12", "eval.max_new_tokens=12",
+             "sampling.problems_per_iteration=2", "sampling.samples_per_problem=4", "sampling.batch_size=8",
+             "ppo.episodes_per_step=4", "ppo.micro_batch=4", "ppo.epochs=1", "vineppo.num_rollouts=2",
+             "vineppo.chunk_rows=64", "train.samples_per_iteration=0"]
+
+
+def compare_args(root, algos="vineppo,ppo", extra=()):
+    return ["--root", root, "--tasks", "arith", "--algos", algos, "--seeds", "0", "--ks", "", "--iterations", "2",
+            "--steps-per-iteration", "2", "--eval-every", "1", "--eval-problems", "4", "--eval-samples", "2",
+            "--jobs", "1", "--sft-set", *TINY_MODEL, "--set", *TINY_RUNS, *extra]
+
+
+@pytest.fixture(autouse=True)
+def one_device_children(monkeypatch):
+    """The child runs get one CPU device (conftest gives this process 8 fake ones)."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+
+
+def evals(run_dir):
+    return [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "eval/accuracy" in r]
+
+
+def test_compare_runs_reports_skips_and_resumes(tmp_path, capsys):
+    root = str(tmp_path / "cmp")
+    assert compare.main(compare_args(root)) == 0
+    task = os.path.join(root, "arith")
+    for name in ("sft", "vineppo_s0", "ppo_s0"):
+        usage = [json.loads(line) for line in open(os.path.join(task, name, compare.USAGE))]
+        assert len(usage) == 1 and usage[0]["exit"] == 0 and usage[0]["cpu_user"] > 0
+        assert json.load(open(os.path.join(task, name, compare.DONE)))["sittings"] == 1
+    for name in ("vineppo_s0", "ppo_s0"):
+        config = json.load(open(os.path.join(task, name, "config.json")))
+        assert config["model"]["init_from"] == os.path.join(root, "arith", "sft") and config["seed"] == 0
+        records = evals(os.path.join(task, name))
+        assert [r["train/gradient_steps"] for r in records] == [0, 2, 4]  # 2 iterations x 2 steps
+        cpu = [r["time/cpu"] for r in records]
+        assert all(c > 0 for c in cpu) and cpu == sorted(cpu)
+        assert all(r["time/eval_cpu"] > 0 for r in records)
+
+    results = json.load(open(os.path.join(root, "results.json")))
+    main = results["tasks"]["arith"]["main"]
+    assert main["reference"] == "ppo" and set(main["methods"]) == {"vineppo", "ppo"}
+    for name in ("vineppo", "ppo"):
+        acc = [r["eval/accuracy"] for r in evals(os.path.join(task, f"{name}_s0"))]
+        assert main["methods"][name]["peak"]["values"] == [max(acc)]
+        assert main["methods"][name]["final"]["values"] == [acc[-1]]
+        assert main["methods"][name]["final_steps"] == 4
+    ppo_acc = [r["eval/accuracy"] for r in evals(os.path.join(task, "ppo_s0"))]
+    assert main["target"] == max(ppo_acc)
+    assert main["methods"]["ppo"]["reach"]["steps"] == 2 * int(np.argmax(ppo_acc))
+    assert os.path.getsize(os.path.join(root, "arith_curves.png")) > 10_000
+    assert "| PPO | 1 |" in open(os.path.join(root, "results.md")).read()
+
+    # finished runs are skipped
+    before = os.path.getmtime(os.path.join(task, "ppo_s0", "metrics.jsonl"))
+    capsys.readouterr()
+    assert compare.main(compare_args(root)) == 0
+    assert "3 of 3 runs already finished; 0 to run" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(task, "ppo_s0", "metrics.jsonl")) == before
+
+    # an interrupted run (killed after iteration 1: no export, no iteration-2 checkpoint) resumes
+    run = os.path.join(task, "ppo_s0")
+    first = evals(run)[:2]
+    os.remove(os.path.join(run, compare.DONE))
+    shutil.rmtree(os.path.join(run, "hf"))
+    shutil.rmtree(os.path.join(run, "checkpoints", "2"))
+    assert compare.main(compare_args(root)) == 0
+    resumed = evals(run)
+    assert resumed[:2] == first  # the records before the kill are kept, not rewritten
+    assert [r["train/gradient_steps"] for r in resumed] == [0, 2, 4]
+    assert resumed[2]["time/cpu"] > first[1]["time/cpu"]  # the CPU clock carries over
+    assert json.load(open(os.path.join(run, compare.DONE)))["sittings"] == 2
+    assert os.path.isdir(os.path.join(run, "hf"))
+
+
+def test_a_failing_run_is_reported_and_not_marked_done(tmp_path, capsys):
+    root = str(tmp_path / "cmp")
+    sft = os.path.join(root, "arith", "sft")
+    os.makedirs(sft)
+    with open(os.path.join(sft, compare.DONE), "w") as f:
+        json.dump({"cpu": None}, f)  # an adopted SFT stage: RL runs may start (and this one fails first)
+    assert compare.main(compare_args(root, "rloo", ["ppo.episodes_per_step=3"])) == 1
+    out = capsys.readouterr().out
+    assert "FAILED arith/rloo_s0" in out and "failed: arith/rloo_s0" in out
+    assert not os.path.exists(os.path.join(root, "arith", "rloo_s0", compare.DONE))
+    assert "episodes_per_step" in open(os.path.join(root, "arith", "rloo_s0", "compare.log")).read()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "gsm8k"], "--tasks: unknown 'gsm8k'"),
+    (["--algos", "vineppo,a2c"], "--algos: unknown 'a2c'"),
+    (["--algos", "ppo"], "--ks needs vineppo"),
+])
+def test_bad_arguments_name_the_culprit(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_plan_sizes_every_method_to_the_step_budget():
+    args = compare.parse_args(["--iterations", "20", "--eval-every", "4"])
+    runs = {(r.task, r.name): dict(r.overrides) for r in compare.plan(args)}
+    assert len(runs) == 2 * (1 + 3 * 6 + 3 * 2)  # per task: SFT, 6 methods x 3 seeds, K 1 and 3 x 3 seeds
+    assert runs[("arith", "vineppo_s1")]["train.iterations"] == 20 and runs[("arith", "vineppo_s1")]["seed"] == 1
+    assert runs[("arith", "vineppo_k1_s2")]["vineppo.num_rollouts"] == 1
+    restem, dpo = runs[("arith", "restem_s0")], runs[("arith", "dpo_s0")]
+    assert restem["train.iterations"] * 40 > 160  # enough RestEM iterations to cross the 160-step budget
+    assert 3 * (dpo["sampling.problems_per_iteration"] * 5) // 64 >= 160  # 3 epochs of ~5 pairs per problem
+    hard = runs[("arith_hard", "ppo_s0")]
+    assert hard["task.options.slip_ops"] == "*" and hard["task.options.num_operations"] == 5
+    assert "task.options.slip_ops" not in runs[("arith", "ppo_s0")]

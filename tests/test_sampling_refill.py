@@ -1,0 +1,160 @@
+"""Continuous batching (`sampling.refill`) through `continue_from_prefixes`: the same
+continuations as the chunked schedule whatever the slots, refills per step and queue order;
+stop-automaton state reset per refilled row; per-state sample counts; live-slot statistics;
+distinct prefixes."""
+import jax
+import numpy as np
+import pytest
+
+from vinejax.model import llama
+from vinejax.model.config import ModelConfig
+from vinejax.sampling import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_NONE,
+    FINISH_STOP,
+    SamplingConfig,
+    StopTable,
+    assemble_rows,
+    continue_from_prefixes,
+    generate,
+    unique_prefixes,
+)
+from vinejax.sampling.stops import STOPPED
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8)
+EOS = (5, 6, 7, 8)  # ~6% per step: continuation lengths spread over the budget
+
+
+@pytest.fixture(scope="module")
+def params():
+    return llama.init_params(CFG, jax.random.key(0), std=0.1)
+
+
+@pytest.fixture(scope="module")
+def traj(params):
+    """6 trajectories (rows 0 and 3 share their prompt), 4 states each at 0/30/60/90% of the response."""
+    rs = np.random.RandomState(0)
+    lens = np.array([6, 4, 8, 6, 3, 5], np.int32)
+    toks = rs.randint(9, CFG.vocab_size, (6, 8)).astype(np.int32)
+    toks[3] = toks[0]
+    toks[np.arange(8)[None] >= lens[:, None]] = 0
+    scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
+    out = generate(params, CFG, toks, lens, jax.random.key(1), scfg)
+    rows, _, plen, tlen = assemble_rows(toks, lens, out)
+    plen, tlen = np.asarray(plen), np.asarray(tlen)
+    pos = (plen[:, None] + np.floor(np.array([0.0, 0.3, 0.6, 0.9])[None] * (tlen - plen)[:, None])).astype(np.int32)
+    return np.asarray(rows), tlen, pos
+
+
+def _mc(params, traj, scfg, k, **kw):
+    rows, tlen, pos = traj
+    return continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(3), scfg, k, **kw)
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_array_equal(a.finish_reason, b.finish_reason)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=2e-5)
+
+
+def test_refill_matches_chunks_for_any_slots_and_refill_rate(params, traj):
+    rows, tlen, pos = traj
+    mask = np.ones(pos.shape, bool)
+    mask[4, 3] = False
+    budgets = np.full(pos.shape, 16)
+    budgets[1] = 5
+    budgets[2, 1] = 1
+    scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
+    kw = dict(state_mask=mask, budgets=budgets)
+    ref = _mc(params, traj, scfg, 3, schedule="chunks", max_rows_per_chunk=8, **kw)
+    fin = set(np.unique(ref.finish_reason[mask]).tolist())
+    assert {FINISH_EOS, FINISH_LENGTH} <= fin  # rows end at different steps: refill has work to do
+    assert ref.lengths[2, 1].tolist() == [1, 1, 1] and np.all(ref.lengths[1][mask[1]] <= 5)
+    for slots, refills in [(8, 1), (8, 8), (16, 2), (128, None)]:
+        out = _mc(params, traj, scfg, 3, schedule="refill", max_rows_per_chunk=slots, refills_per_step=refills, **kw)
+        _same(out, ref)
+        assert out.stats["chunks"] == 1 and out.stats["rows"] == ref.stats["rows"]
+        assert out.stats["slots"] == min(slots, 128)
+        assert np.all(out.lengths[~mask] == 0) and np.all(out.finish_reason[~mask] == FINISH_NONE)
+
+
+def test_refill_greedy_equals_generate_from_each_prefix(params, traj):
+    rows, tlen, pos = traj
+    scfg = SamplingConfig(max_new_tokens=10, greedy=True, eos_ids=EOS)
+    out = _mc(params, traj, scfg, 1, max_rows_per_chunk=8, refills_per_step=2)
+    for b in range(len(rows)):
+        for s in range(pos.shape[1]):
+            p = pos[b, s]
+            one = generate(params, CFG, rows[b : b + 1, :p], [p], jax.random.key(0), scfg)
+            n = int(one.lengths[0])
+            assert out.lengths[b, s, 0] == n and out.finish_reason[b, s, 0] == int(one.finish_reason[0])
+            np.testing.assert_array_equal(out.tokens[b, s, 0], np.asarray(one.tokens[0]))
+
+
+def test_stop_automaton_restarts_for_every_refilled_row(params, traj):
+    """A table that ends a row after g(first token) tokens (as benchmarks/mc_lengths.py uses):
+    each row's length is min(g(its first token), budget), so a slot must not inherit the
+    automaton state of the row it held before."""
+    g = 1 + np.arange(CFG.vocab_size) % 7  # 1..7 tokens
+    table = np.zeros((8, CFG.vocab_size), np.int32)
+    table[0] = np.where(g > 1, g - 1, STOPPED)
+    for c in range(1, 8):
+        table[c] = c - 1 if c > 1 else STOPPED
+    stops = StopTable(next_state=table)
+    scfg = SamplingConfig(max_new_tokens=6, temperature=1.0)
+    out = _mc(params, traj, scfg, 4, max_rows_per_chunk=8, refills_per_step=3, stops=stops)
+    first = out.tokens[..., 0]
+    want = np.minimum(g[first], 6)
+    np.testing.assert_array_equal(out.lengths, want)
+    np.testing.assert_array_equal(out.finish_reason, np.where(g[first] <= 6, FINISH_STOP, FINISH_LENGTH))
+    assert out.stats["rows"] > 8 * 4  # every slot was refilled several times
+    _same(out, _mc(params, traj, scfg, 4, schedule="chunks", max_rows_per_chunk=8, stops=stops))
+
+
+def test_per_state_counts_take_the_first_samples_of_fixed_k(params, traj):
+    rows, tlen, pos = traj
+    scfg = SamplingConfig(max_new_tokens=8, temperature=1.0, eos_ids=EOS)
+    counts = np.random.RandomState(2).randint(0, 5, pos.shape)
+    counts[0, 0], counts[3, 0] = 2, 3  # one shared prompt, two different counts
+    counts[1, 2] = 0
+    full = _mc(params, traj, scfg, 4, max_rows_per_chunk=8)
+    out = _mc(params, traj, scfg, counts, max_rows_per_chunk=8)
+    assert out.tokens.shape == full.tokens.shape
+    for b in range(pos.shape[0]):
+        for s in range(pos.shape[1]):
+            c = counts[b, s]
+            np.testing.assert_array_equal(out.tokens[b, s, :c], full.tokens[b, s, :c])
+            np.testing.assert_array_equal(out.lengths[b, s, :c], full.lengths[b, s, :c])
+            assert np.all(out.lengths[b, s, c:] == 0) and np.all(out.finish_reason[b, s, c:] == FINISH_NONE)
+    # rows decoded: the largest count of each distinct prefix (the shared prompt: 3, not 2 + 3)
+    uid, _ = unique_prefixes(rows, pos, counts > 0)
+    per_u = np.zeros(uid.max() + 1, int)
+    np.maximum.at(per_u, uid[uid >= 0], counts[uid >= 0])
+    assert out.stats["rows"] == per_u.sum()
+    with pytest.raises(ValueError, match="num_samples"):
+        _mc(params, traj, scfg, -counts - 1)
+
+
+def test_live_fraction_refill_above_chunks_and_consistent(params, traj):
+    scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
+    chunks = _mc(params, traj, scfg, 6, schedule="chunks", max_rows_per_chunk=16)
+    refill = _mc(params, traj, scfg, 6, max_rows_per_chunk=16)
+    for out in (chunks, refill):
+        st = out.stats
+        uid, rep = unique_prefixes(traj[0], traj[2])
+        assert st["live_steps"] == int(out.lengths[rep[:, 0], rep[:, 1]].sum())  # distinct rows' tokens
+        assert 0 < st["live_fraction"] <= 1 and st["live_fraction"] == st["live_steps"] / st["slot_steps"]
+    assert refill.stats["live_fraction"] > chunks.stats["live_fraction"]
+    assert refill.stats["slot_steps"] < chunks.stats["slot_steps"]
+
+
+def test_unique_prefixes_by_exact_tokens():
+    tokens = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [1, 2, 3, 0]])
+    pos = np.array([[2, 3], [2, 3], [3, 1]])
+    mask = np.array([[True, True], [True, True], [True, False]])
+    uid, rep = unique_prefixes(tokens, pos, mask)
+    assert uid.tolist() == [[0, 1], [0, 2], [1, -1]]  # [1,2] ×2, [1,2,3] ×2, [1,2,9]
+    assert rep.tolist() == [[0, 0], [0, 1], [1, 1]]
