@@ -94,7 +94,7 @@ def scale_overrides(algo: str, iterations: int, steps_per_iteration: int, args) 
         return common | {"train.iterations": max(1, -(-budget // 40) + 1), "train.eval_every": 1,
                          "restem.eval_every_steps": 16}
     if algo == "dpo":  # 3 epochs of ⌊pairs / 64⌋ steps; ~5 pairs per problem at this scale
-        return common | {"sampling.problems_per_iteration": max(16, budget * 64 // 3 // 5),
+        return common | {"sampling.problems_per_iteration": max(16, -(-budget * 64 // 15)),
                          "dpo.eval_every_steps": args.eval_every * steps_per_iteration,
                          "train.checkpoint_every": args.eval_every * steps_per_iteration}
     return common | {"train.iterations": iterations, "train.eval_every": args.eval_every,

@@ -20,6 +20,7 @@ from vinejax.sampling import (
     assemble_rows,
     continue_from_prefixes,
     generate,
+    trajectory_cache,
 )
 
 CFG = ModelConfig(
@@ -216,7 +217,11 @@ def test_continuations_sampled_differ_and_reproducible(params):
     a = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=8)
     b = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=64)
     c = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(7), scfg, 4, max_rows_per_chunk=8)
+    d = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=8,
+                               trajectory_rows=2)  # the trajectory pass in groups of 2 episodes
     np.testing.assert_array_equal(a.tokens, b.tokens)  # independent of chunking
+    np.testing.assert_array_equal(a.tokens, d.tokens)  # and of the trajectory pass's grouping
+    np.testing.assert_allclose(a.logprobs, d.logprobs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
     assert not np.array_equal(a.tokens, c.tokens)
     for s in range(4):  # the K continuations of one state differ
@@ -265,3 +270,14 @@ def test_scan_and_unrolled_decode_agree(params):
     b = generate(params, CFG, toks, lens, jax.random.key(8), scfg.replace(unroll_layers=False))
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_trajectory_cache_in_row_groups_equals_one_pass(params):
+    rows, tlen, _ = _trajectories(params)
+    whole = trajectory_cache(params, CFG, rows[:3], tlen[:3])
+    grouped = trajectory_cache(params, CFG, rows[:3], tlen[:3], max_rows=1)  # 3 rows -> groups of 1
+    assert grouped.cache.k.shape[1] >= 3 and grouped.hidden.shape[0] == grouped.cache.k.shape[1]
+    np.testing.assert_array_equal(np.asarray(grouped.cache.lengths[:3]), tlen[:3])
+    for a, b in ((whole.cache.k, grouped.cache.k), (whole.cache.v, grouped.cache.v)):
+        np.testing.assert_allclose(np.asarray(a[:, :3]), np.asarray(b[:, :3]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(whole.hidden[:3]), np.asarray(grouped.hidden[:3]), atol=1e-5)

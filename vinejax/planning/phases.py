@@ -11,7 +11,7 @@ critic while the policy trains).
 | eval_generate  | `sampling.generate_program`      | sampling.batch_size    | all          |
 | score          | `scoring.logprob_scorer`         | sampling.batch_size    | RL           |
 | critic_score   | `scoring.value_scorer`           | sampling.batch_size    | ppo          |
-| trajectory     | `sampling.trajectory_program`    | (all episodes at once) | vineppo      |
+| trajectory     | `sampling.trajectory_program`    | sampling.batch_size    | vineppo      |
 | mc_chunk       | `sampling.chunk_program`         | vineppo.chunk_rows     | vineppo      |
 | policy_step    | `update.policy_step`             | ppo.micro_batch        | RL           |
 | critic_step    | `update.critic_step`             | ppo.micro_batch        | ppo          |
@@ -135,7 +135,7 @@ def phase_names(cfg) -> list[str]:
 
 KNOBS = {
     "generate": "sampling.batch_size", "eval_generate": "sampling.batch_size", "score": "sampling.batch_size",
-    "critic_score": "sampling.batch_size", "trajectory": None, "mc_chunk": "vineppo.chunk_rows",
+    "critic_score": "sampling.batch_size", "trajectory": "sampling.batch_size", "mc_chunk": "vineppo.chunk_rows",
     "policy_step": "ppo.micro_batch", "critic_step": "ppo.micro_batch", "sft_step": "sft.micro_batch",
 }
 
@@ -266,11 +266,16 @@ def trajectory_shapes(run: RunContext, lengths: Lengths) -> tuple[int, int]:
     return rows, bucket(lengths.episode_cols, minimum=16)
 
 
-def _trajectory(parts: _Parts, value: None) -> Phase:
+def _trajectory(parts: _Parts, value: int) -> Phase:
+    """One group of the MC trajectory pass (`trajectory_cache` with max_rows = sampling.batch_size),
+    beside the cache of the whole iteration that the groups fill."""
+    parts.need_multiple("sampling.batch_size", value)
     rows, cols = trajectory_shapes(parts.run, parts.lengths)
-    args = (parts.state["params"], parts.replicated((rows, cols), jnp.int32), parts.replicated((rows,), jnp.int32))
-    return Phase("trajectory", None, None, trajectory_program, args, dict(cfg=parts.run.model_cfg),
-                 parts.resident("params"), f"{rows} episodes x {cols} tokens")
+    group = min(rows, bucket(value, multiple_of=parts.dp))
+    args = (parts.state["params"], parts.replicated((group, cols), jnp.int32), parts.replicated((group,), jnp.int32))
+    resident = parts.resident("params") | {"trajectory_cache": trajectory_abstract(parts)}
+    return Phase("trajectory", "sampling.batch_size", value, trajectory_program, args, dict(cfg=parts.run.model_cfg),
+                 resident, f"{group} of {rows} episodes x {cols} tokens per pass")
 
 
 def trajectory_abstract(parts: _Parts) -> TrajectoryCache:

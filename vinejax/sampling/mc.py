@@ -69,19 +69,38 @@ def _trajectory_jit(params, tokens, lengths, *, cfg):
     return TrajectoryCache(cache, hidden)
 
 
-def trajectory_cache(params: dict, cfg: ModelConfig, tokens, lengths, pad_id: int = 0) -> TrajectoryCache:
-    """One cached forward pass over right-padded trajectories tokens int[B, T], lengths int[B].
+def trajectory_cache(params: dict, cfg: ModelConfig, tokens, lengths, pad_id: int = 0,
+                     max_rows: int = 0) -> TrajectoryCache:
+    """A cached forward pass over right-padded trajectories tokens int[B, T], lengths int[B].
 
     Shapes are bucketed (rows to `bucket(B)`, length to `bucket(T)`); extra rows are padding.
+    max_rows > 0: the pass runs over groups of at most `bucket(max_rows)` trajectories (one
+    compiled program), which bounds its activations (the [rows, heads, T, T] attention scores
+    above all: a whole 512-episode iteration at once does not fit an 80 GiB GPU); the groups'
+    caches are joined along the rows.
     """
     tokens = np.asarray(tokens, np.int32)
     b, t = tokens.shape
-    bb, tb = bucket(b, multiple_of=data_parallel_size()), bucket(t, minimum=16)
+    dp = data_parallel_size()
+    bb, tb = bucket(b, multiple_of=dp), bucket(t, minimum=16)
+    group = bb if max_rows <= 0 else min(bb, bucket(max_rows, multiple_of=dp))
+    bb = -(-bb // group) * group
     tok = np.full((bb, tb), pad_id, np.int32)
     tok[:b, :t] = tokens
     lens = np.ones((bb,), np.int32)
     lens[:b] = np.asarray(lengths)
-    return _trajectory_jit(params, tok, lens, cfg=cfg)
+    parts = [_trajectory_jit(params, tok[i : i + group], lens[i : i + group], cfg=cfg) for i in range(0, bb, group)]
+    return parts[0] if len(parts) == 1 else _join_rows(parts)
+
+
+@jax.jit
+def _join_rows(parts: list) -> TrajectoryCache:
+    """The trajectory caches of consecutive row groups as one (rows: axis 1 of k/v, 0 elsewhere)."""
+    k = jnp.concatenate([p.cache.k for p in parts], axis=1)
+    v = jnp.concatenate([p.cache.v for p in parts], axis=1)
+    lengths = jnp.concatenate([p.cache.lengths for p in parts])
+    cache = llama.constrain_cache(llama.KVCache(k, v, lengths))
+    return TrajectoryCache(cache, jnp.concatenate([p.hidden for p in parts]))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "room"))
@@ -158,6 +177,7 @@ def continue_from_prefixes(
     stops: Optional[StopTable] = None,
     schedule: str = "refill",
     refills_per_step: Optional[int] = None,
+    trajectory_rows: int = 0,
 ) -> ContinuationOutput:
     """num_samples continuations from every state of every trajectory.
 
@@ -174,7 +194,8 @@ def continue_from_prefixes(
     continuations (a prefix shared by states with different counts gets the largest).
     max_rows_per_chunk: rows decoded at once (slots with refill, chunk rows otherwise);
     schedule: "refill" or "chunks" (module docstring); refills_per_step: slots refilled per loop
-    iteration at most (default slots // 8).
+    iteration at most (default slots // 8); trajectory_rows: trajectories per forward pass of
+    the trajectory cache (`trajectory_cache` max_rows; 0 = all at once).
     stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within the
     continuation only (as vLLM's `stop` with the prefix in the prompt); cut a continuation with
     `stops.cut_at_stop(tokenizer, stops, prefix + continuation, search_from=len(prefix))`.
@@ -223,7 +244,7 @@ def continue_from_prefixes(
     row_budget = u_budget[row_u]
 
     if traj is None:
-        traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id)
+        traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id, max_rows=trajectory_rows)
     dp = data_parallel_size()
     table = None if stops is None else jnp.asarray(stops.next_state)
     chunk = bucket(max_rows_per_chunk, multiple_of=dp)

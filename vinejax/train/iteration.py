@@ -97,12 +97,13 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
                     state_values, mc_metrics = mc_state_values(
                         state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
                         scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                        cfg.task.grade_workers, run.context_size, run.stops)
+                        cfg.task.grade_workers, run.context_size, run.stops, trajectory_rows=s.batch_size)
                 else:
                     res, mc_metrics = adaptive_rollouts(
                         state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rewards,
                         rng_mc, scfg, acfg, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                        cfg.task.grade_workers, run.context_size, run.stops, cfg.vineppo.adaptive.budget_per_state)
+                        cfg.task.grade_workers, run.context_size, run.stops, cfg.vineppo.adaptive.budget_per_state,
+                        trajectory_rows=s.batch_size)
                     state_values = res.values
             cap = cfg.vineppo.max_estimated_states
             values = dict(state_values=state_values, step_starts=step_starts, num_steps=num_steps,

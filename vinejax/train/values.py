@@ -50,7 +50,7 @@ def grade_continuations(tokenizer, task, ep: Episodes, step_starts: np.ndarray, 
 
 def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
                rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int, chunk_rows: int, workers: int,
-               context_size: int, stops=None):
+               context_size: int, stops=None, trajectory_rows: int = 0):
     """Rewards of K continuations from every estimated state: f32[B, S, K] and its mask, plus stats.
 
     States are the prefixes `tokens[b, :step_starts[b, i]]` for i < num_steps[b] (only i <= cap
@@ -62,7 +62,8 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
     out = sampling.continue_from_prefixes(
         params, model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
-        state_mask=estimated, budgets=budgets, max_rows_per_chunk=chunk_rows, stops=stops)
+        state_mask=estimated, budgets=budgets, max_rows_per_chunk=chunk_rows, stops=stops,
+        trajectory_rows=trajectory_rows)
     rows, cols = np.nonzero(estimated)
     rewards = np.zeros((b, s, k), np.float32)
     rewards[rows, cols] = grade_continuations(tokenizer, task, ep, step_starts, out, rows, cols,
@@ -74,10 +75,11 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
 
 def mc_state_values(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray,
                     num_steps: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int,
-                    chunk_rows: int, workers: int, context_size: int, stops=None) -> tuple[np.ndarray, dict]:
+                    chunk_rows: int, workers: int, context_size: int, stops=None,
+                    trajectory_rows: int = 0) -> tuple[np.ndarray, dict]:
     """V̂(s) f32[B, S] of every state (the mean reward of its K continuations) and `mc/*` metrics."""
     rewards, mask, stats = mc_rewards(params, model_cfg, tokenizer, task, ep, step_starts, num_steps, rng, scfg,
-                                      k, cap, chunk_rows, workers, context_size, stops)
+                                      k, cap, chunk_rows, workers, context_size, stops, trajectory_rows)
     est = values_lib.mc_values(rewards, mask)
     states = values_lib.estimated_state_mask(num_steps, step_starts.shape[1], None if cap < 0 else cap)
     metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, states).items()}
@@ -114,7 +116,7 @@ def next_increment(n: np.ndarray, rules: tuple, tier: np.ndarray, one_round: boo
 def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
                       episode_rewards: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, acfg, cap: int,
                       chunk_rows: int, workers: int, context_size: int, stops=None,
-                      budget_per_state: float = 0.0) -> tuple[AdaptiveRollouts, dict]:
+                      budget_per_state: float = 0.0, trajectory_rows: int = 0) -> tuple[AdaptiveRollouts, dict]:
     """VinePPO values with an adaptive number of rollouts per state (`rl.adaptive`, `vineppo.adaptive`).
 
     Rounds of continuations from the distinct states (one trajectory cache for all rounds; the
@@ -137,7 +139,8 @@ def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_sta
     budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
     total = int(np.ceil(budget_per_state * u)) if budget_per_state > 0 else None
     pri_rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1 << 20))).ravel())
-    traj = sampling.trajectory_cache(params, model_cfg, ep.tokens, ep.total_lens, pad_id=scfg.pad_id) if u else None
+    traj = sampling.trajectory_cache(params, model_cfg, ep.tokens, ep.total_lens, pad_id=scfg.pad_id,
+                                     max_rows=trajectory_rows) if u else None
     outcomes = np.full((u, max(rule.max_rollouts for rule in rules)), -1, np.int8)
     running = np.ones(u, bool)
     inc = np.full(u, rules[0].round_size, np.int64)
