@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import common
 from vinejax.model import decode as model_decode
 from vinejax.sampling import SamplingConfig, generate
 from vinejax.sampling.core import cache_room, decode

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from vinejax.model import llama  # noqa: E402
 from vinejax.model.hf import load_hf_model  # noqa: E402
 from vinejax.sampling import SamplingConfig, assemble_rows, continue_from_prefixes, generate  # noqa: E402
 

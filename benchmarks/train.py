@@ -23,18 +23,18 @@ from __future__ import annotations
 import argparse
 import functools
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import common
 from vinejax.config import base_config
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl.batch import RolloutBatch
-from vinejax.rl.losses import PolicyLossConfig
 from vinejax.rl.logprobs import token_logprobs
+from vinejax.rl.losses import PolicyLossConfig
 from vinejax.train.update import make_optimizer, policy_step
 
 TEMPERATURE = 0.6

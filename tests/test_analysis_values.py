@@ -18,7 +18,6 @@ from vinejax.analysis import setup as analysis_setup
 from vinejax.analysis import value_prediction as vp
 from vinejax.checkpoint import Checkpointer
 from vinejax.config import base_config, from_dict, paper_config, to_dict
-from vinejax.train.episodes import stop_table
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.model.hf import save_hf_model
@@ -26,7 +25,7 @@ from vinejax.tasks import arithmetic
 from vinejax.tasks.base import Problem, Task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.train.context import RunContext, build_context
-from vinejax.train.episodes import Episodes, sampling_config
+from vinejax.train.episodes import Episodes, sampling_config, stop_table
 from vinejax.train.iteration import init_state
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))

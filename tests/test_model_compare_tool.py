@@ -1,14 +1,11 @@
 """`python -m vinejax.tools.compare_hf` exits 0 on a faithful folder and non-zero otherwise."""
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
-import numpy as np
-from safetensors.numpy import load_file, save_file
-
 import helpers_hf as H
+
 from vinejax.tools import compare_hf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -2,11 +2,11 @@
 import json
 import shutil
 
+import helpers_hf as H
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import helpers_hf as H
 from vinejax.model import load_hf_model
 
 

@@ -1,11 +1,11 @@
 """vinejax logits vs HF PyTorch (fp32) on tiny random Llama / Qwen2 / Mistral checkpoints."""
 import functools
 
+import helpers_hf as H
 import jax
 import numpy as np
 import pytest
 
-import helpers_hf as H
 from vinejax import model as M
 from vinejax.tools.compare_hf import padded_batch
 

@@ -1,9 +1,9 @@
 """remat equivalence and bf16 compute on a loaded tiny checkpoint."""
+import helpers_hf as H
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import helpers_hf as H
 from vinejax.model import forward, load_hf_model
 
 

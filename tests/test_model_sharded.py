@@ -1,10 +1,10 @@
 """Loading straight into a (data=1, fsdp=2, tensor=4) mesh of fake CPU devices."""
 import flax.linen as nn
+import helpers_hf as H
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-import helpers_hf as H
 from vinejax import sharding as shd
 from vinejax.model import forward, load_hf_model
 

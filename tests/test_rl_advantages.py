@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rl_testing import random_rollouts
 
 from vinejax.rl import advantages as A
-from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 # ------------------------------------------------------------------ references (plain python)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from rl_testing import random_rollouts
 
 from vinejax.rl import losses as L
-from rl_testing import random_rollouts
 
 
 def log_sigmoid(x):

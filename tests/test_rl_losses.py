@@ -1,15 +1,15 @@
 """Losses vs Python-loop references; gradients; padding invariance; micro-batch exactness."""
 import math
 
+import helpers_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rl_testing import microbatches, pad_batch, random_rollouts
 
-import helpers_jax
 from vinejax.rl import losses as L
 from vinejax.rl.batch import RolloutBatch
-from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 def ref_ppo(lp, old, adv, mask, eps_lo, eps_hi, dual):

@@ -1,13 +1,13 @@
 """End-to-end numerics: MC rewards -> advantages -> whitening -> loss; one compilation per shape."""
 import functools
 
+import helpers_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rl_testing import microbatches, pad_batch, random_rollouts
 
 import vinejax.rl as rl
-import helpers_jax
-from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 def ref_token_adv(d, cap):
@@ -135,7 +135,8 @@ def test_pad_batch_and_microbatches_shapes():
 
 def test_sharded_batch_gives_same_loss():
     """Rows sharded over the 8 fake CPU devices: masked global reductions are unchanged."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     d = random_rollouts(10, B=8, T=12)
     batch = rl.RolloutBatch(tokens=jnp.asarray(d["tokens"]),

@@ -2,9 +2,9 @@
 import jax
 import numpy as np
 import pytest
+from rl_testing import random_rollouts
 
 from vinejax.rl import values as V
-from rl_testing import microbatches, pad_batch, random_rollouts
 
 
 def ref_mc(rew, mask):

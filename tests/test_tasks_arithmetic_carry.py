@@ -1,8 +1,6 @@
 """Systematic carry slips of the arithmetic task's noisy demonstrations, checked line by line."""
 import re
 
-import numpy as np
-
 from vinejax.tasks import arithmetic
 
 

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from vinejax.tasks import get_task, gsm8k, math as math_task
+from vinejax.tasks import get_task, gsm8k
+from vinejax.tasks import math as math_task
 from vinejax.tasks.math_answer import normalize
 from vinejax.tasks.math_equiv import parse_number
 

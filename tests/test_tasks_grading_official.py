@@ -11,7 +11,8 @@ import pathlib
 
 import pytest
 
-from vinejax.tasks import get_task, gsm8k, math as math_task
+from vinejax.tasks import get_task, gsm8k
+from vinejax.tasks import math as math_task
 
 DATA = pathlib.Path(__file__).parent / "data"
 MIN_AGREEMENT = 0.99

@@ -23,7 +23,7 @@ def _python_payloads(marker):
     return [
         f"__import__('os').system('touch {marker}')",
         f"(lambda: __import__('os').system('touch {marker}'))()",
-        f"().__class__.__base__.__subclasses__()",
+        "().__class__.__base__.__subclasses__()",
         f"open('{marker}', 'w').write('x')",
         f"exec(\"open('{marker}','w')\")",
         f"eval(\"__import__('os').system('touch {marker}')\")",

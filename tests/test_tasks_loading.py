@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from vinejax.tasks import data, gsm8k, math as math_task
+from vinejax.tasks import data, gsm8k
+from vinejax.tasks import math as math_task
 from vinejax.tasks.data import DataError
 
 

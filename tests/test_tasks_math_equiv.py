@@ -3,7 +3,8 @@ by hand). The "vineppo" grader follows the official reward instead: see
 test_tasks_grading_official.py."""
 import pytest
 
-from vinejax.tasks import Problem, math_grade_strict as math_task
+from vinejax.tasks import Problem
+from vinejax.tasks import math_grade_strict as math_task
 
 
 def _problem(gold: str) -> Problem:

@@ -8,10 +8,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from vinejax.tasks import StepSplitError, gsm8k, math as math_task
+from vinejax.tasks import StepSplitError, gsm8k
+from vinejax.tasks import math as math_task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.tasks.steps import step_token_starts, token_char_offsets, token_step_ids, tokenize_with_step_starts
-
 
 DATA = pathlib.Path(__file__).parent / "data"
 SPLITTERS = {"math": math_task.split_steps, "gsm8k": gsm8k.split_steps}

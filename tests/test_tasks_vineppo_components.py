@@ -12,7 +12,9 @@ import pathlib
 import pytest
 import sympy
 
-from vinejax.tasks import math_vineppo_answer as answers, math_vineppo_symbolic as official, symbolic
+from vinejax.tasks import math_vineppo_answer as answers
+from vinejax.tasks import math_vineppo_symbolic as official
+from vinejax.tasks import symbolic
 from vinejax.tasks.latex_text import LatexError, latex_to_text
 from vinejax.tasks.text_expr import ParseError, parse
 

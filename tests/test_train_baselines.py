@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from test_train_loop import exported_params, initial_params, read_metrics, tiny_config
 
 from vinejax.checkpoint import Checkpointer
 from vinejax.model import llama
@@ -15,8 +16,6 @@ from vinejax.train.context import build_context
 from vinejax.train.dpo import build_pairs
 from vinejax.train.offline_data import TokenRows, load_arrays, sample_and_grade
 from vinejax.train.restem import candidate_steps, data_path, finetuning_set
-
-from test_train_loop import exported_params, initial_params, read_metrics, tiny_config
 
 SHORT = 6  # a response earns 1 when it finished within SHORT characters
 

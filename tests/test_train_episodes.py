@@ -1,8 +1,8 @@
 """The glue between sampler, task and RL numerics: step columns of real episodes, and MC rewards
 assembled from prefix + continuation text."""
 import jax
-import pytest
 import numpy as np
+import pytest
 
 from vinejax import sampling
 from vinejax.tasks import arithmetic, get_task

@@ -10,14 +10,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from test_train_loop import read_metrics, reward_odd_length, tiny_config
 
-from vinejax.checkpoint import CheckpointError, Checkpointer
+from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError
 from vinejax.tasks import arithmetic
 from vinejax.train import loop
 from vinejax.train.stage import RunError
-
-from test_train_loop import read_metrics, reward_odd_length, tiny_config
 
 
 def nan_from_iteration(start: int):

@@ -2,12 +2,10 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vinejax.config import base_config
-from vinejax.model import llama
 from vinejax.model.hf import load_hf_model
 from vinejax.tasks import arithmetic
 from vinejax.train import loop, metrics

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 from flax import linen as nn
+from test_train_loop import read_metrics, tiny_config
 
 from vinejax import sharding
 from vinejax.model import llama
@@ -12,8 +13,6 @@ from vinejax.rl.batch import RolloutBatch
 from vinejax.rl.losses import PolicyLossConfig
 from vinejax.train import loop, update
 from vinejax.train.batching import to_microbatches
-
-from test_train_loop import read_metrics, tiny_config
 
 MODEL = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=8, rms_norm_eps=1e-6)
@@ -65,7 +64,7 @@ def test_policy_step_same_on_mesh_as_one_device():
     for key in ("pg_loss", "kl", "approx_kl", "ratio", "pg_clipfrac", "grad_norm"):
         assert m1[key] == pytest.approx(m8[key], rel=1e-4, abs=1e-6), key
     assert m1["grad_norm"] > 0
-    for a, b, init in zip(jax.tree.leaves(p1), jax.tree.leaves(p8), jax.tree.leaves(params)):
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(a, b, atol=2e-5)
     moved = max(float(np.abs(a - i).max()) for a, i in zip(jax.tree.leaves(p1), jax.tree.leaves(params)))
     assert moved > 1e-4

@@ -24,7 +24,6 @@ from flax import linen as nn
 
 from vinejax.model.config import ModelConfig
 
-
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # logical axes of KVCache.k / .v
 
 

@@ -10,16 +10,42 @@ Modules (each a handful of pure, jittable functions over fixed-shape masked arra
   baseline_data  RestEM fine-tuning rows and DPO+ preference pairs from graded samples (numpy)
   batch      RolloutBatch pytree (the sampler <-> trainer contract), PairBatch (DPO+ pairs)
 """
-from vinejax.rl.advantages import (ALGORITHMS, Advantages, compute, gae_advantages, grpo_advantages,
-                                   last_token_rewards, masked_mean, masked_var, masked_whiten,
-                                   ppo_gae_targets, rloo_advantages, sequence_to_tokens, steps_to_tokens,
-                                   vine_step_advantages, whiten_batch)
+from vinejax.rl.advantages import (
+                                   ALGORITHMS,
+                                   Advantages,
+                                   compute,
+                                   gae_advantages,
+                                   grpo_advantages,
+                                   last_token_rewards,
+                                   masked_mean,
+                                   masked_var,
+                                   masked_whiten,
+                                   ppo_gae_targets,
+                                   rloo_advantages,
+                                   sequence_to_tokens,
+                                   steps_to_tokens,
+                                   vine_step_advantages,
+                                   whiten_batch,
+)
 from vinejax.rl.baseline_data import dpo_positive_pairs, restem_select
 from vinejax.rl.batch import PairBatch, RolloutBatch
 from vinejax.rl.logprobs import token_logprobs, token_logprobs_and_entropy
-from vinejax.rl.losses import (PolicyLossConfig, add_metrics, clipped_value_loss, dpo_positive_loss,
-                               dpo_positive_loss_from_sums, entropy_sum, kl_loss, kl_penalty, kl_reward_penalty,
-                               policy_loss, ppo_clip_loss, reduce_metrics, sequence_mean_nll, should_skip)
+from vinejax.rl.losses import (
+                                   PolicyLossConfig,
+                                   add_metrics,
+                                   clipped_value_loss,
+                                   dpo_positive_loss,
+                                   dpo_positive_loss_from_sums,
+                                   entropy_sum,
+                                   kl_loss,
+                                   kl_penalty,
+                                   kl_reward_penalty,
+                                   policy_loss,
+                                   ppo_clip_loss,
+                                   reduce_metrics,
+                                   sequence_mean_nll,
+                                   should_skip,
+)
 from vinejax.rl.values import MCValues, estimated_state_mask, mc_value_metrics, mc_values, state_mask
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -9,7 +9,6 @@ from typing import Optional
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 
 
 @flax.struct.dataclass

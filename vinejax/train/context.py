@@ -13,9 +13,8 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from vinejax import multihost, sharding
-from vinejax.config import BASELINES
+from vinejax.config import BASELINES, ConfigError
 from vinejax.model import llama
-from vinejax.config import ConfigError
 from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig
 from vinejax.tasks import get_task

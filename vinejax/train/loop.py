@@ -18,11 +18,18 @@ from vinejax.train.dpo import run_dpo
 from vinejax.train.evaluate import evaluate
 from vinejax.train.iteration import init_state, rl_iteration
 from vinejax.train.metrics import MetricsWriter, RunClock, summary_line
-from vinejax.train.run_dir import record_config
 from vinejax.train.restem import run_restem
+from vinejax.train.run_dir import record_config
 from vinejax.train.sft import run_sft
-from vinejax.train.stage import (RunError, fitting_problems, held_out_problems, iteration_problems, log, resume,
-                                 save_checked)
+from vinejax.train.stage import (
+    RunError,
+    fitting_problems,
+    held_out_problems,
+    iteration_problems,
+    log,
+    resume,
+    save_checked,
+)
 from vinejax.train.update import all_finite
 
 SUMMARY_KEYS = (("reward", "rewards/mean"), ("eval", "eval/accuracy"), ("greedy", "eval/greedy_accuracy"),

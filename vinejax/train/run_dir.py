@@ -11,7 +11,6 @@ import jax
 from vinejax.config import ConfigError, to_dict
 from vinejax.train.stage import log
 
-
 # Settings a checkpoint cannot be resumed under: they change the state's shapes or meaning.
 RESUME_CRITICAL = ("algo", "model.hf_path", "model.init_from", "model.tokenizer_path", "model.hidden_size",
                    "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.intermediate_size",

@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from vinejax.checkpoint import CheckpointError, Checkpointer
+from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError
 from vinejax.tasks.data import DataError
 from vinejax.train.context import RunContext
