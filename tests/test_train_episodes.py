@@ -55,7 +55,7 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
     seen = {}
 
     def fake_continue(params, cfg, tokens, lengths, positions, rng, scfg, num, *, state_mask, budgets,
-                      max_rows_per_chunk, stops=None):
+                      max_rows_per_chunk, stops=None, trajectory_rows=0):
         b, s = positions.shape
         n = scfg.max_new_tokens
         out_tok = np.zeros((b, s, num, n), np.int32)
