@@ -38,11 +38,14 @@ JOBS ?= 2
 compare: install
 	$(PY) experiments/compare.py --jobs $(JOBS) $(ARGS)
 
+# Two pytest workers (pytest-xdist), one file per worker at a time: most tests compile and run
+# tiny programs on one core, so two at once use the machine's two cores.
+JOBS_TEST ?= 2
 test: install-test
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS_TEST) --dist loadfile tests $(ARGS)
 
 test-fast: install-test
-	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS_TEST) --dist loadfile -m "not slow" tests $(ARGS)
 
 lint: install-test
 	$(PY) -m ruff check .

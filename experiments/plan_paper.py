@@ -68,6 +68,21 @@ def _gib(b) -> str:
     return "-" if b is None else f"{b / GiB:.1f}"
 
 
+def _largest(search: dict, hbm: int) -> str:
+    """The largest setting found; '+' when a larger one was not compiled; for none found within
+    the compile budget, the value a line through the measured points predicts (not compiled)."""
+    if search["largest"]:
+        return f"{search['largest']}{'' if search['verified'] else '+'}"
+    points = sorted((int(v), b) for v, b in search["measured"].items())
+    if search["verified"] or len(points) < 2:
+        return "none"
+    (x0, y0), (x1, y1) = points[0], points[1]
+    slope = (y1 - y0) / (x1 - x0)
+    guess = x0 - (y0 - hbm) / slope if slope > 0 else 0
+    size = 1 << max(int(guess), 1).bit_length() - 1  # a power of two at or below the line's crossing
+    return f"none ≥ {x0}; ~{size} by extrapolation" if guess >= 1 else f"none ≥ {x0}"
+
+
 def markdown(path: str) -> str:
     """One table per machine: each config's verdict, per-phase peaks and the largest settings that fit."""
     plans = json.load(open(path))
@@ -89,12 +104,12 @@ def markdown(path: str) -> str:
             cells = [(_gib(peaks[n]["peak"]) + ("" if peaks[n]["fits"] else " ✗")) if n in peaks else ""
                      for n in order]
             found = {s["knob"]: s for s in p["search"]}
-            best = "; ".join(f"{k.split('.')[-1]} {found[k]['configured']} → "
-                             f"{found[k]['largest'] if found[k]['largest'] else 'none'}"
-                             f"{'' if found[k]['verified'] or not found[k]['largest'] else '+'}"
+            best = "; ".join(f"{k.split('.')[-1]} {found[k]['configured']} → {_largest(found[k], p['hbm_bytes'])}"
                              for k in knobs if k in found)
             mesh = ",".join(str(v) for v in p["mesh"].values())
-            verdict = "fits" if p["fits"] else ("fits with settings" if p["fits_with_settings"] else "**does not fit**")
+            unsure = any(s["largest"] is None and not s["verified"] for s in p["search"])
+            verdict = "fits" if p["fits"] else ("fits with settings" if p["fits_with_settings"] else
+                                                "**does not fit** at the sizes compiled" if unsure else "**does not fit**")
             out.append(f"| {name} | {mesh} | {_gib(state)} | " + " | ".join(cells)
                        + f" | {best} | {verdict} |")
         out.append("")

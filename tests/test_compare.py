@@ -40,6 +40,7 @@ def evals(run_dir):
     return [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "eval/accuracy" in r]
 
 
+@pytest.mark.slow
 def test_compare_runs_reports_skips_and_resumes(tmp_path, capsys):
     root = str(tmp_path / "cmp")
     assert compare.main(compare_args(root)) == 0

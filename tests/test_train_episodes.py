@@ -73,7 +73,9 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
                     out_len[i, j, c] = len(cont)
                     finish[i, j, c] = sampling.FINISH_EOS
                 finish[i, j, num - 2] = sampling.FINISH_LENGTH  # a correct text cut off: reward 0
-        return sampling.ContinuationOutput(out_tok, np.zeros(out_tok.shape, np.float32), out_len, finish, {})
+        stats = dict(unique_states=int(state_mask.sum()), rows=int(state_mask.sum()) * num, chunks=1, slots=8,
+                     slot_steps=1, live_steps=1)
+        return sampling.ContinuationOutput(out_tok, np.zeros(out_tok.shape, np.float32), out_len, finish, stats)
 
     monkeypatch.setattr(sampling, "continue_from_prefixes", fake_continue)
     scfg = sampling_config(TOKENIZER, 1.0, 1.0, 40)
@@ -172,3 +174,44 @@ def test_sft_example_tokenizes_prompt_and_target_together(family):
     alone = encode.encode_text(tok, target)
     if family == "sentencepiece_bpe":
         assert alone != target_ids[:-1]  # the separately encoded target differs (the old behaviour)
+
+
+def test_mc_in_episode_groups_equals_one_pass_greedy():
+    """The values phase in groups of episodes (one group's trajectory cache on the devices at a
+    time) gives, with greedy continuations, exactly the rewards of one pass over all episodes."""
+    from vinejax.model import llama
+    from vinejax.model.config import ModelConfig
+    from vinejax.tasks.base import Task
+
+    cfg = ModelConfig(vocab_size=len(TOKENIZER), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                      num_kv_heads=1, head_dim=16, max_position_embeddings=128,
+                      bos_token_id=TOKENIZER.bos_token_id, eos_token_id=TOKENIZER.eos_token_id)
+    params = llama.init_params(cfg, jax.random.key(4), std=0.3)
+    problems = arithmetic.load_split("validation", num_problems=5)
+    prompts = [encode.encode_prompt(TOKENIZER, p.problem + "\n") for p in problems]
+    width = max(map(len, prompts)) + 12
+    tokens = np.zeros((5, width), np.int32)
+    plens, tlens = [], []
+    rng = np.random.default_rng(0)
+    for i, p in enumerate(prompts):
+        n = len(p) + int(rng.integers(4, 12))
+        tokens[i, :len(p)] = p
+        tokens[i, len(p):n] = rng.integers(4, len(TOKENIZER) - 1, n - len(p))
+        plens.append(len(p))
+        tlens.append(n)
+    ep = Episodes(tokens=tokens, logprobs=np.zeros(tokens.shape, np.float32), prompt_lens=np.array(plens, np.int32),
+                  total_lens=np.array(tlens, np.int32), finish_reason=np.full(5, sampling.FINISH_EOS, np.int32),
+                  texts=[""] * 5, problems=problems, problem_index=np.arange(5, dtype=np.int32))
+    starts = np.stack([np.array(plens), (np.array(plens) + np.array(tlens)) // 2], 1).astype(np.int32)
+    task = Task(name="parity", grade=None, split_steps=None, loader=None, stop_strings=(),
+                grade_batch=lambda texts, answers, num_workers=0: np.array([len(t) % 2 for t in texts], np.float32))
+    greedy = sampling.SamplingConfig(max_new_tokens=8, greedy=True, eos_ids=(TOKENIZER.eos_token_id,), pad_id=0)
+    run = lambda rows: values.mc_rewards(params, cfg, TOKENIZER, task, ep, starts, np.full(5, 2, np.int32),
+                                         jax.random.key(2), greedy, 2, cap=-1, chunk_rows=8, workers=0,
+                                         context_size=100, trajectory_rows=rows)
+    whole, mask, stats = run(0)
+    grouped, mask_g, stats_g = run(2)  # groups of 2, 2 and 1 episodes
+    np.testing.assert_array_equal(grouped, whole)
+    np.testing.assert_array_equal(mask_g, mask)
+    assert 0 < whole[mask].mean() < 1  # the rewards are not all alike
+    assert stats_g["mc/unique_states"] == stats["mc/unique_states"] == 10 and stats_g["mc/rows"] == 20

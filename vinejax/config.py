@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 0.9
     c.sampling.top_k = 0
     c.sampling.max_new_tokens = 1024
-    c.sampling.batch_size = 64  # rows per generate call, per scoring call and per MC trajectory pass
+    c.sampling.batch_size = 64  # prompts per generate call, rows per scoring call, episodes per MC group
 
     c.vineppo = ml_collections.ConfigDict()
     c.vineppo.num_rollouts = 9  # K

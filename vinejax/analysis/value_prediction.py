@@ -87,16 +87,6 @@ class AnalysisConfig:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def select_rows(ep: Episodes, rows) -> Episodes:
-    """The episodes `rows` (int[M], repeats allowed) as an Episodes of M rows."""
-    rows = np.asarray(rows, np.int64)
-    fields = {}
-    for f in dataclasses.fields(ep):
-        value = getattr(ep, f.name)
-        fields[f.name] = value[rows] if isinstance(value, np.ndarray) else [value[r] for r in rows]
-    return Episodes(**fields)
-
-
 def state_prefixes(tokenizer, task, ep: Episodes,
                    include_prompt_state: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every non-terminal step-boundary state of every episode: (episode row int[N], prefix
@@ -122,7 +112,7 @@ def rollout_rewards(setup: Setup, ep: Episodes, positions: np.ndarray, k: int, r
     for g, start in enumerate(range(0, n, group)):
         began = time.perf_counter()
         rows = np.arange(start, min(n, start + group))
-        rewards, _, _ = mc_rewards(setup.params, ctx.model_cfg, ctx.tokenizer, ctx.task, select_rows(ep, rows),
+        rewards, _, _ = mc_rewards(setup.params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep.select(rows),
                                    positions[rows, None], np.ones(len(rows), np.int32), jax.random.fold_in(rng, g),
                                    scfg, k, -1, cfg.vineppo.chunk_rows, cfg.task.grade_workers, ctx.context_size,
                                    ctx.stops)
@@ -194,7 +184,7 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
         raise ValueError("no states: every episode has a single step or was rejected by the step splitter")
     keep = np.sort(np_rng.choice(len(all_rows), size=min(len(all_rows), acfg.num_states), replace=False))
     rows, positions, steps = all_rows[keep], all_positions[keep], all_steps[keep]
-    states_ep = select_rows(ep, rows)
+    states_ep = ep.select(rows)
 
     durations: list = []  # (rollouts, seconds) of each rollout call
     values = estimators(setup, acfg, states_ep, positions, jax.random.fold_in(rng, 1), scfg, timer, durations,
@@ -241,7 +231,7 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.nd
     if len(picked) == 0:
         return {"num_states_sampled": 0, "num_states": 0}, []
     with timer("candidates"):
-        ep = select_rows(episodes, rows[picked])
+        ep = episodes.select(rows[picked])
         pos = positions[picked]
         budgets = np.maximum(scfg.max_new_tokens - (pos - ep.prompt_lens), 1)
         cand_scfg = scfg.replace(temperature=acfg.candidate_temperature)
@@ -258,7 +248,7 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.nd
     if not kept:
         return summary, []
     q_rows = np.array([m for _, g in kept for m in g])
-    q = estimators(setup, acfg, select_rows(cand, q_rows), ends[q_rows], jax.random.fold_in(rng, 3), scfg, timer,
+    q = estimators(setup, acfg, cand.select(q_rows), ends[q_rows], jax.random.fold_in(rng, 3), scfg, timer,
                    durations, "ranking")
     q["random"] = np_rng.random(len(q_rows))
     bounds = np.cumsum([0] + [len(g) for _, g in kept])

@@ -21,8 +21,8 @@ divided by the tensor-parallel size where it divides them; dt = compute dtype si
   `model.decode.decode_caches`, alive together while it is copied); sampling also holds the
   per-layer decode weights in the compute dtype and [rows, V] float32 sampling buffers (~6
   copies). The MC chunk's trajectory cache is its argument, counted as it is sharded (a chunk
-  that gathers it whole needs more: compare). The trajectory pass runs `sampling.batch_size`
-  episodes at a time beside the whole iteration's cache (resident).
+  that gathers it whole needs more: compare). The trajectory pass and its cache hold one group
+  of `sampling.batch_size` episodes.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def breakdown(phase: Phase, run, lengths: Lengths) -> dict:
         tokens = d.rows(v) * lengths.train
         out |= {"activations": d.layer_forward(tokens, lengths.train), "inputs": device_bytes(phase.args[1:]),
                 "logits": 0 if name == "critic_score" else 2 * tokens * d.vocab * 4}
-    elif name == "trajectory":  # one group of rows; the whole iteration's cache is in `resident`
+    elif name == "trajectory":  # one group of sampling.batch_size episodes
         _, cols = trajectory_shapes(run, lengths)
         r = d.rows(phase.args[1].shape[0])
         out |= {"activations": d.layer_forward(r * cols, cols) + r * cols * d.m.hidden_size * d.dt,

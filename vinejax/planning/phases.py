@@ -258,29 +258,28 @@ def _critic_score(parts: _Parts, value: int) -> Phase:
                  f"{value} rows x {parts.lengths.train} tokens")
 
 
-def trajectory_shapes(run: RunContext, lengths: Lengths) -> tuple[int, int]:
-    """(rows, columns) of the MC trajectory pass: every episode of an iteration at once, as wide
-    as the sampled rows (prompt width + max_new_tokens), bucketed."""
+def trajectory_shapes(run: RunContext, lengths: Lengths, batch_size: Optional[int] = None) -> tuple[int, int]:
+    """(rows, columns) of one MC trajectory pass: a group of `sampling.batch_size` episodes (the
+    values phase goes through an iteration's episodes group by group), as wide as the sampled
+    rows (prompt width + max_new_tokens), bucketed."""
     s = run.cfg.sampling
-    rows = bucket(s.problems_per_iteration * s.samples_per_problem, multiple_of=sharding.data_parallel_size(run.mesh))
+    episodes = s.problems_per_iteration * s.samples_per_problem
+    rows = bucket(min(episodes, batch_size or s.batch_size), multiple_of=sharding.data_parallel_size(run.mesh))
     return rows, bucket(lengths.episode_cols, minimum=16)
 
 
 def _trajectory(parts: _Parts, value: int) -> Phase:
-    """One group of the MC trajectory pass (`trajectory_cache` with max_rows = sampling.batch_size),
-    beside the cache of the whole iteration that the groups fill."""
+    """The MC trajectory pass of one group of `sampling.batch_size` episodes."""
     parts.need_multiple("sampling.batch_size", value)
-    rows, cols = trajectory_shapes(parts.run, parts.lengths)
-    group = min(rows, bucket(value, multiple_of=parts.dp))
-    args = (parts.state["params"], parts.replicated((group, cols), jnp.int32), parts.replicated((group,), jnp.int32))
-    resident = parts.resident("params") | {"trajectory_cache": trajectory_abstract(parts)}
+    rows, cols = trajectory_shapes(parts.run, parts.lengths, value)
+    args = (parts.state["params"], parts.replicated((rows, cols), jnp.int32), parts.replicated((rows,), jnp.int32))
     return Phase("trajectory", "sampling.batch_size", value, trajectory_program, args, dict(cfg=parts.run.model_cfg),
-                 resident, f"{group} of {rows} episodes x {cols} tokens per pass")
+                 parts.resident("params"), f"{rows} episodes x {cols} tokens")
 
 
 def trajectory_abstract(parts: _Parts) -> TrajectoryCache:
-    """The trajectory cache as the MC chunks receive it: cache rows over the data axes (the
-    pass constrains them so), hidden states [rows, cols, D] likewise."""
+    """The trajectory cache of one group as the MC chunks receive it: cache rows over the data
+    axes (the pass constrains them so), hidden states [rows, cols, D] likewise."""
     m, (rows, cols) = parts.run.model_cfg, trajectory_shapes(parts.run, parts.lengths)
     kv_shape = (m.num_layers, rows, cols, m.num_kv_heads, m.head_dim)
     spec = lambda axes, shape: NamedSharding(parts.mesh, sharding.logical_to_spec(axes, shape, parts.mesh))

@@ -41,6 +41,15 @@ class Episodes:
         col = np.arange(self.tokens.shape[1])[None]
         return (col >= self.prompt_lens[:, None]) & (col < self.total_lens[:, None])
 
+    def select(self, rows) -> "Episodes":
+        """The episodes `rows` (int[M], repeats allowed) as an Episodes of M rows."""
+        rows = np.asarray(rows, np.int64)
+        fields = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            fields[f.name] = value[rows] if isinstance(value, np.ndarray) else [value[r] for r in rows]
+        return Episodes(**fields)
+
     def response_ids(self, row: int) -> list:
         return self.tokens[row, self.prompt_lens[row] : self.total_lens[row]].tolist()
 

@@ -55,21 +55,34 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
 
     States are the prefixes `tokens[b, :step_starts[b, i]]` for i < num_steps[b] (only i <= cap
     when cap >= 0). Each continuation may write min(max_new_tokens, context_size − prefix) tokens
-    (the official budget), not what is left of its episode's own budget.
+    (the official budget), not what is left of its episode's own budget. With trajectory_rows > 0
+    the episodes go through in groups of that many rows (group g draws with fold_in(rng, g)): only
+    one group's trajectory KV cache is on the devices at a time (a 512-episode iteration of
+    DeepSeekMath-7B would need ~770 GB for all of them); keep it a multiple of the samples per
+    problem so a problem's shared prompt state is continued once.
     """
     b, s = step_starts.shape
     estimated = estimated_states(step_starts, num_steps, cap)
     budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
-    out = sampling.continue_from_prefixes(
-        params, model_cfg, ep.tokens, ep.total_lens, step_starts, rng, scfg, k,
-        state_mask=estimated, budgets=budgets, max_rows_per_chunk=chunk_rows, stops=stops,
-        trajectory_rows=trajectory_rows)
-    rows, cols = np.nonzero(estimated)
+    group = b if trajectory_rows <= 0 else trajectory_rows
     rewards = np.zeros((b, s, k), np.float32)
-    rewards[rows, cols] = grade_continuations(tokenizer, task, ep, step_starts, out, rows, cols,
-                                              np.full(len(rows), k), workers, stops)
+    totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
+    slots = 0
+    for g, lo in enumerate(range(0, b, group)):
+        part = np.arange(lo, min(lo + group, b))  # the group's episodes
+        out = sampling.continue_from_prefixes(
+            params, model_cfg, ep.tokens[part], ep.total_lens[part], step_starts[part],
+            rng if group >= b else jax.random.fold_in(rng, g), scfg, k, state_mask=estimated[part],
+            budgets=budgets[part], max_rows_per_chunk=chunk_rows, stops=stops)
+        rows, cols = np.nonzero(estimated[part])
+        rewards[part[rows], cols] = grade_continuations(tokenizer, task, ep.select(part), step_starts[part], out,
+                                                        rows, cols, np.full(len(rows), k), workers, stops)
+        for key in totals:
+            totals[key] += out.stats[key]
+        slots = max(slots, out.stats["slots"])
     mask = np.repeat(estimated[:, :, None], k, axis=2)
-    stats = {"mc/" + key: float(v) for key, v in out.stats.items()}
+    stats = {"mc/" + key: float(v) for key, v in totals.items()}
+    stats |= {"mc/slots": float(slots), "mc/live_fraction": totals["live_steps"] / max(totals["slot_steps"], 1)}
     return rewards, mask, stats
 
 
