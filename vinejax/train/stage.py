@@ -71,6 +71,8 @@ def resume(ckpt: Checkpointer, state, enabled: bool, writer: MetricsWriter):
     """
     found = ckpt.restore_latest(state, warn=log) if enabled else None
     if found is None:
+        writer.keep_first(0)  # lines of an attempt killed before its first checkpoint are rewritten
+        writer.truncate_after(-1)
         return state, {}
     step, state, meta = found
     if "records" in meta:  # a stage that checkpoints mid-iteration (RestEM) saves its metrics line count
