@@ -26,8 +26,3 @@ def shared_data() -> pathlib.Path:
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
 
-
-def pytest_collection_modifyitems(config, items):
-    """The tests marked `slow` first: with `pytest -n 2` (make test) their files start at once and
-    run beside the many short ones instead of last and alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
