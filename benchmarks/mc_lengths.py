@@ -51,7 +51,8 @@ from vinejax.tasks.steps import step_token_starts  # noqa: E402
 from vinejax.train import encode  # noqa: E402
 from vinejax.train.episodes import token_budgets  # noqa: E402
 
-DATA = os.environ.get("VINEJAX_DATA", "/work/shared/data")
+# ../shared/data beside the checkout (as tests/conftest.py and benchmarks/grading.py find it)
+DATA = os.environ.get("VINEJAX_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 FIELDS = {"gsm8k": ("gsm8k/train.jsonl", "question", "answer"), "math": ("math/train.jsonl", "problem", "solution")}
 MAX_NEW, CONTEXT, K = 1024, 2047, 9
 
