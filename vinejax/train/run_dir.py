@@ -6,8 +6,7 @@ import json
 import os
 import time
 
-import jax
-
+from vinejax import multihost
 from vinejax.config import ConfigError, to_dict
 from vinejax.train.stage import log
 
@@ -31,12 +30,20 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, ob
 
 def record_config(cfg) -> None:
     """Write the run's config.json; when one exists (a resume or a re-run) keep it, say what
-    differs, write the new one beside it, and refuse to resume across a change of shape or algorithm."""
+    differs, write the new one beside it, and refuse to resume across a change of shape or algorithm.
+
+    Every process reads the recorded config before process 0 writes anything (a barrier between),
+    so all take the same decision; the write is atomic (a temporary file renamed into place).
+    """
     path = os.path.join(cfg.output_dir, "config.json")
     new = json.loads(json.dumps(to_dict(cfg), default=str))
+    old = None
     if cfg.resume and os.path.exists(path):
         with open(path) as f:
-            changes = config_changes(json.load(f), new)
+            old = json.load(f)
+    multihost.barrier("recorded config read")
+    if old is not None:
+        changes = config_changes(old, new)
         if not changes:
             return
         log("config differs from " + path + ": " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
@@ -47,16 +54,17 @@ def record_config(cfg) -> None:
         path = os.path.join(cfg.output_dir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
     elif not cfg.resume:
         set_aside(cfg.output_dir)
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
+    if multihost.is_main_process():
+        with open(path + ".tmp", "w") as f:
             json.dump(new, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def set_aside(output_dir: str) -> None:
     """Start over: move an earlier run's checkpoints, metrics and export into `previous-<time>/`."""
     old = [n for n in ("checkpoints", "metrics.jsonl", "samples.jsonl", "hf", "config.json")
            if os.path.exists(os.path.join(output_dir, n))]
-    if old and jax.process_index() == 0:
+    if old and multihost.is_main_process():
         aside = os.path.join(output_dir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(aside)
         for name in old:
