@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 import pytest
+from xla_flags import FAST_COMPILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = FAST_COMPILE  # one CPU device
     return subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 

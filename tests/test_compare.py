@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from xla_flags import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -33,7 +34,7 @@ def compare_args(root, algos="vineppo,ppo", extra=()):
 @pytest.fixture(autouse=True)
 def one_device_children(monkeypatch):
     """The child runs get one CPU device (conftest gives this process 8 fake ones)."""
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
 
 
 def evals(run_dir):

@@ -19,14 +19,13 @@ import pytest
 from multiprocess_child import READY_TO_KILL, run_config
 from safetensors import safe_open
 from test_train_loop import initial_params, read_metrics
+from xla_flags import FAST_COMPILE
 
 from vinejax.model.hf import load_hf_model
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_child.py")
 ROOT = os.path.dirname(os.path.dirname(CHILD))
 TIMEOUT_S = 1200  # per launch: about 2 CPU-minutes per process, up to 8 minutes on a loaded machine
-# Fast XLA compiles: the tiny model's run time is all compilation.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 COMPARED = ("rewards/mean", "pg_loss", "kl", "approx_kl", "ratio", "pg_clipfrac", "grad_norm")
 
 
