@@ -217,23 +217,30 @@ def run_all(runs: list[Run], root: str, jobs: int, log) -> list[str]:
             if is_done(r.directory(root)):
                 sft_done[r.task].set()
 
-    def job(r: Run):
+    turn = [0]  # runs take free slots in plan order (seed 0 of every method before seed 1, ...)
+
+    def job(index: int, r: Run):
         if r.name != "sft":
             sft_done[r.task].wait()
-            if not is_done(os.path.join(root, r.task, "sft")):
-                failed.append(f"{r.task}/{r.name} (no SFT)")
-                return
         with slot_lock:
-            while not free:
+            while not free or turn[0] != index:
                 slot_lock.wait()
+            turn[0] += 1
             cpu = free.pop(0)
+            slot_lock.notify_all()
+        if r.name != "sft" and not is_done(os.path.join(root, r.task, "sft")):
+            failed.append(f"{r.task}/{r.name} (no SFT)")
+            with slot_lock:
+                free.append(cpu)
+                slot_lock.notify_all()
+            return
         try:
             if not execute(r, root, cpu, log):
                 failed.append(f"{r.task}/{r.name}")
         finally:
             with slot_lock:
                 free.append(cpu)
-                slot_lock.notify()
+                slot_lock.notify_all()
             if r.name == "sft":
                 sft_done[r.task].set()
 
@@ -241,7 +248,7 @@ def run_all(runs: list[Run], root: str, jobs: int, log) -> list[str]:
     log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run, {max(jobs, 1)} at a time")
     # Threads for every run: an RL run's thread waits on its SFT without holding a slot.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(todo), 1)) as pool:
-        list(pool.map(job, todo))
+        list(pool.map(job, range(len(todo)), todo))
     return failed
 
 
