@@ -166,15 +166,15 @@ def gsm8k_texts(data_dir: str, count: int) -> list[dict]:
              "answer": f"Tom has {i} + {i + 3} = {2 * i + 3} apples.\n#### {2 * i + 3}"} for i in range(count)]
 
 
-def section_iteration(cfg, params, shape, data_dir, tmp, tiny, problems, new_tokens):
-    """One VinePPO iteration of the real loop (the random policy saved as an HF folder, with a BPE
-    tokenizer trained on GSM8K)."""
+def iteration_config(cfg, params, shape, data_dir, tmp, tiny, problems, new_tokens):
+    """The GSM8K RhoMath VinePPO paper config for `problems` problems per iteration, on the random
+    policy `params` saved as an HF folder with a BPE tokenizer trained on GSM8K text (one iteration,
+    no evaluation, no export; output under `tmp`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from vinejax.config import paper_config
     from vinejax.model.hf import save_hf_model
-    from vinejax.train import loop
 
     records = gsm8k_texts(data_dir, 2000)
     core = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -207,10 +207,18 @@ def section_iteration(cfg, params, shape, data_dir, tmp, tiny, problems, new_tok
     c.vineppo.max_estimated_states = 3  # a random policy writes many short lines: keep the MC bounded
     c.train.iterations, c.train.eval_every, c.train.export_hf = 1, 0, False
     c.train.samples_per_iteration = 0
+    return c
+
+
+def section_iteration(cfg, params, shape, data_dir, tmp, tiny, problems, new_tokens):
+    """One VinePPO iteration of the real loop (`iteration_config`)."""
+    from vinejax.train import loop
+
+    c = iteration_config(cfg, params, shape, data_dir, tmp, tiny, problems, new_tokens)
     start = time.perf_counter()
     last = loop.run(c)
     report("vineppo iteration s (incl. compile)", time.perf_counter() - start, "s")
-    for phase in ("sample", "grade", "logprobs", "steps", "mc", "train", "iteration"):
+    for phase in ("sample", "logprobs", "mc", "train", "host_wait", "iteration"):
         if f"time/{phase}" in last:
             report(f"iteration phase {phase} s", last[f"time/{phase}"], "s")
     report("iteration mc states", last.get("mc/num_states", 0.0))

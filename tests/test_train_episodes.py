@@ -7,7 +7,7 @@ import pytest
 from vinejax import sampling
 from vinejax.tasks import arithmetic, get_task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
-from vinejax.train import encode, values
+from vinejax.train import encode, host_work, values
 from vinejax.train.episodes import Episodes, episode_steps, sampling_config
 
 TOKENIZER = build_char_tokenizer(arithmetic.ALPHABET)
@@ -206,12 +206,16 @@ def test_mc_in_episode_groups_equals_one_pass_greedy():
     task = Task(name="parity", grade=None, split_steps=None, loader=None, stop_strings=(),
                 grade_batch=lambda texts, answers, num_workers=0: np.array([len(t) % 2 for t in texts], np.float32))
     greedy = sampling.SamplingConfig(max_new_tokens=8, greedy=True, eos_ids=(TOKENIZER.eos_token_id,), pad_id=0)
-    run = lambda rows: values.mc_rewards(params, cfg, TOKENIZER, task, ep, starts, np.full(5, 2, np.int32),
-                                         jax.random.key(2), greedy, 2, cap=-1, chunk_rows=8, workers=0,
-                                         context_size=100, trajectory_rows=rows)
+    run = lambda rows, host=None: values.mc_rewards(params, cfg, TOKENIZER, task, ep, starts, np.full(5, 2, np.int32),
+                                                    jax.random.key(2), greedy, 2, cap=-1, chunk_rows=8, workers=0,
+                                                    context_size=100, trajectory_rows=rows, host=host)
     whole, mask, stats = run(0)
     grouped, mask_g, stats_g = run(2)  # groups of 2, 2 and 1 episodes
     np.testing.assert_array_equal(grouped, whole)
     np.testing.assert_array_equal(mask_g, mask)
+    for overlap in (True, False):  # each group graded on the host thread while the next one decodes
+        with host_work.session(overlap) as host:
+            np.testing.assert_array_equal(run(2, host)[0], whole)
+        assert host.idle_seconds > 0
     assert 0 < whole[mask].mean() < 1  # the rewards are not all alike
     assert stats_g["mc/unique_states"] == stats["mc/unique_states"] == 10 and stats_g["mc/rows"] == 20

@@ -155,6 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.samples_per_iteration = 4  # episodes appended to samples.jsonl each iteration (0 = none)
     c.train.max_nonfinite_steps = 3  # stop after this many optimizer steps in a row with a non-finite loss/gradient
     c.train.kl_warning = 10.0  # warn when the KL to the reference (nats per sequence) exceeds this
+    c.train.overlap_host_work = True  # grade / split steps on a host thread while the devices work (time/host_wait)
 
     c.logging = ml_collections.ConfigDict()
     c.logging.wandb_project = ""  # "" = no Weights & Biases (pip install -e '.[wandb]')

@@ -6,7 +6,8 @@ rule: every process derives the same host data (problems, RNG keys, sampled epis
 so host arrays are global values that each process places only on its own devices
 (`put_global`), and device results are gathered back to every host (`to_host`). Host work that
 may differ between hosts or is worth splitting (grading) is split by rows and gathered
-(`split_rows`). `assert_same_on_all_processes` checks the rule once per iteration.
+(`split_rows`, optionally on a worker thread while the devices compute).
+`assert_same_on_all_processes` checks the rule once per iteration.
 With one process every function here is the ordinary single-process path.
 """
 from __future__ import annotations
@@ -101,23 +102,36 @@ def to_host_by_rows(x) -> np.ndarray:
     return np.stack([to_host(_row(x, i)) for i in range(x.shape[0])])
 
 
-def split_rows(fn, *columns) -> np.ndarray:
-    """f32[N] = fn(*columns) for N-row host columns, each process computing one contiguous share.
+def split_rows(fn, rows: int, pool=None):
+    """f32[rows] = concat of fn(lo, hi) -> f32[hi - lo], each process computing one contiguous share.
 
     The shares are gathered on every process, so each row is computed once and all processes get
-    the same values even when `fn` is not deterministic (e.g. grading with timeouts). `fn` maps
-    equal-length sequences to one float per row (and must accept empty ones).
+    the same values even when `fn` is not deterministic (e.g. grading with timeouts). `fn` must
+    accept an empty range.
+
+    With `pool` (a `concurrent.futures` executor) this process's share runs there and the call
+    returns at once with a function that waits for it and gathers the shares: call that one from
+    the main thread, where every process issues its collectives in the same order.
     """
-    rows = len(columns[0])
     count, index = jax.process_count(), jax.process_index()
-    if count == 1:
-        return np.asarray(fn(*columns), np.float32).reshape(rows)
     share = -(-rows // count)
     lo, hi = min(index * share, rows), min((index + 1) * share, rows)
-    mine = np.zeros((share,), np.float32)
-    mine[: hi - lo] = np.asarray(fn(*(c[lo:hi] for c in columns)), np.float32).reshape(hi - lo)
-    every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, share]
-    return every.reshape(-1)[:rows]
+
+    def compute() -> np.ndarray:  # f32[share]: this process's rows, zero-padded
+        mine = np.zeros((share,), np.float32)
+        mine[: hi - lo] = np.asarray(fn(lo, hi), np.float32).reshape(hi - lo)
+        return mine
+
+    def gather(mine: np.ndarray) -> np.ndarray:
+        if count == 1:
+            return mine
+        every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, share]
+        return every.reshape(-1)[:rows]
+
+    if pool is None:
+        return gather(compute())
+    future = pool.submit(compute)
+    return lambda: gather(future.result())
 
 
 def fingerprint(tree) -> int:

@@ -143,11 +143,13 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
     return Episodes(tokens, logprobs, plen, tlen, finish, texts, [problems[i] for i in index], index)
 
 
-def grade_episodes(task, ep: Episodes, workers: int) -> np.ndarray:
-    """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones."""
-    grade = lambda texts, problems: task.grade_batch(texts, problems, num_workers=workers)
-    rewards = split_rows(grade, ep.texts, ep.problems)  # each process grades a share
-    return np.where(ep.finished, np.asarray(rewards, np.float32), 0.0).astype(np.float32)
+def grade_episodes(task, ep: Episodes, workers: int, pool=None):
+    """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones.
+    With `pool`, graded on its thread: returns the function that waits for them (`multihost.split_rows`)."""
+    grade = lambda lo, hi: task.grade_batch(ep.texts[lo:hi], ep.problems[lo:hi], num_workers=workers)
+    zero_unfinished = lambda r: np.where(ep.finished, np.asarray(r, np.float32), 0.0).astype(np.float32)
+    rewards = split_rows(grade, len(ep.texts), pool)  # each process grades a share
+    return zero_unfinished(rewards) if pool is None else (lambda: zero_unfinished(rewards()))
 
 
 def token_offsets(tokenizer, ids: list, text: str) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ from vinejax.model import llama
 from vinejax.rl import advantages
 from vinejax.rl.batch import RolloutBatch
 from vinejax.rl.losses import adaptive_kl_coef, kl_reward_penalty
-from vinejax.train import encode, update
+from vinejax.train import encode, host_work, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
 from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config
@@ -68,12 +68,14 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     timer = Timer()
     rng_sample, rng_mc = jax.random.split(rng)
     scfg = sampling_config(run.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
-    with timer("iteration"):
+    with timer("iteration"), host_work.session(cfg.train.overlap_host_work) as host:
         with timer("sample"):
             ep = sample_episodes(state.params, run.model_cfg, run.tokenizer, run.task, problems, scfg,
                                  s.samples_per_problem, rng_sample, s.batch_size, run.context_size, run.stops)
-        with timer("grade"):
-            rewards = grade_episodes(run.task, ep, cfg.task.grade_workers)  # f32[B]
+        # grading and step splitting on the host thread while the devices score log-probs
+        rewards_of = host.track(grade_episodes(run.task, ep, cfg.task.grade_workers, pool=host.pool))
+        if cfg.algo == "vineppo":
+            steps_of = host.start(episode_steps, run.tokenizer, run.task.split_steps, ep)
         width = encode.length_bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
         tokens = encode.pad_rows(ep.tokens, width, encode.pad_token_id(run.tokenizer))  # [B, T]
         mask = encode.pad_rows(ep.response_mask, width, False, bool)  # [B, T]
@@ -81,13 +83,13 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             score = lambda p, t: logprob_scorer(p, t, model_cfg=run.model_cfg, temperature=s.temperature)
             old_lp = score_rows(run.mesh, score, state.params, tokens, s.batch_size)  # [B, T]
             ref_lp = score_rows(run.mesh, score, ref_params, tokens, s.batch_size)  # [B, T]
+        rewards = host.wait(rewards_of)  # f32[B]
         metrics = {"rewards/mean": rewards.mean(), "generation/finished_frac": ep.finished.mean()}
         metrics |= describe("generation/length", ep.total_lens - ep.prompt_lens)
 
         values: dict = {}  # the inputs each algorithm's advantages need
         if cfg.algo == "vineppo":
-            with timer("steps"):
-                step_starts, num_steps = episode_steps(run.tokenizer, run.task.split_steps, ep)  # [B, S], [B]
+            step_starts, num_steps = host.wait(steps_of)  # [B, S], [B]
             dropped = num_steps == 0  # responses the splitter rejects: no MC, no loss (official)
             mask &= ~dropped[:, None]
             metrics["episodes/parse_failed"] = float(dropped.mean())
@@ -97,7 +99,7 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
                     state_values, mc_metrics = mc_state_values(
                         state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
                         scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                        cfg.task.grade_workers, run.context_size, run.stops, trajectory_rows=s.batch_size)
+                        cfg.task.grade_workers, run.context_size, run.stops, trajectory_rows=s.batch_size, host=host)
                 else:
                     res, mc_metrics = adaptive_rollouts(
                         state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rewards,
@@ -138,7 +140,8 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     samples = sample_records(run.tokenizer, run.task, ep, rewards, cfg.train.samples_per_iteration,
                              step_starts=values.get("step_starts"), num_steps=values.get("num_steps"),
                              state_values=values.get("state_values"), token_advantages=token_adv)
-    return state, metrics | train_metrics | timer.as_metrics(), samples
+    # time/host_wait: the main thread in (or waiting for) grading and step splitting, the devices idle
+    return state, metrics | train_metrics | timer.as_metrics() | {"time/host_wait": host.idle_seconds}, samples
 
 
 def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int) -> tuple[TrainState, dict]:

@@ -35,7 +35,7 @@ from vinejax.train.update import all_finite
 SUMMARY_KEYS = (("reward", "rewards/mean"), ("eval", "eval/accuracy"), ("greedy", "eval/greedy_accuracy"),
                 ("kl", "kl"), ("clipfrac", "pg_clipfrac"), ("states", "mc/num_states"),
                 ("s/it", "time/iteration"), ("sample", "time/sample"), ("mc", "time/mc"),
-                ("train", "time/train"), ("eval s", "time/eval"))
+                ("train", "time/train"), ("host wait", "time/host_wait"), ("eval s", "time/eval"))
 
 
 def run(cfg, config_file: str = "", overrides=()) -> dict:

@@ -2,7 +2,7 @@
 every step boundary, graded like episodes) and PPO's critic token values."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -12,6 +12,7 @@ from vinejax.multihost import split_rows
 from vinejax.rl import adaptive
 from vinejax.rl import values as values_lib
 from vinejax.train.episodes import Episodes, finish_response, token_budgets
+from vinejax.train.host_work import HostWork
 from vinejax.train.scoring import score_rows, value_scorer
 
 
@@ -25,32 +26,41 @@ def estimated_states(step_starts: np.ndarray, num_steps: np.ndarray, cap: int) -
 
 
 def grade_continuations(tokenizer, task, ep: Episodes, step_starts: np.ndarray, out: sampling.ContinuationOutput,
-                        rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, workers: int, stops=None) -> np.ndarray:
+                        rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, workers: int, stops=None,
+                        pool=None):
     """f32[N, K] rewards of the continuations of states (rows[i], cols[i]): the grade of prefix +
     continuation (cut at a stop string in the continuation), 0 for a length-stopped one and for
-    slots k >= counts[i] (N = len(rows), K = out's sample axis)."""
+    slots k >= counts[i] (N = len(rows), K = out's sample axis). With `pool`, the texts are built
+    and graded on its thread: returns the function that waits for the rewards."""
     k_all = out.lengths.shape[2]
-    texts, problems, where = [], [], []  # prefix + continuation of each drawn sample
-    for i, (r, c) in enumerate(zip(rows, cols)):
-        prefix = ep.tokens[r, ep.prompt_lens[r] : step_starts[r, c]].tolist()
-        for j in range(int(counts[i])):
-            ids = prefix + out.tokens[r, c, j, : out.lengths[r, c, j]].tolist()
+    counts = np.asarray(counts, np.int64)
+    i = np.repeat(np.arange(len(rows)), counts)  # [M] the state of each drawn continuation
+    j = np.arange(len(i)) - np.repeat(np.cumsum(counts) - counts, counts)  # [M] its sample slot
+    r, c = np.asarray(rows)[i], np.asarray(cols)[i]
+
+    def grade(lo: int, hi: int) -> np.ndarray:  # f32[hi - lo]: draws lo..hi, texts built here
+        if hi == lo:
+            return np.zeros((0,), np.float32)
+        texts = []
+        for m in range(lo, hi):
+            prefix = ep.tokens[r[m], ep.prompt_lens[r[m]] : step_starts[r[m], c[m]]].tolist()
+            ids = prefix + out.tokens[r[m], c[m], j[m], : out.lengths[r[m], c[m], j[m]]].tolist()
             texts.append(finish_response(tokenizer, stops, ids, search_from=len(prefix))[0])
-            problems.append(ep.problems[r])
-            where.append((i, j))
-    rewards = np.zeros((len(rows), k_all), np.float32)
-    if not texts:
+        return task.grade_batch(texts, [ep.problems[x] for x in r[lo:hi]], num_workers=workers)
+
+    def place(graded: np.ndarray) -> np.ndarray:
+        rewards = np.zeros((len(rows), k_all), np.float32)
+        finished = out.finish_reason[r, c, j] != sampling.FINISH_LENGTH
+        rewards[i, j] = np.where(finished, graded, 0.0)
         return rewards
-    graded = split_rows(lambda t, p: task.grade_batch(t, p, num_workers=workers), texts, problems)  # shared out
-    i, j = np.asarray(where).T
-    finished = out.finish_reason[rows[i], cols[i], j] != sampling.FINISH_LENGTH
-    rewards[i, j] = np.where(finished, graded, 0.0)
-    return rewards
+
+    graded = split_rows(grade, len(i), pool)  # each process builds and grades a share
+    return place(graded) if pool is None else (lambda: place(graded()))
 
 
 def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
                rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int, chunk_rows: int, workers: int,
-               context_size: int, stops=None, trajectory_rows: int = 0):
+               context_size: int, stops=None, trajectory_rows: int = 0, host: Optional[HostWork] = None):
     """Rewards of K continuations from every estimated state: f32[B, S, K] and its mask, plus stats.
 
     States are the prefixes `tokens[b, :step_starts[b, i]]` for i < num_steps[b] (only i <= cap
@@ -59,7 +69,8 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     the episodes go through in groups of that many rows (group g draws with fold_in(rng, g)): only
     one group's trajectory KV cache is on the devices at a time (a 512-episode iteration of
     DeepSeekMath-7B would need ~770 GB for all of them); keep it a multiple of the samples per
-    problem so a problem's shared prompt state is continued once.
+    problem so a problem's shared prompt state is continued once. With `host`, a group's
+    continuations are graded on its worker thread while the devices decode the next group's.
     """
     b, s = step_starts.shape
     estimated = estimated_states(step_starts, num_steps, cap)
@@ -67,7 +78,7 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     group = b if trajectory_rows <= 0 else trajectory_rows
     rewards = np.zeros((b, s, k), np.float32)
     totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
-    slots = 0
+    slots, graded = 0, []  # (episodes, states' rows, cols, rewards or their waiter) of each group
     for g, lo in enumerate(range(0, b, group)):
         part = np.arange(lo, min(lo + group, b))  # the group's episodes
         out = sampling.continue_from_prefixes(
@@ -75,11 +86,14 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
             rng if group >= b else jax.random.fold_in(rng, g), scfg, k, state_mask=estimated[part],
             budgets=budgets[part], max_rows_per_chunk=chunk_rows, stops=stops)
         rows, cols = np.nonzero(estimated[part])
-        rewards[part[rows], cols] = grade_continuations(tokenizer, task, ep.select(part), step_starts[part], out,
-                                                        rows, cols, np.full(len(rows), k), workers, stops)
+        result = grade_continuations(tokenizer, task, ep.select(part), step_starts[part], out, rows, cols,
+                                     np.full(len(rows), k), workers, stops, pool=None if host is None else host.pool)
+        graded.append((part, rows, cols, result if host is None else host.track(result)))
         for key in totals:
             totals[key] += out.stats[key]
         slots = max(slots, out.stats["slots"])
+    for part, rows, cols, result in graded:  # only the last group's grading is not hidden
+        rewards[part[rows], cols] = result if host is None else host.wait(result)
     mask = np.repeat(estimated[:, :, None], k, axis=2)
     stats = {"mc/" + key: float(v) for key, v in totals.items()}
     stats |= {"mc/slots": float(slots), "mc/live_fraction": totals["live_steps"] / max(totals["slot_steps"], 1)}
@@ -89,10 +103,10 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
 def mc_state_values(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray,
                     num_steps: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int,
                     chunk_rows: int, workers: int, context_size: int, stops=None,
-                    trajectory_rows: int = 0) -> tuple[np.ndarray, dict]:
+                    trajectory_rows: int = 0, host: Optional[HostWork] = None) -> tuple[np.ndarray, dict]:
     """V̂(s) f32[B, S] of every state (the mean reward of its K continuations) and `mc/*` metrics."""
     rewards, mask, stats = mc_rewards(params, model_cfg, tokenizer, task, ep, step_starts, num_steps, rng, scfg,
-                                      k, cap, chunk_rows, workers, context_size, stops, trajectory_rows)
+                                      k, cap, chunk_rows, workers, context_size, stops, trajectory_rows, host)
     est = values_lib.mc_values(rewards, mask)
     states = values_lib.estimated_state_mask(num_steps, step_starts.shape[1], None if cap < 0 else cap)
     metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, states).items()}
