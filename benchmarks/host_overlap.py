@@ -1,15 +1,15 @@
 """Host work behind device work in the VinePPO iteration: per-phase times and the devices' idle
 time with `train.overlap_host_work` off (before) and on (after).
 
-    python benchmarks/host_overlap.py [--problems 16] [--groups 4] [--iterations 4]
+    python benchmarks/host_overlap.py [--size small|tiny] [--problems 16] [--groups 4] [--iterations 4]
 
 The real loop (`loop.run`) on the GSM8K RhoMath VinePPO paper config with a random policy and a
 BPE tokenizer trained on GSM8K text (`accelerator_check.iteration_config`; real GSM8K problems
 from ../shared/data when present). The values phase runs in `--groups` episode groups, so each
 group's continuations are graded on the host thread while the next group decodes; the episodes'
 grading and step splitting run behind the log-prob scoring. `time/host_wait` is the time the main
-thread spent in host work or waiting for it, the devices idle. Medians over the iterations after
-the first (compilation). Ends with machine-readable lines:
+thread spent in host work or waiting for it, the devices idle. A warm-up run compiles every
+program first; medians over the iterations after the first. Ends with machine-readable lines:
 `host wait fraction before: X`, `host wait fraction after: X`, `iteration time ratio: X` (after / before).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accelerator_check import ROOT, iteration_config  # noqa: E402
+from accelerator_check import ROOT, TINY, iteration_config  # noqa: E402
 
 from vinejax.model import llama  # noqa: E402
 from vinejax.model.config import ModelConfig  # noqa: E402
@@ -32,6 +32,7 @@ from vinejax.model.config import ModelConfig  # noqa: E402
 # A size where a decode step's arithmetic, not per-op dispatch, dominates on CPU.
 SMALL = dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=4,
              num_kv_heads=2, head_dim=64, max_position_embeddings=1024, rms_norm_eps=1e-5)
+SIZES = {"small": SMALL, "tiny": TINY}  # tiny: little device work per host item, like a fast accelerator
 PHASES = ("sample", "logprobs", "mc", "train", "host_wait", "iteration")
 
 
@@ -39,7 +40,7 @@ def run(cfg, params, args, tmp: str, overlap: bool) -> dict:
     """Median seconds per phase over the iterations after the first, and the mean MC states."""
     from vinejax.train import loop
 
-    c = iteration_config(cfg, params, SMALL, args.data_dir, os.path.join(tmp, str(overlap)), True, args.problems,
+    c = iteration_config(cfg, params, SIZES[args.size], args.data_dir, os.path.join(tmp, str(overlap)), True, args.problems,
                          args.new_tokens)
     c.sampling.batch_size = max(1, args.problems * c.sampling.samples_per_problem // args.groups)  # episodes per MC group
     c.train.iterations, c.train.checkpoint_every = args.iterations, args.iterations
@@ -58,14 +59,19 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4, help="episode groups of the values phase")
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--data-dir", default=os.environ.get("VINEJAX_DATA", os.path.join(ROOT, "..", "shared", "data")))
     args = parser.parse_args()
-    cfg = ModelConfig(**SMALL, dtype="float32", param_dtype="float32", remat=False)
+    shape = SIZES[args.size]
+    cfg = ModelConfig(**shape, dtype="float32", param_dtype="float32", remat=False)
     params = jax.jit(lambda k: llama.init_params(cfg, k))(jax.random.key(0))
-    print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; model d{SMALL['hidden_size']} "
-          f"L{SMALL['num_layers']}; {args.problems} problems x 8 samples, {args.groups} MC groups, "
+    print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}; model d{shape['hidden_size']} "
+          f"L{shape['num_layers']}; {args.problems} problems x 8 samples, {args.groups} MC groups, "
           f"{args.new_tokens} new tokens; medians of iterations 2..{args.iterations}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        # Both modes draw the same episodes (the same shapes), so one warm-up run compiles every
+        # program and neither measured run pays for compilation.
+        run(cfg, params, args, os.path.join(tmp, "warm-up"), overlap=True)
         before = run(cfg, params, args, tmp, overlap=False)
         after = run(cfg, params, args, tmp, overlap=True)
     print(f"{'phase s':<12}{'before':>10}{'after':>10}{'ratio':>8}")
