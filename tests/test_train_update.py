@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vinejax.config import base_config
@@ -98,3 +99,30 @@ def test_update_that_divides_zero_by_zero_is_skipped():
                                    loss_cfg=PolicyLossConfig(), optimizer=optimizer, temperature=1.0)
     assert float(m["nonfinite"]) == 1.0 and np.isfinite(float(m["grad_norm"]))
     assert bool(update.all_finite(new))
+
+
+def test_micro_batch_token_mean_weighs_each_micro_batch_equally():
+    """token_mean "micro_batch" (the official per-device token mean, then the mean over devices)
+    equals the batch token mean with each micro-batch's advantages scaled by N_tok / (M · n_m):
+    the PPO-clip loss is positively homogeneous in the advantages."""
+    params = llama.init_params(MODEL, jax.random.key(0))
+    batch = _batch(np.random.default_rng(3))
+    mask = batch.response_mask.copy()
+    mask[:2, 6:] = False  # micro-batch 0 of 4 (rows 0-1): 2 response tokens per row, the others 8
+    batch = batch.replace(response_mask=mask, advantages=np.where(mask, batch.advantages, 0.0).astype(np.float32))
+    optimizer = optax.sgd(1.0)  # params move by the gradient itself (Adam's first step hides its scale)
+    counts = mask.reshape(4, 2, -1).sum(axis=(1, 2))  # n_m
+    scale = np.repeat(mask.sum() / (4 * counts), 2)[:, None].astype(np.float32)  # per row
+
+    def step(b, token_mean):
+        mb = jax.tree.map(lambda x: x.reshape((4, 2) + x.shape[1:]), b)
+        return update.policy_step(jax.tree.map(jnp.copy, params), optimizer.init(params), mb, model_cfg=MODEL,
+                                  loss_cfg=PolicyLossConfig(kl_coef=0.0), optimizer=optimizer, temperature=1.0,
+                                  whiten=False, token_mean=token_mean)
+
+    p_micro, _, _ = step(batch, "micro_batch")
+    p_scaled, _, _ = step(batch.replace(advantages=batch.advantages * scale), "batch")
+    p_batch, _, _ = step(batch, "batch")
+    for a, b in zip(jax.tree.leaves(p_micro), jax.tree.leaves(p_scaled)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p_micro), jax.tree.leaves(p_batch))) > 1e-4

@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo.episodes_per_step = 64  # global optimizer batch, in episodes
     c.ppo.micro_batch = 16  # episodes per forward/backward (gradient accumulation)
     c.ppo.whiten_advantages = True
+    c.ppo.token_mean = "batch"  # PPO-clip / value loss: one token mean per step, or "micro_batch" (official)
     c.ppo.max_mean_ratio = 10.0
     c.ppo.gae_gamma = 1.0
     c.ppo.gae_lambda = 1.0
@@ -271,6 +272,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
          "sampling.problems_per_iteration", "must be >= 1 (0 = the whole split: restem / dpo_positive only)")
     if cfg.algo in BASELINES:
         validate_baselines(cfg, need)
+    need(cfg.ppo.token_mean in ("batch", "micro_batch"), "ppo.token_mean",
+         f"must be 'batch' or 'micro_batch', not {cfg.ppo.token_mean!r}")
     need(cfg.ppo.episodes_per_step % cfg.ppo.micro_batch == 0, "ppo.micro_batch",
          f"must divide ppo.episodes_per_step={cfg.ppo.episodes_per_step}")
     need(cfg.sft.batch_size % cfg.sft.micro_batch == 0, "sft.micro_batch",
@@ -424,6 +427,7 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     if model == "deepseek7b" and task == "math":
         c.sft.target_template = "\n{solution}"
     c.ppo.micro_batch = m["micro_batch"]
+    c.ppo.token_mean = "micro_batch"  # the official per-device token mean, then the mean over devices
     c.sft.micro_batch = 8
     c.train.iterations = 650 if task == "gsm8k" else 1000
     c.train.eval_every = PAPER_EVAL_EVERY.get((model, algo), 10)  # SFT: evaluated once, at its end

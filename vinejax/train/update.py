@@ -133,13 +133,25 @@ def _apply(optimizer, params, opt_state, loss, grads):
                                                                         "nonfinite": bad.astype(jnp.float32)}
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature", "whiten"),
-                   donate_argnums=(0, 1))
+def token_denominator(mb_mask: jax.Array, batch_tokens: jax.Array, num_micro: int, token_mean: str) -> jax.Array:
+    """What one micro-batch divides its token-loss sum by: the optimizer batch's token count
+    (`token_mean` "batch": one token mean over the batch), or its own count × M ("micro_batch":
+    the mean over the M micro-batches of each one's token mean, the official per-device weighting)."""
+    if token_mean == "batch":
+        return batch_tokens
+    if token_mean == "micro_batch":
+        return jnp.maximum(mb_mask.sum().astype(jnp.float32), 1.0) * num_micro
+    raise ValueError(f"token_mean must be 'batch' or 'micro_batch', not {token_mean!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature", "whiten",
+                                             "token_mean"), donate_argnums=(0, 1))
 def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_cfg: ModelConfig,
                 loss_cfg: losses.PolicyLossConfig, optimizer: optax.GradientTransformation,
-                temperature: float, whiten: bool = True):
+                temperature: float, whiten: bool = True, token_mean: str = "batch"):
     """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T]; `kl_coef`,
-    when given (an f32 scalar), is β instead of `loss_cfg.kl_coef` (the adaptive KL controller).
+    when given (an f32 scalar), is β instead of `loss_cfg.kl_coef` (the adaptive KL controller);
+    `token_mean` weighs the tokens of the PPO-clip term (`token_denominator`).
 
     With `whiten`, token advantages are whitened over the whole optimizer batch (all micro-batches
     together, paper §1.8) before the loss. A micro-batch whose mean ratio exceeds
@@ -158,7 +170,8 @@ def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_c
     def loss_fn(p, mb):
         logits, _ = llama.forward(p, model_cfg, mb.tokens)
         lp, ent = token_logprobs_and_entropy(logits, mb.tokens, temperature)
-        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, n_tok, n_seq, kl_coef)
+        denominator = token_denominator(mb.response_mask, n_tok, batch.tokens.shape[0], token_mean)
+        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, denominator, n_seq, kl_coef)
         skip = losses.should_skip(metrics, loss_cfg)  # this micro-batch's mean ratio
         metrics["skipped"] = (skip.astype(jnp.float32), jnp.ones((), jnp.float32))
         return jnp.where(skip, 0.0, loss), metrics
@@ -168,17 +181,19 @@ def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_c
     return params, opt_state, losses.reduce_metrics(metrics) | applied
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "clip_range"), donate_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "clip_range", "token_mean"),
+                   donate_argnums=(0, 1))
 def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfig,
-                optimizer: optax.GradientTransformation, clip_range: float):
-    """One clipped value-loss step of the PPO critic on micro-batches [M, mb, T]."""
-    n_tok = batch.response_mask.sum().astype(jnp.float32)
+                optimizer: optax.GradientTransformation, clip_range: float, token_mean: str = "batch"):
+    """One clipped value-loss step of the PPO critic on micro-batches [M, mb, T] (tokens weighed
+    by `token_denominator`)."""
+    n_tok = jnp.maximum(batch.response_mask.sum().astype(jnp.float32), 1.0)
 
     def loss_fn(p, mb):
         values = critic_values(p, model_cfg, mb.tokens)
         total, _, metrics = losses.clipped_value_loss(values, mb.old_values, mb.returns,
                                                       mb.response_mask, clip_range)
-        return total / jnp.maximum(n_tok, 1.0), metrics
+        return total / token_denominator(mb.response_mask, n_tok, batch.tokens.shape[0], token_mean), metrics
 
     loss, grads, metrics = _accumulate(loss_fn, params, batch)
     params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
