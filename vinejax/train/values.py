@@ -2,6 +2,7 @@
 every step boundary, graded like episodes) and PPO's critic token values."""
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import jax
@@ -11,6 +12,7 @@ from vinejax import sampling
 from vinejax.multihost import split_rows
 from vinejax.rl import adaptive
 from vinejax.rl import values as values_lib
+from vinejax.train import host_work
 from vinejax.train.episodes import Episodes, finish_response, token_budgets
 from vinejax.train.host_work import HostWork
 from vinejax.train.scoring import score_rows, value_scorer
@@ -41,9 +43,11 @@ def grade_continuations(tokenizer, task, ep: Episodes, step_starts: np.ndarray, 
     def grade(lo: int, hi: int) -> np.ndarray:  # f32[hi - lo]: draws lo..hi, texts built here
         if hi == lo:
             return np.zeros((0,), np.float32)
-        texts = []
+        texts, prefixes = [], {}  # prefixes: the state's response tokens, once per state
         for m in range(lo, hi):
-            prefix = ep.tokens[r[m], ep.prompt_lens[r[m]] : step_starts[r[m], c[m]]].tolist()
+            if i[m] not in prefixes:
+                prefixes[i[m]] = ep.tokens[r[m], ep.prompt_lens[r[m]] : step_starts[r[m], c[m]]].tolist()
+            prefix = prefixes[i[m]]
             ids = prefix + out.tokens[r[m], c[m], j[m], : out.lengths[r[m], c[m], j[m]]].tolist()
             texts.append(finish_response(tokenizer, stops, ids, search_from=len(prefix))[0])
         return task.grade_batch(texts, [ep.problems[x] for x in r[lo:hi]], num_workers=workers)
@@ -70,7 +74,8 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     one group's trajectory KV cache is on the devices at a time (a 512-episode iteration of
     DeepSeekMath-7B would need ~770 GB for all of them); keep it a multiple of the samples per
     problem so a problem's shared prompt state is continued once. With `host`, a group's
-    continuations are graded on its worker thread while the devices decode the next group's.
+    continuations are graded on its worker thread while the devices decode the next group's
+    (at most two groups' continuations are held at a time); without, each is graded in turn.
     """
     b, s = step_starts.shape
     estimated = estimated_states(step_starts, num_steps, cap)
@@ -78,22 +83,29 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     group = b if trajectory_rows <= 0 else trajectory_rows
     rewards = np.zeros((b, s, k), np.float32)
     totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
-    slots, graded = 0, []  # (episodes, states' rows, cols, rewards or their waiter) of each group
-    for g, lo in enumerate(range(0, b, group)):
-        part = np.arange(lo, min(lo + group, b))  # the group's episodes
-        out = sampling.continue_from_prefixes(
-            params, model_cfg, ep.tokens[part], ep.total_lens[part], step_starts[part],
-            rng if group >= b else jax.random.fold_in(rng, g), scfg, k, state_mask=estimated[part],
-            budgets=budgets[part], max_rows_per_chunk=chunk_rows, stops=stops)
-        rows, cols = np.nonzero(estimated[part])
-        result = grade_continuations(tokenizer, task, ep.select(part), step_starts[part], out, rows, cols,
-                                     np.full(len(rows), k), workers, stops, pool=None if host is None else host.pool)
-        graded.append((part, rows, cols, result if host is None else host.track(result)))
-        for key in totals:
-            totals[key] += out.stats[key]
-        slots = max(slots, out.stats["slots"])
-    for part, rows, cols, result in graded:  # only the last group's grading is not hidden
-        rewards[part[rows], cols] = result if host is None else host.wait(result)
+    slots, pending = 0, []  # (episodes, states' rows, cols, rewards' waiter) of groups being graded
+
+    def collect(part, rows, cols, waiter):
+        rewards[part[rows], cols] = host.wait(waiter)
+
+    with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
+        for g, lo in enumerate(range(0, b, group)):
+            part = np.arange(lo, min(lo + group, b))  # the group's episodes
+            out = sampling.continue_from_prefixes(
+                params, model_cfg, ep.tokens[part], ep.total_lens[part], step_starts[part],
+                rng if group >= b else jax.random.fold_in(rng, g), scfg, k, state_mask=estimated[part],
+                budgets=budgets[part], max_rows_per_chunk=chunk_rows, stops=stops)
+            rows, cols = np.nonzero(estimated[part])
+            graded = grade_continuations(tokenizer, task, ep.select(part), step_starts[part], out, rows, cols,
+                                         np.full(len(rows), k), workers, stops, pool=host.pool)
+            pending.append((part, rows, cols, host.track(graded)))
+            for key in totals:
+                totals[key] += out.stats[key]
+            slots = max(slots, out.stats["slots"])
+            if len(pending) == 2:  # the previous group was graded while this one decoded
+                collect(*pending.pop(0))
+        for item in pending:  # the last group's grading is not hidden
+            collect(*item)
     mask = np.repeat(estimated[:, :, None], k, axis=2)
     stats = {"mc/" + key: float(v) for key, v in totals.items()}
     stats |= {"mc/slots": float(slots), "mc/live_fraction": totals["live_steps"] / max(totals["slot_steps"], 1)}
