@@ -218,7 +218,7 @@ def test_continuations_sampled_differ_and_reproducible(params):
     b = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=64)
     c = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(7), scfg, 4, max_rows_per_chunk=8)
     d = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=8,
-                               trajectory_rows=2)  # the trajectory pass in groups of 2 episodes
+                               traj=trajectory_cache(params, CFG, rows, tlen, max_rows=2))  # its pass in groups of 2
     np.testing.assert_array_equal(a.tokens, b.tokens)  # independent of chunking
     np.testing.assert_array_equal(a.tokens, d.tokens)  # and of the trajectory pass's grouping
     np.testing.assert_allclose(a.logprobs, d.logprobs, rtol=1e-5, atol=1e-5)

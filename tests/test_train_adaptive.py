@@ -71,10 +71,10 @@ def setup():
     return dict(ep=ep, starts=starts, num_steps=num_steps, rewards=rewards, params=params, uid=uid, p=p)
 
 
-def run(setup, seed, acfg=ACFG, budget=0.0):
+def run(setup, seed, acfg=ACFG, budget=0.0, rows=0):
     return adaptive_rollouts(setup["params"], CFG, TOKENIZER, TASK, setup["ep"], setup["starts"], setup["num_steps"],
                              setup["rewards"], jax.random.key(seed), SCFG, acfg, cap=-1, chunk_rows=32, workers=0,
-                             context_size=200, budget_per_state=budget)
+                             context_size=200, budget_per_state=budget, trajectory_rows=rows)
 
 
 def test_states_span_settled_and_uncertain(setup):
@@ -162,3 +162,30 @@ def test_config_builds_the_rules_and_names_bad_values():
     c.vineppo.adaptive.max_rollouts = (12, 12, 10)
     with pytest.raises(config_lib.ConfigError, match="vineppo.adaptive.*max_rollouts must be a positive multiple"):
         config_lib.validate(c)
+
+
+def test_episode_groups_run_their_rounds_alone(setup, monkeypatch):
+    """trajectory_rows = 4 (2 problems x their 2 copies): one group's trajectory cache at a time,
+    the same distinct states as one pass, and each group's decisions those of the reference on
+    the outcomes it drew, with tiers from its own episodes."""
+    cached_rows = []
+    real_cache = sampling.trajectory_cache
+    monkeypatch.setattr(sampling, "trajectory_cache",
+                        lambda params, cfg, tokens, *a, **k: cached_rows.append(len(tokens)) or real_cache(
+                            params, cfg, tokens, *a, **k))
+    res, metrics = run(setup, 1, rows=4)
+    assert cached_rows == [4] * 4  # 16 episodes in 4 groups, never all at once
+    est = setup["uid"] >= 0
+    np.testing.assert_array_equal(res.uid >= 0, est)
+    assert len(res.n) == len(setup["p"]) == len(set(zip(res.uid[est], setup["uid"][est])))  # same partition
+    for g in range(4):
+        rows = slice(4 * g, 4 * g + 4)
+        ids = np.unique(res.uid[rows][res.uid[rows] >= 0])
+        assert np.array_equal(ids, np.arange(ids[0], ids[-1] + 1))  # a group's states are contiguous ids
+        local = np.where(res.uid[rows] >= 0, res.uid[rows] - ids[0], -1)
+        ref = adaptive.run_rounds(np.maximum(res.outcomes[ids], 0), ACFG,
+                                  tier=lambda n, s: adaptive.evidence_tiers(local, setup["rewards"][rows], n, s))
+        np.testing.assert_array_equal(res.n[ids], ref.n)
+        np.testing.assert_array_equal(res.tier[ids], ref.tier)
+        np.testing.assert_allclose(res.values[rows][local >= 0], ref.value[local[local >= 0]])
+    assert metrics["mc/rows"] == res.n.sum() and metrics["mc/unique_states"] == len(res.n)

@@ -77,13 +77,15 @@ def reward_odd_length(responses, problems, num_workers=0):
     return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
 
 
-@pytest.mark.parametrize("algo", ["vineppo", "ppo", "grpo"])
+@pytest.mark.parametrize("algo", ["vineppo", "vineppo_adaptive", "ppo", "grpo"])
 def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
     # A random tiny model never solves arithmetic: give it a reward it can earn, so advantages
     # (and the policy gradient) are really non-zero.
     monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
+    adaptive = algo == "vineppo_adaptive"  # adaptive K, 16 episodes in 2 groups of sampling.batch_size
+    algo = "vineppo" if adaptive else algo
     cfg = tiny_config(tmp_path, algo, **{"sampling.max_new_tokens": 32, "sampling.samples_per_problem": 4,
-                                         "ppo.episodes_per_step": 16})
+                                         "ppo.episodes_per_step": 16, "vineppo.adaptive.enabled": adaptive})
     before = initial_params(cfg)
     loop.run(cfg)
     after = exported_params(cfg)
@@ -97,7 +99,10 @@ def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
             assert np.isfinite(r[key]), (key, r[key])
     mixed = [r for r in records if 0 < r["rewards/mean"] < 1]
     assert mixed and all(r["advantages/std"] > 0.1 for r in mixed)
-    if algo == "vineppo":
+    if adaptive:
+        for r in records:  # rounds of 3 up to the tiers' 12 per distinct state
+            assert 3 <= r["adaptive/rollouts_per_state"] <= 12 and r["mc/rows"] >= 3 * r["mc/unique_states"]
+    elif algo == "vineppo":
         assert records[0]["mc/num_states"] >= 8  # at least the prompt state of each episode
         assert records[0]["mc/rollouts"] == 2 * records[0]["mc/num_states"]
     elif algo == "ppo":

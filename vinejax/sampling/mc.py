@@ -177,7 +177,6 @@ def continue_from_prefixes(
     stops: Optional[StopTable] = None,
     schedule: str = "refill",
     refills_per_step: Optional[int] = None,
-    trajectory_rows: int = 0,
 ) -> ContinuationOutput:
     """num_samples continuations from every state of every trajectory.
 
@@ -194,8 +193,7 @@ def continue_from_prefixes(
     continuations (a prefix shared by states with different counts gets the largest).
     max_rows_per_chunk: rows decoded at once (slots with refill, chunk rows otherwise);
     schedule: "refill" or "chunks" (module docstring); refills_per_step: slots refilled per loop
-    iteration at most (default slots // 8); trajectory_rows: trajectories per forward pass of
-    the trajectory cache (`trajectory_cache` max_rows; 0 = all at once).
+    iteration at most (default slots // 8).
     stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within the
     continuation only (as vLLM's `stop` with the prefix in the prompt); cut a continuation with
     `stops.cut_at_stop(tokenizer, stops, prefix + continuation, search_from=len(prefix))`.
@@ -244,7 +242,7 @@ def continue_from_prefixes(
     row_budget = u_budget[row_u]
 
     if traj is None:
-        traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id, max_rows=trajectory_rows)
+        traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id)
     dp = data_parallel_size()
     table = None if stops is None else jnp.asarray(stops.next_state)
     chunk = bucket(max_rows_per_chunk, multiple_of=dp)

@@ -165,11 +165,54 @@ def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_sta
     tier's rule says so (`adaptive.continue_mask`), several rounds per call where the rule cannot
     stop in between (one round per call when a total budget, budget_per_state × U, is set; its
     cuts go by a random priority). V̂ = `adaptive.adaptive_values` (exactly unbiased).
+    With trajectory_rows > 0 the episodes go through in groups of that many rows, each group's
+    states running all their rounds with the group's trajectory cache only (group g uses the key
+    fold_in(rng, g), its distinct states and budget its own; keep it a multiple of the samples per
+    problem so a problem's episodes are neighbours in one group), as `mc_rewards` does.
     Returns the outcome and `mc/*`, `adaptive/*` metrics.
     """
     rules = tuple(acfg.rules)
     b, s = step_starts.shape
     estimated = estimated_states(step_starts, num_steps, cap)
+    group = b if trajectory_rows <= 0 else trajectory_rows
+    uid = np.full((b, s), -1, np.int64)
+    parts, calls, stats = [], 0, {"rows": 0, "slot_steps": 0, "live_steps": 0}
+    for g, lo in enumerate(range(0, b, group)):
+        part = slice(lo, min(lo + group, b))
+        res, group_stats = _adaptive_group(params, model_cfg, tokenizer, task, ep.select(np.arange(b)[part]),
+                                           step_starts[part], estimated[part], episode_rewards[part],
+                                           rng if group >= b else jax.random.fold_in(rng, g), scfg, acfg, chunk_rows,
+                                           workers, context_size, stops, budget_per_state)
+        offset = sum(len(p.n) for p in parts)
+        uid[part] = np.where(res.uid >= 0, res.uid + offset, -1)
+        parts.append(res)
+        calls += res.calls
+        stats = {key: stats[key] + group_stats[key] for key in stats}
+    n, succ, tier = (np.concatenate([getattr(p, f) for p in parts]) for f in ("n", "s", "tier"))
+    outcomes = np.concatenate([p.outcomes for p in parts])
+    values = np.concatenate([p.values for p in parts])
+    u = len(n)
+    most = np.array([rule.max_rollouts for rule in rules])[tier]  # [U] each state's tier maximum
+    metrics = {
+        "mc/unique_states": float(u),
+        "mc/rows": float(stats["rows"]),
+        "mc/live_fraction": stats["live_steps"] / max(stats["slot_steps"], 1),
+        "mc/num_states": float(estimated.sum()),
+        "mc/value_mean": float(values[estimated].mean()) if estimated.any() else 0.0,
+        "adaptive/rollouts_per_state": float(n.mean()) if u else 0.0,
+        "adaptive/calls": float(calls),
+        "adaptive/stopped_early_frac": float((n < most).mean()) if u else 0.0,
+    }
+    metrics |= {f"adaptive/tier{t}_frac": float((tier == t).mean()) if u else 0.0 for t in range(len(rules))}
+    return AdaptiveRollouts(values, uid, n, succ, tier, outcomes, calls), metrics
+
+
+def _adaptive_group(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, estimated: np.ndarray,
+                    episode_rewards: np.ndarray, rng: jax.Array, scfg: sampling.SamplingConfig, acfg, chunk_rows: int,
+                    workers: int, context_size: int, stops, budget_per_state: float) -> tuple[AdaptiveRollouts, dict]:
+    """`adaptive_rollouts` for one group of episodes (all of `ep`), with its own trajectory cache."""
+    rules = tuple(acfg.rules)
+    b, s = step_starts.shape
     uid, rep = sampling.unique_prefixes(ep.tokens, step_starts, estimated)
     u = len(rep)
     n = np.zeros(u, np.int64)
@@ -178,8 +221,7 @@ def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_sta
     budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
     total = int(np.ceil(budget_per_state * u)) if budget_per_state > 0 else None
     pri_rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1 << 20))).ravel())
-    traj = sampling.trajectory_cache(params, model_cfg, ep.tokens, ep.total_lens, pad_id=scfg.pad_id,
-                                     max_rows=trajectory_rows) if u else None
+    traj = sampling.trajectory_cache(params, model_cfg, ep.tokens, ep.total_lens, pad_id=scfg.pad_id) if u else None
     outcomes = np.full((u, max(rule.max_rollouts for rule in rules)), -1, np.int8)
     running = np.ones(u, bool)
     inc = np.full(u, rules[0].round_size, np.int64)
@@ -207,19 +249,7 @@ def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_sta
         inc = next_increment(n, rules, tier, one_round=total is not None)
     v_u = adaptive.adaptive_values(n, succ, acfg, tier)
     values = np.where(uid >= 0, v_u[np.maximum(uid, 0)] if u else 0.0, 0.0).astype(np.float32)
-    most = np.array([rule.max_rollouts for rule in rules])[tier]  # [U] each state's tier maximum
-    metrics = {
-        "mc/unique_states": float(u),
-        "mc/rows": float(stats["rows"]),
-        "mc/live_fraction": stats["live_steps"] / max(stats["slot_steps"], 1),
-        "mc/num_states": float(estimated.sum()),
-        "mc/value_mean": float(values[estimated].mean()) if estimated.any() else 0.0,
-        "adaptive/rollouts_per_state": float(n.mean()) if u else 0.0,
-        "adaptive/calls": float(calls),
-        "adaptive/stopped_early_frac": float((n < most).mean()) if u else 0.0,
-    }
-    metrics |= {f"adaptive/tier{t}_frac": float((tier == t).mean()) if u else 0.0 for t in range(len(rules))}
-    return AdaptiveRollouts(values, uid, n, succ, tier, outcomes, calls), metrics
+    return AdaptiveRollouts(values, uid, n, succ, tier, outcomes, calls), stats
 
 
 def critic_token_values(mesh, critic_params, critic_cfg, tokens: np.ndarray, rows_per_call: int) -> np.ndarray:
