@@ -140,7 +140,9 @@ def test_sft_checkpoint_policy_restores_exactly(tmp_path):
 
 def test_numbers_equal_a_hand_count_of_the_predictions(run_dir, tmp_path, toy_grader):
     run, _ = run_dir
-    assert load_cli().main(cli_args(run, tmp_path, "--checkpoints", "2", "--config.mesh.shape=(2,1,1)")) == 0
+    # 2 batches of problems (4 + 2), each graded on the host thread while the next decodes
+    assert load_cli().main(cli_args(run, tmp_path, "--checkpoints", "2", "--config.mesh.shape=(2,1,1)",
+                                    "--config.sampling.batch_size=4")) == 0
     summary = json.load(open(tmp_path / "test" / "step_2.json"))
     records = read_jsonl(tmp_path / "test" / "step_2.predictions.jsonl")
     assert summary["problems"] == len(records) == PROBLEMS and summary["step"] == 2

@@ -7,6 +7,7 @@ and evaluation.
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -104,9 +105,19 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
     """`num_samples` responses to each problem, generated `batch_prompts` prompts at a time; each
     response is capped by `token_budgets` (prompt + response stay within `context_size` + BOS)
     and stops at the `stops` strings (`stop_table`), which `finish_response` then replaces by EOS."""
+    batches = sample_episode_batches(params, model_cfg, tokenizer, task, problems, scfg, num_samples, rng,
+                                     batch_prompts, context_size, stops, desc)
+    return concat_episodes(list(batches), pad=encode.pad_token_id(tokenizer))
+
+
+def sample_episode_batches(params, model_cfg, tokenizer, task, problems, scfg: sampling.SamplingConfig,
+                           num_samples: int, rng: jax.Array, batch_prompts: int, context_size: int,
+                           stops=None, desc: str = "sample") -> Iterator[Episodes]:
+    """`sample_episodes` one batch of `batch_prompts` problems at a time (the same draws): yields
+    each batch's Episodes as soon as it is generated, so the caller can grade it while the next
+    batch decodes (`problem_index` counts from the first problem of all batches)."""
     prompts = encode_prompts(tokenizer, task, problems)
     pad = encode.pad_token_id(tokenizer)
-    parts = []
     bar = progress(total=len(prompts), desc=desc)
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start : start + batch_prompts]
@@ -116,15 +127,20 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
         out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
                                 num_samples=num_samples, max_new=budgets, stops=stops)
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
-        parts.append(to_host((tokens, logprobs, plen, tlen, out.finish_reason)))
+        tokens, logprobs, plen, tlen, finish = to_host((tokens, logprobs, plen, tlen, out.finish_reason))
+        index = start + np.repeat(np.arange(len(chunk)), num_samples).astype(np.int32)
+        yield _finished_episodes(tokenizer, stops, pad, tokens, logprobs, plen, tlen, finish,
+                                 [problems[i] for i in index], index)
         bar.update(len(chunk))
     bar.close()
-    width = max(p[0].shape[1] for p in parts)
-    cat = lambda i, fill: np.concatenate(
-        [np.pad(p[i], ((0, 0), (0, width - p[i].shape[1])), constant_values=fill) for p in parts])
-    tokens, logprobs = cat(0, pad).astype(np.int32), cat(1, 0.0).astype(np.float32)
-    plen, tlen, finish = (np.concatenate([p[i] for p in parts]).astype(np.int32) for i in (2, 3, 4))
-    index = np.repeat(np.arange(len(problems)), num_samples).astype(np.int32)
+
+
+def _finished_episodes(tokenizer, stops, pad: int, tokens, logprobs, plen, tlen, finish, problems: list,
+                       index: np.ndarray) -> Episodes:
+    """Episodes of sampled rows, each response cut at its stop string (`finish_response`: the
+    stop string's tokens become EOS) and decoded to its text."""
+    tokens, logprobs = np.asarray(tokens, np.int32), np.asarray(logprobs, np.float32)
+    plen, tlen, finish = (np.asarray(x).astype(np.int32) for x in (plen, tlen, finish))
     texts, cuts = [], {}
     for r in range(len(index)):
         text, ids = finish_response(tokenizer, stops, tokens[r, plen[r] : tlen[r]].tolist())
@@ -132,7 +148,7 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
         if finish[r] == sampling.FINISH_STOP:  # the stop string's tokens become EOS
             cuts[r] = ids
     if cuts:
-        width = max(width, max(plen[r] + len(ids) for r, ids in cuts.items()))
+        width = max(tokens.shape[1], max(plen[r] + len(ids) for r, ids in cuts.items()))
         tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=pad)
         logprobs = np.pad(logprobs, ((0, 0), (0, width - logprobs.shape[1])))
         for r, ids in cuts.items():
@@ -140,7 +156,21 @@ def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling
             tokens[r, plen[r] : end], tokens[r, end:] = ids, pad
             logprobs[r, end - 1 :] = 0.0  # EOS (and re-spelled tokens) were not sampled; scored later
             tlen[r] = end
-    return Episodes(tokens, logprobs, plen, tlen, finish, texts, [problems[i] for i in index], index)
+    return Episodes(tokens, logprobs, plen, tlen, finish, texts, problems, index)
+
+
+def concat_episodes(parts: list[Episodes], pad: int = 0) -> Episodes:
+    """The rows of several Episodes as one, token rows right-padded with `pad` to the widest."""
+    width = max(p.tokens.shape[1] for p in parts)
+    widen = lambda x, fill: np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill)
+    return Episodes(
+        tokens=np.concatenate([widen(p.tokens, pad) for p in parts]),
+        logprobs=np.concatenate([widen(p.logprobs, 0.0) for p in parts]),
+        prompt_lens=np.concatenate([p.prompt_lens for p in parts]),
+        total_lens=np.concatenate([p.total_lens for p in parts]),
+        finish_reason=np.concatenate([p.finish_reason for p in parts]),
+        texts=[t for p in parts for t in p.texts], problems=[q for p in parts for q in p.problems],
+        problem_index=np.concatenate([p.problem_index for p in parts]))
 
 
 def grade_episodes(task, ep: Episodes, workers: int, pool=None):

@@ -9,6 +9,7 @@ extracted answers the majority vote counts. Metrics (`eval_metrics.summarize`): 
 over samples), pass@k (unbiased), maj@n, length, unfinished fraction; optionally greedy accuracy
 (`eval.greedy`, not in the official protocol). Each problem's samples, answers, verdicts,
 lengths and finish reasons come back as a JSON-able record, so every number can be audited.
+Each batch of problems is graded on a host thread while the next one decodes.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import jax
 import numpy as np
 
 from vinejax import sampling
-from vinejax.train.episodes import Episodes, sample_episodes, sampling_config
+from vinejax.train import encode, host_work
+from vinejax.train.episodes import Episodes, concat_episodes, sample_episode_batches, sampling_config
 from vinejax.train.eval_metrics import majority_index, summarize
 
 
@@ -28,6 +30,19 @@ def _graded(ctx, ep: Episodes) -> tuple[np.ndarray, list]:
     verdicts = np.asarray(task.grade_batch(ep.texts, ep.problems, num_workers=ctx.cfg.task.grade_workers), np.float32)
     answers = [task.answer(t, p) for t, p in zip(ep.texts, ep.problems)] if task.answer else [None] * len(ep.texts)
     return verdicts, answers
+
+
+def _sampled_and_graded(ctx, params, problems: list, scfg, n: int, rng: jax.Array,
+                        desc: str) -> tuple[Episodes, np.ndarray, list]:
+    """n samples of each problem, their verdicts f32[B] and answers: each batch of
+    `sampling.batch_size` problems is graded on a host thread while the next one decodes."""
+    batches = sample_episode_batches(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems, scfg, n, rng,
+                                     ctx.cfg.sampling.batch_size, ctx.eval_context_size, ctx.stops, desc)
+    with host_work.session(overlap=True) as host:
+        parts = [(ep, host.start(_graded, ctx, ep)) for ep in batches]
+        graded = [host.wait(waiter) for _, waiter in parts]
+    ep = concat_episodes([part for part, _ in parts], pad=encode.pad_token_id(ctx.tokenizer))
+    return ep, np.concatenate([v for v, _ in graded]), [a for _, answers in graded for a in answers]
 
 
 def _sample_record(ep: Episodes, row: int, verdict: float, answer) -> dict:
@@ -42,8 +57,7 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
     index, problem, gold, samples [{response, answer, correct, length, finish}], majority
     (the voted sample's index), greedy (when `eval.greedy`, or `greedy` when given). Call under
     `ctx.mesh_context()`."""
-    e, tok, task = ctx.cfg.eval, ctx.tokenizer, ctx.task
-    batch, context, n = ctx.cfg.sampling.batch_size, ctx.eval_context_size, e.samples_per_problem
+    e, tok, task, n = ctx.cfg.eval, ctx.tokenizer, ctx.task, ctx.cfg.eval.samples_per_problem
     records = [{"index": i, "problem": p.problem, "gold": p.answer} | (
         {"unique_id": p.meta["unique_id"]} if "unique_id" in p.meta else {}) for i, p in enumerate(problems)]
     metrics: dict = {}
@@ -52,9 +66,7 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
     rng_sample, rng_greedy = jax.random.split(rng)
     if n > 0:
         scfg = sampling_config(tok, e.temperature, e.top_p, e.max_new_tokens)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, n, rng_sample, batch, context,
-                             ctx.stops, desc)
-        verdicts, answers = _graded(ctx, ep)
+        ep, verdicts, answers = _sampled_and_graded(ctx, params, problems, scfg, n, rng_sample, desc)
         per_problem = [answers[i * n:(i + 1) * n] for i in range(len(problems))]
         metrics = summarize(verdicts.reshape(-1, n), per_problem if task.answer else None,
                             (ep.total_lens - ep.prompt_lens).reshape(-1, n), ep.finished.reshape(-1, n))
@@ -64,9 +76,7 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
                 rec["majority"] = majority_index(per_problem[i])
     if e.greedy if greedy is None else greedy:
         scfg = sampling_config(tok, 1.0, 1.0, e.max_new_tokens, greedy=True)
-        ep = sample_episodes(params, ctx.model_cfg, tok, task, problems, scfg, 1, rng_greedy, batch, context,
-                             ctx.stops, desc + " greedy")
-        verdicts, answers = _graded(ctx, ep)
+        ep, verdicts, answers = _sampled_and_graded(ctx, params, problems, scfg, 1, rng_greedy, desc + " greedy")
         metrics["greedy_accuracy"] = float(verdicts.mean())
         for i, rec in enumerate(records):
             rec["greedy"] = _sample_record(ep, i, verdicts[i], answers[i])
