@@ -20,7 +20,9 @@ Fairness of wall-clock: `--jobs 1` runs one run at a time with every core; `--jo
 at a time, each pinned to its own core with single-threaded XLA (same cores per run either way).
 Each run's CPU time (the process's resource usage, all threads) is recorded beside wall-clock:
 on a machine shared with other jobs it is the fairer clock. Curves use training time: the
-run's clocks minus its held-out evaluations (vinejax.analysis.curves).
+run's clocks minus its held-out evaluations (vinejax.analysis.curves). The runs share JAX's
+persistent compilation cache (`--xla-cache`): a method's first run compiles its programs, the
+later ones load them (about 40 CPU s less per run here); `--xla-cache ''` compiles in every run.
 """
 from __future__ import annotations
 
@@ -147,14 +149,17 @@ def is_done(run_dir: str) -> bool:
     return os.path.exists(os.path.join(run_dir, DONE))
 
 
-def execute(run: Run, root: str, cpu: int | None, log) -> bool:
+def execute(run: Run, root: str, cpu: int | None, log, xla_cache: str = "") -> bool:
     """Run (or resume) one run in a child process; record its wall-clock and CPU usage.
 
     `cpu`: pin the child to this core with single-threaded XLA; None = every core, XLA's threads.
+    `xla_cache`: JAX's persistent compilation cache directory for the child ("" = none).
     """
     run_dir = run.directory(root)
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if xla_cache:  # keyed by program, jax version and XLA flags, so pinned and unpinned runs never mix
+        env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(xla_cache)
     pin = None
     if cpu is not None:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
@@ -170,7 +175,7 @@ def execute(run: Run, root: str, cpu: int | None, log) -> bool:
         child.returncode = os.waitstatus_to_exitcode(status)
     record = {"start": started, "wall": time.time() - started, "cpu_user": usage.ru_utime,
               "cpu_system": usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024, "exit": child.returncode,
-              "pinned_cpu": cpu, "commit": git_commit(), "command": cmd}
+              "pinned_cpu": cpu, "xla_cache": bool(xla_cache), "commit": git_commit(), "command": cmd}
     with open(os.path.join(run_dir, USAGE), "a") as f:
         f.write(json.dumps(record) + "\n")
     if child.returncode != 0:
@@ -204,9 +209,9 @@ def take_locks(root: str, tasks: list[str]) -> list[str]:
     return paths
 
 
-def run_all(runs: list[Run], root: str, jobs: int, log) -> list[str]:
-    """Run every unfinished run, `jobs` at a time; RL runs wait for their task's SFT. Returns the
-    names of failed runs."""
+def run_all(runs: list[Run], root: str, jobs: int, log, xla_cache: str = "") -> list[str]:
+    """Run every unfinished run, `jobs` at a time; RL runs wait for their task's SFT (`execute`
+    for `xla_cache`). Returns the names of failed runs."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     free = list(cpus[:jobs]) if jobs > 1 else [None]
     slot_lock, failed = threading.Condition(), []
@@ -235,7 +240,7 @@ def run_all(runs: list[Run], root: str, jobs: int, log) -> list[str]:
                 slot_lock.notify_all()
             return
         try:
-            if not execute(r, root, cpu, log):
+            if not execute(r, root, cpu, log, xla_cache):
                 failed.append(f"{r.task}/{r.name}")
         finally:
             with slot_lock:
@@ -393,6 +398,9 @@ def parse_args(argv):
     p.add_argument("--jobs", type=int, default=1, help="runs at a time; > 1 pins each to one core, single-threaded XLA")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     p.add_argument("--sft-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for the SFT stages")
+    p.add_argument("--xla-cache", default=None, metavar="DIR",
+                   help="JAX's persistent compilation cache shared by the runs (default <root>/xla_cache; '' = "
+                        "none): a method's later runs reuse its compiled programs, ~40 CPU s less per run")
     p.add_argument("--dry-run", action="store_true", help="print the plan (unfinished runs' commands); run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs; run nothing")
     p.add_argument("--report-dir", default=None, help="where the tables and plots go (default: --root)")
@@ -406,6 +414,7 @@ def parse_args(argv):
     split = lambda pairs: [tuple(s.split("=", 1)) for s in pairs]
     args.set, args.sft_set = split(args.set), split(args.sft_set)
     args.report_dir = args.report_dir or args.root
+    args.xla_cache = os.path.join(args.root, "xla_cache") if args.xla_cache is None else args.xla_cache
     return args
 
 
@@ -420,7 +429,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         locks = take_locks(args.root, args.tasks)
         try:
-            failed = run_all(plan(args), args.root, args.jobs, log)
+            failed = run_all(plan(args), args.root, args.jobs, log, args.xla_cache)
         finally:
             for path in locks:
                 os.remove(path)

@@ -33,8 +33,10 @@ def compare_args(root, algos="vineppo,ppo", extra=()):
 
 @pytest.fixture(autouse=True)
 def one_device_children(monkeypatch):
-    """The child runs get one CPU device (conftest gives this process 8 fake ones)."""
+    """The child runs get one CPU device (conftest gives this process 8 fake ones); their
+    compilation cache keeps every program, however fast it compiles."""
     monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def evals(run_dir):
@@ -48,7 +50,7 @@ def test_compare_runs_reports_skips_and_resumes(tmp_path, capsys):
     task = os.path.join(root, "arith")
     for name in ("sft", "vineppo_s0", "ppo_s0"):
         usage = [json.loads(line) for line in open(os.path.join(task, name, compare.USAGE))]
-        assert len(usage) == 1 and usage[0]["exit"] == 0 and usage[0]["cpu_user"] > 0
+        assert len(usage) == 1 and usage[0]["exit"] == 0 and usage[0]["cpu_user"] > 0 and usage[0]["xla_cache"]
         assert json.load(open(os.path.join(task, name, compare.DONE)))["sittings"] == 1
     for name in ("vineppo_s0", "ppo_s0"):
         config = json.load(open(os.path.join(task, name, "config.json")))
@@ -72,6 +74,8 @@ def test_compare_runs_reports_skips_and_resumes(tmp_path, capsys):
     assert main["methods"]["ppo"]["reach"]["steps"] == 2 * int(np.argmax(ppo_acc))
     assert os.path.getsize(os.path.join(root, "arith_curves.png")) > 10_000
     assert "| PPO | 1 |" in open(os.path.join(root, "results.md")).read()
+    cached = os.listdir(os.path.join(root, "xla_cache"))  # the runs' shared compilation cache
+    assert any(name.startswith("jit_") for name in cached)
 
     # finished runs are skipped
     before = os.path.getmtime(os.path.join(task, "ppo_s0", "metrics.jsonl"))
@@ -89,7 +93,8 @@ def test_compare_runs_reports_skips_and_resumes(tmp_path, capsys):
     assert compare.main(compare_args(root)) == 0
     resumed = evals(run)
     untimed = lambda records: [{k: v for k, v in r.items() if not k.startswith("time")} for r in records]
-    assert untimed(resumed[:2]) == untimed(first)  # iteration 1 is evaluated again from its checkpoint: same numbers
+    # iteration 1 is evaluated again from its checkpoint, with programs from the cache: same numbers
+    assert untimed(resumed[:2]) == untimed(first)
     assert [r["train/gradient_steps"] for r in resumed] == [0, 2, 4]
     assert resumed[2]["time/cpu"] > first[1]["time/cpu"]  # the CPU clock carries over
     assert json.load(open(os.path.join(run, compare.DONE)))["sittings"] == 2
