@@ -420,7 +420,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    log = lambda msg: print(time.strftime("%H:%M:%S ") + msg, flush=True)
+    log = lambda msg: print(time.strftime("%H:%M:%S ") + msg + "\n", end="", flush=True)  # one write: runs' threads log
     failed = []
     if args.dry_run:
         for r in plan(args):
