@@ -61,11 +61,13 @@ class Task:
 
     sft_config: str
     options: dict = field(default_factory=dict)
+    dpo_pairs_per_problem: float = 5.0  # DPO+'s measured pair yield from the SFT policy (sizes its run)
 
 
 TASKS = {
     "arith": Task("configs/arith_sft.py"),  # 3 operations, carries dropped at any line (make run's task)
-    "arith_hard": Task("configs/arith_hard_sft.py", HARD_OPTIONS),  # 5 operations, only * carries dropped
+    # 5 operations, only * carries dropped; 0.63-0.73 pairs per problem measured (a confident SFT policy)
+    "arith_hard": Task("configs/arith_hard_sft.py", HARD_OPTIONS, dpo_pairs_per_problem=0.6),
 }
 ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "grpo": "configs/arith_grpo.py",
          "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
@@ -87,16 +89,17 @@ class Run:
         return os.path.join(root, self.task, self.name)
 
 
-def scale_overrides(algo: str, iterations: int, steps_per_iteration: int, args) -> dict:
-    """Config overrides that size one method's run to the step budget and the eval protocol."""
+def scale_overrides(algo: str, task: Task, iterations: int, steps_per_iteration: int, args) -> dict:
+    """Config overrides that size one method's run on `task` to the step budget and the eval protocol."""
     budget = iterations * steps_per_iteration
     common = {"task.num_eval_problems": args.eval_problems, "eval.samples_per_problem": args.eval_samples,
               "eval.greedy": False, "train.time_budget_minutes": 0.0}
     if algo == "restem":  # ~35-45 steps per iteration at this scale (early stop); one more iteration crosses the budget
         return common | {"train.iterations": max(1, -(-budget // 40) + 1), "train.eval_every": 1,
                          "restem.eval_every_steps": 16}
-    if algo == "dpo":  # 3 epochs of ⌊pairs / 64⌋ steps; ~5 pairs per problem at this scale
-        return common | {"sampling.problems_per_iteration": max(16, -(-budget * 64 // 15)),
+    if algo == "dpo":  # 3 epochs of ⌊pairs / 64⌋ steps; the task's pairs per problem
+        problems = int(np.ceil(budget * 64 / (3 * task.dpo_pairs_per_problem)))
+        return common | {"sampling.problems_per_iteration": max(16, problems),
                          "dpo.eval_every_steps": args.eval_every * steps_per_iteration,
                          "train.checkpoint_every": args.eval_every * steps_per_iteration}
     return common | {"train.iterations": iterations, "train.eval_every": args.eval_every,
@@ -113,13 +116,13 @@ def plan(args) -> list[Run]:
     for seed in args.seeds:
         for algo in args.algos:
             for task in args.tasks:
-                over = scale_overrides(algo, args.iterations, args.steps_per_iteration, args)
+                over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
                 runs.append(Run(task, f"{algo}_s{seed}", ALGOS[algo], tuple(over.items()) + (("seed", seed),)
                                 + options(task)))
     for seed in args.seeds:
         for task in args.tasks:
             for k in args.ks:
-                over = scale_overrides("vineppo", args.iterations, args.steps_per_iteration, args)
+                over = scale_overrides("vineppo", TASKS[task], args.iterations, args.steps_per_iteration, args)
                 runs.append(Run(task, f"vineppo_k{k}_s{seed}", ALGOS["vineppo"],
                                 tuple(over.items()) + (("seed", seed), ("vineppo.num_rollouts", k)) + options(task)))
     return runs

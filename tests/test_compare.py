@@ -134,6 +134,8 @@ def test_plan_sizes_every_method_to_the_step_budget():
     restem, dpo = runs[("arith", "restem_s0")], runs[("arith", "dpo_s0")]
     assert restem["train.iterations"] * 40 > 160  # enough RestEM iterations to cross the 160-step budget
     assert 3 * (dpo["sampling.problems_per_iteration"] * 5) // 64 >= 160  # 3 epochs of ~5 pairs per problem
+    hard_dpo = runs[("arith_hard", "dpo_s0")]  # a confident SFT policy: ~0.6 pairs per problem, more problems
+    assert 3 * hard_dpo["sampling.problems_per_iteration"] * 0.6 / 64 >= 160
     hard = runs[("arith_hard", "ppo_s0")]
     assert hard["task.options.slip_ops"] == "*" and hard["task.options.num_operations"] == 5
     assert "task.options.slip_ops" not in runs[("arith", "ppo_s0")]
