@@ -62,6 +62,14 @@ def grade_continuations(tokenizer, task, ep: Episodes, step_starts: np.ndarray, 
     return place(graded) if pool is None else (lambda: place(graded()))
 
 
+def episode_groups(b: int, trajectory_rows: int, rng: jax.Array):
+    """(int[rows] episode indices, key) of each group of `trajectory_rows` episodes (all B when
+    <= 0); group g's key is fold_in(rng, g), or rng itself when there is one group."""
+    group = b if trajectory_rows <= 0 else trajectory_rows
+    for g, lo in enumerate(range(0, b, group)):
+        yield np.arange(lo, min(lo + group, b)), rng if group >= b else jax.random.fold_in(rng, g)
+
+
 def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np.ndarray, num_steps: np.ndarray,
                rng: jax.Array, scfg: sampling.SamplingConfig, k: int, cap: int, chunk_rows: int, workers: int,
                context_size: int, stops=None, trajectory_rows: int = 0, host: Optional[HostWork] = None):
@@ -80,7 +88,6 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
     b, s = step_starts.shape
     estimated = estimated_states(step_starts, num_steps, cap)
     budgets = token_budgets(step_starts, scfg.max_new_tokens, context_size)  # [B, S]
-    group = b if trajectory_rows <= 0 else trajectory_rows
     rewards = np.zeros((b, s, k), np.float32)
     totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
     slots, pending = 0, []  # (episodes, states' rows, cols, rewards' waiter) of groups being graded
@@ -89,11 +96,10 @@ def mc_rewards(params, model_cfg, tokenizer, task, ep: Episodes, step_starts: np
         rewards[part[rows], cols] = host.wait(waiter)
 
     with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
-        for g, lo in enumerate(range(0, b, group)):
-            part = np.arange(lo, min(lo + group, b))  # the group's episodes
+        for part, key in episode_groups(b, trajectory_rows, rng):
             out = sampling.continue_from_prefixes(
                 params, model_cfg, ep.tokens[part], ep.total_lens[part], step_starts[part],
-                rng if group >= b else jax.random.fold_in(rng, g), scfg, k, state_mask=estimated[part],
+                key, scfg, k, state_mask=estimated[part],
                 budgets=budgets[part], max_rows_per_chunk=chunk_rows, stops=stops)
             rows, cols = np.nonzero(estimated[part])
             graded = grade_continuations(tokenizer, task, ep.select(part), step_starts[part], out, rows, cols,
@@ -174,17 +180,14 @@ def adaptive_rollouts(params, model_cfg, tokenizer, task, ep: Episodes, step_sta
     rules = tuple(acfg.rules)
     b, s = step_starts.shape
     estimated = estimated_states(step_starts, num_steps, cap)
-    group = b if trajectory_rows <= 0 else trajectory_rows
     uid = np.full((b, s), -1, np.int64)
-    parts, calls, stats = [], 0, {"rows": 0, "slot_steps": 0, "live_steps": 0}
-    for g, lo in enumerate(range(0, b, group)):
-        part = slice(lo, min(lo + group, b))
-        res, group_stats = _adaptive_group(params, model_cfg, tokenizer, task, ep.select(np.arange(b)[part]),
-                                           step_starts[part], estimated[part], episode_rewards[part],
-                                           rng if group >= b else jax.random.fold_in(rng, g), scfg, acfg, chunk_rows,
+    parts, offset, calls, stats = [], 0, 0, {"rows": 0, "slot_steps": 0, "live_steps": 0}
+    for part, key in episode_groups(b, trajectory_rows, rng):
+        res, group_stats = _adaptive_group(params, model_cfg, tokenizer, task, ep.select(part), step_starts[part],
+                                           estimated[part], episode_rewards[part], key, scfg, acfg, chunk_rows,
                                            workers, context_size, stops, budget_per_state)
-        offset = sum(len(p.n) for p in parts)
-        uid[part] = np.where(res.uid >= 0, res.uid + offset, -1)
+        uid[part] = np.where(res.uid >= 0, res.uid + offset, -1)  # the group's distinct states, numbered on
+        offset += len(res.n)
         parts.append(res)
         calls += res.calls
         stats = {key: stats[key] + group_stats[key] for key in stats}
