@@ -198,9 +198,9 @@ def allocation_method(cfg: G.AllocationConfig, unit_weights: bool = False) -> Me
         cs = np.cumsum(x, 1)
         s0 = cs[np.arange(len(x)), pilot - 1]
         w = np.ones(len(st.p)) if unit_weights else None
-        n = G.allocate(states, pilot, s0, cfg, weights=w)
-        s = cs[np.arange(len(x)), n - 1]
-        return n, G.values(states, n, s).astype(np.float64)
+        alloc = G.allocate(states, pilot, s0, cfg, weights=w)
+        s = cs[np.arange(len(x)), alloc.n - 1]
+        return alloc.n, G.values(states, alloc, s).astype(np.float64)
     return run
 
 
