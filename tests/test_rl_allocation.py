@@ -109,7 +109,7 @@ def test_counts_ignore_own_rollouts(stop_settled):
     fold = G.folds(ids, u)
     base_s = rng.integers(0, 4, u)
     base = G.allocate(states, pilot, base_s, cfg)
-    for trial in range(20):
+    for _ in range(20):
         i = rng.integers(u)
         s = base_s.copy()
         s[i] = rng.integers(0, 4)
