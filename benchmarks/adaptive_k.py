@@ -220,23 +220,35 @@ METHODS = {
     "K=4 fixed": rounds_method(A.fixed_rule(4)),
     "per-state adaptive (vineppo.adaptive)": rounds_method(A.AdaptiveConfig(), "evidence"),
     "official CI rule (10 +4 .. 30, CI 0.05)": official_ci,
-    "allocation 4.5/state (advantage weights)": allocation_method(ALLOC),
-    "allocation 4.5/state (unit weights)": allocation_method(ALLOC, unit_weights=True),
-    "allocation 5.0/state (advantage weights)": allocation_method(ALLOC._replace(rollouts_per_state=5.0)),
-    "allocation 5.5/state (advantage weights)": allocation_method(ALLOC._replace(rollouts_per_state=5.5)),
-    "allocation 4.5/state, pilot 1": allocation_method(ALLOC._replace(pilot=1)),
+    "allocation 4.5/state": allocation_method(ALLOC),
+    "allocation 4.5/state, unit weights": allocation_method(ALLOC, unit_weights=True),
+    "allocation 4.5/state, pilot 2, no stop rule": allocation_method(ALLOC._replace(pilot=2, stop_settled=2.0)),
     "bound: Neyman on true p, 4.5/state": neyman_oracle(4.5),
     "bound: settled known, 3 / 9": rounds_method(A.AdaptiveConfig(rules=(A.Rule(3, 3, 3, 0.0), A.Rule(3, 9, 9, -1.0))),
                                                  "oracle"),
 }
-HEADLINE = "allocation 4.5/state (advantage weights)"
 PEERS = ("K=9 fixed", "per-state adaptive (vineppo.adaptive)", "official CI rule (10 +4 .. 30, CI 0.05)")
+BUDGETS = (4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0)  # rollouts per state tried for the equal-error point
 
 
-def evaluate(make_set: Callable, seeds: int) -> dict:
+def equal_error_budget(make_set: Callable, seeds: range, unit_weights: bool, target: float = 1.05) -> float:
+    """The smallest of BUDGETS whose median value MAE ratio to K = 9 is <= target on ``seeds``
+    (tuning seeds, not the reported ones); the largest if none is."""
+    saved = dict(METHODS)
+    METHODS.clear()
+    METHODS["K=9 fixed"] = saved["K=9 fixed"]
+    for b in BUDGETS:
+        METHODS[b] = allocation_method(ALLOC._replace(rollouts_per_state=b), unit_weights)
+    out = evaluate(make_set, seeds)
+    METHODS.clear()
+    METHODS.update(saved)
+    return next((b for b in BUDGETS if ratio(out, b, "mae") <= target), BUDGETS[-1])
+
+
+def evaluate(make_set: Callable, seeds) -> dict:
     """Per-method, per-seed rollouts / value MAE / advantage MAE / sign agreement, and errors."""
     out = {m: dict(rollouts=[], mae=[], adv_mae=[], sign=[], err=[], p=[]) for m in METHODS}
-    for seed in range(seeds):
+    for seed in seeds:
         rng = np.random.default_rng([seed, 17])
         st = make_set(rng)
         x = (rng.random((len(st.p), MAX_DRAWS)) < st.p[:, None]).astype(np.int64)
@@ -288,7 +300,7 @@ def report(title: str, out: dict, p_example: np.ndarray) -> dict:
               f"{ratio(out, m, 'mae'):6.3f} {np.mean(r['adv_mae']):8.4f} {ratio(out, m, 'adv_mae'):6.3f} "
               f"{np.mean(r['sign']):6.3f} {b:+.4f} ± {h:.4f}")
     print("bias (mean V̂ − p ± s.e.) by true value bin: " + " | ".join(BIN_NAMES))
-    for m in (*PEERS, HEADLINE):
+    for m in (*PEERS, *(m for m in out if m.startswith("allocation"))):
         mean, se = bias_by_bin(out[m]["err"], out[m]["p"])
         print(f"  {m:42s} " + " ".join(f"{a:+.4f}±{s:.4f}" for a, s in zip(mean, se)))
     return {m: dict(rollouts=ratio(out, m, "rollouts"), mae=ratio(out, m, "mae"), sign=float(np.mean(r["sign"])),
@@ -297,33 +309,43 @@ def report(title: str, out: dict, p_example: np.ndarray) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=20, help="reported seeds 0..N-1")
+    ap.add_argument("--tune-seeds", type=int, default=5, help="seeds 1000.. that pick the equal-error budget")
     ap.add_argument("--data", nargs="*", default=[d for d in DEFAULT_DATA if os.path.exists(d)])
     ap.add_argument("--no-real-lengths", dest="real", action="store_false")
     ap.add_argument("--synthetic", action="store_true", help="also the older fixed-length synthetic chains")
     args = ap.parse_args()
-    results = []
-    for path in args.data:
-        st = load_states(path)
-        results.append(report(os.path.basename(path), evaluate(lambda rng, st=st: st, args.seeds), st.p))
+    sets = [(os.path.basename(path), lambda rng, st=load_states(path): st) for path in args.data]
     if args.real:
         for task, prior in PROMPT_PRIORS.items():
-            lengths = step_lengths(task)
-            make = lambda rng, lengths=lengths, prior=prior: real_length_states(rng, lengths, prior)  # noqa: E731
-            example = make(np.random.default_rng([0, 17]))
-            results.append(report(f"{task} real step counts and lengths, modelled values", evaluate(make, args.seeds),
-                                  example.p))
+            sets.append((f"{task} real step counts and lengths, modelled values",
+                         lambda rng, lengths=step_lengths(task), prior=prior: real_length_states(rng, lengths, prior)))
     if args.synthetic:
-        example = synthetic_states(np.random.default_rng([0, 17]))
-        results.append(report("synthetic GSM8K-like chains (absorb 0.25)", evaluate(synthetic_states, args.seeds),
-                              example.p))
+        sets.append(("synthetic GSM8K-like chains (absorb 0.25)", synthetic_states))
+    # the equal-error budgets, chosen on tuning seeds of the first data set
+    tune = range(1000, 1000 + args.tune_seeds)
+    headline = []
+    for unit in (False, True):
+        b = equal_error_budget(sets[0][1], tune, unit)
+        name = f"allocation at equal error: {b}/state" + (", unit weights" if unit else "")
+        METHODS[name] = allocation_method(ALLOC._replace(rollouts_per_state=b), unit)
+        headline.append(name)
+    results = []
+    for title, make in sets:
+        example = make(np.random.default_rng([0, 17]))
+        results.append(report(title, evaluate(make, range(args.seeds)), example.p))
     head = results[0]
     print()
     for m in PEERS:
         r = head[m]
         print(f"peer {m}: rollouts ratio {r['rollouts']:.3f}, value mae ratio {r['mae']:.3f}, sign agreement "
               f"{r['sign']:.3f}, bias {r['bias'][0]:+.4f} ± {r['bias'][1]:.4f}")
-    r = head[HEADLINE]
+    for m in ("allocation 4.5/state", headline[1]):
+        r = head[m]
+        print(f"{m}: rollouts ratio {r['rollouts']:.3f}, value mae ratio {r['mae']:.3f}, sign agreement "
+              f"{r['sign']:.3f}, bias {r['bias'][0]:+.4f} ± {r['bias'][1]:.4f}")
+    r = head[headline[0]]
+    print(f"adaptive method: {headline[0]} (vinejax.rl.allocation defaults, advantage weights)")
     print(f"adaptive sign agreement: {r['sign']:.3f} (K=9: {head['K=9 fixed']['sign']:.3f})")
     print(f"adaptive bias: {r['bias'][0]:+.4f} ± {r['bias'][1]:.4f}")
     print(f"adaptive rollouts ratio: {r['rollouts']:.3f}")

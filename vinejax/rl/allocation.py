@@ -1,6 +1,7 @@
 """A budget-global allocation of an iteration's Monte Carlo rollouts, in two decode rounds.
 
-Round 1 (`pilot_counts`): ``pilot`` rollouts from every state whose value is not known. Round 2
+Round 1 (`pilot_counts`): ``pilot`` rollouts from every state whose value is not known (2 where
+the episode rewards through it already disagree). Round 2
 (`allocate`): the rest of the iteration's budget (`iteration_budget`) goes where it lowers the
 error of the advantages most. Then V̂ = `values`.
 
@@ -67,6 +68,7 @@ class AllocationConfig(NamedTuple):
     stop_settled: float = 0.9        # P(settled | evidence) from which a unanimous pilot stops (> 1: never)
     child_weight: float = 1.0        # evidence weight of one round-1 rollout of a next state
     prior_settled: tuple = (0.3, 0.3)  # π0, π1: prior chance that a value is exactly 0 / 1
+    mixed_beta: float = 1.0          # α: an unsettled value is Beta(α, α) a priori
 
 
 class IterationStates(NamedTuple):
@@ -111,6 +113,8 @@ def validate(cfg: AllocationConfig) -> None:
     if not cfg.pilot <= cfg.rollouts_per_state <= cfg.max_rollouts:
         raise ValueError(f"allocation.rollouts_per_state must be in [pilot, max_rollouts] = "
                          f"[{cfg.pilot}, {cfg.max_rollouts}], got {cfg.rollouts_per_state}")
+    if cfg.mixed_beta <= 0:
+        raise ValueError(f"allocation.mixed_beta must be > 0, got {cfg.mixed_beta}")
     if cfg.child_weight < 0:
         raise ValueError(f"allocation.child_weight must be >= 0, got {cfg.child_weight}")
     pi0, pi1 = cfg.prior_settled
@@ -193,11 +197,13 @@ def evidence_posterior(states: IterationStates, n, s, readable, cfg: AllocationC
     pim = 1.0 - pi0 - pi1
     pk = np.full(u, np.nan)  # the previous state's known value
     pk[nxt] = known[prev]
-    rho0 = np.where(np.isnan(pk), np.where((pn > 0) & (ps == 0), pi0 / (pi0 + pim / (pn + 1)), 0.0), pk == 0)
-    rho1 = np.where(np.isnan(pk), np.where((pn > 0) & (ps == pn), pi1 / (pi1 + pim / (pn + 1)), 0.0), pk == 1)
+    a = cfg.mixed_beta
+    unan = pim * np.exp(_log_beta(a, a + pn) - _log_beta(a, a))  # P(mixed, n unanimous draws) / P(mixed)
+    rho0 = np.where(np.isnan(pk), np.where((pn > 0) & (ps == 0), pi0 / (pi0 + unan), 0.0), pk == 0)
+    rho1 = np.where(np.isnan(pk), np.where((pn > 0) & (ps == pn), pi1 / (pi1 + unan), 0.0), pk == 1)
     rest = 1.0 - rho0 - rho1
     with np.errstate(divide="ignore"):  # log 0 = −inf: that case is impossible
-        log_m = np.log(rest * pim) + _log_beta(1 + k1, 1 + k0)
+        log_m = np.log(rest * pim) + _log_beta(a + k1, a + k0) - _log_beta(a, a)
         log_0 = np.where(k1 == 0, np.log(rho0 + rest * pi0), -np.inf)
         log_1 = np.where(k0 == 0, np.log(rho1 + rest * pi1), -np.inf)
     top = np.maximum(np.maximum(log_0, log_1), log_m)
@@ -206,14 +212,19 @@ def evidence_posterior(states: IterationStates, n, s, readable, cfg: AllocationC
     # evidence that contradicts every case (a known previous value the rewards disagree with): mixed
     p_mixed = np.where(e0 + e1 + em > 0, em / np.maximum(e0 + e1 + em, 1e-300), 1.0)
     k = k1 + k0
-    var = (1 + k1) * (1 + k0) / ((2 + k) * (3 + k))
+    var = (a + k1) * (a + k0) / ((2 * a + k) * (2 * a + k + 1))
     return np.where(is_known, 0.0, p_mixed), np.where(is_known, 0.0, var)
 
 
 def pilot_counts(states: IterationStates, cfg: AllocationConfig) -> np.ndarray:
-    """int[U] round-1 rollouts: ``pilot`` for every unknown state, 0 for known ones."""
+    """int[U] round-1 rollouts: ``pilot`` for every unknown state, 0 for known ones, and at most 2
+    where the episode rewards already disagree (the state is surely mixed, so no stop rule can
+    use a third pilot rollout; it draws on in round 2 anyway)."""
     validate(cfg)
-    return np.where(np.isnan(states.known), cfg.pilot, 0).astype(np.int64)
+    u = len(states.known)
+    p_mixed, _ = evidence_posterior(states, np.zeros(u), np.zeros(u), np.zeros(u, bool), cfg)
+    pilot = np.where(p_mixed >= 1.0, min(cfg.pilot, 2), cfg.pilot)
+    return np.where(np.isnan(states.known), pilot, 0).astype(np.int64)
 
 
 def iteration_budget(states: IterationStates, cfg: AllocationConfig) -> int:
