@@ -183,6 +183,12 @@ def test_stop_table_is_conditional_mean_of_first_rollout(pilot, more):
             assert np.isnan(table[s])
 
 
+def test_step_token_counts():
+    starts = np.array([[5, 9, 15, 0], [7, 8, 0, 0]])
+    np.testing.assert_array_equal(G.step_token_counts(starts, np.array([3, 1]), np.array([20, 12])),
+                                  [[4, 6, 5, 0], [5, 0, 0, 0]])
+
+
 def test_weights_and_evidence_hand_case():
     states = G.iteration_states(IDS, np.array([0.0, 1.0]), TOKENS, KNOWN)
     # state 0: A_0 of both episodes (3 + 2); state 1: A_0, A_1 of ep0 (3 + 1); state 4: known

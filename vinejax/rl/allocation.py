@@ -60,7 +60,7 @@ import numpy as np
 
 
 class AllocationConfig(NamedTuple):
-    """Rollout allocation settings (`vineppo.allocation`)."""
+    """Rollout allocation settings (not yet config keys: the loop integration adds them)."""
 
     pilot: int = 3                   # round-1 rollouts of every state whose value is unknown
     rollouts_per_state: float = 4.5  # iteration budget ÷ unknown states (K = 9 draws 9)
@@ -76,7 +76,7 @@ class IterationStates(NamedTuple):
 
     ids: np.ndarray          # int[B, S] distinct-state id of each episode's state slot; -1: absent
     rewards: np.ndarray      # f[B] episode rewards R (0/1)
-    step_tokens: np.ndarray  # int[B, S] tokens of step i (what advantage A_i weights); 0 past L
+    step_tokens: np.ndarray  # int[B, S] tokens of step i (what A_i weights; `step_token_counts`); 0 past L
     known: np.ndarray        # f[U] value known without sampling; NaN where unknown
 
 
@@ -102,6 +102,19 @@ def iteration_states(ids, rewards, step_tokens, known=None, num_states: Optional
         raise ValueError("allocation: known values must be in [0, 1] (NaN: unknown)")
     state_depth(ids, len(known))  # raises for ids that are not prefixes
     return IterationStates(ids, rewards, tokens, known)
+
+
+def step_token_counts(step_starts, num_steps, ends) -> np.ndarray:
+    """int[B, S] tokens of step i of each episode (what A_i weights): step_starts[b, i + 1] −
+    step_starts[b, i], the last step running to ends[b] (the response end); 0 for i >= num_steps[b].
+
+    step_starts: int[B, S] token index where step i starts; num_steps, ends: int[B]."""
+    starts = np.asarray(step_starts, np.int64)
+    num_steps = np.asarray(num_steps, np.int64)
+    slot = np.arange(starts.shape[1])[None]
+    nxt = np.concatenate([starts[:, 1:], np.zeros((len(starts), 1), np.int64)], 1)
+    nxt = np.where(slot == (num_steps - 1)[:, None], np.asarray(ends, np.int64)[:, None], nxt)
+    return np.where(slot < num_steps[:, None], nxt - starts, 0)
 
 
 def validate(cfg: AllocationConfig) -> None:
