@@ -158,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.kl_warning = 10.0  # warn when the KL to the reference (nats per sequence) exceeds this
     c.train.overlap_host_work = True  # grade / split steps on a host thread while the devices work (time/host_wait)
 
+    c.export = ml_collections.ConfigDict()  # the final policy's HF folder (train.export_hf)
+    c.export.dtype = ""  # weight dtype written; "" = the starting checkpoint's own (random init: model.param_dtype)
+
     c.logging = ml_collections.ConfigDict()
     c.logging.wandb_project = ""  # "" = no Weights & Biases (pip install -e '.[wandb]')
     c.logging.wandb_entity = ""
@@ -190,6 +193,7 @@ _CHOICES = {
     "restem.early_stop": ("first_decrease", "best"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "export.dtype": ("", "float32", "bfloat16", "float16"),
     "optim.warmup_shape": ("log", "linear"),
 }
 

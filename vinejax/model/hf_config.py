@@ -171,7 +171,9 @@ def _read_gemma(hf: dict, default_types: Callable[[int], list]) -> dict:
 
 
 def _write_gemma(cfg: ModelConfig) -> dict:
-    return {"hidden_activation": _HF_ACTIVATIONS[cfg.hidden_act], "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+    scalar = cfg.query_pre_attn_scalar
+    scalar = int(scalar) if float(scalar).is_integer() else scalar  # transformers' field is an int
+    return {"hidden_activation": _HF_ACTIVATIONS[cfg.hidden_act], "query_pre_attn_scalar": scalar,
             "final_logit_softcapping": cfg.final_softcap, "attention_bias": False, **_write_windows(cfg)}
 
 

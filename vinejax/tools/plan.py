@@ -83,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from vinejax.config import ConfigError
     from vinejax.config_file import config_from_argv
+    from vinejax.model.config import UnsupportedModelError
     from vinejax.planning.report import format_plan, make_plan
 
     try:
@@ -95,9 +96,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg.mesh.shape = parse_mesh(args.mesh)
     devices, kind = plan_devices(args.devices)
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    plan = make_plan(cfg, devices, int(args.hbm_gib * 2**30), device_kind=kind, model_shape=args.model_shape or None,
-                     prompt_len=args.prompt_len or None, only=args.phases.split(",") if args.phases else None,
-                     search=not args.no_search, max_compiles=args.max_compiles, cache_path=args.cache or None, log=log)
+    try:
+        plan = make_plan(cfg, devices, int(args.hbm_gib * 2**30), device_kind=kind,
+                         model_shape=args.model_shape or None, prompt_len=args.prompt_len or None,
+                         only=args.phases.split(",") if args.phases else None, search=not args.no_search,
+                         max_compiles=args.max_compiles, cache_path=args.cache or None, log=log)
+    except (ConfigError, UnsupportedModelError) as error:
+        raise SystemExit(str(error)) from None
     print(format_plan(plan))
     if args.json:
         with open(args.json, "w") as f:
