@@ -51,7 +51,7 @@ def test_unsupported_model_type_is_one_line(tmp_path):
 
     folder = tmp_path / "model"
     build_char_tokenizer(ALPHABET).save_pretrained(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 32, "n_embd": 16}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 128, "bos_token_id": 1, "eos_token_id": 2}))
     out = run_cli("--config", "configs/arith_vineppo.py", "--config.model.init_from=", f"--config.model.hf_path={folder}",
                   "--config.output_dir=" + str(tmp_path / "run"))
     lines = out.stderr.strip().splitlines()
