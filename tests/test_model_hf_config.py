@@ -4,6 +4,7 @@ import warnings
 import pytest
 
 from vinejax.model import SUPPORTED_MODEL_TYPES, ModelConfig, config_from_hf, config_to_hf
+from vinejax.model.config import UnsupportedModelError
 
 BASE = dict(
     model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=128,
@@ -62,6 +63,12 @@ def test_unsupported_inputs_raise():
         config_from_hf({**BASE, "hidden_act": "gelu"})
     with pytest.raises(ValueError, match="rope_type"):
         config_from_hf({**BASE, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(UnsupportedModelError, match="rope_type 'longrope'"):  # Phi-3 128k / Phi-4-mini
+        config_from_hf({**BASE, "model_type": "phi3", "rope_scaling": {"rope_type": "longrope", "factor": 4.0}})
+    with pytest.raises(UnsupportedModelError, match="attention_bias"):  # Qwen3's biases include o_proj's
+        config_from_hf({**BASE, "model_type": "qwen3", "attention_bias": True})
+    with pytest.raises(UnsupportedModelError, match="use_bidirectional_attention"):
+        config_from_hf({**BASE, "model_type": "gemma3_text", "use_bidirectional_attention": True})
 
 
 def test_list_eos_is_hashable():

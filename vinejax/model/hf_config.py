@@ -190,6 +190,8 @@ def _write_gemma2(cfg: ModelConfig) -> dict:
 def _read_gemma3(hf: dict) -> dict:
     """Gemma 3 adds q/k norms and a RoPE of its own for sliding layers; transformers does not
     apply its attn_logit_softcapping key, and neither does vinejax."""
+    if hf.get("use_bidirectional_attention"):
+        raise UnsupportedModelError("use_bidirectional_attention=True (an encoder) is not supported")
     every = int(hf.get("sliding_window_pattern", 6))
     local = _rope_params(hf, SLIDING)
     if local.get("rope_type", "default") not in (None, "default"):
