@@ -327,10 +327,10 @@ def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
         q, k = project_qk(cfg, p, q, k, rope)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         nonlocal kv
-        if kv is not None:
+        if kv is not None:  # write this layer's keys/values, then attend over its cache slots
             kv = (_write_rows(kv[0], layer, k, starts), _write_rows(kv[1], layer, v, starts))
             k, v = kv[0][layer], kv[1][layer]
-        # no cache: causal self-attention over the tokens (within segments / windows when given a mask)
+        # without a cache and a mask: plain causal self-attention over the tokens
         attn = attention(q, k, v, mask, causal=mask is None, implementation=cfg.attention_impl,
                          scale=cfg.attn_scale, softcap=cfg.attn_softcap)
         return jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(attn.dtype))

@@ -70,7 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--mesh", default="", help="data,fsdp,tensor (default: the config's mesh.shape)")
     parser.add_argument("--hbm-gib", type=float, default=80.0, help="memory per device, GiB (default 80)")
     parser.add_argument("--prompt-len", type=int, default=0, help="longest prompt (default task.max_prompt_tokens)")
-    parser.add_argument("--model-shape", default="", help="a built-in shape (rho1b, deepseek7b) instead of the config's")
+    parser.add_argument("--model-shape", default="",
+                        help="a built-in shape (rho1b, deepseek7b, qwen3-1.7b, qwen3-8b) instead of the config's")
     parser.add_argument("--phases", default="", help="comma-separated phases to plan (default: all of the run's)")
     parser.add_argument("--no-search", action="store_true", help="only the configured sizes, no search")
     parser.add_argument("--max-compiles", type=int, default=4, help="compiles per phase when searching (default 4)")
