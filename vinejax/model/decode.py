@@ -1,9 +1,9 @@
 """Prefill and decoding one token per row: the model side of a sampler's loop.
 
 Same math as `llama.forward_cached`, built from the same pieces (`embed`, `sublayer`,
-`project_qk`, `layer_rope_tables`, `window_mask`, `glu`, `final_norm`, `lm_logits`), but laid
-out for a cheap step. `decode_weights` fuses
-each layer's q/k/v and gate/up projections into single matrices, once per sampling call; the
+`project_qk`, `layer_rope_tables`, `window_mask`, `glu`, `attention_probs`, `final_norm`,
+`lm_logits`), but laid out for a cheap step. `decode_weights` fuses each layer's q/k/v and
+gate/up projections into single matrices, once per sampling call; the
 caches are one heads-major buffer per layer ([R, Hkv, S, Dh], `DecodeCaches`), so the step has
 no per-layer slices, transposes or cache copies. `prefill` runs right-padded prompts causally
 (`llama.attention`, i.e. `jax.nn.dot_product_attention`) and writes these caches directly;
@@ -147,11 +147,7 @@ def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, s
     kv = k.shape[1]
     q = q.reshape(r, kv, h // kv, dh)
     scores = jnp.einsum("rkgd,rksd->rkgs", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (scale or 1.0 / math.sqrt(dh))
-    if softcap is not None:
-        scores = softcap * jnp.tanh(scores / softcap)
-    scores = jnp.where(mask[:, None, None], scores, llama.MASKED_SCORE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    probs = llama.attention_probs(scores, mask[:, None, None], scale or 1.0 / math.sqrt(dh), softcap).astype(q.dtype)
     return jnp.einsum("rkgs,rksd->rkgd", probs, v.astype(q.dtype)).reshape(r, 1, h, dh)
 
 

@@ -277,19 +277,24 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array
 
 def capped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
                      softcap: Optional[float]) -> jax.Array:
-    """Attention with soft-capped scores (all arguments arrays but the two floats): q [B, T, H, Dh],
-    k/v [B, S, Hkv, Dh], mask bool[B, T, S]; scores·scale, then softcap·tanh(·/softcap) (when
-    given), then the mask (the masked score of `jax.nn.dot_product_attention`), float32 softmax.
-    Returns [B, T, H, Dh] in q's dtype."""
+    """Attention with soft-capped scores: q [B, T, H, Dh], k/v [B, S, Hkv, Dh], mask bool[B, T, S];
+    probabilities by `attention_probs`. Returns [B, T, H, Dh] in q's dtype."""
     b, t, h, dh = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)  # [B, Hkv, G, T, S]
+    probs = attention_probs(scores, mask[:, None, None], scale, softcap).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+
+
+def attention_probs(scores: jax.Array, mask: jax.Array, scale: float, softcap: Optional[float]) -> jax.Array:
+    """float32 softmax over the last axis of scores·scale, soft-capped to softcap·tanh(·/softcap)
+    when given, then masked (mask broadcasts to scores; the masked score of
+    `jax.nn.dot_product_attention`)."""
+    scores = scores * scale
     if softcap is not None:
         scores = softcap * jnp.tanh(scores / softcap)
-    scores = jnp.where(mask[:, None, None], scores, MASKED_SCORE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+    return jax.nn.softmax(jnp.where(mask, scores, MASKED_SCORE), axis=-1)
 
 
 MASKED_SCORE = -0.7 * float(jnp.finfo(jnp.float32).max)  # the masked score of jax.nn.dot_product_attention
