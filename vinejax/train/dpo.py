@@ -141,6 +141,7 @@ def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
         writer.write(step, last)
     ckpt.close()
     if t.export_hf:
-        folder = save_hf_model(params, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer)
+        folder = save_hf_model(params, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer,
+                               source=ctx.source)
         log(f"policy exported to {folder}")
     return last

@@ -117,7 +117,8 @@ def run_rl(ctx: RunContext, params, writer: MetricsWriter) -> dict:
     if t.export_hf:
         if not bool(all_finite(state.params)):
             raise RunError(f"non-finite parameters after iteration {done}: not exported")
-        folder = save_hf_model(state.params, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer)
+        folder = save_hf_model(state.params, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer,
+                               source=ctx.source)
         log(f"policy exported to {folder}")
     log(f"metrics: {writer.path}; checkpoints: {ckpt.directory}")
     return last

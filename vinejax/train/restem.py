@@ -147,7 +147,8 @@ def run_restem(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
         log(summary_line(prog.iteration, last, SUMMARY_KEYS))
     ckpt.close()
     if t.export_hf:
-        folder = save_hf_model(state.policy, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer)
+        folder = save_hf_model(state.policy, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer,
+                               source=ctx.source)
         log(f"policy exported to {folder}")
     return last
 

@@ -102,7 +102,7 @@ def run_sft(ctx, params, writer, log) -> dict:
         metrics = evaluate(ctx, params, held_out_problems(ctx), jax.random.key(cfg.seed + 1))
         writer.write(step, metrics)
         log("SFT eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    save_hf_model(params, ctx.model_cfg, export, tokenizer=ctx.tokenizer)
+    save_hf_model(params, ctx.model_cfg, export, tokenizer=ctx.tokenizer, source=ctx.source)
     if is_main_process():
         open(done_marker, "w").write("ok\n")
     log(f"SFT policy exported to {export}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError
+from vinejax.model.config import UnsupportedModelError
 from vinejax.tasks.data import DataError
 from vinejax.train.context import RunContext
 from vinejax.train.episodes import encode_prompts
@@ -25,7 +26,8 @@ class RunError(RuntimeError):
 
 
 # What a user can cause and fix: reported as one line by experiments/run.py.
-UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError)
+UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError,
+             UnsupportedModelError)
 
 
 def run_command(body: Callable[[], object], verbose: bool = False) -> int:
