@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from vinejax.rl import adaptive as adaptive_lib
+from vinejax.rl.losses import AGGREGATIONS
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 from vinejax.tasks.data import SPLITS
 
@@ -79,13 +80,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.ppo = ml_collections.ConfigDict()
     c.ppo.clip_eps = 0.2
+    c.ppo.clip_eps_high = 0.0  # upper clip ε_high of asymmetric clipping (DAPO: 0.28); 0 = ppo.clip_eps
+    c.ppo.dual_clip = 0.0  # dual-clip constant c > 1 (-A·ρ capped at -c·A for A < 0); 0 = off
+    c.ppo.entropy_coef = 0.0  # entropy bonus coefficient (paper: 0, the entropy is only logged)
+    c.ppo.loss_aggregation = "token-mean"  # or "seq-mean-token-mean" (GRPO), "seq-mean-token-sum-norm" (Dr. GRPO)
+    c.ppo.loss_norm_length = 0  # seq-mean-token-sum-norm's constant length; 0 = sampling.max_new_tokens
     c.ppo.kl_coef = 1e-4  # β (the initial one with adaptive_kl)
     c.ppo.kl_in_reward = False  # PPO: −β·kl_t (k1) in the token rewards instead of β·KL in the loss
     c.ppo.adaptive_kl = False  # the official adaptive controller (PPOHParams adap_kl_ctrl; paper: off)
     c.ppo.kl_target = 6.0  # adaptive controller: target KL per sequence (PPOHParams target)
     c.ppo.kl_horizon = 0  # adaptive controller: horizon in episodes; 0 = official: iterations x episodes x epochs
     c.ppo.kl_estimator = "k3"
-    c.ppo.kl_clamp = 10.0
+    c.ppo.kl_clamp = 10.0  # per-token clamp [0, this] of k2 / k3 (paper: k3 in [0, 10]); k1 is never clamped
     c.ppo.epochs = 2
     c.ppo.episodes_per_step = 64  # global optimizer batch, in episodes
     c.ppo.micro_batch = 16  # episodes per forward/backward (gradient accumulation)
@@ -187,6 +193,7 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "algo": ALGORITHMS,
     "ppo.kl_estimator": ("k1", "k2", "k3"),
+    "ppo.loss_aggregation": AGGREGATIONS,
     "restem.early_stop": ("first_decrease", "best"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
@@ -259,6 +266,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(not cfg.ppo.kl_in_reward or cfg.algo == "ppo", "ppo.kl_in_reward",
          "the KL penalty in the reward is the PPO baseline's option (GAE over token rewards)")
     need(cfg.ppo.kl_target > 0, "ppo.kl_target", "must be > 0")
+    need(cfg.ppo.clip_eps_high >= 0, "ppo.clip_eps_high", "must be >= 0 (0 = ppo.clip_eps)")
+    need(cfg.ppo.dual_clip == 0 or cfg.ppo.dual_clip > 1, "ppo.dual_clip", "must be 0 (off) or > 1")
+    need(cfg.ppo.loss_norm_length >= 0, "ppo.loss_norm_length", "must be >= 0 (0 = sampling.max_new_tokens)")
     need(cfg.ppo.kl_horizon >= 0, "ppo.kl_horizon", "must be >= 0 (0 = all episodes of training x epochs)")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(0 <= cfg.optim.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)")

@@ -16,7 +16,7 @@ from vinejax import multihost, sharding
 from vinejax.config import BASELINES, ConfigError
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
-from vinejax.rl.losses import PolicyLossConfig
+from vinejax.rl.losses import PolicyLossConfig, kl_clamp_for
 from vinejax.tasks import get_task
 from vinejax.train.episodes import stop_table
 from vinejax.train.update import make_optimizer
@@ -135,11 +135,7 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
         return {}
     total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
     p = cfg.ppo
-    pieces = dict(
-        optimizer=make_optimizer(cfg.optim, total_steps),
-        loss_cfg=PolicyLossConfig(clip_eps=p.clip_eps, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
-                                  kl_clamp=(0.0, p.kl_clamp),
-                                  max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None))
+    pieces = dict(optimizer=make_optimizer(cfg.optim, total_steps), loss_cfg=policy_loss_config(cfg))
     if cfg.algo == "ppo":
         critic_cfg = model_cfg.replace(value_head=True)
         pieces.update(
@@ -148,6 +144,17 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
                                                      llama.param_shapes(critic_cfg), mesh),
             critic_optimizer=make_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
     return pieces
+
+
+def policy_loss_config(cfg) -> PolicyLossConfig:
+    """The policy loss settings of the `ppo` section."""
+    p = cfg.ppo
+    return PolicyLossConfig(
+        clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high or None, dual_clip=p.dual_clip or None,
+        kl_coef=p.kl_coef, kl_estimator=p.kl_estimator, kl_clamp=kl_clamp_for(p.kl_estimator, p.kl_clamp),
+        entropy_coef=p.entropy_coef, max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None,
+        aggregation=p.loss_aggregation, token_mean=p.token_mean,
+        norm_length=p.loss_norm_length or cfg.sampling.max_new_tokens, whiten=p.whiten_advantages)
 
 
 def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:

@@ -160,8 +160,7 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
             beta = jnp.zeros((), jnp.float32) if cfg.ppo.kl_in_reward else state.kl_coef  # KL in the loss or not
             params, opt_state, m = update.policy_step(
                 state.params, state.opt_state, micro, beta, model_cfg=run.model_cfg, loss_cfg=run.loss_cfg,
-                optimizer=run.optimizer, temperature=cfg.sampling.temperature, whiten=cfg.ppo.whiten_advantages,
-                token_mean=cfg.ppo.token_mean)
+                optimizer=run.optimizer, temperature=cfg.sampling.temperature)
             state = state.replace(params=params, opt_state=opt_state)
             if state.critic is not None:
                 critic, critic_opt, m_critic = update.critic_step(
