@@ -350,6 +350,12 @@ def _validate_processes(mesh, need) -> None:
          f"must be below mesh.num_processes={mesh.num_processes}")
 
 
+def max_value_step(cfg: ml_collections.ConfigDict) -> int | None:
+    """The last estimated state of `vineppo.max_estimated_states` (-1 = no cap: None)."""
+    cap = cfg.vineppo.max_estimated_states
+    return None if cap < 0 else int(cap)
+
+
 def adaptive_config(cfg: ml_collections.ConfigDict):
     """`rl.adaptive.AdaptiveConfig` of `vineppo.adaptive` (one rule per tier; tier 0's only when
     `evidence` is off), or None when adaptive K is off."""

@@ -17,8 +17,9 @@ from vinejax.config import BASELINES, ConfigError
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig, kl_clamp_for
+from vinejax.sampling import RolloutEnv
 from vinejax.tasks import get_task
-from vinejax.train.episodes import stop_table
+from vinejax.train.episodes import sampling_config, stop_table
 from vinejax.train.update import make_optimizer
 
 
@@ -49,6 +50,22 @@ class RunContext:
 
     def put_params(self, params):
         return multihost.place(params, self.param_shardings)
+
+    def rollout(self, params, evaluation: bool = False, greedy: bool = False) -> RolloutEnv:
+        """The rollout environment of the policy `params`: the `sampling` section's settings and
+        the context size, or (`evaluation`) the `eval` section's and the eval context; `greedy`:
+        greedy decoding with the eval budget."""
+        s, e = self.cfg.sampling, self.cfg.eval
+        if greedy:
+            scfg = sampling_config(self.tokenizer, 1.0, 1.0, e.max_new_tokens, greedy=True)
+        elif evaluation:
+            scfg = sampling_config(self.tokenizer, e.temperature, e.top_p, e.max_new_tokens)
+        else:
+            scfg = sampling_config(self.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+        return RolloutEnv(params, self.model_cfg, scfg, stops=self.stops,
+                          context_size=self.eval_context_size if evaluation or greedy else self.context_size,
+                          chunk_rows=self.cfg.vineppo.chunk_rows, tokenizer=self.tokenizer, task=self.task,
+                          grade_workers=self.cfg.task.grade_workers, batch_rows=s.batch_size)
 
     @property
     def context_size(self) -> int:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vinejax import multihost
-from vinejax.config import adaptive_config
+from vinejax.config import adaptive_config, max_value_step
 from vinejax.model import llama
 from vinejax.rl import advantages
 from vinejax.rl.batch import RolloutBatch
@@ -22,12 +22,12 @@ from vinejax.rl.losses import adaptive_kl_coef, kl_reward_penalty
 from vinejax.train import encode, host_work, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
-from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config
+from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes
 from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
 from vinejax.train.scoring import logprob_scorer, score_rows
 from vinejax.train.stage import RunError
-from vinejax.train.values import adaptive_rollouts, critic_token_values, mc_state_values
+from vinejax.train.values import StepStates, adaptive_rollouts, critic_token_values, mc_state_values
 
 
 @flax.struct.dataclass
@@ -67,11 +67,10 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     cfg, s = run.cfg, run.cfg.sampling
     timer = Timer()
     rng_sample, rng_mc = jax.random.split(rng)
-    scfg = sampling_config(run.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    env = run.rollout(state.params)
     with timer("iteration"), host_work.session(cfg.train.overlap_host_work) as host:
         with timer("sample"):
-            ep = sample_episodes(state.params, run.model_cfg, run.tokenizer, run.task, problems, scfg,
-                                 s.samples_per_problem, rng_sample, s.batch_size, run.context_size, run.stops)
+            ep = sample_episodes(env, problems, s.samples_per_problem, rng_sample)
         # grading and step splitting on the host thread while the devices score log-probs
         rewards_of = host.track(grade_episodes(run.task, ep, cfg.task.grade_workers, pool=host.pool))
         if cfg.algo == "vineppo":
@@ -94,22 +93,17 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             mask &= ~dropped[:, None]
             metrics["episodes/parse_failed"] = float(dropped.mean())
             acfg = adaptive_config(cfg)
+            cap = max_value_step(cfg)
+            states = StepStates.of(step_starts, num_steps, cap)
             with timer("mc"):
                 if acfg is None:  # the paper: K = vineppo.num_rollouts from every state
-                    state_values, mc_metrics = mc_state_values(
-                        state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rng_mc,
-                        scfg, cfg.vineppo.num_rollouts, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                        cfg.task.grade_workers, run.context_size, run.stops, trajectory_rows=s.batch_size, host=host)
+                    state_values, mc_metrics = mc_state_values(env, ep, states, rng_mc, cfg.vineppo.num_rollouts, host)
                 else:
-                    res, mc_metrics = adaptive_rollouts(
-                        state.params, run.model_cfg, run.tokenizer, run.task, ep, step_starts, num_steps, rewards,
-                        rng_mc, scfg, acfg, cfg.vineppo.max_estimated_states, cfg.vineppo.chunk_rows,
-                        cfg.task.grade_workers, run.context_size, run.stops, cfg.vineppo.adaptive.budget_per_state,
-                        trajectory_rows=s.batch_size)
+                    res, mc_metrics = adaptive_rollouts(env, ep, states, rewards, rng_mc, acfg,
+                                                        cfg.vineppo.adaptive.budget_per_state)
                     state_values = res.values
-            cap = cfg.vineppo.max_estimated_states
             values = dict(state_values=state_values, step_starts=step_starts, num_steps=num_steps,
-                          max_value_step=None if cap < 0 else cap)
+                          max_value_step=cap)
             metrics |= mc_metrics | describe("steps/count", num_steps)
         elif cfg.algo == "ppo":
             with timer("values"):
