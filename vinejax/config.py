@@ -11,26 +11,26 @@ from typing import Any
 
 import ml_collections
 
+from vinejax.errors import ConfigError
 from vinejax.rl import adaptive as adaptive_lib
 from vinejax.rl.losses import AGGREGATIONS
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 from vinejax.tasks.data import SPLITS
 
-ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo", "restem", "dpo_positive")
+STAGES = ("sft", "restem", "dpo_positive")  # algos with a stage of their own; any other is the RL stage's estimator
 BASELINES = ("restem", "dpo_positive")  # RL-free baselines: their own sections, not ppo.*
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or impossible."""
+ESTIMATORS = ("vineppo", "ppo", "grpo", "rloo")  # built in (`vinejax.train.estimators`); or "package.module:Name"
+ALGORITHMS = ("sft",) + ESTIMATORS + BASELINES
 
 
 def base_config() -> ml_collections.ConfigDict:
     """The complete, locked schema with default values."""
     c = ml_collections.ConfigDict()
-    c.algo = "vineppo"
+    c.algo = "vineppo"  # sft, restem, dpo_positive, or the RL stage's estimator: vineppo, ppo, grpo, rloo, "pkg.module:Name"
     c.seed = 0
     c.output_dir = "runs/default"
     c.resume = True  # continue from the newest checkpoint in output_dir when there is one
+    c.import_dir = ""  # folder searched first for plug-ins named "pkg.module:name" (task.name, algo); set to the config file's folder
 
     c.model = ml_collections.ConfigDict()
     c.model.hf_path = ""  # HF folder (config.json + safetensors + tokenizer); "" = tiny random model
@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo.epochs = 2
     c.ppo.episodes_per_step = 64  # global optimizer batch, in episodes
     c.ppo.micro_batch = 16  # episodes per forward/backward (gradient accumulation)
-    c.ppo.whiten_advantages = True
+    c.ppo.whiten_advantages = None  # whiten over each optimizer batch; None = the estimator's convention (vineppo, ppo: yes; grpo, rloo: no)
     c.ppo.token_mean = "batch"  # PPO-clip / value loss: one token mean per step, or "micro_batch" (official)
     c.ppo.max_mean_ratio = 10.0
     c.ppo.gae_gamma = 1.0
@@ -191,7 +191,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "algo": ALGORITHMS,
     "ppo.kl_estimator": ("k1", "k2", "k3"),
     "ppo.loss_aggregation": AGGREGATIONS,
     "restem.early_stop": ("first_decrease", "best"),
@@ -226,6 +225,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         if name not in given:
             raise ConfigError(f"config key {name!r} is missing")
         value = given[name]
+        if default is None:  # true / false / None (None: a default decided elsewhere)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"config key {name!r} must be true, false or None, got {value!r}")
+            continue
         if isinstance(default, bool) != isinstance(value, bool):
             raise ConfigError(f"config key {name!r} must be a bool, got {value!r}")
         if isinstance(default, float) and not isinstance(value, (int, float)):
@@ -263,8 +266,6 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
     need(cfg.ppo.epochs >= 1, "ppo.epochs", "must be >= 1")
-    need(not cfg.ppo.kl_in_reward or cfg.algo == "ppo", "ppo.kl_in_reward",
-         "the KL penalty in the reward is the PPO baseline's option (GAE over token rewards)")
     need(cfg.ppo.kl_target > 0, "ppo.kl_target", "must be > 0")
     need(cfg.ppo.clip_eps_high >= 0, "ppo.clip_eps_high", "must be >= 0 (0 = ppo.clip_eps)")
     need(cfg.ppo.dual_clip == 0 or cfg.ppo.dual_clip > 1, "ppo.dual_clip", "must be 0 (off) or > 1")
@@ -307,6 +308,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     if cfg.algo != "sft":
         need(cfg.model.hf_path != "" or cfg.model.init_from != "" or cfg.task.name == "arithmetic",
              "model.init_from", "RL needs a starting policy: an SFT run dir or an HF folder")
+    if cfg.algo not in STAGES:  # the RL stage: the estimator checks its own settings
+        from vinejax.train.estimators import get_estimator
+
+        get_estimator(cfg)
     return cfg
 
 

@@ -47,7 +47,8 @@ def parse_argv(argv: list[str], require_file: bool = True) -> tuple[str, list[tu
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """`get_config()` of the Python file at `path` (its folder is importable while it loads)."""
+    """`get_config()` of the Python file at `path` (its folder is importable while it loads, and
+    `import_dir`, when the file leaves it empty: plug-ins named "pkg.module:name" are found there)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     folder = os.path.dirname(os.path.abspath(path))
@@ -58,7 +59,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             raise ConfigError(f"config file {path} has no get_config()")
-        return module.get_config()
+        cfg = module.get_config()
+        if "import_dir" in cfg and not cfg.import_dir:
+            cfg.import_dir = folder
+        return cfg
     except (AttributeError, KeyError) as error:  # a misspelt key inside the file (the schema is locked)
         message = str(error.args[0] if error.args else error).replace("\n", " ")
         raise ConfigError(f"{path}: unknown config key {message}") from None

@@ -13,13 +13,14 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from vinejax import multihost, sharding
-from vinejax.config import BASELINES, ConfigError
+from vinejax.config import STAGES, ConfigError
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig, kl_clamp_for
 from vinejax.sampling import RolloutEnv
 from vinejax.tasks import get_task
 from vinejax.train.episodes import sampling_config, stop_table
+from vinejax.train.estimators import get_estimator
 from vinejax.train.update import make_optimizer
 
 
@@ -38,6 +39,7 @@ class RunContext:
     optimizer: Optional[optax.GradientTransformation] = None  # RL: the policy's optimizer
     critic_optimizer: Optional[optax.GradientTransformation] = None  # PPO only
     loss_cfg: Optional[PolicyLossConfig] = None  # RL: PPO-clip + KL settings
+    estimator: Any = None  # RL: where the advantages come from (`train.estimators`)
     notes: tuple = ()  # settings capped the official way, said once at the start
     stops: Any = None  # the task's stop strings as a `sampling.StopTable` (matched on text), or None
 
@@ -147,13 +149,16 @@ def _random_model_config(cfg, tokenizer) -> ModelConfig:
 
 
 def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
-    """Optimizers, loss settings and (PPO) the critic's config and shardings of an RL run."""
-    if cfg.algo in ("sft",) + BASELINES:  # these build their optimizers per stage
+    """The estimator, optimizers, loss settings and (an estimator with a critic) the critic's config
+    and shardings of an RL run."""
+    if cfg.algo in STAGES:  # the other stages build their optimizers themselves
         return {}
+    estimator = get_estimator(cfg)
     total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
     p = cfg.ppo
-    pieces = dict(optimizer=make_optimizer(cfg.optim, total_steps), loss_cfg=policy_loss_config(cfg))
-    if cfg.algo == "ppo":
+    pieces = dict(estimator=estimator, optimizer=make_optimizer(cfg.optim, total_steps),
+                  loss_cfg=policy_loss_config(cfg, estimator.whiten))
+    if estimator.uses_critic:
         critic_cfg = model_cfg.replace(value_head=True)
         pieces.update(
             critic_cfg=critic_cfg,
@@ -163,15 +168,17 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
     return pieces
 
 
-def policy_loss_config(cfg) -> PolicyLossConfig:
-    """The policy loss settings of the `ppo` section."""
+def policy_loss_config(cfg, whiten: bool = True) -> PolicyLossConfig:
+    """The policy loss settings of the `ppo` section; `whiten`: the estimator's whitening
+    convention, used when `ppo.whiten_advantages` is None."""
     p = cfg.ppo
     return PolicyLossConfig(
         clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high or None, dual_clip=p.dual_clip or None,
         kl_coef=p.kl_coef, kl_estimator=p.kl_estimator, kl_clamp=kl_clamp_for(p.kl_estimator, p.kl_clamp),
         entropy_coef=p.entropy_coef, max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None,
         aggregation=p.loss_aggregation, token_mean=p.token_mean,
-        norm_length=p.loss_norm_length or cfg.sampling.max_new_tokens, whiten=p.whiten_advantages)
+        norm_length=p.loss_norm_length or cfg.sampling.max_new_tokens,
+        whiten=whiten if p.whiten_advantages is None else p.whiten_advantages)
 
 
 def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:
