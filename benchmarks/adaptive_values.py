@@ -53,7 +53,7 @@ def main():
     env = ctx.rollout(params)
     with ctx.mesh_context():
         ep = sample_episodes(env, problems, s.samples_per_problem, rng)
-        rewards = grade_episodes(ctx.task, ep, 0)
+        rewards, _ = grade_episodes(ctx.task, ep, 0)
         starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
         states = StepStates.of(starts, num_steps, config_lib.max_value_step(cfg))
         est = states.estimated

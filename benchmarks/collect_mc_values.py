@@ -82,7 +82,7 @@ def main():
             t0 = time.time()
             r_sample, r_mc = jax.random.split(jax.random.fold_in(rng, g))
             ep = sample_episodes(env, problems[g:g + args.group], s.samples_per_problem, r_sample)
-            rewards = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
+            rewards, _ = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
             starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
             states = StepStates.of(starts, num_steps, config_lib.max_value_step(cfg))
             mc_r, _, stats = mc_rewards(env.replace(batch_rows=0), ep, states, r_mc, args.k)

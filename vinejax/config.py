@@ -48,13 +48,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.context_size = -1  # tokens a prompt + response may hold besides BOS (paper: 2047 Rho, 2499 DeepSeek); -1 = max positions - 1
 
     c.task = ml_collections.ConfigDict()
-    c.task.name = "arithmetic"
+    c.task.name = "arithmetic"  # gsm8k, math, arithmetic, jsonl, or a plug-in "pkg.module:factory" (its Task)
     c.task.data_dir = ""  # local folder laid out like shared/data ("" = the Hub)
     c.task.train_split = "train"
     c.task.num_eval_problems = 500  # the first N problems of each eval split; 0 = the whole split
     c.task.max_prompt_tokens = 1512  # longer prompts are dropped
-    c.task.options = ml_collections.ConfigDict()  # task-specific loader options (free-form)
-    c.task.grade_workers = 2
+    c.task.options = ml_collections.ConfigDict()  # the task's own options (grader, files, prompt_template, ...); unknown ones are refused
+    c.task.grade_workers = 2  # processes for sandboxed grading (sympy checks, plug-in graders)
+    c.task.chat_template = False  # prompts through the tokenizer's chat template (instruct models; the paper: raw prompts)
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.problems_per_iteration = 64  # restem / dpo_positive: 0 = the whole train split (official)

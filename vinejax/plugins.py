@@ -25,29 +25,29 @@ def add_import_dir(import_dir: str) -> None:
         sys.path.insert(0, os.path.abspath(import_dir))
 
 
-def load_object(spec: str, key: str, import_dir: str = "", known: str = ""):
+def load_object(spec: str, key: str, import_dir: str = "", known: str = "", error: type = ConfigError):
     """The object `spec` ("package.module:name", the name may be dotted) names; `key` is the config
-    key that gave it and `known` the built-in names, both for the error messages."""
+    key that gave it and `known` the built-in names, both for the messages of the `error` raised."""
     where = f"config key {key!r} is {spec!r}"
     if not is_import_path(spec):
-        raise ConfigError(f"{where}: not one of {known} nor an import path 'package.module:name'" if known
-                          else f"{where}: not an import path 'package.module:name'")
+        raise error(f"{where}: not one of {known} nor an import path 'package.module:name'" if known
+                    else f"{where}: not an import path 'package.module:name'")
     module_name, _, attr = spec.partition(":")
     add_import_dir(import_dir)
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
+    except ModuleNotFoundError as failure:
+        if failure.name and module_name.startswith(failure.name):
             searched = f"PYTHONPATH or {import_dir}" if import_dir else "PYTHONPATH"
-            raise ConfigError(f"{where}: module {module_name!r} not found (searched {searched})") from None
-        raise ConfigError(f"{where}: importing {module_name!r} failed: {error}") from None
-    except Exception as error:
-        raise ConfigError(f"{where}: importing {module_name!r} failed: {type(error).__name__}: {error}") from None
+            raise error(f"{where}: module {module_name!r} not found (searched {searched})") from None
+        raise error(f"{where}: importing {module_name!r} failed: {failure}") from None
+    except Exception as failure:
+        raise error(f"{where}: importing {module_name!r} failed: {type(failure).__name__}: {failure}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"{where}: module {module_name!r} has no {attr!r}")
+            raise error(f"{where}: module {module_name!r} has no {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"{where}: {attr!r} is a {type(obj).__name__}, not a factory (class or function)")
+        raise error(f"{where}: {attr!r} is a {type(obj).__name__}, not a factory (class or function)")
     return obj

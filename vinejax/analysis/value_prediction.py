@@ -190,7 +190,7 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     problems = problems[: acfg.num_problems] if acfg.num_problems > 0 else problems
     with timer("episodes"):
         ep = sample_episodes(an.env, problems, 1, jax.random.fold_in(rng, 0), desc="episodes")
-        rewards = grade_episodes(task, ep, cfg.task.grade_workers)
+        rewards, _ = grade_episodes(task, ep, cfg.task.grade_workers)
     all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state)
     if len(all_rows) == 0:
         raise ValueError("no states: every episode has a single step or was rejected by the step splitter")

@@ -96,11 +96,11 @@ def rl_steps_per_iteration(cfg) -> int:
     return cfg.ppo.epochs * episodes // cfg.ppo.episodes_per_step
 
 
-def _task(cfg):
-    options = dict(cfg.task.options)
-    if cfg.task.data_dir:
-        options["data_dir"] = cfg.task.data_dir
-    return get_task(cfg.task.name, **options)
+def task_of(cfg):
+    """The task of the `task` section (a built-in, "jsonl" or a plug-in, `tasks.get_task`), its
+    prompts through the tokenizer's chat template with `task.chat_template`."""
+    task = get_task(cfg.task.name, import_dir=cfg.import_dir, data_dir=cfg.task.data_dir, **cfg.task.options.to_dict())
+    return dataclasses.replace(task, chat_template=cfg.task.chat_template) if cfg.task.chat_template else task
 
 
 def policy_source(cfg) -> str:
@@ -223,7 +223,7 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
         raise FileNotFoundError(f"data folder not found: {cfg.task.data_dir} (task.data_dir)")
     source = policy_source(cfg)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
-    task = _task(cfg)
+    task = task_of(cfg)
     tokenizer = _tokenizer(cfg, task, source)
     overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
     if source:

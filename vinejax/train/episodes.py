@@ -166,12 +166,20 @@ def concat_episodes(parts: list[Episodes], pad: int = 0) -> Episodes:
 
 
 def grade_episodes(task, ep: Episodes, workers: int, pool=None):
-    """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones.
+    """(f32[B] rewards, grade errors): the task's grade for finished responses, 0 for unfinished
+    (length) ones, and how many grades raised or timed out (a plug-in grader's NaN, scored 0).
     With `pool`, graded on its thread: returns the function that waits for them (`multihost.split_rows`)."""
     grade = lambda lo, hi: task.grade_batch(ep.texts[lo:hi], ep.problems[lo:hi], num_workers=workers)
-    zero_unfinished = lambda r: np.where(ep.finished, np.asarray(r, np.float32), 0.0).astype(np.float32)
-    rewards = split_rows(grade, len(ep.texts), pool)  # each process grades a share
-    return zero_unfinished(rewards) if pool is None else (lambda: zero_unfinished(rewards()))
+    graded = split_rows(grade, len(ep.texts), pool)  # each process grades a share
+    finish = lambda r: scored(np.where(ep.finished, np.asarray(r, np.float32), 0.0))
+    return finish(graded) if pool is None else (lambda: finish(graded()))
+
+
+def scored(grades: np.ndarray) -> tuple[np.ndarray, int]:
+    """(f32 rewards, errors) of task grades where NaN marks a grade that raised or timed out: scored 0."""
+    grades = np.asarray(grades, np.float32)
+    errors = np.isnan(grades)
+    return np.where(errors, 0.0, grades).astype(np.float32), int(errors.sum())
 
 
 def token_offsets(tokenizer, ids: list, text: str) -> list[tuple[int, int]]:

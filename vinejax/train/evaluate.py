@@ -21,12 +21,13 @@ import numpy as np
 from vinejax import sampling
 from vinejax.sampling import RolloutEnv
 from vinejax.train import encode, host_work
-from vinejax.train.episodes import Episodes, concat_episodes, sample_episode_batches
+from vinejax.train.episodes import Episodes, concat_episodes, sample_episode_batches, scored
 from vinejax.train.eval_metrics import majority_index, summarize
 
 
 def _graded(env: RolloutEnv, ep: Episodes) -> tuple[np.ndarray, list]:
-    """f32[B] verdicts of every response (finish reason ignored) and its extracted answers."""
+    """f32[B] verdicts of every response (finish reason ignored; NaN where the grade raised or
+    timed out) and its extracted answers."""
     task = env.task
     verdicts = np.asarray(task.grade_batch(ep.texts, ep.problems, num_workers=env.grade_workers), np.float32)
     answers = [task.answer(t, p) for t, p in zip(ep.texts, ep.problems)] if task.answer else [None] * len(ep.texts)
@@ -65,17 +66,20 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
         return metrics, records
     rng_sample, rng_greedy = jax.random.split(rng)
     if n > 0:
-        ep, verdicts, answers = _sampled_and_graded(ctx.rollout(params, evaluation=True), problems, n, rng_sample, desc)
+        ep, graded, answers = _sampled_and_graded(ctx.rollout(params, evaluation=True), problems, n, rng_sample, desc)
+        verdicts, errors = scored(graded)
         per_problem = [answers[i * n:(i + 1) * n] for i in range(len(problems))]
         metrics = summarize(verdicts.reshape(-1, n), per_problem if task.answer else None,
                             (ep.total_lens - ep.prompt_lens).reshape(-1, n), ep.finished.reshape(-1, n))
+        metrics["grade_errors"] = float(errors)
         for i, rec in enumerate(records):
             rec["samples"] = [_sample_record(ep, r, verdicts[r], answers[r]) for r in range(i * n, (i + 1) * n)]
             if task.answer:
                 rec["majority"] = majority_index(per_problem[i])
     if e.greedy if greedy is None else greedy:
-        ep, verdicts, answers = _sampled_and_graded(ctx.rollout(params, greedy=True), problems, 1, rng_greedy,
-                                                    desc + " greedy")
+        ep, graded, answers = _sampled_and_graded(ctx.rollout(params, greedy=True), problems, 1, rng_greedy,
+                                                  desc + " greedy")
+        verdicts = scored(graded)[0]
         metrics["greedy_accuracy"] = float(verdicts.mean())
         for i, rec in enumerate(records):
             rec["greedy"] = _sample_record(ep, i, verdicts[i], answers[i])

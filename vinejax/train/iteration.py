@@ -81,8 +81,9 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             score = lambda p, t: logprob_scorer(p, t, model_cfg=run.model_cfg, temperature=s.temperature)
             old_lp = score_rows(run.mesh, score, state.params, tokens, s.batch_size)  # [B, T]
             ref_lp = score_rows(run.mesh, score, ref_params, tokens, s.batch_size)  # [B, T]
-        rewards = host.wait(rewards_of)  # f32[B]
-        metrics = {"rewards/mean": rewards.mean(), "generation/finished_frac": ep.finished.mean()}
+        rewards, grade_errors = host.wait(rewards_of)  # f32[B]
+        metrics = {"rewards/mean": rewards.mean(), "rewards/grade_errors": float(grade_errors),
+                   "generation/finished_frac": ep.finished.mean()}
         metrics |= describe("generation/length", ep.total_lens - ep.prompt_lens)
         steps = None
         if estimator.needs_steps:

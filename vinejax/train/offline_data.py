@@ -18,8 +18,9 @@ def sample_and_grade(ctx, params, problems: list, rng: jax.Array, desc: str = "s
     """`sampling.samples_per_problem` responses to each problem at the sampling settings, their
     rewards f32[B] (0 when cut by the length limit) and the round's metrics."""
     ep = sample_episodes(ctx.rollout(params), problems, ctx.cfg.sampling.samples_per_problem, rng, desc)
-    rewards = grade_episodes(ctx.task, ep, ctx.cfg.task.grade_workers)  # f32[B]
-    metrics = {"rewards/mean": float(rewards.mean()), "generation/finished_frac": float(ep.finished.mean())}
+    rewards, grade_errors = grade_episodes(ctx.task, ep, ctx.cfg.task.grade_workers)  # f32[B]
+    metrics = {"rewards/mean": float(rewards.mean()), "rewards/grade_errors": float(grade_errors),
+               "generation/finished_frac": float(ep.finished.mean())}
     return ep, rewards, metrics | describe("generation/length", ep.total_lens - ep.prompt_lens)
 
 

@@ -14,7 +14,7 @@ from vinejax.rl import adaptive
 from vinejax.rl import values as values_lib
 from vinejax.sampling import RolloutEnv
 from vinejax.train import host_work
-from vinejax.train.episodes import Episodes, finish_response
+from vinejax.train.episodes import Episodes, finish_response, scored
 from vinejax.train.host_work import HostWork
 from vinejax.train.scoring import score_rows, value_scorer
 
@@ -42,9 +42,10 @@ class StepStates(NamedTuple):
 def grade_continuations(env: RolloutEnv, ep: Episodes, step_starts: np.ndarray, out: sampling.ContinuationOutput,
                         rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, pool=None):
     """f32[N, K] rewards of the continuations of states (rows[i], cols[i]): the grade of prefix +
-    continuation (cut at a stop string in the continuation), 0 for a length-stopped one and for
-    slots k >= counts[i] (N = len(rows), K = out's sample axis). With `pool`, the texts are built
-    and graded on its thread: returns the function that waits for the rewards."""
+    continuation (cut at a stop string in the continuation; NaN where it raised or timed out:
+    `episodes.scored`), 0 for a length-stopped one and for slots k >= counts[i] (N = len(rows),
+    K = out's sample axis). With `pool`, the texts are built and graded on its thread: returns
+    the function that waits for the rewards."""
     tokenizer, task, stops, workers = env.tokenizer, env.task, env.stops, env.grade_workers
     k_all = out.lengths.shape[2]
     counts = np.asarray(counts, np.int64)
@@ -64,7 +65,7 @@ def grade_continuations(env: RolloutEnv, ep: Episodes, step_starts: np.ndarray, 
             texts.append(finish_response(tokenizer, stops, ids, search_from=len(prefix))[0])
         return task.grade_batch(texts, [ep.problems[x] for x in r[lo:hi]], num_workers=workers)
 
-    def place(graded: np.ndarray) -> np.ndarray:
+    def place(graded: np.ndarray) -> np.ndarray:  # NaN stays: a grade that raised (counted by the caller)
         rewards = np.zeros((len(rows), k_all), np.float32)
         finished = out.finish_reason[r, c, j] != sampling.FINISH_LENGTH
         rewards[i, j] = np.where(finished, graded, 0.0)
@@ -99,10 +100,11 @@ def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array
     b, s = states.starts.shape
     rewards = np.zeros((b, s, k), np.float32)
     totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
-    slots, pending = 0, []  # (episodes, states' rows, cols, rewards' waiter) of groups being graded
+    slots, pending, errors = 0, [], [0]  # pending: (episodes, states' rows, cols, rewards' waiter) being graded
 
     def collect(part, rows, cols, waiter):
-        rewards[part[rows], cols] = host.wait(waiter)
+        rewards[part[rows], cols], bad = scored(host.wait(waiter))
+        errors[0] += bad
 
     with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
         for part, key in episode_groups(b, env.batch_rows, rng):
@@ -122,7 +124,8 @@ def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array
             collect(*item)
     mask = np.repeat(states.estimated[:, :, None], k, axis=2)
     stats = {"mc/" + key: float(v) for key, v in totals.items()}
-    stats |= {"mc/slots": float(slots), "mc/live_fraction": totals["live_steps"] / max(totals["slot_steps"], 1)}
+    stats |= {"mc/slots": float(slots), "mc/live_fraction": totals["live_steps"] / max(totals["slot_steps"], 1),
+              "mc/grade_errors": float(errors[0])}
     return rewards, mask, stats
 
 
@@ -182,7 +185,7 @@ def adaptive_rollouts(env: RolloutEnv, ep: Episodes, states: StepStates, episode
     rules = tuple(acfg.rules)
     b, s = states.starts.shape
     uid = np.full((b, s), -1, np.int64)
-    parts, offset, calls, stats = [], 0, 0, {"rows": 0, "slot_steps": 0, "live_steps": 0}
+    parts, offset, calls, stats = [], 0, 0, {"rows": 0, "slot_steps": 0, "live_steps": 0, "grade_errors": 0}
     for part, key in episode_groups(b, env.batch_rows, rng):
         res, group_stats = _adaptive_group(env, ep.select(part), states.select(part), episode_rewards[part], key,
                                            acfg, budget_per_state)
@@ -201,6 +204,7 @@ def adaptive_rollouts(env: RolloutEnv, ep: Episodes, states: StepStates, episode
         "mc/unique_states": float(u),
         "mc/rows": float(stats["rows"]),
         "mc/live_fraction": stats["live_steps"] / max(stats["slot_steps"], 1),
+        "mc/grade_errors": float(stats["grade_errors"]),
         "mc/num_states": float(estimated.sum()),
         "mc/value_mean": float(values[estimated].mean()) if estimated.any() else 0.0,
         "adaptive/rollouts_per_state": float(n.mean()) if u else 0.0,
@@ -228,18 +232,19 @@ def _adaptive_group(env: RolloutEnv, ep: Episodes, states: StepStates, episode_r
     outcomes = np.full((u, max(rule.max_rollouts for rule in rules)), -1, np.int8)
     running = np.ones(u, bool)
     inc = np.full(u, rules[0].round_size, np.int64)
-    calls, stats = 0, {"rows": 0, "slot_steps": 0, "live_steps": 0}
+    calls, stats = 0, {"rows": 0, "slot_steps": 0, "live_steps": 0, "grade_errors": 0}
     while running.any():
         counts = np.zeros((b, s), np.int64)
         counts[rep[running, 0], rep[running, 1]] = inc[running]
         out = trajectories.continue_from(step_starts, jax.random.fold_in(rng, calls), counts, state_mask=counts > 0)
         idx = np.nonzero(running)[0]
-        r = grade_continuations(env, ep, step_starts, out, rep[idx, 0], rep[idx, 1], inc[idx])
+        r, bad = scored(grade_continuations(env, ep, step_starts, out, rep[idx, 0], rep[idx, 1], inc[idx]))
+        stats["grade_errors"] += bad
         for j, i in enumerate(idx):
             outcomes[i, n[i] : n[i] + inc[i]] = r[j, : inc[i]]
         succ[idx] += r.sum(1).round().astype(np.int64)
         n[idx] += inc[idx]
-        for key in stats:
+        for key in ("rows", "slot_steps", "live_steps"):
             stats[key] += out.stats[key]
         calls += 1
         if calls == 1 and len(rules) > 1:
