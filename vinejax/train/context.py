@@ -19,6 +19,7 @@ from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig, kl_clamp_for
 from vinejax.sampling import RolloutEnv
 from vinejax.tasks import get_task
+from vinejax.train.encode import end_of_turn
 from vinejax.train.episodes import sampling_config, stop_table
 from vinejax.train.estimators import get_estimator
 from vinejax.train.update import make_optimizer
@@ -181,6 +182,24 @@ def policy_loss_config(cfg, whiten: bool = True) -> PolicyLossConfig:
         whiten=whiten if p.whiten_advantages is None else p.whiten_advantages)
 
 
+def chat_setup(tokenizer, chat_template: bool) -> list[str]:
+    """With `task.chat_template`: generation ends at the template's end-of-turn token, which
+    becomes the tokenizer's EOS (sampling, stop cuts, SFT targets, the export). Returns the
+    notes to say once: that, or that the tokenizer has a chat template the run does not use."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if not chat_template:
+        return ["the tokenizer has a chat template; prompts are raw text, as in the paper "
+                "(task.chat_template=true to use it)"] if has_template else []
+    if not has_template:
+        raise ConfigError("config key 'task.chat_template': the tokenizer has no chat template")
+    end = end_of_turn(tokenizer)
+    if end == tokenizer.eos_token:
+        return []
+    tokenizer.eos_token = end
+    return [f"task.chat_template: responses end at the template's end-of-turn token {end!r} (the tokenizer's EOS "
+            f"from here on)"]
+
+
 def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:
     """Raise ConfigError for a length setting the model cannot hold; return notes on settings that
     are capped the official way (a response may write at most context − prompt tokens)."""
@@ -225,6 +244,7 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
     task = task_of(cfg)
     tokenizer = _tokenizer(cfg, task, source)
+    chat_notes = chat_setup(tokenizer, cfg.task.chat_template)
     overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
     if source:
         notes = check_lengths(cfg, config_from_hf(read_hf_config(source)))
@@ -240,7 +260,7 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
         params = llama.init_params(model_cfg, jax.random.key(cfg.seed)) if load_params else None
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
-    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
+    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(chat_notes + notes),
                      stops=stop_table(tokenizer, task, model_cfg.vocab_size), **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, None if params is None else ctx.put_params(params), origin
 

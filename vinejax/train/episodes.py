@@ -89,8 +89,8 @@ def finish_response(tokenizer, stops, ids: list, search_from: int = 0) -> tuple[
 
 
 def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
-    """BOS + prompt tokens of each problem."""
-    return [encode.encode_prompt(tokenizer, task.prompt(p.problem)) for p in problems]
+    """The prompt tokens of each problem (`encode.task_prompt`: BOS + prompt, or the chat template's)."""
+    return [encode.task_prompt(tokenizer, task, p.problem) for p in problems]
 
 
 def sample_episodes(env: sampling.RolloutEnv, problems, num_samples: int, rng: jax.Array,
