@@ -104,7 +104,7 @@ def get_task(name: str, grader: str | None = None, *, import_dir: str = "", data
     return Task(name=name, grade=grading.grade, grade_batch=grading.grade_batch,
                 split_steps=module.split_steps, loader=module.load_split,
                 prompt_template=template, stop_strings=stops, options=options, grader=grader,
-                answer=grading.answer)
+                answer=grading.answer, tokenizer=getattr(module, "tokenizer", None))
 
 
 def builtin_options(module) -> tuple:

@@ -219,6 +219,13 @@ def grade_batch(responses: Sequence[str], problems: Sequence[Problem], num_worke
     return grade_serially(grade, responses, problems)
 
 
+def tokenizer():
+    """The task's character tokenizer (`char_tokenizer`, one token per character of ``ALPHABET``)."""
+    from vinejax.tasks.char_tokenizer import build_char_tokenizer
+
+    return build_char_tokenizer(ALPHABET)
+
+
 def split_steps(response: str) -> list[str]:
     """Line steps by GSM8K's rules: each newline starts a step; ``\\n#### answer`` joins the last."""
     return gsm8k.split_steps(response)

@@ -54,7 +54,9 @@ class Task:
     ``stop_strings`` end a response (removed, EOS appended); ``answer(response, problem)`` is the
     grader's extracted final answer, hashable (str, tuple or None): the candidates of the
     majority vote at evaluation (it runs in the main process: keep it cheap); ``chat_template``:
-    prompts go through the tokenizer's chat template (config ``task.chat_template``).
+    prompts go through the tokenizer's chat template (config ``task.chat_template``);
+    ``tokenizer() -> PreTrainedTokenizerFast``: the task's own tokenizer for tiny random models
+    (used when neither ``model.hf_path``, ``model.init_from`` nor ``model.tokenizer_path`` gives one).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Task:
     answer: Optional[Callable[[str, Problem], Hashable]] = None
     grade_timeout: float = 2.0
     chat_template: bool = False
+    tokenizer: Optional[Callable[[], Any]] = None
 
     def __post_init__(self):
         if self.grade_batch is None:  # grade each response in turn (a plug-in's: in the sandbox, see tasks.sandbox)

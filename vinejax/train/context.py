@@ -129,11 +129,8 @@ def _tokenizer(cfg, task, source: str):
     path = cfg.model.tokenizer_path or source
     if path:
         return AutoTokenizer.from_pretrained(path)
-    if task.name == "arithmetic":
-        from vinejax.tasks.arithmetic import ALPHABET
-        from vinejax.tasks.char_tokenizer import build_char_tokenizer
-
-        return build_char_tokenizer(ALPHABET)
+    if task.tokenizer is not None:  # the task's own (the arithmetic task's character tokenizer)
+        return task.tokenizer()
     raise ConfigError(f"config key 'model.tokenizer_path': task {cfg.task.name!r} has no tokenizer of its own; "
                       f"set model.hf_path, model.init_from or model.tokenizer_path")
 
