@@ -45,19 +45,27 @@ def _from_dir(split: str, data_dir: str, vineppo_splits: bool, seed: int, num_va
     return [r for r in records if r["unique_id"] in wanted]
 
 
+HUB_OPTIONS = {"hub_test_name": HUB_TEST_NAME, "hub_train_name": None, "hub_config": None}
+OPTIONS = ("data_dir", "data_files", "vineppo_splits", "seed", "num_validation") + tuple(HUB_OPTIONS)  # of load_split
+
+
 def load_split(split: str, data_dir: str | None = None, data_files: dict | None = None,
                vineppo_splits: bool = True, seed: int = 42, num_validation: int = NUM_VALIDATION,
-               hub_test_name: str = HUB_TEST_NAME, hub_train_name: str | None = None,
-               hub_config: str | None = None) -> list[Problem]:
+               **hub) -> list[Problem]:
     """Load a MATH split (train 11,500 / validation 500 / test MATH500) as ``Problem`` records.
 
     Sources, first match wins: ``data_files`` ({split: jsonl path}; without a validation file,
     validation is a seeded subset of ``num_validation`` train records, removed from train:
     `data.records_of_split`); ``data_dir`` laid out like ``shared/data`` (VinePPO's splits when
-    ``vineppo_splits``); the Hub: ``hub_test_name`` for test and ``hub_train_name`` (a dataset
-    with PRM800K ``math_splits/train`` records) for train/validation.
+    ``vineppo_splits``); the Hub (``hub`` options, ``HUB_OPTIONS``): ``hub_test_name`` for test
+    and ``hub_train_name`` (a dataset with PRM800K ``math_splits/train`` records) for
+    train/validation, ``hub_config``.
     """
     data.check_split(split)
+    if set(hub) - set(HUB_OPTIONS):
+        raise TypeError(f"unknown MATH loader options {sorted(set(hub) - set(HUB_OPTIONS))}; known: {OPTIONS}")
+    hub = HUB_OPTIONS | hub
+    hub_test_name, hub_train_name, hub_config = hub["hub_test_name"], hub["hub_train_name"], hub["hub_config"]
     if data_files:
         read = lambda path: data.read_jsonl(path, _FIELDS)
         records = data.records_of_split(data_files, split, num_validation, seed, read)
