@@ -34,6 +34,10 @@ PLUGIN = """
     def make_anything(**options):
         return make()
 
+    def slow_make(grade_timeout):  # a factory that takes longer than a grade may (loads its data)
+        time.sleep(2.5)
+        return make(grade_timeout=grade_timeout)
+
     def raises(**options):
         raise FileNotFoundError("no such dataset: /data/doubling")
 
@@ -107,3 +111,11 @@ def test_problem_records_travel_to_the_workers_whole(plugin_dir):
     task = get_task("doubling:make", import_dir=plugin_dir)
     problem = Problem(problem="3+3", answer="6", solution="", meta={"tuple": (1, 2), "nested": {"a": [1]}})
     assert task.grade_batch(["= 6"], [problem], num_workers=1).tolist() == [1.0]
+
+
+def test_a_slow_factory_is_not_cut_by_the_grade_timeout(plugin_dir):
+    """Each worker builds the task before it takes a timed grade (its warm-up)."""
+    task = get_task("doubling:slow_make", import_dir=plugin_dir, grade_timeout=1.0)
+    problems = task.load_split("train")[:3]
+    rewards = task.grade_batch(["= 0", "= 2", "= 5"], problems, num_workers=2)
+    assert rewards.tolist() == [1.0, 1.0, 0.0]

@@ -1,7 +1,7 @@
 """Writes data/{train,validation,test}.jsonl of the ledger task (deterministic: seed 0).
 
-A record is a starting balance and a few deposits / withdrawals, the worked balance line by
-line and the final balance. Every intermediate balance stays in 0..99.
+A record is a starting balance and 2-4 deposits / withdrawals of 1-9, the worked balance move by
+move and the final balance. Every intermediate balance stays in 0..99.
 
     python examples/custom_task/make_data.py
 """
@@ -16,7 +16,7 @@ def record(rng: random.Random) -> dict:
     balance = rng.randint(5, 60)
     start, moves, lines = balance, [], []
     for _ in range(rng.randint(2, 4)):
-        amount = rng.randint(1, 30)
+        amount = rng.randint(1, 9)
         if balance - amount >= 0 and (balance + amount > 99 or rng.random() < 0.5):
             moves.append(f"-{amount}")
             lines.append(f"{balance}-{amount}={balance - amount}")

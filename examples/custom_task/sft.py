@@ -20,7 +20,7 @@ def get_config():
     c = ledger_task(base_config())
     c.algo = "sft"
     c.output_dir = "runs/ledger_sft"
-    c.sft.epochs = 4
+    c.sft.epochs = 8
     c.sft.batch_size = 64
     c.sft.micro_batch = 64
     c.sft.max_seq_len = 128

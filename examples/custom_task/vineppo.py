@@ -20,7 +20,7 @@ def get_config():
     c.vineppo.chunk_rows = 512
     c.ppo.episodes_per_step = 64
     c.ppo.micro_batch = 64
-    c.optim.lr = 1e-4
+    c.optim.lr = 3e-5
     c.optim.warmup_frac = 0.05
     c.train.iterations = 10
     c.train.eval_every = 5

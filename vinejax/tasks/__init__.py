@@ -74,12 +74,10 @@ def get_task(name: str, grader: str | None = None, *, import_dir: str = "", data
     ``import_dir``). ``data_dir`` goes to the tasks that take it; ``options`` as in the module
     docstring. An unknown name or option is a one-line ``TaskError`` naming its config key."""
     options = dict(options, **({"grader": grader} if grader is not None else {}))
+    check_name(name)
     if is_import_path(name):
         accepted = _accepted(load_object(name, "task.name", import_dir, error=TaskError))
         return load_plugin_task(name, _with_data_dir(options, data_dir, accepted), import_dir)
-    if name not in KNOWN_TASKS:
-        raise TaskError(f"config key 'task.name' is {name!r}: not one of {', '.join(KNOWN_TASKS)} nor a plug-in "
-                        f"'package.module:factory'")
     if name == "jsonl":
         from vinejax.tasks import jsonl
 
@@ -105,6 +103,13 @@ def get_task(name: str, grader: str | None = None, *, import_dir: str = "", data
                 split_steps=module.split_steps, loader=module.load_split,
                 prompt_template=template, stop_strings=stops, options=options, grader=grader,
                 answer=grading.answer, tokenizer=getattr(module, "tokenizer", None))
+
+
+def check_name(name: str) -> None:
+    """A one-line `TaskError` unless `name` is a built-in task or has a plug-in's form."""
+    if name not in KNOWN_TASKS and not is_import_path(name):
+        raise TaskError(f"config key 'task.name' is {name!r}: not one of {', '.join(KNOWN_TASKS)} nor a plug-in "
+                        f"'package.module:factory'")
 
 
 def builtin_options(module) -> tuple:

@@ -4,7 +4,8 @@ worker processes of `symbolic` (fresh interpreters, memory-capped), each grade c
 raises, hangs or kills its worker gives NaN (`grade_batch`), which the training and evaluation
 code count (`rewards/grade_errors`) and score 0.
 
-Each worker rebuilds the task once from its spec (import path, options, import folder) and calls
+Each worker rebuilds the task once from its spec (import path, options, import folder) before it
+takes jobs (its warm-up: a factory that loads data is not cut by the per-grade timeout) and calls
 its `grade(response, problem)`; the problem travels pickled.
 """
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _task(spec: str):
     return load_plugin_task(s["name"], s["options"], s["import_dir"], sandboxed=False)
 
 
+def load_in_worker(spec: str) -> bool:
+    """Build the plug-in task of `spec` (a worker's warm-up, outside the per-grade timeout)."""
+    return _task(spec) is not None
+
+
 def grade_in_worker(spec: str, response: str, problem: str) -> float:
     """The plug-in task's grade of `response` to the pickled `problem` (runs in a worker)."""
     return float(_task(spec).grade(response, pickle.loads(base64.b64decode(problem))))
@@ -55,6 +61,7 @@ def sandboxed_grade_batch(spec: str, timeout: float):
         if not responses:
             return np.zeros((0,), np.float32)
         pool = symbolic.get_pool(num_workers or 1)
+        pool.warm_up("task_load", spec)  # each worker builds the task before it takes a timed grade
         pool.timeout = timeout
         packed: dict = {}  # id(problem) -> its pickle: the samples of one problem share a record
         for p in problems:

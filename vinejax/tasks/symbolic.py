@@ -36,7 +36,9 @@ CHECKS = {  # check name -> (module, function, most characters of a job's argume
     "latex": ("vinejax.tasks.symbolic", "symbolic_equal", MAX_JOB_CHARS),
     "vineppo": ("vinejax.tasks.math_vineppo_symbolic", "texts_equal", MAX_JOB_CHARS),
     "task_grade": ("vinejax.tasks.sandbox", "grade_in_worker", 1_000_000),
+    "task_load": ("vinejax.tasks.sandbox", "load_in_worker", 1_000_000),
 }
+WARMUP_ENV = "VINEJAX_WORKER_WARMUP"  # JSON [[check, *args], ...] a worker runs before it is ready
 
 
 def admissible(latex: str) -> bool:
@@ -114,6 +116,11 @@ def serve() -> None:
         _check_function("vineppo")("(x)-(x)", "x", "x")
     except Exception:
         pass
+    for name, *arguments in json.loads(os.environ.get(WARMUP_ENV, "[]")):  # e.g. load a plug-in task
+        try:
+            _check_function(name)(*arguments)
+        except BaseException:
+            pass
     replies.write("ready\n")
     replies.flush()
     for line in sys.stdin:
@@ -130,9 +137,9 @@ def serve() -> None:
 class _Worker:
     """One ``python -c serve()`` subprocess (independent of the caller's ``__main__``)."""
 
-    def __init__(self):
+    def __init__(self, warmup: Sequence = ()):
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
+        env = dict(os.environ, **{WARMUP_ENV: json.dumps(list(warmup))})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from vinejax.tasks.symbolic import serve; serve()"],
@@ -180,13 +187,14 @@ class SymbolicPool:
         self.num_workers = max(1, int(num_workers))
         self.timeout = timeout
         self._workers: list[_Worker] = []
+        self._warmup: list = []  # [check, *args] every worker runs before it is ready (`warm_up`)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live sandboxed workers."""
         return [w.process.pid for w in self._workers if w.process.poll() is None]
 
     def _ensure_workers(self, count: int) -> None:
-        new = [_Worker() for _ in range(min(count, self.num_workers) - len(self._workers))]
+        new = [_Worker(self._warmup) for _ in range(min(count, self.num_workers) - len(self._workers))]
         for worker in new:  # start all first, then wait: startups overlap
             worker.wait_ready()
         self._workers.extend(new)
@@ -243,7 +251,15 @@ class SymbolicPool:
         """Kill the worker in ``slot`` and start a new one; it is waited for only when it gets
         its next job, so a call that cut a check short returns without waiting for the restart."""
         self._workers[slot].kill()
-        self._workers[slot] = _Worker()
+        self._workers[slot] = _Worker(self._warmup)
+
+    def warm_up(self, check: str, *arguments: str) -> None:
+        """Have every worker run `check(*arguments)` before it takes jobs (e.g. load a plug-in
+        task: outside the per-job timeout); live workers are restarted to do so."""
+        call = [check, *arguments]
+        if call not in self._warmup:
+            self._warmup.append(call)
+            self.close()
 
     def close(self) -> None:
         """Stop all worker processes."""

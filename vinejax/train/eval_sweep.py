@@ -22,7 +22,7 @@ import ml_collections
 from vinejax.checkpoint import CheckpointError
 from vinejax.config import ConfigError, base_config, validate
 from vinejax.config_file import apply_overrides, load_config_file
-from vinejax.tasks import KNOWN_TASKS
+from vinejax.tasks import KNOWN_TASKS, check_name
 from vinejax.train.context import build_context, hf_folder_of_run
 from vinejax.train.evaluate import evaluate_split
 from vinejax.train.metrics import progress
@@ -65,6 +65,8 @@ def eval_config(req: EvalRequest) -> tuple[ml_collections.ConfigDict, str]:
     `req.config_file` for an HF folder; flags, then `req.overrides`, applied and validated."""
     if not os.path.isdir(req.model):
         raise FileNotFoundError(f"model folder not found: {req.model}")
+    if req.task:
+        check_name(req.task)
     if is_run_dir(req.model):
         if req.config_file:
             raise ConfigError(f"{req.model} is a run folder: its config.json is the config (drop --config FILE)")
