@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo.epochs = 2  # passes over an iteration's episodes
     c.ppo.episodes_per_step = 64  # global optimizer batch, in episodes
     c.ppo.micro_batch = 16  # episodes per forward/backward (gradient accumulation)
-    c.ppo.whiten_advantages = None  # whiten per optimizer batch; None = the estimator's way (vineppo, ppo: yes; grpo: no)
+    c.ppo.whiten_advantages = None  # whiten per optimizer batch; None = the estimator's convention (grpo: no)
     c.ppo.token_mean = "batch"  # PPO-clip / value loss: one token mean per step, or "micro_batch" (official)
     c.ppo.max_mean_ratio = 10.0  # a micro-batch whose mean ratio exceeds this adds no loss (official); 0 = off
     c.ppo.gae_gamma = 1.0  # ppo: GAE γ

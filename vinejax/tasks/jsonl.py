@@ -169,7 +169,7 @@ class JsonlGrader:
 
 def load_split(split: str, options: JsonlOptions) -> list[Problem]:
     """The `Problem` records of `split` (`data.records_of_split`: a carved-out validation leaves train)."""
-    fields = [options.question_field, options.answer_field] + ([options.solution_field] if options.solution_field else [])
+    fields = [options.question_field, options.answer_field] + [options.solution_field] * bool(options.solution_field)
     read = lambda path: data.read_jsonl(path, fields)
     records = data.records_of_split(options.files(), split, options.num_validation, options.seed, read)
     gold = JsonlGrader(options.extract, options.answer_regex, "exact")
@@ -178,8 +178,8 @@ def load_split(split: str, options: JsonlOptions) -> list[Problem]:
         answer_text = str(record[options.answer_field])
         solution = str(record[options.solution_field]) if options.solution_field else answer_text
         answer = gold.extracted(answer_text) or answer_text.strip()
-        out.append(Problem(problem=str(record[options.question_field]), answer=answer, solution=solution,
-                           meta={k: v for k, v in record.items() if k not in fields and isinstance(v, (str, int, float))}))
+        meta = {k: v for k, v in record.items() if k not in fields and isinstance(v, (str, int, float))}
+        out.append(Problem(problem=str(record[options.question_field]), answer=answer, solution=solution, meta=meta))
     return out
 
 

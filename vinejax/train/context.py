@@ -100,7 +100,8 @@ def rl_steps_per_iteration(cfg) -> int:
 def task_of(cfg):
     """The task of the `task` section (a built-in, "jsonl" or a plug-in, `tasks.get_task`), its
     prompts through the tokenizer's chat template with `task.chat_template`."""
-    task = get_task(cfg.task.name, import_dir=cfg.import_dir, data_dir=cfg.task.data_dir, **cfg.task.options.to_dict())
+    task = get_task(cfg.task.name, import_dir=cfg.import_dir, data_dir=cfg.task.data_dir,
+                    **cfg.task.options.to_dict())
     return dataclasses.replace(task, chat_template=cfg.task.chat_template) if cfg.task.chat_template else task
 
 

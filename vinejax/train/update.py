@@ -182,7 +182,8 @@ def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
         values = critic_values(p, model_cfg, mb.tokens)
         total, _, metrics = losses.clipped_value_loss(values, mb.old_values, mb.returns,
                                                       mb.response_mask, clip_range)
-        return total / losses.token_denominators(mb.response_mask, (n_tok, 1), batch.tokens.shape[0], weighting), metrics
+        denominator = losses.token_denominators(mb.response_mask, (n_tok, 1), batch.tokens.shape[0], weighting)
+        return total / denominator, metrics
 
     loss, grads, metrics = _accumulate(loss_fn, params, batch)
     params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
