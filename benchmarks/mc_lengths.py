@@ -45,11 +45,11 @@ from vinejax import sampling  # noqa: E402
 from vinejax.model import llama  # noqa: E402
 from vinejax.model.config import ModelConfig  # noqa: E402
 from vinejax.sampling.core import cache_room  # noqa: E402
+from vinejax.sampling.env import token_budgets  # noqa: E402
 from vinejax.sampling.stops import STOPPED, StopTable  # noqa: E402
 from vinejax.tasks import get_task  # noqa: E402
 from vinejax.tasks.steps import step_token_starts  # noqa: E402
 from vinejax.train import encode  # noqa: E402
-from vinejax.train.episodes import token_budgets  # noqa: E402
 
 # ../shared/data beside the checkout (as tests/conftest.py and benchmarks/grading.py find it)
 DATA = os.environ.get("VINEJAX_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))

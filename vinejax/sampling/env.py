@@ -53,7 +53,12 @@ class RolloutEnv:
         return self.context_size if self.context_size >= 0 else self.model_cfg.max_position_embeddings - 1
 
     def budgets(self, prefix_lens) -> np.ndarray:
-        """int32 new tokens a generation from each prefix (lengths BOS included) may write:
-        min(max_new_tokens, context − (prefix_len − 1)), at least 1 (the official budget: its
-        count leaves BOS out)."""
-        return np.clip(self.context - (np.asarray(prefix_lens) - 1), 1, self.scfg.max_new_tokens).astype(np.int32)
+        """`token_budgets` of prefixes (lengths BOS included) under this environment."""
+        return token_budgets(prefix_lens, self.scfg.max_new_tokens, self.context)
+
+
+def token_budgets(prefix_lens, max_new_tokens: int, context_size: int) -> np.ndarray:
+    """int32 new tokens a generation from each prefix (lengths BOS included) may write:
+    min(max_new_tokens, context_size − (prefix_len − 1)), at least 1 (the official budget: its
+    count leaves BOS out)."""
+    return np.clip(context_size - (np.asarray(prefix_lens) - 1), 1, max_new_tokens).astype(np.int32)
