@@ -36,6 +36,11 @@ SFT = "configs/gsm8k_rho1b_sft.py"
      "'model.context_size' is 4096, but the model has 192 positions"),
     (["--config", "configs/arith_sft.py", "--config.sft.max_seq_len=584"], "'sft.max_seq_len' is 584"),
     (["--config", "configs/arith_vineppo.py", "--config.sampling.top_p=yes"], "'sampling.top_p'"),
+    (["--config", "configs/arith_sft.py", "--config.task.name=mytask"], "'task.name' is 'mytask': not one of"),
+    (["--config", "configs/arith_sft.py", "--config.task.options.grdaer=strict"],
+     "'task.options.grdaer' is not an option of task 'arithmetic'; its options: add_range,"),
+    (["--config", "configs/arith_vineppo.py", "--config.algo=mypkg.estimators:Mine"],
+     "'algo' is 'mypkg.estimators:Mine': module 'mypkg.estimators' not found"),
 ])
 def test_user_mistakes_are_one_line_naming_the_culprit(args, culprit, tmp_path):
     out = run_cli(*args, "--config.output_dir=" + str(tmp_path / "run"))
@@ -57,6 +62,19 @@ def test_unsupported_model_type_is_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith("error: unsupported model_type 'gpt2'; supported: llama") and "gemma3_text" in lines[0]
+
+
+def test_help_lists_every_section_and_key_with_its_doc():
+    from vinejax.config import base_config, flat_keys
+
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for section in ("[model]", "[task]", "[sampling]", "[vineppo]", "[vineppo.adaptive]", "[ppo]", "[eval]", "[mesh]"):
+        assert section in out.stdout
+    lines = {line.split(" = ", 1)[0].strip(): line for line in out.stdout.splitlines() if " = " in line}
+    for key in flat_keys(base_config()):
+        assert key in lines and "  # " in lines[key], key  # every key, with its one-line doc
+    assert "task.chat_template = False  # prompts through the tokenizer's chat template" in out.stdout
 
 
 def test_missing_data_and_no_hub_is_one_line(tmp_path, monkeypatch):

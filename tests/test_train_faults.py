@@ -20,14 +20,15 @@ from vinejax.train.stage import RunError
 
 
 def nan_from_iteration(start: int):
-    """The odd-length reward, NaN from iteration `start` on (counts calls on the iteration's 8 episodes)."""
+    """The odd-length reward, non-finite (inf) from iteration `start` on (counts calls on the
+    iteration's 8 episodes). Not NaN: a NaN grade is a grade that raised, scored 0 and counted."""
     calls = {"n": 0}
 
     def grade(responses, problems, num_workers=0):
         rewards = reward_odd_length(responses, problems)
         if len(responses) == 8:
             calls["n"] += 1
-        return rewards * np.nan if calls["n"] > start else rewards
+        return rewards + np.inf if calls["n"] > start else rewards
 
     return grade
 

@@ -10,19 +10,17 @@ import jax
 import numpy as np
 
 from vinejax.train import encode
-from vinejax.train.episodes import Episodes, grade_episodes, sample_episodes, sampling_config
+from vinejax.train.episodes import Episodes, grade_episodes, sample_episodes
 from vinejax.train.metrics import describe
 
 
 def sample_and_grade(ctx, params, problems: list, rng: jax.Array, desc: str = "sample") -> tuple[Episodes, np.ndarray, dict]:
     """`sampling.samples_per_problem` responses to each problem at the sampling settings, their
     rewards f32[B] (0 when cut by the length limit) and the round's metrics."""
-    s = ctx.cfg.sampling
-    scfg = sampling_config(ctx.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
-    ep = sample_episodes(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems, scfg, s.samples_per_problem,
-                         rng, s.batch_size, ctx.context_size, ctx.stops, desc)
-    rewards = grade_episodes(ctx.task, ep, ctx.cfg.task.grade_workers)  # f32[B]
-    metrics = {"rewards/mean": float(rewards.mean()), "generation/finished_frac": float(ep.finished.mean())}
+    ep = sample_episodes(ctx.rollout(params), problems, ctx.cfg.sampling.samples_per_problem, rng, desc)
+    rewards, grade_errors = grade_episodes(ctx.task, ep, ctx.cfg.task.grade_workers)  # f32[B]
+    metrics = {"rewards/mean": float(rewards.mean()), "rewards/grade_errors": float(grade_errors),
+               "generation/finished_frac": float(ep.finished.mean())}
     return ep, rewards, metrics | describe("generation/length", ep.total_lens - ep.prompt_lens)
 
 

@@ -23,7 +23,7 @@ def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: s
     longer than `max_seq_len` tokens (the official rule)."""
     rows, masks = [], []
     for p in problems:
-        toks, mask = encode.encode_sft(tokenizer, task.prompt(p.problem), target_template.format(solution=p.solution))
+        toks, mask = encode.task_sft(tokenizer, task, p.problem, target_template.format(solution=p.solution))
         if len(toks) <= max_seq_len:
             rows.append(toks)
             masks.append(mask)
