@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 PANELS = (
     ("iteration", "eval/accuracy", "held-out accuracy (sampled)"),
@@ -34,7 +31,8 @@ def is_sft(records: list) -> bool:
 def curves_png(runs: list[tuple[str, list[dict]]]) -> bytes:
     """One PNG of the curves of `runs` ([(label, metrics records)]), one colour per run."""
     panels = SFT_PANELS if all(is_sft(records) for _, records in runs) else PANELS
-    fig, axes = plt.subplots(1 if panels is SFT_PANELS else 2, 3, figsize=(15, 4 if panels is SFT_PANELS else 8))
+    fig = Figure(figsize=(15, 4 if panels is SFT_PANELS else 8))  # no pyplot: no global state, no GUI
+    axes = fig.subplots(1 if panels is SFT_PANELS else 2, 3, squeeze=False)
     for label, records in runs:
         for ax, (x_key, y_key, title) in zip(axes.flat, panels):
             pts = [(r[x_key], r[y_key]) for r in records if x_key in r and isinstance(r.get(y_key), (int, float))]
@@ -47,8 +45,7 @@ def curves_png(runs: list[tuple[str, list[dict]]]) -> bytes:
     drawn = [ax for ax in axes.flat if ax.lines]
     if drawn:
         drawn[0].legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=0.93, wspace=0.22, hspace=0.35)
     out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
+    fig.savefig(out, format="png", dpi=80)
     return out.getvalue()

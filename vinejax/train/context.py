@@ -19,7 +19,7 @@ from vinejax.model.config import ModelConfig
 from vinejax.rl.losses import PolicyLossConfig
 from vinejax.tasks import get_task
 from vinejax.train.episodes import stop_table
-from vinejax.train.update import make_optimizer
+from vinejax.train.update import stage_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +156,7 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
     total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
     p = cfg.ppo
     pieces = dict(
-        optimizer=make_optimizer(cfg.optim, total_steps),
+        optimizer=stage_optimizer(cfg.optim, total_steps),
         loss_cfg=PolicyLossConfig(clip_eps=p.clip_eps, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
                                   kl_clamp=(0.0, p.kl_clamp),
                                   max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None))
@@ -166,7 +166,7 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
             critic_cfg=critic_cfg,
             critic_shardings=sharding.tree_shardings(llama.param_logical_axes(critic_cfg),
                                                      llama.param_shapes(critic_cfg), mesh),
-            critic_optimizer=make_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
+            critic_optimizer=stage_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
     return pieces
 
 

@@ -51,11 +51,16 @@ class Signals:
         self.count = 0
 
     def note(self, signum: int) -> None:
-        """Called from the watcher thread for each SIGINT / SIGTERM."""
+        """The Python handler (main thread): the first signal is noted before the next safe point."""
+        if self.received is None:
+            self.received = signum
+
+    def count_one(self, signum: int) -> None:
+        """Every SIGINT / SIGTERM, from the watcher thread (even while the main thread waits in XLA)."""
         self.count += 1
         if self.count > 1:
             os._exit(128 + signum)  # the second signal: now, whatever the main thread is doing
-        self.received = signum
+        self.note(signum)
         if self.jax_service and signum != signal.SIGTERM:
             os.kill(os.getpid(), signal.SIGTERM)  # JAX's service agrees on a step with every host
 
@@ -75,8 +80,8 @@ class Signals:
 def watch() -> Iterator[Signals]:
     """Catch SIGINT and SIGTERM for the duration (the previous handlers come back after).
 
-    The signals are noted by a thread reading Python's wakeup file descriptor, so a second signal
-    ends the process even while the main thread waits inside XLA. Outside the main thread
+    The signals are also counted by a thread reading Python's wakeup file descriptor, so a second
+    signal ends the process even while the main thread waits inside XLA. Outside the main thread
     nothing is caught (Python handles signals there only)."""
     signals = Signals(_jax_catches_sigterm())
     if threading.current_thread() is not threading.main_thread():
@@ -92,11 +97,11 @@ def watch() -> Iterator[Signals]:
             if not byte or byte[0] == 0:
                 return
             if byte[0] in caught:
-                signals.note(byte[0])
+                signals.count_one(byte[0])
 
     thread = threading.Thread(target=watcher, name="vinejax-signals", daemon=True)
     thread.start()
-    previous = {s: signal.signal(s, lambda *_: None) for s in caught}  # noted by the watcher
+    previous = {s: signal.signal(s, lambda signum, _: signals.note(signum)) for s in caught}
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     try:
         yield signals

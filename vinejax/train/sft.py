@@ -64,7 +64,7 @@ class SFTStage:
                                                            cfg.sft.target_template)
         self.total = sft_total_steps(cfg, len(self.rows))
         self.per_epoch = max(len(self.rows) // cfg.sft.batch_size, 1)
-        self.optimizer = update.make_optimizer(cfg.optim, self.total)
+        self.optimizer = update.stage_optimizer(cfg.optim, self.total)
         self.pad = encode.pad_token_id(ctx.tokenizer)
         self.eval_every = 0 if cfg.train.eval_every > 0 else None
         self.checkpoint_every = max(cfg.train.checkpoint_every, 1)
