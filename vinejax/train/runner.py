@@ -72,8 +72,7 @@ class StageRunner:
         self.ckpt = Checkpointer(run_dir.checkpoint_dir(cfg.output_dir), cfg.train.keep_checkpoints)
         self.state = stage.initial_state()
         meta = self._resume() if cfg.resume else {}
-        if not meta:
-            writer.rewind({})  # lines of an attempt stopped before its first checkpoint are written again
+        self.rewind_to = {k: meta.get(k, 0) for k in ("records", "sample_records")}  # the files' lines at the save
         self.progress = meta.get("progress") or stage.initial_progress()
         self.evaluated = meta.get("evaluated", False)  # the current position has been evaluated
         self.result = meta.get("result", {})  # the newest line written: the run's result at its end
@@ -90,7 +89,6 @@ class StageRunner:
         if "progress" not in meta:
             raise CheckpointError(f"checkpoint {step} in {self.ckpt.directory} was written by an older vinejax: "
                                   f"finish the run with that version, or start over with --config.resume=false")
-        self.writer.rewind(meta)
         log(f"resumed from checkpoint {step} in {self.ckpt.directory}")
         return meta
 
@@ -109,6 +107,7 @@ class StageRunner:
             return report_finished(self.ctx.cfg.output_dir, finished)  # nothing to add: no evaluation, no export
         if finished is not None:
             run_dir.clear_done(self.ctx.cfg.output_dir)  # a larger config continues the run
+        self.writer.rewind(self.rewind_to)  # lines written after the checkpoint are written again
         while not self.stage.done(self.progress) and not self.over_budget:
             if self.eval_due():
                 self.evaluate()
