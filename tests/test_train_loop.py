@@ -17,7 +17,7 @@ def tiny_config(tmp_path, algo="vineppo", iterations=2, **changes):
     c = base_config()
     c.algo = algo
     c.seed = 3
-    c.output_dir = str(tmp_path / algo)
+    c.output_dir = str(tmp_path / algo) if tmp_path is not None else ""  # None: `changes` gives output_dir
     c.task.name = "arithmetic"
     c.task.options.num_operations = 2
     c.task.options.num_problems = 64

@@ -138,13 +138,14 @@ def cache_root() -> str:
 
 def local_folder(url: str, key: str) -> str:
     """A local folder with the files of the folder `url`: `url` itself when local, else a copy
-    under `cache_root()` (one per URL, reused while every file has the remote size; processes
-    on one host take turns through a lock, so the files are fetched once per host)."""
+    under `cache_root()` (one per URL, reused while every file keeps its size and version: its
+    hash, etag or modification time in the listing; processes on one host take turns through a
+    lock, so the files are fetched once per host)."""
     if not is_remote(url):
         return url
     fs, root = _filesystem(url)
     with reaching(url, key):
-        listing = {os.path.relpath(name, root): int(info.get("size") or 0)
+        listing = {os.path.relpath(name, root): [int(info.get("size") or 0), _version(info)]
                    for name, info in fs.find(root, detail=True).items()}
     if not listing:
         raise FileNotFoundError(f"folder not found or empty: {url} ({key})")
@@ -166,6 +167,14 @@ def local_folder(url: str, key: str) -> str:
         with open(marker, "w") as f:
             json.dump(listing, f)
     return local
+
+
+def _version(info: dict) -> str:
+    """What changes when a remote file is rewritten, from its listing entry."""
+    for key in ("md5Hash", "crc32c", "ETag", "etag", "generation", "updated", "mtime", "LastModified"):
+        if info.get(key):
+            return str(info[key])
+    return ""
 
 
 def upload_folder(local: str, url: str, key: str) -> None:
