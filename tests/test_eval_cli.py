@@ -130,7 +130,7 @@ def test_sft_checkpoint_policy_restores_exactly(tmp_path):
     params = jax.tree.map(lambda x: x + 0.25, params)
     opt_state = jax.jit(make_optimizer(cfg.optim, 10).init)(params)
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"))
-    ckpt.save(3, (params, opt_state), {"step": 3})  # what sft.run_sft saves
+    ckpt.save(3, (params, opt_state), {"step": 3})  # what the SFT stage saves
     ckpt.close()
     _, restored, meta = load_run_policy(cfg.output_dir)
     assert meta == {"step": 3}

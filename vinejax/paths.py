@@ -78,10 +78,13 @@ def check_writable(folder, key: str, process: int = 0) -> None:
     """Create `folder` and write and delete a small file there; a `StorageError` naming `key`
     when that fails (a missing bucket, no permission). `process` keeps hosts' probes apart."""
     probe = epath.Path(folder) / f".vinejax-write-check-{process}"
-    with reaching(folder, key, "write to"):
-        epath.Path(folder).mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok\n")
-        probe.unlink()
+    try:
+        with reaching(folder, key, "write to"):
+            epath.Path(folder).mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok\n")
+            probe.unlink()
+    except OSError as error:  # a local folder: no permission, a read-only or full disk
+        raise StorageError(f"cannot write to {folder} ({key}): {error.strerror or error}") from None
 
 
 def read_text(path) -> str:

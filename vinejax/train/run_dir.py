@@ -55,7 +55,7 @@ def recorded_config(cfg) -> Optional[dict]:
 
     Every process reads it before any process writes (a barrier between), so all decide alike."""
     path = os.path.join(cfg.output_dir, "config.json")
-    old = json.loads(paths.read_text(path)) if cfg.resume and paths.exists(path, "output_dir") else None
+    old = read_json(path) if cfg.resume and paths.exists(path, "output_dir") else None
     multihost.barrier("recorded config read")
     if old is not None:
         critical = [k for k, _, _ in config_changes(old, config_json(cfg)) if k in RESUME_CRITICAL]
@@ -63,6 +63,15 @@ def recorded_config(cfg) -> Optional[dict]:
             raise ConfigError(f"config key {critical[0]!r} changed: {cfg.output_dir} cannot resume under it "
                               f"(use another output_dir, or --config.resume=false to start over)")
     return old
+
+
+def read_json(path: str) -> dict:
+    """A JSON file the run wrote; a ConfigError naming it when it is damaged."""
+    try:
+        return json.loads(paths.read_text(path))
+    except ValueError as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}): repair or delete it, or start over with "
+                          f"--config.resume=false") from None
 
 
 def record_config(cfg, old: Optional[dict]) -> None:
@@ -99,7 +108,7 @@ def read_done(output_dir: str) -> Optional[dict]:
     `hf/DONE` file; no result recorded.)"""
     path = done_path(output_dir)
     if paths.exists(path):
-        return json.loads(paths.read_text(path))
+        return read_json(path)
     if paths.exists(os.path.join(hf_folder_of_run(output_dir), "DONE")):
         return {"summary": "(recorded by an earlier vinejax)", "result": {}, "config": None}
     return None
