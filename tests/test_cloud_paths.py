@@ -142,3 +142,14 @@ def test_unreachable_bucket_is_one_line_on_the_command_line(bucket, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
     assert lines[0].startswith("error: cannot write to gs://no-such-bucket/run (output_dir): ")
+
+
+def test_task_data_files_are_read_from_a_bucket(bucket):
+    from vinejax.tasks import get_task
+
+    records = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(5)]
+    url = f"{bucket}/data/gsm8k_test.jsonl"
+    paths.write_text(url, "".join(json.dumps(r) + "\n" for r in records))
+    problems = get_task("gsm8k", data_files={"test": url}).load_split("test")
+    assert [p.answer for p in problems] == [str(2 * i) for i in range(5)]
+    assert problems[3].problem == "What is 3 + 3?"

@@ -72,8 +72,9 @@ class Signals:
         return multihost.any_process(self.received is not None)
 
     def describe(self) -> str:
-        """The signal this process received, or that another process did."""
-        return signal.Signals(self.received).name if self.received else "a signal to another process"
+        """The signal this process caught; "a preemption notice" when JAX's service caught it
+        (here or on another host)."""
+        return signal.Signals(self.received).name if self.received else "a preemption notice"
 
 
 @contextlib.contextmanager
