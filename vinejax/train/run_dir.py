@@ -74,7 +74,7 @@ def read_json(path: str) -> dict:
                           f"--config.resume=false") from None
 
 
-def record_config(cfg, old: Optional[dict]) -> None:
+def record_config(cfg, old: Optional[dict] = None) -> None:
     """Write the run's config.json (once the config, task and model have been checked). Beside a
     different recorded one (`old`, from `recorded_config`), keep it, say what differs and write
     the new one as config.<time>.json. With `resume` off, the earlier run is set aside first."""
