@@ -1,5 +1,6 @@
 """`experiments/run.py` as a user runs it: every mistake a user makes is one line on stderr that
 names the culprit (exit status 2), and a run's console carries no library INFO lines."""
+import json
 import os
 import pathlib
 import signal
@@ -57,6 +58,20 @@ def test_model_folder_without_tokenizer_names_the_tokenizer_key(tmp_path):
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith("error: config key 'model.tokenizer_path': no tokenizer files") and str(model) in lines[0]
     assert not os.path.exists(tmp_path / "run" / "config.json")  # nothing recorded for a failed start
+
+
+def test_unsupported_model_type_is_one_line(tmp_path):
+    from vinejax.tasks.arithmetic import ALPHABET
+    from vinejax.tasks.char_tokenizer import build_char_tokenizer
+
+    folder = tmp_path / "model"
+    build_char_tokenizer(ALPHABET).save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 128, "bos_token_id": 1, "eos_token_id": 2}))
+    out = run_cli("--config", "configs/arith_vineppo.py", "--config.model.init_from=", f"--config.model.hf_path={folder}",
+                  "--config.output_dir=" + str(tmp_path / "run"))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith("error: unsupported model_type 'gpt2'; supported: llama") and "gemma3_text" in lines[0]
 
 
 def test_missing_data_and_no_hub_is_one_line(tmp_path, monkeypatch):

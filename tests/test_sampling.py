@@ -44,27 +44,61 @@ def _prompts(b=3, p=7, seed=0, lens=(7, 4, 2)):
 # ----------------------------------------------------------------------------- HF parity
 
 
-@pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_tied"])
-def test_greedy_matches_transformers(tmp_path, variant):
+GREEDY_NEW = 24  # new tokens: with prompts of 2..7 tokens, far past the windows of helpers_hf.WINDOW
+
+
+def _hf_prompts():
+    toks, lens = _prompts(lens=(7, 4, 2))
+    toks = np.where(toks > 0, toks % helpers_hf.VOCAB, 0).clip(3)
+    toks[np.arange(7)[None] >= lens[:, None]] = 0
+    return toks, lens
+
+
+@pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_tied", *sorted(helpers_hf.FAMILY_VARIANTS)])
+def test_greedy_matches_transformers(variant):
+    """Token-identical to transformers' greedy `generate` for every family, sliding windows
+    (shorter than prompt + response) and soft-capping included."""
     import torch
 
     from vinejax.model.hf import load_hf_model
 
-    path = helpers_hf.save_tiny(tmp_path, variant)
+    path = helpers_hf.cached_tiny(variant)
     hf = helpers_hf.load_torch(path)
+    hf.generation_config.eos_token_id = None  # run every row to its length, as `generate` below
     cfg, params = load_hf_model(path)
-    toks, lens = _prompts(lens=(7, 4, 2))
-    toks = np.where(toks > 0, toks % helpers_hf.VOCAB, 0).clip(3)
-    toks[np.arange(7)[None] >= lens[:, None]] = 0
-    scfg = SamplingConfig(max_new_tokens=12, greedy=True, temperature=0.0)
+    toks, lens = _hf_prompts()
+    scfg = SamplingConfig(max_new_tokens=GREEDY_NEW, greedy=True, temperature=0.0)
     out = generate(params, cfg, toks, lens, jax.random.key(0), scfg)
     for b in range(3):  # HF row by row (no padding): the reference
         ids = torch.tensor(toks[b : b + 1, : lens[b]], dtype=torch.long)
         with torch.no_grad():
-            ref = hf.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+            ref = hf.generate(ids, max_new_tokens=GREEDY_NEW, do_sample=False, pad_token_id=0)
         np.testing.assert_array_equal(np.asarray(out.tokens[b]), ref[0, lens[b] :].numpy())
-    np.testing.assert_array_equal(out.lengths, 12)
+    np.testing.assert_array_equal(out.lengths, GREEDY_NEW)
     np.testing.assert_array_equal(out.finish_reason, FINISH_LENGTH)
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3"])
+def test_windowed_continuations_from_the_trajectory_cache(variant):
+    """MC continuations that start from a trajectory's cache past the window (both decode
+    paths: the scanned `forward_cached` step and the unrolled one) reproduce the greedy
+    trajectory, which `test_greedy_matches_transformers` checks against transformers."""
+    from vinejax.model.hf import load_hf_model
+
+    cfg, params = load_hf_model(helpers_hf.cached_tiny(variant))
+    assert 0 < cfg.sliding_window < 2 + GREEDY_NEW // 2
+    toks, lens = _hf_prompts()
+    scfg = SamplingConfig(max_new_tokens=GREEDY_NEW, greedy=True, temperature=0.0)
+    rows, _, plen, tlen = assemble_rows(toks, lens, generate(params, cfg, toks, lens, jax.random.key(0), scfg))
+    rows, plen = np.asarray(rows), np.asarray(plen)
+    pos = plen[:, None] + np.array([[1, 9, 14]])  # states 1, 9 and 14 tokens into each response
+    n = GREEDY_NEW - 14
+    for unroll in (True, False):
+        out = continue_from_prefixes(params, cfg, rows, tlen, pos, jax.random.key(1),
+                                     scfg.replace(max_new_tokens=n, unroll_layers=unroll), 1)
+        for b in range(3):
+            for s in range(3):
+                np.testing.assert_array_equal(out.tokens[b, s, 0], rows[b, pos[b, s] : pos[b, s] + n])
 
 
 # ----------------------------------------------------------------------------- distribution

@@ -158,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.kl_warning = 10.0  # warn when the KL to the reference (nats per sequence) exceeds this
     c.train.overlap_host_work = True  # grade / split steps on a host thread while the devices work (time/host_wait)
 
+    c.export = ml_collections.ConfigDict()  # the final policy's HF folder (train.export_hf)
+    c.export.dtype = ""  # weight dtype written; "" = the starting checkpoint's own (random init: model.param_dtype)
+
     c.logging = ml_collections.ConfigDict()
     c.logging.wandb_project = ""  # "" = no Weights & Biases (pip install -e '.[wandb]')
     c.logging.wandb_entity = ""
@@ -190,6 +193,7 @@ _CHOICES = {
     "restem.early_stop": ("first_decrease", "best"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "export.dtype": ("", "float32", "bfloat16", "float16"),
     "optim.warmup_shape": ("log", "linear"),
 }
 
@@ -391,13 +395,20 @@ PAPER_MODELS = {
     # per-device group (the ratio > 10 rule zeroes one group's loss).
     "rho1b": dict(context_size=2047, sft_lr=1e-5, micro_batch=16, mesh=(1, -1, 1)),
     "deepseek7b": dict(context_size=2499, sft_lr=5e-5, micro_batch=8, mesh=(1, -1, 1)),
+    # Beyond the paper: Qwen3 base models with the settings of the paper model of their size
+    # (1.7B as RhoMath-1.1B, 8B as DeepSeekMath-7B).
+    "qwen3-1.7b": dict(context_size=2047, sft_lr=1e-5, micro_batch=16, mesh=(1, -1, 1)),
+    "qwen3-8b": dict(context_size=2499, sft_lr=5e-5, micro_batch=8, mesh=(1, -1, 1)),
 }
 # The official evaluation (configs/sft_*_eval.jsonnet): its model_context_size per (model, task),
 # and the checkpoint cadence it sweeps (save_steps, in iterations) per (model, algo).
 PAPER_EVAL_CONTEXT = {("rho1b", "gsm8k"): 2047, ("rho1b", "math"): 2047,
-                      ("deepseek7b", "gsm8k"): 2047, ("deepseek7b", "math"): 4095}
-PAPER_EVAL_EVERY = {("rho1b", "vineppo"): 10, ("deepseek7b", "vineppo"): 10,
-                    ("rho1b", "ppo"): 40, ("deepseek7b", "ppo"): 30}
+                      ("deepseek7b", "gsm8k"): 2047, ("deepseek7b", "math"): 4095,
+                      ("qwen3-1.7b", "gsm8k"): 2047, ("qwen3-1.7b", "math"): 2047,
+                      ("qwen3-8b", "gsm8k"): 2047, ("qwen3-8b", "math"): 4095}
+PAPER_EVAL_EVERY = {("rho1b", "vineppo"): 10, ("deepseek7b", "vineppo"): 10, ("qwen3-1.7b", "vineppo"): 10,
+                    ("qwen3-8b", "vineppo"): 10, ("rho1b", "ppo"): 40, ("deepseek7b", "ppo"): 30,
+                    ("qwen3-1.7b", "ppo"): 40, ("qwen3-8b", "ppo"): 30}
 
 
 def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:

@@ -2,6 +2,8 @@
 
 Modules (each a handful of pure, jittable functions over fixed-shape masked arrays):
   values     MC value estimates V̂(s) and standard errors from K continuations per state
+  adaptive   adaptive K: per-state rounds with an exactly unbiased stop rule (``vineppo.adaptive``)
+  allocation a budget-global, exactly unbiased allocation of an iteration's MC rollouts (two rounds)
   advantages one entry point ``compute(algo, ...)``: VinePPO step advantages, GAE, GRPO, RLOO;
              masked whitening of an optimizer batch (``whiten_batch``)
   logprobs   token log-probs / entropies from logits (temperature, vocab chunking)

@@ -39,6 +39,7 @@ class RunContext:
     loss_cfg: Optional[PolicyLossConfig] = None  # RL: PPO-clip + KL settings
     notes: tuple = ()  # settings capped the official way, said once at the start
     stops: Any = None  # the task's stop strings as a `sampling.StopTable` (matched on text), or None
+    source: str = ""  # the HF folder the policy started from ("" = random init): its kept files go to exports
 
     def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
@@ -221,16 +222,17 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
             model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
         else:
             model_cfg, params = config_from_hf(read_hf_config(source), **overrides), None
-        model_cfg = model_cfg.replace(remat=cfg.model.remat)
+        model_cfg = model_cfg.replace(remat=cfg.model.remat, export_dtype=cfg.export.dtype or model_cfg.export_dtype)
         origin = source
     else:
-        model_cfg = _random_model_config(cfg, tokenizer)
+        model_cfg = _random_model_config(cfg, tokenizer).replace(export_dtype=cfg.export.dtype or None)
         notes = check_lengths(cfg, model_cfg)
         params = llama.init_params(model_cfg, jax.random.key(cfg.seed)) if load_params else None
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
     ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
-                     stops=stop_table(tokenizer, task, model_cfg.vocab_size), **_rl_pieces(cfg, model_cfg, mesh))
+                     stops=stop_table(tokenizer, task, model_cfg.vocab_size), source=source,
+                     **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, None if params is None else ctx.put_params(params), origin
 
 

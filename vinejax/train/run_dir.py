@@ -127,21 +127,22 @@ def clear_done(output_dir: str) -> None:
         paths.remove(done_path(output_dir))
 
 
-def export_policy(params, model_cfg, output_dir: str, tokenizer) -> str:
-    """Write `params` as the run's HF folder `hf/` (transformers loads it); returns its path.
+def export_policy(ctx, params) -> str:
+    """Write `params` as the run's HF folder `hf/` (transformers loads it; the files the starting
+    folder `ctx.source` keeps, e.g. generation_config.json, go with it); returns its path.
 
     Locally the folder is written beside and renamed into place, so `hf/` is always complete; a
     bucket gets the files of a local folder uploaded (every process joins the gathers, process 0
     writes)."""
     from vinejax.model.hf import save_hf_model
 
-    target = hf_folder_of_run(output_dir)
-    remote = paths.is_remote(output_dir)
+    target = hf_folder_of_run(ctx.cfg.output_dir)
+    remote = paths.is_remote(target)
     with paths.staging_folder(target, "export") as staging:
         folder = staging if remote else target + ".partial"
         if multihost.is_main_process():
             paths.remove_tree(folder)
-        save_hf_model(params, model_cfg, folder, tokenizer=tokenizer)
+        save_hf_model(params, ctx.model_cfg, folder, tokenizer=ctx.tokenizer, source=ctx.source)
         if multihost.is_main_process():
             if remote:
                 paths.upload_folder(folder, target, "output_dir")

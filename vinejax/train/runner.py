@@ -201,7 +201,7 @@ class StageRunner:
         params = self.stage.policy(self.state)
         if not bool(all_finite(params)):
             raise RunError(f"non-finite parameters at {self.stage.unit} {self.position}: not exported")
-        folder = run_dir.export_policy(params, self.ctx.model_cfg, cfg.output_dir, self.ctx.tokenizer)
+        folder = run_dir.export_policy(self.ctx, params)
         log(f"policy exported to {folder}")
 
     def finish(self) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 
 from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError
+from vinejax.model.config import UnsupportedModelError
 from vinejax.paths import StorageError
 from vinejax.tasks.data import DataError
 from vinejax.train.context import RunContext
@@ -26,7 +27,8 @@ class RunError(RuntimeError):
 
 
 # What a user can cause and fix: reported as one line by experiments/run.py.
-UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError, StorageError)
+UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError,
+             UnsupportedModelError, StorageError)
 EXIT_USER_ERROR = 2
 
 
