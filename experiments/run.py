@@ -1,7 +1,9 @@
 """Entry point: `python experiments/run.py --config configs/<name>.py [--config.key=value ...] [--verbose]`.
 
 A wrong key, a missing file or folder, or an impossible setting ends the run with one line
-naming it (exit status 2); `--verbose` shows library logs and full tracebacks.
+naming it (exit status 2); `--verbose` shows library logs and full tracebacks. SIGTERM or Ctrl-C
+stops the run at its next safe point with a checkpoint and one line (exit status 75: run the same
+command again to continue); a second one ends it at once. A finished run prints its result.
 """
 import os
 import sys
