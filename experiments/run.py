@@ -4,6 +4,9 @@ A wrong key, a missing file or folder, or an impossible setting ends the run wit
 naming it (exit status 2); `--verbose` shows library logs and full tracebacks; `--help` lists
 every section and key with its default and what it does. A string value is read as the body of
 a Python string literal (`--config.task.options.prompt_template='Q: {problem}\\nA:'` holds a newline).
+SIGTERM or Ctrl-C stops the run at its next safe point with a checkpoint and one line (exit status
+75: run the same command again to continue); a second one ends it at once. A finished run prints
+its result.
 """
 import os
 import sys

@@ -145,11 +145,15 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[tuple[str, s
             raise ConfigError(f"config key {key!r} is unknown{_suggest(key, known)}")
         default = node[last] if last in node else None
         value = _typed(raw, default, key)
-        if free_form and last not in node:
-            with node.unlocked():
+        try:
+            if free_form and last not in node:
+                with node.unlocked():
+                    node[last] = value
+            else:
                 node[last] = value
-        else:
-            node[last] = value
+        except TypeError:  # ml_collections keeps each key's type: a float for an integer key, ...
+            kind = "an integer" if isinstance(default, int) else f"a {type(default).__name__}"
+            raise ConfigError(f"config key {key!r} must be {kind}, got {raw!r}") from None
     return cfg
 
 

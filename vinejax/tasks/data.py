@@ -7,6 +7,9 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from etils import epath
+
+from vinejax import paths
 
 SPLITS = ("train", "validation", "test")
 
@@ -16,12 +19,13 @@ class DataError(ValueError):
 
 
 def read_jsonl(path: str | os.PathLike, required_fields: Sequence[str]) -> list[dict]:
-    """Read one JSON object per line; raise ``DataError`` naming the file, line and missing field."""
+    """Read one JSON object per line (a local path or a URL, e.g. ``gs://``); raise ``DataError``
+    naming the file, line and missing field."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not paths.exists(path, "task data file"):
         raise DataError(f"data file not found: {path}")
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with epath.Path(path).open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

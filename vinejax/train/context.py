@@ -12,7 +12,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vinejax import multihost, sharding
+from vinejax import multihost, paths, sharding
 from vinejax.config import STAGES, ConfigError
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
@@ -22,7 +22,7 @@ from vinejax.tasks import get_task
 from vinejax.train.encode import end_of_turn
 from vinejax.train.episodes import sampling_config, stop_table
 from vinejax.train.estimators import get_estimator
-from vinejax.train.update import make_optimizer
+from vinejax.train.update import stage_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,41 +100,62 @@ def rl_steps_per_iteration(cfg) -> int:
 
 def task_of(cfg):
     """The task of the `task` section (a built-in, "jsonl" or a plug-in, `tasks.get_task`), its
-    prompts through the tokenizer's chat template with `task.chat_template`."""
-    task = get_task(cfg.task.name, import_dir=cfg.import_dir, data_dir=cfg.task.data_dir,
-                    **cfg.task.options.to_dict())
+    prompts through the tokenizer's chat template with `task.chat_template`. A remote `task.data_dir`
+    is read through a local copy."""
+    data_dir = paths.local_folder(cfg.task.data_dir, "task.data_dir") if cfg.task.data_dir else ""
+    task = get_task(cfg.task.name, import_dir=cfg.import_dir, data_dir=data_dir, **cfg.task.options.to_dict())
     return dataclasses.replace(task, chat_template=cfg.task.chat_template) if cfg.task.chat_template else task
 
 
 def policy_source(cfg) -> str:
     """The HF folder the policy (and the RL's frozen KL reference) starts from ("" = a random
     model): `model.init_from`'s exported policy (a run dir) when given, else `model.hf_path`; a
-    missing folder is named with its config key."""
+    missing folder is named with its config key. A folder in a bucket is copied to a local cache."""
     m = cfg.model
     if m.init_from:
-        if not os.path.isdir(m.init_from):
+        if not paths.isdir(m.init_from, "model.init_from"):
             raise FileNotFoundError(f"run folder not found: {m.init_from} (model.init_from)")
         folder = hf_folder_of_run(m.init_from)
-        if not os.path.isdir(folder):
+        if not paths.isdir(folder, "model.init_from"):
             raise FileNotFoundError(f"no exported policy in {folder} (model.init_from): run that stage to its end first")
-        return folder
-    if m.hf_path and not os.path.isdir(m.hf_path):
+        return paths.local_folder(folder, "model.init_from")
+    if m.hf_path and not paths.isdir(m.hf_path, "model.hf_path"):
         raise FileNotFoundError(f"model folder not found: {m.hf_path} (model.hf_path)")
-    return m.hf_path
+    return paths.local_folder(m.hf_path, "model.hf_path") if m.hf_path else ""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                   "vocab.txt")
 
 
 def _tokenizer(cfg, task, source: str):
-    from transformers import AutoTokenizer
-
-    if cfg.model.tokenizer_path and not os.path.isdir(cfg.model.tokenizer_path):
-        raise FileNotFoundError(f"tokenizer folder not found: {cfg.model.tokenizer_path} (model.tokenizer_path)")
-    path = cfg.model.tokenizer_path or source
-    if path:
-        return AutoTokenizer.from_pretrained(path)
+    m = cfg.model
+    if m.tokenizer_path and not paths.isdir(m.tokenizer_path, "model.tokenizer_path"):
+        raise FileNotFoundError(f"tokenizer folder not found: {m.tokenizer_path} (model.tokenizer_path)")
+    if m.tokenizer_path:
+        return load_tokenizer(paths.local_folder(m.tokenizer_path, "model.tokenizer_path"), m.tokenizer_path)
+    if source:
+        return load_tokenizer(source, f"{m.init_from or m.hf_path} ({'model.init_from' if m.init_from else 'model.hf_path'})")
     if task.tokenizer is not None:  # the task's own (the arithmetic task's character tokenizer)
         return task.tokenizer()
     raise ConfigError(f"config key 'model.tokenizer_path': task {cfg.task.name!r} has no tokenizer of its own; "
                       f"set model.hf_path, model.init_from or model.tokenizer_path")
+
+
+def load_tokenizer(folder: str, named: str):
+    """The tokenizer saved in `folder` (`named`: how the user gave it); one ConfigError line naming
+    `model.tokenizer_path` when the folder has no tokenizer files or they do not load."""
+    from transformers import AutoTokenizer
+
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        raise ConfigError(f"config key 'model.tokenizer_path': no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) "
+                          f"in {named}; set model.tokenizer_path to the folder that has them")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # a damaged or unsupported tokenizer: the library's reason, on one line
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"config key 'model.tokenizer_path': the tokenizer in {named} does not load "
+                          f"({type(error).__name__}: {reason})") from None
 
 
 def _random_model_config(cfg, tokenizer) -> ModelConfig:
@@ -156,7 +177,7 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
     estimator = get_estimator(cfg)
     total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
     p = cfg.ppo
-    pieces = dict(estimator=estimator, optimizer=make_optimizer(cfg.optim, total_steps),
+    pieces = dict(estimator=estimator, optimizer=stage_optimizer(cfg.optim, total_steps),
                   loss_cfg=policy_loss_config(cfg, estimator.whiten))
     if estimator.uses_critic:
         critic_cfg = model_cfg.replace(value_head=True)
@@ -164,7 +185,7 @@ def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
             critic_cfg=critic_cfg,
             critic_shardings=sharding.tree_shardings(llama.param_logical_axes(critic_cfg),
                                                      llama.param_shapes(critic_cfg), mesh),
-            critic_optimizer=make_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
+            critic_optimizer=stage_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
     return pieces
 
 
@@ -237,7 +258,7 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
     from vinejax.model.hf_config import config_from_hf
 
     multihost.initialize(cfg.mesh)  # before the first JAX computation
-    if cfg.task.data_dir and not os.path.isdir(cfg.task.data_dir):
+    if cfg.task.data_dir and not paths.isdir(cfg.task.data_dir, "task.data_dir"):
         raise FileNotFoundError(f"data folder not found: {cfg.task.data_dir} (task.data_dir)")
     source = policy_source(cfg)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))

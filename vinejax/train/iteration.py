@@ -25,7 +25,6 @@ from vinejax.train.estimators import Rollouts
 from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
 from vinejax.train.scoring import logprob_scorer, score_rows
-from vinejax.train.stage import RunError
 from vinejax.train.values import StepStates
 
 
@@ -38,7 +37,7 @@ class TrainState:
     critic: Any = None  # PPO: critic params (the policy's shape + value head); else None
     critic_opt: Any = None
     kl_coef: Any = None  # f32 scalar: β (moves with ppo.adaptive_kl; checkpointed)
-    nonfinite_streak: int = flax.struct.field(pytree_node=False, default=0)  # skipped steps in a row (not saved)
+    nonfinite_steps: tuple = flax.struct.field(pytree_node=False, default=())  # the last update's skipped steps (not saved)
 
 
 def init_state(run: RunContext, params) -> TrainState:
@@ -119,7 +118,8 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
 
 def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int) -> tuple[TrainState, dict]:
     """`ppo.epochs` passes over the episodes in optimizer batches of `ppo.episodes_per_step`, each
-    one jitted policy step (and critic step); returns the new state and the mean step metrics."""
+    one jitted policy step (and critic step); returns the new state (`nonfinite_steps`: which steps
+    a non-finite loss or gradient skipped) and the mean step metrics."""
     cfg = run.cfg
     n, per_step = batch.tokens.shape[0], cfg.ppo.episodes_per_step
     multihost.assert_same_on_all_processes(f"the episodes of iteration {iteration}", batch)
@@ -145,11 +145,6 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
             bar.update(1)
     bar.close()
     step_metrics = jax.device_get(step_metrics)
-    streak = state.nonfinite_streak
-    for m in step_metrics:  # a skipped step changed nothing; too many in a row stop the run
-        streak = streak + 1 if m["nonfinite"] or m.get("vf_nonfinite", 0) else 0
-        if streak >= cfg.train.max_nonfinite_steps:
-            raise RunError(f"iteration {iteration}: {streak} optimizer steps in a row had a non-finite loss or "
-                           f"gradient (train.max_nonfinite_steps {cfg.train.max_nonfinite_steps})")
-    state = state.replace(nonfinite_streak=streak)
+    # a skipped step changed nothing; the stage runner stops the run after too many in a row
+    state = state.replace(nonfinite_steps=tuple(bool(m["nonfinite"] or m.get("vf_nonfinite", 0)) for m in step_metrics))
     return state, {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}

@@ -4,11 +4,13 @@ without sampling again."""
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 
 import jax
 import numpy as np
+from etils import epath
 
+from vinejax import paths
 from vinejax.train import encode
 from vinejax.train.episodes import Episodes, grade_episodes, sample_episodes
 from vinejax.train.metrics import describe
@@ -63,18 +65,18 @@ class TokenRows:
 
 
 def save_arrays(path: str, arrays: dict) -> None:
-    """Write `{name: array}` to an .npz file atomically (process 0 only; a shared file system is assumed)."""
+    """Write `{name: array}` to an .npz file at once (process 0 only; the run directory is shared:
+    a shared file system or a bucket)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    paths.write_bytes(path, buffer.getvalue())
 
 
 def load_arrays(path: str) -> dict:
     """`{name: array}` from a file written by `save_arrays`."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"training data of the resumed round not found: {path}")
-    with np.load(path) as f:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:
         return {k: f[k] for k in f.files}

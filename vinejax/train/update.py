@@ -93,13 +93,13 @@ def all_finite(tree) -> jax.Array:
 _OPTIMIZERS: dict = {}
 
 
-def stage_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-    """`make_optimizer`, one object per distinct (settings, total_steps). The jitted steps take
-    the optimizer as a static argument, so a stage that builds its own (RestEM: one per
-    iteration; DPO+) reuses compiled code when an equal one was built before in the process."""
-    key = (tuple(sorted(optim_cfg.items())), int(total_steps))
+def stage_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:
+    """`make_optimizer`, one object per distinct (settings, total_steps, lr). The jitted steps take
+    the optimizer as a static argument, so a run that builds an equal one again in the process (a
+    RestEM iteration, a resumed or repeated run) reuses the compiled steps."""
+    key = (tuple(sorted(optim_cfg.items())), int(total_steps), lr)
     if key not in _OPTIMIZERS:
-        _OPTIMIZERS[key] = make_optimizer(optim_cfg, total_steps)
+        _OPTIMIZERS[key] = make_optimizer(optim_cfg, total_steps, lr=lr)
     return _OPTIMIZERS[key]
 
 
