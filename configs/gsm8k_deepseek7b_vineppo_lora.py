@@ -8,6 +8,8 @@ family's format and dtype) and a PEFT adapter folder (`adapter/`).
         --config.model.init_from=runs/gsm8k_deepseek7b_sft --config.task.data_dir=../shared/data
 
 Plan it first: `python -m vinejax.tools.plan --config configs/gsm8k_deepseek7b_vineppo_lora.py --devices 8 --hbm-gib 16`.
+docs/scaling.md ("LoRA plans"): its state and train steps fit a v4-8 and a v5e-8; its sampling
+programs do not yet, with or without LoRA (issue 22 §1).
 """
 from vinejax.config import paper_config
 
