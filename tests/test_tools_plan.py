@@ -72,7 +72,8 @@ def test_paper_configs_name_their_model(path):
     assert name in PAPER_MODELS and shapes.paper_model_of(cfg) == name
     model_cfg, source = shapes.model_config_of(cfg)
     assert source.startswith(f"built-in shape {name}") and model_cfg.remat == cfg.model.remat
-    assert model_cfg.dtype == "bfloat16" and model_cfg.param_dtype == "float32"
+    frozen = cfg.model.lora.rank > 0  # a LoRA config's base is frozen in bf16
+    assert model_cfg.dtype == "bfloat16" and model_cfg.param_dtype == ("bfloat16" if frozen else "float32")
 
 
 def test_paper_shapes_have_the_published_sizes():

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from vinejax.errors import ConfigError
+from vinejax.model.config import LORA_TARGETS
 from vinejax.rl import adaptive as adaptive_lib
 from vinejax.rl.losses import AGGREGATIONS
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
@@ -45,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     c.model.param_dtype = "float32"  # parameter (and optimizer moment) dtype
     c.model.remat = False  # recompute activations in the backward pass (gradient checkpointing)
+    c.model.lora = ml_collections.ConfigDict()  # low-rank adapters on a frozen base (sft and RL without a critic)
+    c.model.lora.rank = 0  # adapter rank r; 0 = off: every weight trains (full fine-tuning)
+    c.model.lora.alpha = 16.0  # the update is (alpha / rank)·A·B, as PEFT's lora_alpha
+    c.model.lora.target = ("q", "k", "v", "o", "gate", "up", "down")  # adapted projections (any of these)
+    c.model.lora.dropout = 0.0  # dropout on the adapters' input while training (PEFT's lora_dropout)
     c.model.context_size = -1  # tokens a prompt + response may hold besides BOS (paper: 2047 Rho, 2499 DeepSeek); -1 = max positions - 1
 
     c.task = ml_collections.ConfigDict()  # what is solved and how it is graded (vinejax.tasks)
@@ -270,6 +276,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             raise ConfigError(f"config key {key!r}: {why} (got {given[key]!r})")
 
     need(cfg.vineppo.num_rollouts >= 1, "vineppo.num_rollouts", "K must be >= 1")
+    validate_lora(cfg, need)
     if cfg.vineppo.adaptive.enabled:
         a = cfg.vineppo.adaptive
         need(len(a.min_rollouts) == len(a.max_rollouts) >= 1, "vineppo.adaptive.min_rollouts",
@@ -335,8 +342,25 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     if cfg.algo not in STAGES:  # the RL stage: the estimator checks its own settings
         from vinejax.train.estimators import get_estimator
 
-        get_estimator(cfg)
+        critic = get_estimator(cfg).uses_critic
+        need(not (critic and cfg.model.lora.rank > 0), "model.lora.rank",
+             f"algo {cfg.algo!r} trains a critic, a whole copy of the model: use LoRA with vineppo, grpo or rloo")
     return cfg
+
+
+def validate_lora(cfg, need) -> None:
+    """The `model.lora` section (checked whatever the rank: a bad value is a bad value)."""
+    lo = cfg.model.lora
+    need(lo.rank >= 0, "model.lora.rank", "must be >= 0 (0 = off: full fine-tuning)")
+    need(lo.alpha > 0, "model.lora.alpha", "must be > 0")
+    need(0 <= lo.dropout < 1, "model.lora.dropout", "must be in [0, 1)")
+    target = lo.target
+    need(isinstance(target, (tuple, list)) and len(target) > 0 and all(t in LORA_TARGETS for t in target)
+         and len(set(target)) == len(target), "model.lora.target",
+         f"must name distinct projections among {', '.join(LORA_TARGETS)}, e.g. ('q', 'v')")
+    if lo.rank > 0:
+        need(cfg.algo not in BASELINES, "model.lora.rank",
+             f"LoRA trains sft and RL stages; {cfg.algo} fine-tunes whole models (set model.lora.rank=0)")
 
 
 def validate_baselines(cfg, need) -> None:

@@ -29,6 +29,7 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", "fsdp"),  # LoRA rank: B (and wo's, w_down's A) shard over fsdp where their other dims cannot
 )
 
 

@@ -12,6 +12,9 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3
 
 FULL, SLIDING = "full_attention", "sliding_attention"  # HF layer types
 
+# LoRA targets (config `model.lora.target`) -> the projection leaf each adapts
+LORA_TARGETS = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w_gate", "up": "w_up", "down": "w_down"}
+
 
 class UnsupportedModelError(ValueError):
     """A checkpoint asks for an architecture or numerics vinejax does not implement."""
@@ -21,6 +24,29 @@ def unsupported_model_type(model_type: Any) -> UnsupportedModelError:
     """The one-line error for a `model_type` outside `SUPPORTED_MODEL_TYPES`."""
     return UnsupportedModelError(
         f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters W + (alpha/rank)·A·B on the projections `targets` (keys of
+    `LORA_TARGETS`); `dropout` drops inputs of A while training (PEFT's `lora_dropout`)."""
+
+    rank: int
+    alpha: float
+    targets: tuple = tuple(LORA_TARGETS)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(t for t in LORA_TARGETS if t in self.targets))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def leaves(self) -> tuple:
+        """The adapted projection leaves (`llama.param_specs` names), in `LORA_TARGETS` order."""
+        return tuple(LORA_TARGETS[t] for t in self.targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +70,7 @@ class ModelConfig:
     `layer_types` which layers slide (None with a window: all of them, as Mistral); `rope_local_theta`
     the RoPE base of sliding layers (Gemma 3; None = the global RoPE); `rope_layers` 0 where a
     layer uses no RoPE (SmolLM3); `partial_rotary_factor` the rotated fraction of head_dim (Phi-3).
+    `lora`: the shape and scale of the low-rank adapters params carry under `layers.lora` (None: none).
     """
 
     vocab_size: int
@@ -82,6 +109,7 @@ class ModelConfig:
     rope_local_theta: Optional[float] = None
     rope_layers: Optional[tuple] = None
     partial_rotary_factor: float = 1.0
+    lora: Optional[LoraConfig] = None  # low-rank adapters the params may carry (`vinejax.model.lora`)
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vinejax.model import llama
+from vinejax.model import llama, lora
 from vinejax.model.config import ModelConfig
 
 LAYER_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # logical axes of one layer's k / v
@@ -41,17 +41,19 @@ class DecodeCaches(NamedTuple):
 def decode_weights(params: dict, cfg: ModelConfig) -> tuple:
     """Per-layer decode weights in the compute dtype, one dict per layer:
     wqkv [D, (H+2Hkv)*Dh], wo [H*Dh, D], w_gu [D, 2F], w_down [F, D], the layer's norms as they
-    are (`*_norm`), and (with attention_bias) bqkv [(H+2Hkv)*Dh]."""
+    are (`*_norm`), and (with attention_bias) bqkv [(H+2Hkv)*Dh]. LoRA adapters in `params` are
+    merged in (`lora.merged_leaf`): decoding then costs what the base model costs."""
     d, dt = cfg.hidden_size, cfg.compute_dtype
     out = []
     for i in range(cfg.num_layers):
         p = jax.tree.map(lambda a: a[i], params["layers"])
+        m = lambda name: lora.merged_leaf(cfg, p, name, dt)  # W, or W + s·A·B with an adapter
         w = {name: a for name, a in p.items() if name.endswith("norm")}
         w |= {
-            "wqkv": jnp.concatenate([p[n].reshape(d, -1) for n in ("wq", "wk", "wv")], axis=1).astype(dt),
-            "wo": p["wo"].reshape(-1, d).astype(dt),
-            "w_gu": jnp.concatenate([p["w_gate"], p["w_up"]], axis=1).astype(dt),
-            "w_down": p["w_down"].astype(dt),
+            "wqkv": jnp.concatenate([m(n).reshape(d, -1) for n in ("wq", "wk", "wv")], axis=1),
+            "wo": m("wo").reshape(-1, d),
+            "w_gu": jnp.concatenate([m("w_gate"), m("w_up")], axis=1),
+            "w_down": m("w_down"),
         }
         if cfg.attention_bias:
             w["bqkv"] = jnp.concatenate([p[n].reshape(-1) for n in ("bq", "bk", "bv")]).astype(dt)

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from vinejax import sharding as shd
-from vinejax.model import hf_keys, llama
+from vinejax.model import hf_keys, llama, lora
 from vinejax.model.config import ModelConfig
 from vinejax.model.hf_config import FAMILIES, config_from_hf, config_to_hf
 from vinejax.multihost import barrier, is_main_process, to_host, to_host_by_rows
@@ -34,6 +34,7 @@ from vinejax.multihost import barrier, is_main_process, to_host, to_host_by_rows
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
+ADAPTER_CONFIG, ADAPTER_FILE = "adapter_config.json", "adapter_model.safetensors"  # a PEFT LoRA adapter folder
 KEPT_FILES = ("generation_config.json",)  # copied from the folder a model came from into its export
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
@@ -234,7 +235,8 @@ def save_hf_model(
     model was loaded from, else `cfg.param_dtype`). Weights larger than
     `max_shard_size` (bytes or "2GB") are split into `model-0000k-of-0000n.safetensors` with a
     `model.safetensors.index.json`. Sharded arrays are gathered to host first; with several
-    processes only process 0 writes. A value head goes to `value_head.safetensors`.
+    processes only process 0 writes. A value head goes to `value_head.safetensors`. LoRA adapters
+    in `params` (`lora.attach`) are merged into their weights (in float32, then `dtype`).
     Returns the folder path.
     """
     folder = pathlib.Path(path)
@@ -247,8 +249,11 @@ def save_hf_model(
         a = gather(x)
         return a if main else None
 
+    layers = params["layers"]
+    adapted = lora.adapters_of(params) or {}  # LoRA: merged into their weights one leaf at a time
+    leaf = lambda name: lora.merged_leaf(cfg, layers, name, out_dtype) if name in adapted else layers[name]
     host = {name: fetch(params[name]) for name in global_leaves}
-    host.update({name: fetch(params["layers"][name], to_host_by_rows) for name in layer_leaves})  # layer by layer
+    host.update({name: fetch(leaf(name), to_host_by_rows) for name in layer_leaves})  # layer by layer
     value_head = {k: fetch(v) for k, v in params.get("value_head", {}).items()} if cfg.value_head else {}
     if main:
         _write_folder(folder, cfg, table, host, value_head, out_dtype, _parse_size(max_shard_size), tokenizer)
@@ -310,3 +315,65 @@ def _write_folder(folder: pathlib.Path, cfg: ModelConfig, table: dict, host: dic
     (folder / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype=str(out_dtype)), indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
+
+
+# ----------------------------------------------------------------------------- PEFT adapters
+
+
+def peft_modules(cfg: ModelConfig) -> dict:
+    """{HF module name (e.g. "self_attn.qkv_proj"): [adapted leaf, ...]}: the modules PEFT adapts
+    for `cfg.lora`'s targets, in the family's own names; a fused module (Phi-3's qkv_proj,
+    gate_up_proj) lists each of its adapted leaves."""
+    keys = FAMILIES[cfg.model_type].layer_keys
+    out: dict = {}
+    for leaf in cfg.lora.leaves:
+        out.setdefault(keys[leaf][0].removesuffix(".weight"), []).append(leaf)
+    return out
+
+
+def peft_tensors(cfg: ModelConfig, adapters: dict) -> dict:
+    """{PEFT tensor name: float32 array} of host `adapters` (numpy, stacked over layers).
+
+    PEFT's lora_A is [rank, in] and lora_B [out, rank] with out in HF's order. A fused module with
+    n adapted leaves gets rank n·r: A stacks their A's, B holds each leaf's B in the rows of its
+    part and that leaf's r columns (zero elsewhere), which is exactly the sum of the leaves'
+    updates; `save_peft_adapter` writes that rank (and n·alpha, the same scale) per module."""
+    table, r = _hf_table(cfg), cfg.lora.rank
+    out = {}
+    for module, leaves in peft_modules(cfg).items():
+        for i in range(cfg.num_layers):
+            parts = table[hf_keys.LAYER_PREFIX.format(i=i) + module + ".weight"]
+            a = np.zeros((len(leaves) * r, math.prod(parts[0].rest)), np.float32)
+            b = np.zeros((parts[-1].rows[1], len(leaves) * r), np.float32)
+            for j, leaf in enumerate(leaves):
+                (start, stop), = [p.rows for p in parts if p.leaf == leaf]
+                a[j * r:(j + 1) * r] = adapters[leaf]["a"][i].reshape(-1, r).T
+                b[start:stop, j * r:(j + 1) * r] = adapters[leaf]["b"][i].reshape(r, -1).T
+            name = f"base_model.model.{hf_keys.LAYER_PREFIX.format(i=i)}{module}"
+            out[f"{name}.lora_A.weight"], out[f"{name}.lora_B.weight"] = a, b
+    return out
+
+
+def save_peft_adapter(adapters: dict, cfg: ModelConfig, path: Union[str, os.PathLike],
+                      base_model: str = "") -> pathlib.Path:
+    """Write LoRA `adapters` (`cfg.lora`) as a PEFT adapter folder (`adapter_config.json`,
+    `adapter_model.safetensors`, float32) that `peft.PeftModel.from_pretrained(base, folder)`
+    loads onto the base model (`base_model`: its folder, recorded as `base_model_name_or_path`).
+    Every process joins the gathers; process 0 writes. Returns the folder path."""
+    folder, lc = pathlib.Path(path), cfg.lora
+    host = jax.tree.map(to_host_by_rows, adapters)
+    if is_main_process():
+        modules = peft_modules(cfg)
+        short = lambda module: module.rsplit(".", 1)[-1]
+        fused = {short(m): len(leaves) for m, leaves in modules.items() if len(leaves) > 1}
+        config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or None,
+                  "r": lc.rank, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "bias": "none",
+                  "target_modules": sorted(short(m) for m in modules), "fan_in_fan_out": False,
+                  "use_rslora": False, "inference_mode": True, "init_lora_weights": True,
+                  "rank_pattern": {m: n * lc.rank for m, n in fused.items()},
+                  "alpha_pattern": {m: n * lc.alpha for m, n in fused.items()}}
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(peft_tensors(cfg, host), str(folder / ADAPTER_FILE), metadata={"format": "pt"})
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    barrier(f"save_peft_adapter {folder}")
+    return folder

@@ -318,15 +318,32 @@ def _write_rows(cache: jax.Array, layer: jax.Array, new: jax.Array, starts: jax.
     return cache.at[layer, rows, slots].set(new.astype(cache.dtype), mode="drop")
 
 
+def linear(cfg: ModelConfig, p: dict, name: str, eq: str, x: jax.Array) -> jax.Array:
+    """x · p[name] by einsum `eq` (e.g. "btd,dhk->bthk"), in x's dtype; plus the LoRA update
+    `cfg.lora.scale`·(x·A)·B where p["lora"] holds an adapter {"a": [*in, r], "b": [r, *out]} of
+    `name`, unmerged (training never builds W + s·A·B), its input dropped out (`cfg.lora.dropout`)
+    when p holds a dropout key "lora_key"."""
+    y = jnp.einsum(eq, x, p[name].astype(x.dtype))
+    adapter = p.get("lora", {}).get(name)
+    if adapter is None:
+        return y
+    rate = cfg.lora.dropout
+    if rate > 0 and "lora_key" in p:
+        key = jax.random.fold_in(p["lora_key"], cfg.lora.leaves.index(name))
+        x = jnp.where(jax.random.bernoulli(key, 1.0 - rate, x.shape), x / (1.0 - rate), 0).astype(x.dtype)
+    xa = jnp.tensordot(x, adapter["a"].astype(x.dtype), adapter["a"].ndim - 1)  # [..., r]
+    return y + (cfg.lora.scale * jnp.tensordot(xa, adapter["b"].astype(x.dtype), 1)).astype(y.dtype)
+
+
 def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
     """One decoder layer. x: [B,T,D]; rope: tables of the tokens' positions [B, T]; mask:
     bool[B, T, S] (this layer's window applied) or None (causal); kv: optional whole caches
     ([L,B,S,Hkv,Dh] x 2)."""
 
     def attend(h):
-        q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(h.dtype))
-        k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(h.dtype))
-        v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(h.dtype))
+        q = linear(cfg, p, "wq", "btd,dhk->bthk", h)
+        k = linear(cfg, p, "wk", "btd,dhk->bthk", h)
+        v = linear(cfg, p, "wv", "btd,dhk->bthk", h)
         if cfg.attention_bias:
             q, k, v = q + p["bq"].astype(h.dtype), k + p["bk"].astype(h.dtype), v + p["bv"].astype(h.dtype)
         q, k = project_qk(cfg, p, q, k, rope)
@@ -338,13 +355,13 @@ def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
         # without a cache and a mask: plain causal self-attention over the tokens
         attn = attention(q, k, v, mask, causal=mask is None, implementation=cfg.attention_impl,
                          scale=cfg.attn_scale, softcap=cfg.attn_softcap)
-        return jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(attn.dtype))
+        return linear(cfg, p, "wo", "bthk,hkd->btd", attn)
 
     def mlp(h):
-        gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(h.dtype))
-        up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(h.dtype))
+        gate = linear(cfg, p, "w_gate", "btd,df->btf", h)
+        up = linear(cfg, p, "w_up", "btd,df->btf", h)
         act = nn.with_logical_constraint(glu(cfg, gate, up), ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", act, p["w_down"].astype(act.dtype))
+        return linear(cfg, p, "w_down", "btf,fd->btd", act)
 
     x = sublayer(cfg, p, "mlp", sublayer(cfg, p, "attn", x, attend), mlp)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv

@@ -3,7 +3,9 @@
 A `Phase` is one program a run compiles (the same jitted function the run calls) at the config's
 sizes, with `jax.ShapeDtypeStruct` arguments laid out as the run lays them out, and the state
 that stays on the devices beside it (`resident`: e.g. the frozen reference policy and the PPO
-critic while the policy trains).
+critic while the policy trains). With `model.lora` the policy every phase samples and scores with
+is the frozen base with its adapters attached (`lora.attach`: no merged copy), and the update
+steps train the adapters with the base as an argument.
 
 | phase          | program                          | size set by            | algos        |
 | -------------- | -------------------------------- | ---------------------- | ------------ |
@@ -32,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vinejax import sampling, sharding
-from vinejax.model import llama
+from vinejax.model import llama, lora
 from vinejax.rl.batch import RolloutBatch
 from vinejax.sampling.core import bucket, cache_room
 from vinejax.sampling.generation import generate_program
@@ -96,10 +98,16 @@ def device_bytes(tree) -> int:
 
 def state_trees(run: RunContext) -> dict:
     """The abstract state a run keeps on its devices: policy params and optimizer state, and for RL
-    the frozen reference policy, for PPO the critic and its optimizer state."""
+    the frozen reference policy, for PPO the critic and its optimizer state. With LoRA the policy
+    is the frozen base (in `model.param_dtype`) with float32 adapters attached (`lora.attach`), the
+    optimizer state that of the adapters, and the reference is the base itself (no copy)."""
     cfg = run.cfg
     params = abstract(llama.param_shapes(run.model_cfg), run.param_shardings)
     optimizer = run.optimizer if cfg.algo in RL_ALGOS else update.make_optimizer(cfg.optim, 1000)
+    if run.lora:
+        adapters = abstract(lora.adapter_shapes(run.model_cfg), run.adapter_shardings)
+        return {"params": lora.attach(params, adapters),
+                "opt_state": _opt_state(optimizer, adapters, run.adapter_shardings)}
     out = {"params": params, "opt_state": _opt_state(optimizer, params, run.param_shardings)}
     if cfg.algo in RL_ALGOS:
         out["ref_params"] = params
@@ -322,12 +330,24 @@ def _rollout_batch(parts: _Parts, key: str, micro_batch: int) -> tuple[RolloutBa
     return batch, m
 
 
+def trained_and_inputs(parts: _Parts) -> tuple[Any, tuple]:
+    """What the update steps train (the params, or with LoRA the adapters) and the trailing
+    `update.StepInputs` argument (LoRA: the frozen base and, with dropout, the step's key)."""
+    params = parts.state["params"]
+    if not parts.run.lora:
+        return params, ()
+    key = parts.keys(1) if parts.run.model_cfg.lora.dropout > 0 else None
+    key = None if key is None else jax.ShapeDtypeStruct((), key.dtype, sharding=key.sharding)
+    return lora.adapters_of(params), (update.StepInputs(base=lora.base_of(params), dropout_key=key),)
+
+
 def _policy_step(parts: _Parts, value: int) -> Phase:
     run = parts.run
     batch, m = _rollout_batch(parts, "ppo.micro_batch", value)
     kwargs = dict(model_cfg=run.model_cfg, loss_cfg=run.loss_cfg, optimizer=run.optimizer,
                   temperature=run.cfg.sampling.temperature)
-    args = (parts.state["params"], parts.state["opt_state"], batch)
+    trained, inputs = trained_and_inputs(parts)
+    args = (trained, parts.state["opt_state"], batch, *inputs)
     return Phase("policy_step", "ppo.micro_batch", value, update.policy_step, args, kwargs,
                  parts.resident("params", "opt_state"), f"{m} micro-batches x {value} x {parts.lengths.train} tokens")
 
@@ -347,8 +367,9 @@ def _sft_step(parts: _Parts, value: int) -> Phase:
     if s.batch_size % value:
         raise ValueError(f"config key 'sft.micro_batch': {value} does not divide sft.batch_size={s.batch_size}")
     m, t = s.batch_size // value, parts.lengths.sft
-    args = (parts.state["params"], parts.state["opt_state"], parts.micro((m, value, t), jnp.int32),
-            parts.micro((m, value, t), jnp.bool_))
+    trained, inputs = trained_and_inputs(parts)
+    args = (trained, parts.state["opt_state"], parts.micro((m, value, t), jnp.int32),
+            parts.micro((m, value, t), jnp.bool_), *inputs)
     kwargs = dict(model_cfg=run.model_cfg, optimizer=update.make_optimizer(run.cfg.optim, 1000))
     return Phase("sft_step", "sft.micro_batch", value, update.sft_step, args, kwargs,
                  parts.resident("params", "opt_state"), f"{m} micro-batches x {value} x {t} tokens")

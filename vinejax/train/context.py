@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from typing import Any, Optional
 
@@ -14,8 +15,8 @@ from jax.sharding import Mesh
 
 from vinejax import multihost, paths, sharding
 from vinejax.config import STAGES, ConfigError
-from vinejax.model import llama
-from vinejax.model.config import ModelConfig
+from vinejax.model import llama, lora
+from vinejax.model.config import LoraConfig, ModelConfig
 from vinejax.rl.losses import PolicyLossConfig, kl_clamp_for
 from vinejax.sampling import RolloutEnv
 from vinejax.tasks import get_task
@@ -34,7 +35,7 @@ class RunContext:
     task: Any
     tokenizer: Any
     model_cfg: ModelConfig
-    param_shardings: Any
+    param_shardings: Any = None
     critic_cfg: Optional[ModelConfig] = None  # PPO: the policy's shape plus a value head
     critic_shardings: Any = None
     optimizer: Optional[optax.GradientTransformation] = None  # RL: the policy's optimizer
@@ -44,6 +45,40 @@ class RunContext:
     notes: tuple = ()  # settings capped the official way, said once at the start
     stops: Any = None  # the task's stop strings as a `sampling.StopTable` (matched on text), or None
     source: str = ""  # the HF folder the policy started from ("" = random init): its kept files go to exports
+    adapter_shardings: Any = None  # `model.lora`: the adapters' shardings (what the stages train)
+
+    @property
+    def lora(self) -> bool:
+        """Whether the stages train LoRA adapters on a frozen base (`model.lora.rank` > 0)."""
+        return self.model_cfg.lora is not None
+
+    @property
+    def trained_shardings(self):
+        """Shardings of what the stages train: the adapters with LoRA, else the whole policy."""
+        return self.adapter_shardings if self.lora else self.param_shardings
+
+    def initial_trained(self, params):
+        """What a stage trains, from the policy `params` it starts with: `params` themselves, or
+        (LoRA) fresh adapters seeded by `seed`, laid out on the mesh (the base is not copied)."""
+        if not self.lora:
+            return params
+        init = functools.partial(lora.init_adapters, self.model_cfg)
+        return jax.jit(init, out_shardings=self.adapter_shardings)(jax.random.key(self.cfg.seed + 23))
+
+    def policy(self, trained, base):
+        """The params the model runs with: `trained` (full fine-tuning), or (LoRA) the frozen
+        `base` with the adapters `trained` attached, unmerged and uncopied (`lora.attach`)."""
+        return lora.attach(base, trained) if self.lora else trained
+
+    def dropout_key(self, *where: int):
+        """The LoRA dropout key of one optimizer step, folded from `seed` and `where` (e.g.
+        iteration, epoch, step) so a resumed run drops the same inputs; None without dropout."""
+        if not self.lora or self.model_cfg.lora.dropout == 0:
+            return None
+        key = jax.random.key(self.cfg.seed + 31)
+        for w in where:
+            key = jax.random.fold_in(key, w)
+        return key
 
     def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
@@ -169,6 +204,24 @@ def _random_model_config(cfg, tokenizer) -> ModelConfig:
     )
 
 
+def lora_config(cfg) -> Optional[LoraConfig]:
+    """The `model.lora` section as the model's `LoraConfig` (None when the rank is 0: full fine-tuning)."""
+    lo = cfg.model.lora
+    if lo.rank == 0:
+        return None
+    return LoraConfig(rank=lo.rank, alpha=float(lo.alpha), targets=tuple(lo.target), dropout=float(lo.dropout))
+
+
+def _shardings(model_cfg: ModelConfig, mesh: Mesh) -> dict:
+    """The policy's (and, with LoRA, its adapters') shardings on `mesh`."""
+    out = {"param_shardings": sharding.tree_shardings(llama.param_logical_axes(model_cfg),
+                                                      llama.param_shapes(model_cfg), mesh)}
+    if model_cfg.lora is not None:
+        out["adapter_shardings"] = sharding.tree_shardings(lora.adapter_logical_axes(model_cfg),
+                                                           lora.adapter_shapes(model_cfg), mesh)
+    return out
+
+
 def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
     """The estimator, optimizers, loss settings and (an estimator with a critic) the critic's config
     and shardings of an RL run."""
@@ -279,15 +332,15 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
         notes = check_lengths(cfg, model_cfg)
         params = llama.init_params(model_cfg, jax.random.key(cfg.seed)) if load_params else None
         origin = "random init"
-    shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
-    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(chat_notes + notes),
+    model_cfg = model_cfg.replace(lora=lora_config(cfg))
+    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, notes=tuple(chat_notes + notes),
                      stops=stop_table(tokenizer, task, model_cfg.vocab_size), source=source,
-                     **_rl_pieces(cfg, model_cfg, mesh))
+                     **_shardings(model_cfg, mesh), **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, None if params is None else ctx.put_params(params), origin
 
 
 def planning_context(cfg, model_cfg: ModelConfig, mesh: Mesh) -> RunContext:
     """The RunContext of `cfg` with `model_cfg` on `mesh`, without task, tokenizer or weights: what
     `vinejax.tools.plan` lowers the run's jitted programs with."""
-    shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
-    return RunContext(cfg, mesh, None, None, model_cfg, shardings, **_rl_pieces(cfg, model_cfg, mesh))
+    model_cfg = model_cfg.replace(lora=lora_config(cfg))
+    return RunContext(cfg, mesh, None, None, model_cfg, **_shardings(model_cfg, mesh), **_rl_pieces(cfg, model_cfg, mesh))

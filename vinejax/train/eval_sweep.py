@@ -174,7 +174,9 @@ def run_evaluation(req: EvalRequest) -> list[dict]:
     out = req.out or os.path.join(req.model, "eval")
     if targets[0].step is None and run_dir:  # a run's exported policy
         cfg.model.hf_path, cfg.model.init_from = hf_folder_of_run(run_dir), ""
-    ctx, params, origin = build_context(cfg, load_params=targets[0].step is None)
+    # a LoRA run's checkpoints hold adapters: they need the base they train on
+    ctx, params, origin = build_context(cfg, load_params=targets[0].step is None or cfg.model.lora.rank > 0)
+    base = params
     writer = jax.process_index() == 0
     summaries = []
     with ctx.mesh_context():
@@ -192,7 +194,7 @@ def run_evaluation(req: EvalRequest) -> list[dict]:
                 continue
             meta = {}
             if target.step is not None:
-                params, meta = restore_policy(ctx, run_dir, target.step)
+                params, meta = restore_policy(ctx, run_dir, target.step, base)
             for split in splits:
                 started = time.time()
                 metrics, records = evaluate_split(ctx, params, problem_sets[split], jax.random.key(req.seed),

@@ -32,8 +32,8 @@ from vinejax.train.values import StepStates
 class TrainState:
     """What an RL iteration changes and a checkpoint holds."""
 
-    params: Any  # policy params
-    opt_state: Any  # policy optimizer state
+    params: Any  # what the policy trains: its params, or with `model.lora` its adapters (the base is not saved)
+    opt_state: Any  # their optimizer state
     critic: Any = None  # PPO: critic params (the policy's shape + value head); else None
     critic_opt: Any = None
     kl_coef: Any = None  # f32 scalar: β (moves with ppo.adaptive_kl; checkpointed)
@@ -41,9 +41,11 @@ class TrainState:
 
 
 def init_state(run: RunContext, params) -> TrainState:
-    """The state of iteration 0: the policy, its optimizer state and (PPO) a critic initialised
-    from the policy with a fresh value head (the paper's critic)."""
-    state = TrainState(params, update.init_opt_state(run.optimizer, params, run.param_shardings),
+    """The state of iteration 0 from the starting policy `params`: what the policy trains
+    (`RunContext.initial_trained`: the params, or fresh LoRA adapters), its optimizer state and
+    (PPO) a critic initialised from the policy with a fresh value head (the paper's critic)."""
+    trained = run.initial_trained(params)
+    state = TrainState(trained, update.init_opt_state(run.optimizer, trained, run.trained_shardings),
                        kl_coef=jnp.float32(run.cfg.ppo.kl_coef))
     if run.critic_cfg is None:
         return state
@@ -58,6 +60,7 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
                  rng: jax.Array) -> tuple[TrainState, dict, list]:
     """Sample `problems`, estimate advantages (`run.estimator`) and train on the episodes.
 
+    `ref_params` is the frozen KL reference (with LoRA: the base the adapters attach to).
     Returns the new state, the iteration's metrics (rewards, the estimator's statistics, loss
     terms, phase times) and a few readable episodes (`samples.sample_records`). Call it under
     `run.mesh_context()`.
@@ -65,7 +68,8 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     cfg, s, estimator = run.cfg, run.cfg.sampling, run.estimator
     timer = Timer()
     rng_sample, rng_values = jax.random.split(rng)
-    env = run.rollout(state.params)
+    policy = run.policy(state.params, ref_params)  # LoRA: the base with the adapters (nothing copied)
+    env = run.rollout(policy)
     with timer("iteration"), host_work.session(cfg.train.overlap_host_work) as host:
         with timer("sample"):
             ep = sample_episodes(env, problems, s.samples_per_problem, rng_sample)
@@ -78,7 +82,7 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
         mask = encode.pad_rows(ep.response_mask, width, False, bool)  # [B, T]
         with timer("logprobs"):
             score = lambda p, t: logprob_scorer(p, t, model_cfg=run.model_cfg, temperature=s.temperature)
-            old_lp = score_rows(run.mesh, score, state.params, tokens, s.batch_size)  # [B, T]
+            old_lp = score_rows(run.mesh, score, policy, tokens, s.batch_size)  # [B, T]
             ref_lp = score_rows(run.mesh, score, ref_params, tokens, s.batch_size)  # [B, T]
         rewards, grade_errors = host.wait(rewards_of)  # f32[B]
         metrics = {"rewards/mean": rewards.mean(), "rewards/grade_errors": float(grade_errors),
@@ -102,7 +106,7 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             tokens=tokens, response_mask=mask, old_logprobs=old_lp, ref_logprobs=ref_lp, advantages=token_adv,
             rewards=rewards, returns=est.returns, old_values=est.old_values)
         with timer("train"):
-            state, train_metrics = train_epochs(run, state, batch, iteration)
+            state, train_metrics = train_epochs(run, state, batch, iteration, ref_params)
         sequence_kl = float(np.where(mask, old_lp - ref_lp, 0.0).sum(1)[mask.any(1)].mean()) if mask.any() else 0.0
         metrics |= {"kl_coef": float(state.kl_coef), "rollout/kl_k1": sequence_kl}
         if cfg.ppo.adaptive_kl:
@@ -116,10 +120,12 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     return state, metrics | train_metrics | timer.as_metrics() | {"time/host_wait": host.idle_seconds}, samples
 
 
-def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int) -> tuple[TrainState, dict]:
+def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int,
+                 ref_params=None) -> tuple[TrainState, dict]:
     """`ppo.epochs` passes over the episodes in optimizer batches of `ppo.episodes_per_step`, each
-    one jitted policy step (and critic step); returns the new state (`nonfinite_steps`: which steps
-    a non-finite loss or gradient skipped) and the mean step metrics."""
+    one jitted policy step (and critic step); with LoRA the adapters train on the frozen base
+    `ref_params`. Returns the new state (`nonfinite_steps`: which steps a non-finite loss or
+    gradient skipped) and the mean step metrics."""
     cfg = run.cfg
     n, per_step = batch.tokens.shape[0], cfg.ppo.episodes_per_step
     multihost.assert_same_on_all_processes(f"the episodes of iteration {iteration}", batch)
@@ -131,8 +137,10 @@ def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iterat
             rows = order[start : start + per_step]
             micro = to_microbatches(run.mesh, jax.tree.map(lambda x: np.asarray(x)[rows], batch), cfg.ppo.micro_batch)
             beta = jnp.zeros((), jnp.float32) if cfg.ppo.kl_in_reward else state.kl_coef  # KL in the loss or not
+            inputs = update.StepInputs(beta, ref_params if run.lora else None,
+                                       run.dropout_key(iteration, epoch, start))
             params, opt_state, m = update.policy_step(
-                state.params, state.opt_state, micro, beta, model_cfg=run.model_cfg, loss_cfg=run.loss_cfg,
+                state.params, state.opt_state, micro, inputs, model_cfg=run.model_cfg, loss_cfg=run.loss_cfg,
                 optimizer=run.optimizer, temperature=cfg.sampling.temperature)
             state = state.replace(params=params, opt_state=opt_state)
             if state.critic is not None:

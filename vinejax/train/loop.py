@@ -30,17 +30,19 @@ SUMMARY_KEYS = (("reward", "rewards/mean"), ("eval", "eval/accuracy"), ("greedy"
 
 
 class RLStage:
-    """`train.iterations` RL iterations from the policy `params`, also the frozen KL reference.
-    Its position counts iterations; each iteration is one step."""
+    """`train.iterations` RL iterations from the policy `params`, also the frozen KL reference
+    (with `model.lora`: the frozen base the adapters train on). Its position counts iterations;
+    each iteration is one step."""
 
     unit, label, summary_keys = "iteration", "it", SUMMARY_KEYS
 
     def __init__(self, ctx: RunContext, params):
         cfg, t = ctx.cfg, ctx.cfg.train
         self.ctx, self.start = ctx, params
+        # the frozen KL reference, the starting policy: with LoRA the base itself (adapters off, never copied)
+        self.ref_params = params if ctx.lora else jax.tree.map(jnp.copy, params)
         self.train_problems = fitting_problems(ctx, ctx.task.load_split(cfg.task.train_split))
         self.eval_problems = held_out_problems(ctx) if t.eval_every > 0 else {}  # {split: problems}
-        self.ref_params = jax.tree.map(jnp.copy, params)  # frozen reference (the starting policy)
         self.steps_per_iteration = rl_steps_per_iteration(cfg)
         self.rng = jax.random.key(cfg.seed)
         self.eval_every = t.eval_every if t.eval_every > 0 else None
@@ -70,10 +72,10 @@ class RLStage:
     def evaluate(self, state, progress: dict) -> dict:
         """The policy after `position` iterations."""
         rng = jax.random.fold_in(self.rng, 10**6 + progress["position"])
-        return evaluate(self.ctx, state.params, self.eval_problems, rng)
+        return evaluate(self.ctx, self.policy(state), self.eval_problems, rng)
 
     def policy(self, state):
-        return state.params
+        return self.ctx.policy(state.params, self.ref_params)
 
 
 STAGES = {"sft": SFTStage, "restem": RestemStage, "dpo_positive": DpoStage}  # any other algo: RLStage

@@ -11,14 +11,15 @@ from typing import Optional
 
 from vinejax import multihost, paths
 from vinejax.config import ConfigError, to_dict
+from vinejax.model import lora
 from vinejax.train.context import hf_folder_of_run
 from vinejax.train.stage import log
 
 # Settings a checkpoint cannot be resumed under: they change the state's shapes or meaning.
 RESUME_CRITICAL = ("algo", "model.hf_path", "model.init_from", "model.tokenizer_path", "model.hidden_size",
                    "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.intermediate_size",
-                   "model.param_dtype", "task.name")
-RUN_FILES = ("checkpoints", "metrics.jsonl", "samples.jsonl", "hf", "config.json", "done.json", "curves.png",
+                   "model.param_dtype", "model.lora.rank", "model.lora.target", "model.lora.alpha", "task.name")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "samples.jsonl", "hf", "adapter", "config.json", "done.json", "curves.png",
              "restem_data", "dpo_data.npz")  # what starting over sets aside
 
 
@@ -129,20 +130,43 @@ def clear_done(output_dir: str) -> None:
 
 def export_policy(ctx, params) -> str:
     """Write `params` as the run's HF folder `hf/` (transformers loads it; the files the starting
-    folder `ctx.source` keeps, e.g. generation_config.json, go with it); returns its path.
+    folder `ctx.source` keeps, e.g. generation_config.json, go with it); returns its path. A LoRA
+    policy (`lora.attach`) is written merged, in the family's format and export dtype, and its
+    adapters also as a PEFT folder `adapter/` on the starting model (`adapter_folder_of_run`).
 
-    Locally the folder is written beside and renamed into place, so `hf/` is always complete; a
+    Locally each folder is written beside and renamed into place, so it is always complete; a
     bucket gets the files of a local folder uploaded (every process joins the gathers, process 0
     writes)."""
-    from vinejax.model.hf import save_hf_model
+    from vinejax.model.hf import save_hf_model, save_peft_adapter
 
-    target = hf_folder_of_run(ctx.cfg.output_dir)
+    run = ctx.cfg.output_dir
+    target = hf_folder_of_run(run)
+    publish_folder(target, "export", lambda f: save_hf_model(params, ctx.model_cfg, f, tokenizer=ctx.tokenizer,
+                                                             source=ctx.source))
+    adapters = lora.adapters_of(params)
+    if adapters is not None:
+        m = ctx.cfg.model
+        base = hf_folder_of_run(m.init_from) if m.init_from else m.hf_path  # the folder the adapters apply to
+        publish_folder(adapter_folder_of_run(run), "adapter",
+                       lambda f: save_peft_adapter(adapters, ctx.model_cfg, f, base_model=base))
+    return paths.display(target)
+
+
+def adapter_folder_of_run(run: str) -> str:
+    """Where a LoRA run exports its adapters as a PEFT folder."""
+    return os.path.join(run, "adapter")
+
+
+def publish_folder(target: str, name: str, write) -> None:
+    """Make `target` the folder `write(folder)` writes (every process calls it; process 0 moves
+    files): locally through `target.partial` renamed into place, to a bucket through a local
+    staging folder uploaded (`paths.staging_folder(target, name)`)."""
     remote = paths.is_remote(target)
-    with paths.staging_folder(target, "export") as staging:
+    with paths.staging_folder(target, name) as staging:
         folder = staging if remote else target + ".partial"
         if multihost.is_main_process():
             paths.remove_tree(folder)
-        save_hf_model(params, ctx.model_cfg, folder, tokenizer=ctx.tokenizer, source=ctx.source)
+        write(folder)
         if multihost.is_main_process():
             if remote:
                 paths.upload_folder(folder, target, "output_dir")
@@ -150,7 +174,6 @@ def export_policy(ctx, params) -> str:
                 paths.remove_tree(target)
                 os.replace(folder, target)
         multihost.barrier(f"export {target}")
-    return paths.display(target)
 
 
 def plot_curves(output_dir: str, records: list[dict]) -> None:

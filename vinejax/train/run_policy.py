@@ -11,7 +11,7 @@ import jax
 from vinejax import paths
 from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError, from_dict
-from vinejax.model import llama
+from vinejax.model import llama, lora
 from vinejax.train.context import RunContext, build_context
 from vinejax.train.run_dir import checkpoint_dir
 
@@ -55,18 +55,21 @@ def checkpoint_steps(run_dir: str) -> list[int]:
         ckpt.close()
 
 
-def restore_policy(ctx: RunContext, run_dir: str, step: int) -> tuple[dict, dict]:
+def restore_policy(ctx: RunContext, run_dir: str, step: int, base=None) -> tuple[dict, dict]:
     """(policy params, checkpoint meta) of checkpoint `step` of the run whose config built `ctx`,
-    placed on `ctx`'s mesh. An unreadable checkpoint raises CheckpointError naming it."""
+    placed on `ctx`'s mesh; a LoRA run's checkpoint holds adapters, attached to its frozen `base`
+    (the policy it started from). An unreadable checkpoint raises CheckpointError naming it."""
     folder = checkpoint_dir(run_dir)
     if step not in checkpoint_steps(run_dir):
         raise CheckpointError(f"no checkpoint {step} in {folder}")
+    shapes = lora.adapter_shapes(ctx.model_cfg) if ctx.lora else llama.param_shapes(ctx.model_cfg)
     target = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                          llama.param_shapes(ctx.model_cfg), ctx.param_shardings)
+                          shapes, ctx.trained_shardings)
     key = 0 if ctx.cfg.algo == "sft" else "params"  # SFT saves (params, opt_state), RL a TrainState
     ckpt = Checkpointer(folder)
     try:
-        return ckpt.restore_part(step, key, target)
+        trained, meta = ckpt.restore_part(step, key, target)
+        return ctx.policy(trained, base), meta
     except Exception as error:  # truncated files, a changed shape, ...: name the checkpoint
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise CheckpointError(f"checkpoint {step} in {folder} could not be read: {type(error).__name__}"
@@ -82,6 +85,6 @@ def load_run_policy(run_dir: str, step: int | None = None) -> tuple[RunContext, 
     steps = checkpoint_steps(run_dir)
     if not steps:
         raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)}")
-    ctx, _, _ = build_context(cfg, load_params=False)
-    params, meta = restore_policy(ctx, run_dir, steps[-1] if step is None else step)
+    ctx, base, _ = build_context(cfg, load_params=cfg.model.lora.rank > 0)  # LoRA: the base the adapters need
+    params, meta = restore_policy(ctx, run_dir, steps[-1] if step is None else step, base)
     return ctx, params, meta

@@ -50,8 +50,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class SFTStage:
-    """Maximum likelihood on the gold solutions of the train split, from the policy `params`.
-    Its position counts optimizer steps; one step each. Evaluated once, at its end."""
+    """Maximum likelihood on the gold solutions of the train split, from the policy `params` (with
+    `model.lora`: adapters on `params`, frozen). Its position counts optimizer steps; one step
+    each. Evaluated once, at its end."""
 
     unit, label = "step", "sft step"
     summary_keys = (("nll", "sft/nll"), ("eval", "eval/accuracy"), ("greedy", "eval/greedy_accuracy"))
@@ -59,6 +60,7 @@ class SFTStage:
     def __init__(self, ctx, params):
         cfg = ctx.cfg
         self.ctx, self.start = ctx, params
+        self.base = params if ctx.lora else None  # LoRA: the frozen base the adapters train on
         problems = ctx.task.load_split(cfg.task.train_split)
         self.rows, self.masks, self.dropped = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len,
                                                            cfg.sft.target_template)
@@ -72,8 +74,8 @@ class SFTStage:
             f"{cfg.sft.max_seq_len} tokens), {self.total} steps of {cfg.sft.batch_size}")
 
     def initial_state(self):
-        params, self.start = self.start, None  # the steps donate these params
-        return params, update.init_opt_state(self.optimizer, params, self.ctx.param_shardings)
+        trained, self.start = self.ctx.initial_trained(self.start), None  # the steps donate what they train
+        return trained, update.init_opt_state(self.optimizer, trained, self.ctx.trained_shardings)
 
     def initial_progress(self) -> dict:
         return {"position": 0, "gradient_steps": 0}
@@ -87,7 +89,8 @@ class SFTStage:
         order = epoch_order(cfg.seed, epoch, len(self.rows))
         tokens, mask = sft_batch(self.rows, self.masks, order, within, cfg.sft.batch_size, self.pad)
         tok_mb, mask_mb = to_microbatches(self.ctx.mesh, (tokens, mask), cfg.sft.micro_batch)  # [M, mb, T]
-        params, opt_state, m = update.sft_step(*state, tok_mb, mask_mb, model_cfg=self.ctx.model_cfg,
+        inputs = update.StepInputs(base=self.base, dropout_key=self.ctx.dropout_key(step))
+        params, opt_state, m = update.sft_step(*state, tok_mb, mask_mb, inputs, model_cfg=self.ctx.model_cfg,
                                                optimizer=self.optimizer)
         done = step + 1
         metrics = {}
@@ -98,7 +101,7 @@ class SFTStage:
                           nonfinite=(bool(m["nonfinite"]),))
 
     def evaluate(self, state, progress: dict) -> dict:
-        return evaluate(self.ctx, state[0], held_out_problems(self.ctx), jax.random.key(self.ctx.cfg.seed + 1))
+        return evaluate(self.ctx, self.policy(state), held_out_problems(self.ctx), jax.random.key(self.ctx.cfg.seed + 1))
 
     def policy(self, state):
-        return state[0]
+        return self.ctx.policy(state[0], self.base)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from vinejax import sharding
-from vinejax.model import llama
+from vinejax.model import llama, lora
 from vinejax.model.config import ModelConfig
 from vinejax.rl import losses
 from vinejax.rl.advantages import whiten_batch
@@ -103,20 +103,37 @@ def stage_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> opt
     return _OPTIMIZERS[key]
 
 
-def _accumulate(loss_fn, params, micro: Any):
-    """Sum the loss, gradients and (sum, count) metrics of `loss_fn(params, mb)` over micro-batches [M, ...]."""
-    first = jax.tree.map(lambda x: x[0], micro)
-    metric_shape = jax.eval_shape(lambda p, mb: loss_fn(p, mb)[1], params, first)
-    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+class StepInputs(NamedTuple):
+    """What a step reads but does not train (each None when unused): `kl_coef`, β of the policy
+    loss instead of `loss_cfg.kl_coef` (an f32 scalar: the adaptive KL controller); with LoRA,
+    `base`, the frozen params the trained adapters attach to (None: the trained params are the
+    whole model), and `dropout_key`, this step's LoRA dropout key (None: no dropout)."""
 
-    def body(carry, mb):
+    kl_coef: Any = None
+    base: Any = None
+    dropout_key: Any = None
+
+
+def _accumulate(loss_fn, params, micro: Any, inputs: StepInputs = StepInputs()):
+    """Sum the loss, gradients (with respect to `params`) and (sum, count) metrics of
+    `loss_fn(model, mb)` over micro-batches [M, ...]. `model` is `params`, or with LoRA
+    (`inputs.base`) the base with the adapters `params` attached (and a dropout key per micro-batch)."""
+    n = jax.tree.leaves(micro)[0].shape[0]
+    keys = None if inputs.dropout_key is None else jax.random.split(inputs.dropout_key, n)  # [M]
+    model = lambda p, key: p if inputs.base is None else lora.attach(inputs.base, p, key)
+    loss_of = lambda p, xs: loss_fn(model(p, xs[1]), xs[0])
+    first = jax.tree.map(lambda x: x[0], (micro, keys))
+    metric_shape = jax.eval_shape(lambda p, xs: loss_of(p, xs)[1], params, first)
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def body(carry, xs):
         loss, grads, metrics = carry
-        (l, m), g = grad_fn(params, mb)
+        (l, m), g = grad_fn(params, xs)
         return (loss + l, jax.tree.map(jnp.add, grads, g), losses.add_metrics(metrics, m)), None
 
     init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros(metric_shape))
-    (loss, grads, metrics), _ = jax.lax.scan(body, init, micro)
+    (loss, grads, metrics), _ = jax.lax.scan(body, init, (micro, keys))
     return loss, grads, metrics
 
 
@@ -135,10 +152,11 @@ def _apply(optimizer, params, opt_state, loss, grads):
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature"),
                    donate_argnums=(0, 1))
-def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_cfg: ModelConfig,
+def policy_step(params, opt_state, batch: RolloutBatch, inputs: StepInputs = StepInputs(), *, model_cfg: ModelConfig,
                 loss_cfg: losses.PolicyLossConfig, optimizer: optax.GradientTransformation, temperature: float):
-    """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T]; `kl_coef`,
-    when given (an f32 scalar), is β instead of `loss_cfg.kl_coef` (the adaptive KL controller);
+    """One PPO-clip (+ β·KL) optimizer step of `params` (the policy, or with LoRA its adapters on
+    `inputs.base`) on a batch of micro-batches [M, mb, T]; `inputs.kl_coef`, when given (an f32
+    scalar), is β instead of `loss_cfg.kl_coef` (the adaptive KL controller);
     `loss_cfg.aggregation` weighs the tokens of the PPO-clip term (`losses.token_denominators`).
 
     With `loss_cfg.whiten`, token advantages are whitened over the whole optimizer batch (all
@@ -159,12 +177,12 @@ def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_c
         logits, _ = llama.forward(p, model_cfg, mb.tokens)
         lp, ent = token_logprobs_and_entropy(logits, mb.tokens, temperature)
         denominator = losses.token_denominators(mb.response_mask, (n_tok, n_seq), batch.tokens.shape[0], loss_cfg)
-        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, denominator, n_seq, kl_coef)
+        loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, denominator, n_seq, inputs.kl_coef)
         skip = losses.should_skip(metrics, loss_cfg)  # this micro-batch's mean ratio
         metrics["skipped"] = (skip.astype(jnp.float32), jnp.ones((), jnp.float32))
         return jnp.where(skip, 0.0, loss), metrics
 
-    loss, grads, metrics = _accumulate(loss_fn, params, batch)
+    loss, grads, metrics = _accumulate(loss_fn, params, batch, inputs)
     params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
     return params, opt_state, losses.reduce_metrics(metrics) | applied
 
@@ -193,9 +211,10 @@ def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfi
 
 
 @functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "temperature"), donate_argnums=(0, 1))
-def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, *, model_cfg: ModelConfig,
-             optimizer: optax.GradientTransformation, temperature: float = 1.0):
-    """One MLE step on micro-batches tokens/loss_mask [M, mb, T] (mask marks target tokens).
+def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, inputs: StepInputs = StepInputs(), *,
+             model_cfg: ModelConfig, optimizer: optax.GradientTransformation, temperature: float = 1.0):
+    """One MLE step of `params` (or with LoRA the adapters on `inputs.base`) on micro-batches
+    tokens/loss_mask [M, mb, T] (mask marks target tokens).
 
     The loss is the official `per_instance_non_pad_tokens_then_batch` (SFT and RestEM): each
     example's mean token NLL, then the mean over the examples of the batch; log-probs are those of
@@ -210,7 +229,7 @@ def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, *, mode
         total, _, metrics = losses.sequence_mean_nll(lp, mask)
         return total / jnp.maximum(n_seq, 1.0), metrics
 
-    loss, grads, metrics = _accumulate(loss_fn, params, (tokens, loss_mask))
+    loss, grads, metrics = _accumulate(loss_fn, params, (tokens, loss_mask), inputs)
     params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)
     return params, opt_state, losses.reduce_metrics(metrics) | applied
 
