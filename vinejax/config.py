@@ -492,8 +492,8 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 10
     c.vineppo.max_estimated_states = 25 if task == "gsm8k" else -1
     if model == "deepseek7b":  # 0.47 MiB of KV cache per token: decodes sized to fit 8 x 80 GiB (docs/scaling.md)
-        c.sampling.decode_rows = 64 if task == "gsm8k" else 32  # generate's rows at once (MATH: 4,095-token eval)
-        c.vineppo.chunk_rows = 64  # MC continuation slots
+        c.sampling.decode_rows = 32  # generate's rows at once
+        c.vineppo.chunk_rows = 32  # MC continuation slots
     if algo == "sft":
         c.optim.lr = m["sft_lr"]
         c.sft.batch_size = 64

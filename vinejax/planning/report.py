@@ -133,7 +133,8 @@ def format_plan(plan: dict) -> str:
 
 
 CPU_CAVEAT = ("compiled for CPU devices: CPU has no flash attention, so the [rows, heads, T, T] scores of the long "
-              "passes (prefill, trajectory, score) are counted in full; an accelerator's own plan is lower there")
+              "passes (prefill, trajectory, score) are counted in full, and its decode loops hold bfloat16 KV caches "
+              "at float32 size; an accelerator's own plan is lower there")
 
 
 def verdict(plan: dict) -> str:
