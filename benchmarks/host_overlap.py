@@ -5,9 +5,10 @@ time with `train.overlap_host_work` off (before) and on (after).
 
 The real loop (`loop.run`) on the GSM8K RhoMath VinePPO paper config with a random policy and a
 BPE tokenizer trained on GSM8K text (`accelerator_check.iteration_config`; real GSM8K problems
-from ../shared/data when present). The values phase runs in `--groups` episode groups, so each
-group's continuations are graded on the host thread while the next group decodes; the episodes'
-grading and step splitting run behind the log-prob scoring. `time/host_wait` is the time the main
+from ../shared/data when present). Sampling runs in `--groups` generate calls and the values
+phase in as many episode groups, one per call: a group's continuations start after the next
+call has sampled (MC that starts before sampling ends) and are graded on the host thread while
+the next group decodes; the episodes' grading and step splitting run behind the device work. `time/host_wait` is the time the main
 thread spent in host work or waiting for it, the devices idle. A warm-up run compiles every
 program first; medians over the iterations after the first. Ends with machine-readable lines:
 `host wait fraction before: X`, `host wait fraction after: X`, `iteration time ratio: X` (after / before).
@@ -42,7 +43,8 @@ def run(cfg, params, args, tmp: str, overlap: bool) -> dict:
 
     c = iteration_config(cfg, params, SIZES[args.size], args.data_dir, os.path.join(tmp, str(overlap)), True, args.problems,
                          args.new_tokens)
-    c.sampling.batch_size = max(1, args.problems * c.sampling.samples_per_problem // args.groups)  # episodes per MC group
+    c.sampling.batch_size = max(1, args.problems // args.groups)  # prompts per generate call
+    c.vineppo.episodes_per_group = c.sampling.batch_size * c.sampling.samples_per_problem  # one MC group per call
     c.train.iterations, c.train.checkpoint_every = args.iterations, args.iterations
     c.train.overlap_host_work = overlap
     loop.run(c)

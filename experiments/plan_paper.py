@@ -58,7 +58,7 @@ def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles:
             apply_overrides(cfg, [tuple(o.split("=", 1)) for o in overrides])
             print(f"== {key}", file=sys.stderr, flush=True)
             plan = make_plan(cfg, jax.devices("cpu")[:count], int(gib * GiB), device_kind="fake CPU",
-                             max_compiles=max_compiles, cache_path=cache,
+                             search=max_compiles > 0, max_compiles=max_compiles, cache_path=cache,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
             print(format_plan(plan), file=sys.stderr, flush=True)
             plans[key] = plan
@@ -89,14 +89,16 @@ def _largest(search: dict, hbm: int) -> str:
 def markdown(path: str) -> str:
     """One table per machine: each config's verdict, per-phase peaks and the largest settings that fit."""
     plans = json.load(open(path))
-    order = ["generate", "score", "critic_score", "trajectory", "mc_chunk", "policy_step", "critic_step", "sft_step",
-             "eval_generate"]
-    knobs = ["ppo.micro_batch", "sft.micro_batch", "sampling.batch_size", "vineppo.chunk_rows"]
+    phases = ["generate", "score", "critic_score", "trajectory", "mc", "mc_chunk", "policy_step", "critic_step",
+              "sft_step", "eval_generate"]  # mc_chunk: plans made before the MC phase was the refill program
+    knobs = ["ppo.micro_batch", "sft.micro_batch", "sampling.batch_size", "sampling.decode_rows",
+             "vineppo.episodes_per_group", "vineppo.chunk_rows"]
     out = []
     for hw, (_, _, words) in HARDWARE.items():
         rows = {k.split("/", 1)[1]: p for k, p in plans.items() if k.startswith(hw + "/")}
         if not rows:
             continue
+        order = [n for n in phases if any(r["name"] == n for p in rows.values() for r in p["phases"])]
         out += [f"#### {words}", "",
                 "| config | mesh | state | " + " | ".join(order) + " | largest that fit (configured → largest) | verdict |",
                 "|" + "---|" * (len(order) + 5)]
@@ -108,11 +110,13 @@ def markdown(path: str) -> str:
                      for n in order]
             found = {s["knob"]: s for s in p["search"]}
             best = "; ".join(f"{k.split('.')[-1]} {found[k]['configured']} → {_largest(found[k], p['hbm_bytes'])}"
-                             for k in knobs if k in found)
+                             for k in knobs if k in found) or "not searched"
             mesh = ",".join(str(v) for v in p["mesh"].values())
             unsure = any(s["largest"] is None and not s["verified"] for s in p["search"])
-            verdict = "fits" if p["fits"] else ("fits with settings" if p["fits_with_settings"] else
-                                                "**does not fit** at the sizes compiled" if unsure else "**does not fit**")
+            verdict = "fits" if p["fits"] else (
+                "**does not fit** as configured (not searched)" if not p["search"] else
+                "fits with settings" if p["fits_with_settings"] else
+                "**does not fit** at the sizes compiled" if unsure else "**does not fit**")
             out.append(f"| {name} | {mesh} | {_gib(state)} | " + " | ".join(cells)
                        + f" | {best} | {verdict} |")
         out.append("")
@@ -128,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "memory_plans.json"))
     parser.add_argument("--cache", default="")
-    parser.add_argument("--max-compiles", type=int, default=3)
+    parser.add_argument("--max-compiles", type=int, default=3, help="compiles per searched setting; 0 = no search")
     parser.add_argument("--markdown", default="", help="print the tables of this plans file and exit")
     args = parser.parse_args(argv)
     if args.markdown:

@@ -285,9 +285,12 @@ def test_mesh_matches_single_device(params, shape):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         out = generate(RolloutEnv(sparams, CFG, scfg), toks, lens, jax.random.key(0))
         mc = continue_from_prefixes(RolloutEnv(sparams, CFG, scfg), rows, tlen, pos, jax.random.key(1), 2)
+        # 3 prompts x 3 samples through 2 refilled slots (one per data-parallel device)
+        refill = generate(RolloutEnv(sparams, CFG, scfg, decode_rows=2), toks, lens, jax.random.key(0), num_samples=3)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.lengths, ref.lengths)
     np.testing.assert_array_equal(mc.tokens, mc_ref.tokens)
+    np.testing.assert_array_equal(np.asarray(refill.tokens)[::3], ref.tokens)  # sample 0 of each prompt (greedy)
 
 
 def test_one_compile_per_bucket(params):

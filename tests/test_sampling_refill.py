@@ -1,11 +1,18 @@
-"""Continuous batching (`sampling.refill`) through `continue_from_prefixes`: the same
-continuations as the chunked schedule whatever the slots, refills per step and queue order;
-stop-automaton state reset per refilled row; per-state sample counts; live-slot statistics;
-distinct prefixes."""
+"""Continuous batching (`sampling.refill`) through `continue_from_prefixes` and `generate`: the
+same continuations as the chunked schedule whatever the slots, refills per step and queue order;
+the same responses whatever the rows decoded at once or the prompts per call; stop-automaton state
+reset per refilled row; per-state sample counts; live-slot statistics; distinct prefixes; on a
+mesh each device copies only its own cache rows (no all-gather of the cache)."""
+import re
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 
+from vinejax import sharding
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.sampling import (
@@ -21,7 +28,9 @@ from vinejax.sampling import (
     generate,
     unique_prefixes,
 )
+from vinejax.sampling.continuation import TrajectoryCache, balanced_rows, refill_program
 from vinejax.sampling.core import bucket
+from vinejax.sampling.refill import Queue, RefillPlan
 from vinejax.sampling.stops import STOPPED
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -161,3 +170,62 @@ def test_unique_prefixes_by_exact_tokens():
     uid, rep = unique_prefixes(tokens, pos, mask)
     assert uid.tolist() == [[0, 1], [0, 2], [1, -1]]  # [1,2] ×2, [1,2,3] ×2, [1,2,9]
     assert rep.tolist() == [[0, 0], [0, 1], [1, 1]]
+
+
+def test_generate_does_not_depend_on_rows_at_once_or_prompts_per_call(params, traj):
+    """All rows at once, `decode_rows` refilled slots (fewer than the rows), and the prompts split
+    over two calls with their ids: the same responses (keys of the prompt's id and the sample)."""
+    rows, tlen, _ = traj
+    prompts, lens = rows[:, :8], np.array([6, 4, 8, 6, 3, 5], np.int32)
+    scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
+    env = RolloutEnv(params, CFG, scfg)
+    whole = generate(env, prompts, lens, jax.random.key(4), num_samples=3)
+    assert len(set(np.asarray(whole.lengths).tolist())) > 3  # rows end at different steps: slots get refilled
+    for slots, refills in [(4, 1), (8, None)]:
+        out = generate(env.replace(decode_rows=slots, refills_per_step=refills), prompts, lens, jax.random.key(4),
+                       num_samples=3)
+        _same(out, whole)
+    halves = [generate(env.replace(decode_rows=4), prompts[sl], lens[sl], jax.random.key(4), num_samples=3,
+                       ids=np.arange(6)[sl]) for sl in (slice(0, 2), slice(2, 6))]
+    for f in ("tokens", "lengths", "finish_reason"):
+        np.testing.assert_array_equal(np.concatenate([np.asarray(getattr(h, f)) for h in halves]),
+                                      np.asarray(getattr(whole, f)))
+
+
+def test_balanced_rows_spread_work_over_devices():
+    work = np.array([9.0, 1, 1, 1, 8, 1, 1, 0])
+    place = balanced_rows(work, 8, 2)
+    assert sorted(place.tolist()) == list(range(8))
+    load = [work[place // 4 == d].sum() for d in range(2)]
+    assert load == [11.0, 11.0]  # 9 + 1 + 1 + 0 beside 8 + 1 + 1 + 1
+    np.testing.assert_array_equal(balanced_rows(work, 8, 1), np.arange(8))  # one device: in order
+
+
+def test_refill_copies_cache_rows_on_their_own_device():
+    """The refill program on 8 devices (FSDP mesh) copies trajectory-cache rows into slots device
+    by device: no all-gather of the cache (the chunked program's indexed read does gather it)."""
+    cfg = CFG.replace(num_kv_heads=4)
+    mesh = sharding.make_mesh((1, 8, 1))
+    b, t, n, r = 64, 256, 512, 32
+    spec = lambda axes, shape: NamedSharding(mesh, sharding.logical_to_spec(axes, shape, mesh))
+    kv_shape = (cfg.num_layers, b, t, cfg.num_kv_heads, cfg.head_dim)
+    kv = jax.ShapeDtypeStruct(kv_shape, jnp.float32, sharding=spec(llama.CACHE_AXES, kv_shape))
+    hidden = jax.ShapeDtypeStruct((b, t, cfg.hidden_size), jnp.float32,
+                                  sharding=spec(("batch", "length", "embed"), (b, t, cfg.hidden_size)))
+    lengths = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=spec(("batch",), (b,)))
+    whole = NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ints = lambda m: jax.ShapeDtypeStruct((m,), jnp.int32, sharding=whole)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), n))
+    queue = Queue(ints(n), ints(n), ints(n), jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=whole), ints(n),
+                  ints(8))
+    shardings = sharding.tree_shardings(llama.param_logical_axes(cfg), llama.param_shapes(cfg), mesh)
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), llama.param_shapes(cfg),
+                          shardings)
+    scfg = SamplingConfig(max_new_tokens=32, temperature=1.0)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        compiled = refill_program.lower(params, TrajectoryCache(llama.KVCache(kv, kv, lengths), hidden), queue, None,
+                                        cfg=cfg, scfg=scfg, plan=RefillPlan(r, 288, 1)).compile()
+    gathered = [np.prod([int(d) for d in dims.split(",") if d]) for dims in
+                re.findall(r"= \w+\[([\d,]*)\]\S* all-gather", compiled.as_text())]
+    shard = np.prod(kv_shape) // 8  # one device's share of the trajectory cache (k or v)
+    assert gathered and max(gathered) < shard // 16, gathered  # only weights (FSDP) and per-slot scalars

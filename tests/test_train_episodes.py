@@ -54,7 +54,7 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
     wrong = encode.encode_text(TOKENIZER, "#### 99999") + [TOKENIZER.eos_token_id]
     seen = {}
 
-    def fake_continue(env, tokens, lengths, positions, rng, num, *, state_mask, budgets):
+    def fake_continue(env, tokens, lengths, positions, rng, num, *, state_mask, budgets, ids=None):
         b, s = positions.shape
         n = env.scfg.max_new_tokens
         out_tok = np.zeros((b, s, num, n), np.int32)
@@ -177,9 +177,10 @@ def test_sft_example_tokenizes_prompt_and_target_together(family):
         assert alone != target_ids[:-1]  # the separately encoded target differs (the old behaviour)
 
 
-def test_mc_in_episode_groups_equals_one_pass_greedy():
+def test_mc_in_episode_groups_equals_one_pass():
     """The values phase in groups of episodes (one group's trajectory cache on the devices at a
-    time) gives, with greedy continuations, exactly the rewards of one pass over all episodes."""
+    time) draws exactly the continuations, hence the rewards, of one pass over all episodes:
+    keys come from the episodes' rows, not from the groups."""
     from vinejax.model import llama
     from vinejax.model.config import ModelConfig
     from vinejax.tasks.base import Task
@@ -206,11 +207,11 @@ def test_mc_in_episode_groups_equals_one_pass_greedy():
     starts = np.stack([np.array(plens), (np.array(plens) + np.array(tlens)) // 2], 1).astype(np.int32)
     task = Task(name="parity", grade=None, split_steps=None, loader=None, stop_strings=(),
                 grade_batch=lambda texts, answers, num_workers=0: np.array([len(t) % 2 for t in texts], np.float32))
-    greedy = sampling.SamplingConfig(max_new_tokens=8, greedy=True, eos_ids=(TOKENIZER.eos_token_id,), pad_id=0)
-    env = sampling.RolloutEnv(params, cfg, greedy, context_size=100, chunk_rows=8, tokenizer=TOKENIZER, task=task,
+    scfg = sampling.SamplingConfig(max_new_tokens=8, temperature=1.0, eos_ids=(TOKENIZER.eos_token_id,), pad_id=0)
+    env = sampling.RolloutEnv(params, cfg, scfg, context_size=100, chunk_rows=8, tokenizer=TOKENIZER, task=task,
                               grade_workers=0)
     states = values.StepStates.of(starts, np.full(5, 2, np.int32))
-    run = lambda rows, host=None: values.mc_rewards(env.replace(batch_rows=rows), ep, states, jax.random.key(2), 2,
+    run = lambda rows, host=None: values.mc_rewards(env.replace(group_rows=rows), ep, states, jax.random.key(2), 2,
                                                     host=host)
     whole, mask, stats = run(0)
     grouped, mask_g, stats_g = run(2)  # groups of 2, 2 and 1 episodes

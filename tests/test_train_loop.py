@@ -83,10 +83,11 @@ def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
     # A random tiny model never solves arithmetic: give it a reward it can earn, so advantages
     # (and the policy gradient) are really non-zero.
     monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
-    adaptive = algo == "vineppo_adaptive"  # adaptive K, 16 episodes in 2 groups of sampling.batch_size
+    adaptive = algo == "vineppo_adaptive"  # adaptive K, 16 episodes in 2 groups of vineppo.episodes_per_group
     algo = "vineppo" if adaptive else algo
     cfg = tiny_config(tmp_path, algo, **{"sampling.max_new_tokens": 32, "sampling.samples_per_problem": 4,
-                                         "ppo.episodes_per_step": 16, "vineppo.adaptive.enabled": adaptive})
+                                         "ppo.episodes_per_step": 16, "vineppo.adaptive.enabled": adaptive,
+                                         "vineppo.episodes_per_group": 8})
     before = initial_params(cfg)
     loop.run(cfg)
     after = exported_params(cfg)
@@ -108,6 +109,33 @@ def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
         assert records[0]["mc/rollouts"] == 2 * records[0]["mc/num_states"]
     elif algo == "ppo":
         assert np.isfinite(records[0]["vf_loss"])
+
+
+SCHEDULING = ("time/", "mc/slots", "mc/slot_steps", "mc/live_fraction", "mc/chunks")  # how, not what
+
+
+def test_results_do_not_depend_on_how_the_work_is_batched(tmp_path, monkeypatch):
+    """One VinePPO iteration with everything at once, and with 2 prompts per generate call, 2 rows
+    decoded at once (refilled slots), MC groups of 2 episodes that start while later calls still
+    sample, and 4 MC slots: the same episodes, MC values, advantages, losses and parameters."""
+    monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
+    common = {"sampling.max_new_tokens": 24, "train.samples_per_iteration": 8}
+    whole = tiny_config(tmp_path / "whole", iterations=1, **common)
+    split = tiny_config(tmp_path / "split", iterations=1, **common, **{
+        "sampling.batch_size": 2, "sampling.decode_rows": 2, "vineppo.episodes_per_group": 2,
+        "vineppo.chunk_rows": 4})
+    for cfg in (whole, split):
+        loop.run(cfg)
+    (a,), (b,) = read_metrics(whole), read_metrics(split)
+    assert a["mc/num_states"] >= 8 and 0 < a["rewards/mean"] < 1 and a["advantages/std"] > 0
+    assert b["mc/slots"] < a["mc/slots"]
+    for key, value in a.items():
+        if not key.startswith(SCHEDULING):
+            np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    samples = [metrics.read_metrics(os.path.join(c.output_dir, "samples.jsonl")) for c in (whole, split)]
+    assert samples[0] == samples[1]  # responses, rewards, state values and advantages as text and numbers
+    for x, y in zip(jax.tree.leaves(exported_params(whole)), jax.tree.leaves(exported_params(split))):
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=1e-6)
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):

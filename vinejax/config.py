@@ -70,12 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 0.9  # nucleus sampling; 1 = off
     c.sampling.top_k = 0  # 0 = off (applied before top_p)
     c.sampling.max_new_tokens = 1024  # a response writes at most min(this, context - prompt) tokens
-    c.sampling.batch_size = 64  # prompts per generate call, rows per scoring call, episodes per MC group
+    c.sampling.batch_size = 64  # prompts per generate call, rows per scoring call
+    c.sampling.decode_rows = 0  # rows decoded at once by generate (RL and eval; slots refilled as rows finish); 0 = every row of a call
 
     c.vineppo = ml_collections.ConfigDict()  # VinePPO Monte Carlo values
     c.vineppo.num_rollouts = 9  # K: continuations from every state
     c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K: 25 = states 0..25 estimated, later V = R
     c.vineppo.chunk_rows = 512  # continuation rows decoded at once (slots, refilled as rows finish)
+    c.vineppo.episodes_per_group = 64  # episodes per MC group (one group's trajectory KV cache on the devices); rounded up to a multiple of samples_per_problem
     c.vineppo.adaptive = ml_collections.ConfigDict()  # adaptive K (vinejax.rl.adaptive); off = the paper's fixed K
     c.vineppo.adaptive.enabled = False  # adaptive K on (vineppo only)
     c.vineppo.adaptive.round_size = 3  # rollouts per round
@@ -277,6 +279,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
 
     need(cfg.vineppo.num_rollouts >= 1, "vineppo.num_rollouts", "K must be >= 1")
     validate_lora(cfg, need)
+    need(cfg.vineppo.chunk_rows >= 1, "vineppo.chunk_rows", "must be >= 1")
+    need(cfg.vineppo.episodes_per_group >= 1, "vineppo.episodes_per_group", "must be >= 1")
+    need(cfg.sampling.decode_rows >= 0, "sampling.decode_rows", "must be >= 0 (0 = every row of a generate call)")
+    need(cfg.sampling.batch_size >= 1, "sampling.batch_size", "must be >= 1")
     if cfg.vineppo.adaptive.enabled:
         a = cfg.vineppo.adaptive
         need(len(a.min_rollouts) == len(a.max_rollouts) >= 1, "vineppo.adaptive.min_rollouts",
@@ -509,6 +515,9 @@ def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:
     c.train.eval_every = PAPER_EVAL_EVERY.get((model, algo), 10)  # SFT: evaluated once, at its end
     c.train.checkpoint_every = 10
     c.vineppo.max_estimated_states = 25 if task == "gsm8k" else -1
+    if model == "deepseek7b":  # 0.47 MiB of KV cache per token: decodes sized to fit 8 x 80 GiB (docs/scaling.md)
+        c.sampling.decode_rows = 32  # generate's rows at once
+        c.vineppo.chunk_rows = 32  # MC continuation slots
     if algo == "sft":
         c.optim.lr = m["sft_lr"]
         c.sft.batch_size = 64

@@ -15,20 +15,22 @@ divided by the tensor-parallel size where it divides them; dt = compute dtype si
   trajectory pass) holds one layer at a time, with two float32 copies of the attention scores.
 * logits: float32 [tokens, V]: 4 copies in a train step (logits, log-softmax, softmax for the
   entropy, their gradient), 2 when scoring.
-* KV cache: 2·L·rows·slots·Hkv·Dh·dt. `generate` holds it once per sampled row (the prefill
-  writes the per-layer decode caches itself) plus, with several samples per prompt, the prompts'
-  cache while it is repeated; an MC chunk twice (the gathered prefixes and their per-layer copies
-  `model.decode.decode_caches`, alive together while it is copied); sampling also holds the
-  per-layer decode weights in the compute dtype and [rows, V] float32 sampling buffers (~6
-  copies). The MC chunk's trajectory cache is its argument, counted as it is sharded (a chunk
-  that gathers it whole needs more: compare). The trajectory pass and its cache hold one group
-  of `sampling.batch_size` episodes.
+* KV cache: 2·L·rows·slots·Hkv·Dh·dt. `generate` with every row at once holds it once per
+  sampled row (the prefill writes the per-layer decode caches itself) plus, with several samples
+  per prompt, the prompts' cache while it is repeated. A refill loop (`generate` above
+  `sampling.decode_rows` rows, the MC phase) holds its slots' cache plus the rows one refill
+  copies in (`refills_per_step` per device), twice (the loop's cache and the refilled copy), its source (the prompts' pass and cache, or the MC
+  group's trajectory cache, an argument counted as it is sharded: each device reads only its own
+  rows) and its queue's outputs (tokens and log-probs of every row, 8 bytes per token). Sampling
+  also holds the per-layer decode weights in the compute dtype and [rows, V] float32 sampling
+  buffers (~6 copies). The trajectory pass and its cache hold one group of
+  `vineppo.episodes_per_group` episodes.
 """
 from __future__ import annotations
 
 from vinejax import sharding
 from vinejax.model.config import ModelConfig
-from vinejax.planning.phases import Lengths, Phase, device_bytes, trajectory_shapes
+from vinejax.planning.phases import Lengths, Phase, device_bytes
 
 
 class _Dims:
@@ -87,12 +89,11 @@ def breakdown(phase: Phase, run, lengths: Lengths) -> dict:
         tokens = d.rows(v) * lengths.train
         out |= {"activations": d.layer_forward(tokens, lengths.train), "inputs": device_bytes(phase.args[1:]),
                 "logits": 0 if name == "critic_score" else 2 * tokens * d.vocab * 4}
-    elif name == "trajectory":  # one group of sampling.batch_size episodes
-        _, cols = trajectory_shapes(run, lengths)
-        r = d.rows(phase.args[1].shape[0])
+    elif name == "trajectory":  # one group of vineppo.episodes_per_group episodes
+        r, cols = d.rows(phase.args[1].shape[0]), phase.args[1].shape[1]
         out |= {"activations": d.layer_forward(r * cols, cols) + r * cols * d.m.hidden_size * d.dt,
                 "kv_cache": d.kv(r, cols)}
-    elif name in ("generate", "eval_generate"):
+    elif name in ("generate", "eval_generate") and "plan" not in phase.kwargs:  # every row at once
         kw = phase.kwargs
         prompts, samples, room = phase.args[1].shape[0], kw["num_samples"], kw["room"]
         r = d.rows(prompts * samples)
@@ -100,10 +101,18 @@ def breakdown(phase: Phase, run, lengths: Lengths) -> dict:
         shared = d.kv(d.rows(prompts), room) if samples > 1 else 0  # the prompts' cache, repeated per sample
         out |= {"decode_weights": d.decode_weights(params), "kv_cache": d.kv(r, room) + shared,
                 "activations": prefill, "logits": 6 * r * d.m.vocab_size * 4}
-    elif name == "mc_chunk":
-        r, room = d.rows(phase.args[2].shape[0]), phase.kwargs["room"]
-        out |= {"decode_weights": d.decode_weights(params), "kv_cache": 2 * d.kv(r, room),
-                "trajectory": device_bytes(phase.args[1]), "logits": 6 * r * d.m.vocab_size * 4}
+    elif name in ("generate", "eval_generate", "mc"):  # refilled slots
+        plan, queue = phase.kwargs["plan"], phase.args[-2]
+        slots, m = d.rows(plan.slots), plan.refills_per_step
+        n_rows, n_new = queue.budget.shape[0], phase.kwargs["scfg"].max_new_tokens
+        out |= {"decode_weights": d.decode_weights(params), "kv_cache": 2 * d.kv(slots + m, plan.room),
+                "logits": 6 * slots * d.m.vocab_size * 4, "outputs": 8 * n_rows * n_new}
+        if name == "mc":
+            out["trajectory"] = device_bytes(phase.args[1])
+        else:  # the prompts' pass and cache
+            p, cols = d.rows(phase.args[1].shape[0]), phase.args[1].shape[1]
+            out |= {"activations": d.layer_forward(p * cols, cols) + p * cols * d.m.hidden_size * d.dt,
+                    "trajectory": d.kv(p, cols)}
     out["total"] = sum(b for k, b in out.items() if k not in ("activations_remat", "activations_no_remat"))
     return out
 

@@ -7,20 +7,26 @@ critic while the policy trains). With `model.lora` the policy every phase sample
 is the frozen base with its adapters attached (`lora.attach`: no merged copy), and the update
 steps train the adapters with the base as an argument.
 
-| phase          | program                          | size set by            | algos        |
-| -------------- | -------------------------------- | ---------------------- | ------------ |
-| generate       | `sampling.generate_program`      | sampling.batch_size    | RL           |
-| eval_generate  | `sampling.generate_program`      | sampling.batch_size    | all          |
-| score          | `scoring.logprob_scorer`         | sampling.batch_size    | RL           |
-| critic_score   | `scoring.value_scorer`           | sampling.batch_size    | ppo          |
-| trajectory     | `sampling.trajectory_program`    | sampling.batch_size    | vineppo      |
-| mc_chunk       | `sampling.chunk_program`         | vineppo.chunk_rows     | vineppo      |
-| policy_step    | `update.policy_step`             | ppo.micro_batch        | RL           |
-| critic_step    | `update.critic_step`             | ppo.micro_batch        | ppo          |
-| sft_step       | `update.sft_step`                | sft.micro_batch        | sft          |
+| phase          | program                                   | size set by                | algos   |
+| -------------- | ----------------------------------------- | -------------------------- | ------- |
+| generate       | `generation.generate_refill_program` [1]  | sampling.decode_rows       | RL      |
+| eval_generate  | `generation.generate_refill_program` [1]  | sampling.decode_rows       | all     |
+| score          | `scoring.logprob_scorer`                  | sampling.batch_size        | RL      |
+| critic_score   | `scoring.value_scorer`                    | sampling.batch_size        | ppo     |
+| trajectory     | `continuation.trajectory_program`         | vineppo.episodes_per_group | vineppo |
+| mc             | `continuation.refill_program`             | vineppo.chunk_rows         | vineppo |
+| policy_step    | `update.policy_step`                      | ppo.micro_batch            | RL      |
+| critic_step    | `update.critic_step`                      | ppo.micro_batch            | ppo     |
+| sft_step       | `update.sft_step`                         | sft.micro_batch            | sft     |
+
+[1] `generation.generate_program` (every row at once) when `sampling.decode_rows` is 0 or not
+below a call's rows (`sampling.batch_size` prompts x their samples), as `generate` chooses.
 
 Lengths are the longest the config allows (`lengths_of`): prompts of `task.max_prompt_tokens`
 tokens (or a given `prompt_len`) and responses of the whole budget, bucketed as the run buckets.
+The MC phase decodes one group's queue of continuations: `vineppo.episodes_per_group` episodes ×
+`PLANNED_STATES` states (or `vineppo.max_estimated_states` + 1 when smaller) × K rows, whose
+outputs it holds.
 """
 from __future__ import annotations
 
@@ -36,15 +42,17 @@ from jax.sharding import PartitionSpec as P
 from vinejax import sampling, sharding
 from vinejax.model import llama, lora
 from vinejax.rl.batch import RolloutBatch
+from vinejax.sampling.continuation import TrajectoryCache, refill_program, trajectory_program
 from vinejax.sampling.core import bucket, cache_room
-from vinejax.sampling.generation import generate_program
-from vinejax.sampling.mc import TrajectoryCache, chunk_program, trajectory_program
+from vinejax.sampling.generation import generate_program, generate_refill_program
+from vinejax.sampling.refill import HIDDEN_AXES, Queue, RefillPlan
 from vinejax.tasks import get_task
 from vinejax.train import encode, update
-from vinejax.train.context import RunContext
+from vinejax.train.context import RunContext, mc_group_rows
 from vinejax.train.scoring import logprob_scorer, value_scorer
 
 RL_ALGOS = ("vineppo", "ppo", "grpo", "rloo")
+PLANNED_STATES = 32  # states per episode the MC phase is planned for when vineppo.max_estimated_states does not cap them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +138,7 @@ def phase_names(cfg) -> list[str]:
         if cfg.algo == "ppo":
             names.append("critic_score")
         if cfg.algo == "vineppo":
-            names += ["trajectory", "mc_chunk"]
+            names += ["trajectory", "mc"]
         names.append("policy_step")
         if cfg.algo == "ppo":
             names.append("critic_step")
@@ -142,8 +150,8 @@ def phase_names(cfg) -> list[str]:
 
 
 KNOBS = {
-    "generate": "sampling.batch_size", "eval_generate": "sampling.batch_size", "score": "sampling.batch_size",
-    "critic_score": "sampling.batch_size", "trajectory": "sampling.batch_size", "mc_chunk": "vineppo.chunk_rows",
+    "generate": "sampling.decode_rows", "eval_generate": "sampling.decode_rows", "score": "sampling.batch_size",
+    "critic_score": "sampling.batch_size", "trajectory": "vineppo.episodes_per_group", "mc": "vineppo.chunk_rows",
     "policy_step": "ppo.micro_batch", "critic_step": "ppo.micro_batch", "sft_step": "sft.micro_batch",
 }
 
@@ -193,6 +201,17 @@ class _Parts:
         spec = sharding.batch_sharding(self.mesh, len(shape) - 1).spec
         return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(self.mesh, P(None, *spec)))
 
+    def queue(self, rows_per_device: int) -> Queue:
+        """A refill queue of `rows_per_device` rows on each data-parallel device (host arrays)."""
+        n, i32 = self.dp * rows_per_device, jnp.int32
+        return Queue(self.replicated((n,), i32), self.replicated((n,), i32), self.replicated((n,), i32), self.keys(n),
+                     self.replicated((n,), i32), self.replicated((self.dp,), i32))
+
+    def refill_plan(self, slots: int, rows_per_device: int, room: int) -> RefillPlan:
+        """`continuation.prepare`'s plan: at most `slots` over all devices, refills slots // 8 per device."""
+        rl = min(bucket(slots, multiple_of=self.dp) // self.dp, rows_per_device)
+        return RefillPlan(rl * self.dp, room, max(1, rl // 8))
+
     def keys(self, rows: int) -> jax.ShapeDtypeStruct:
         shape = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), rows))
         return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding.replicated(self.mesh))
@@ -221,19 +240,32 @@ class _Parts:
             raise ValueError(f"config key {key!r}: {value} is not a multiple of the data-parallel size {self.dp}")
 
 
-def _generate(parts: _Parts, name: str, prompts: int, samples: int, max_new: int, context: int, scfg) -> Phase:
-    """`generate`'s jitted core as `generate` calls it: prompts bucketed, one prefill per prompt."""
+def _generate(parts: _Parts, name: str, slots: int, samples: int, max_new: int, context: int, scfg) -> Phase:
+    """`generate`'s jitted core as `generate` calls it on `sampling.batch_size` prompts (bucketed):
+    every row at once (one prefill per prompt) when `slots` (`sampling.decode_rows`; 0 = every
+    row) covers them, else the prompts' cache and `slots` refilled slots."""
+    prompts = parts.run.cfg.sampling.batch_size
     parts.need_multiple("sampling.batch_size", prompts)
     bb = bucket(prompts, multiple_of=parts.dp)
     pb = bucket(parts.lengths.prompt, minimum=16)
-    room = min(pb + max_new, cache_room(min(parts.lengths.prompt + max_new, context + 1)))
     rows = bb * samples
     i32 = jnp.int32
-    args = (parts.state["params"], parts.replicated((bb, pb), i32), parts.replicated((bb,), i32),
-            parts.replicated((rows,), i32), parts.keys(rows), parts.stop_table())
-    kwargs = dict(cfg=parts.run.model_cfg, scfg=scfg, num_samples=samples, room=room)
-    return Phase(name, "sampling.batch_size", prompts, generate_program, args, kwargs, parts.resident("params"),
-                 f"{bb} prompts x {samples} samples, prompt {pb}, cache {room} slots, {max_new} new tokens")
+    tokens, lens = parts.replicated((bb, pb), i32), parts.replicated((bb,), i32)
+    if slots <= 0 or bucket(slots, multiple_of=parts.dp) >= rows:
+        room = min(pb + max_new, cache_room(min(parts.lengths.prompt + max_new, context + 1)))
+        args = (parts.state["params"], tokens, lens, parts.replicated((rows,), i32), parts.keys(rows),
+                parts.stop_table())
+        kwargs = dict(cfg=parts.run.model_cfg, scfg=scfg, num_samples=samples, room=room)
+        return Phase(name, "sampling.decode_rows", rows, generate_program, args, kwargs, parts.resident("params"),
+                     f"{bb} prompts x {samples} samples at once, prompt {pb}, cache {room} slots, {max_new} new tokens")
+    room = cache_room(min(parts.lengths.prompt + max_new, context + 1))
+    per_device = bucket(-(-rows // parts.dp))
+    plan = parts.refill_plan(slots, per_device, room)
+    args = (parts.state["params"], tokens, lens, parts.queue(per_device), parts.stop_table())
+    kwargs = dict(cfg=parts.run.model_cfg, scfg=scfg, plan=plan)
+    return Phase(name, "sampling.decode_rows", slots, generate_refill_program, args, kwargs, parts.resident("params"),
+                 f"{bb} prompts x {samples} samples through {plan.slots} slots, prompt cache {pb}, slot cache {room}, "
+                 f"{max_new} new tokens")
 
 
 def _rl_generate(parts: _Parts, value: int) -> Phase:
@@ -266,27 +298,28 @@ def _critic_score(parts: _Parts, value: int) -> Phase:
                  f"{value} rows x {parts.lengths.train} tokens")
 
 
-def trajectory_shapes(run: RunContext, lengths: Lengths, batch_size: Optional[int] = None) -> tuple[int, int]:
-    """(rows, columns) of one MC trajectory pass: a group of `sampling.batch_size` episodes (the
-    values phase goes through an iteration's episodes group by group), as wide as the sampled
+def trajectory_shapes(run: RunContext, lengths: Lengths, group: Optional[int] = None) -> tuple[int, int]:
+    """(rows, columns) of one MC trajectory pass: a group of `vineppo.episodes_per_group` episodes
+    (the values phase goes through an iteration's episodes group by group), as wide as the sampled
     rows (prompt width + max_new_tokens), bucketed."""
     s = run.cfg.sampling
     episodes = s.problems_per_iteration * s.samples_per_problem
-    rows = bucket(min(episodes, batch_size or s.batch_size), multiple_of=sharding.data_parallel_size(run.mesh))
+    spp = max(s.samples_per_problem, 1)
+    group = mc_group_rows(run.cfg) if group is None else -(-group // spp) * spp  # as the run rounds it
+    rows = bucket(min(episodes, group), multiple_of=sharding.data_parallel_size(run.mesh))
     return rows, bucket(lengths.episode_cols, minimum=16)
 
 
 def _trajectory(parts: _Parts, value: int) -> Phase:
-    """The MC trajectory pass of one group of `sampling.batch_size` episodes."""
-    parts.need_multiple("sampling.batch_size", value)
+    """The MC trajectory pass of one group of `vineppo.episodes_per_group` episodes."""
     rows, cols = trajectory_shapes(parts.run, parts.lengths, value)
     args = (parts.state["params"], parts.replicated((rows, cols), jnp.int32), parts.replicated((rows,), jnp.int32))
-    return Phase("trajectory", "sampling.batch_size", value, trajectory_program, args, dict(cfg=parts.run.model_cfg),
-                 parts.resident("params"), f"{rows} episodes x {cols} tokens")
+    return Phase("trajectory", "vineppo.episodes_per_group", value, trajectory_program, args,
+                 dict(cfg=parts.run.model_cfg), parts.resident("params"), f"{rows} episodes x {cols} tokens")
 
 
 def trajectory_abstract(parts: _Parts) -> TrajectoryCache:
-    """The trajectory cache of one group as the MC chunks receive it: cache rows over the data
+    """The trajectory cache of one group as the MC phase receives it: cache rows over the data
     axes (the pass constrains them so), hidden states [rows, cols, D] likewise."""
     m, (rows, cols) = parts.run.model_cfg, trajectory_shapes(parts.run, parts.lengths)
     kv_shape = (m.num_layers, rows, cols, m.num_kv_heads, m.head_dim)
@@ -294,25 +327,33 @@ def trajectory_abstract(parts: _Parts) -> TrajectoryCache:
     kv = jax.ShapeDtypeStruct(kv_shape, m.compute_dtype, sharding=spec(llama.CACHE_AXES, kv_shape))
     lengths = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=spec(("batch",), (rows,)))
     hidden_shape = (rows, cols, m.hidden_size)
-    hidden = jax.ShapeDtypeStruct(hidden_shape, m.compute_dtype,
-                                  sharding=spec(("batch", "length", "embed"), hidden_shape))
+    hidden = jax.ShapeDtypeStruct(hidden_shape, m.compute_dtype, sharding=spec(HIDDEN_AXES, hidden_shape))
     return TrajectoryCache(llama.KVCache(kv, kv, lengths), hidden)
 
 
-def _mc_chunk(parts: _Parts, value: int) -> Phase:
-    """One chunk of MC continuations (`continue_from_prefixes`): `bucket(chunk_rows)` rows, each
-    continuing a prefix of the trajectory cache with the largest budget the context allows."""
+def mc_queue_rows(run: RunContext, lengths: Lengths) -> int:
+    """Continuation rows of one MC group as planned: its episodes (the trajectory pass's rows) ×
+    states per episode (`PLANNED_STATES`, or the cap `vineppo.max_estimated_states` + 1) × K."""
+    cap = run.cfg.vineppo.max_estimated_states
+    states = PLANNED_STATES if cap < 0 else min(cap + 1, PLANNED_STATES)
+    return trajectory_shapes(run, lengths)[0] * states * run.cfg.vineppo.num_rollouts
+
+
+def _mc(parts: _Parts, value: int) -> Phase:
+    """The MC continuations of one group (`Trajectories.continue_from`, schedule "refill"):
+    `bucket(chunk_rows)` slots refilled from the group's trajectory cache, each row with the
+    largest budget the context allows, over a queue of `mc_queue_rows` rows."""
     run, s = parts.run, parts.run.cfg.sampling
-    r = bucket(value, multiple_of=parts.dp)
     longest = parts.lengths.prompt + 2 * s.max_new_tokens  # a state late in a full-length episode, + its budget
     room = cache_room(min(longest, run.context_size + 1))
-    i32 = jnp.int32
+    per_device = bucket(-(-mc_queue_rows(run, parts.lengths) // parts.dp))
+    plan = parts.refill_plan(value, per_device, room)
     scfg = parts.sampling_config(s.max_new_tokens, s.temperature, s.top_p, s.top_k)
-    args = (parts.state["params"], trajectory_abstract(parts), parts.replicated((r,), i32),
-            parts.replicated((r,), i32), parts.replicated((r,), i32), parts.keys(r), parts.stop_table())
-    return Phase("mc_chunk", "vineppo.chunk_rows", value, chunk_program, args,
-                 dict(cfg=run.model_cfg, scfg=scfg, room=room), parts.resident("params"),
-                 f"{r} rows, cache {room} slots, {s.max_new_tokens} new tokens; trajectory cache as argument")
+    args = (parts.state["params"], trajectory_abstract(parts), parts.queue(per_device), parts.stop_table())
+    return Phase("mc", "vineppo.chunk_rows", value, refill_program, args, dict(cfg=run.model_cfg, scfg=scfg, plan=plan),
+                 parts.resident("params"),
+                 f"{plan.slots} slots, cache {room} slots, queue {per_device * parts.dp} rows, {s.max_new_tokens} new "
+                 f"tokens; trajectory cache as argument")
 
 
 def _rollout_batch(parts: _Parts, key: str, micro_batch: int) -> tuple[RolloutBatch, int]:
@@ -377,6 +418,6 @@ def _sft_step(parts: _Parts, value: int) -> Phase:
 
 _BUILDERS: dict[str, Callable[[_Parts, Optional[int]], Phase]] = {
     "generate": _rl_generate, "eval_generate": _eval_generate, "score": _score, "critic_score": _critic_score,
-    "trajectory": _trajectory, "mc_chunk": _mc_chunk, "policy_step": _policy_step, "critic_step": _critic_step,
+    "trajectory": _trajectory, "mc": _mc, "policy_step": _policy_step, "critic_step": _critic_step,
     "sft_step": _sft_step,
 }

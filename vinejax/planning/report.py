@@ -20,7 +20,7 @@ def knob_candidates(cfg, knob: str, dp: int) -> list[int]:
     if knob in ("ppo.micro_batch", "sft.micro_batch"):
         total = cfg.ppo.episodes_per_step if knob == "ppo.micro_batch" else cfg.sft.batch_size
         return [v for v in range(dp, total + 1, dp) if total % v == 0]
-    top = 1024 if knob == "sampling.batch_size" else 8192
+    top = {"sampling.batch_size": 1024, "vineppo.episodes_per_group": 1024}.get(knob, 8192)
     return sorted({bucket(dp * 2**k, multiple_of=dp) for k in range(14) if dp * 2**k <= top})
 
 
@@ -60,8 +60,9 @@ def make_plan(cfg, devices: list, hbm_bytes: int, *, device_kind: str = "", mode
         def peak_at(value, members=members):
             return max(compiler.peak(phases.build_phase(n, run, lengths, value)) for n in members)
 
+        configured = max(r["value"] for r in rows if r["knob"] == knob)  # decode_rows 0: every row of a call
         result = largest_fitting(peak_at, knob_candidates(cfg, knob, sharding.data_parallel_size(mesh)),
-                                 int(phases.config_value(cfg, knob)), hbm_bytes, knob, max(2, max_compiles))
+                                 configured, hbm_bytes, knob, max(2, max_compiles))
         found.append(vars(result) | {"phases": members})
     too_big = [r for r in rows if not r["fits"]]
     settable = {f["knob"]: f for f in found}
@@ -84,7 +85,7 @@ def _gib(b: Optional[int]) -> str:
 
 
 ANALYTIC_TERMS = ("params", "optimizer", "gradients", "activations_remat", "activations_no_remat", "activations",
-                  "kv_cache", "decode_weights", "trajectory", "logits", "inputs", "resident", "total")
+                  "kv_cache", "decode_weights", "trajectory", "logits", "outputs", "inputs", "resident", "total")
 
 
 def format_plan(plan: dict) -> str:
@@ -126,7 +127,14 @@ def format_plan(plan: dict) -> str:
             out.append(f"  {s['knob']:<20} configured {s['configured']:<5} {best} ({note}; {', '.join(s['phases'])}; "
                        f"{tried})")
     out += ["", "verdict    " + verdict(plan), f"tool       {plan['compiles']} compiles, {plan['seconds']:.0f} s"]
+    if d["platform"] == "cpu":
+        out.append("caveat     " + CPU_CAVEAT)
     return "\n".join(out)
+
+
+CPU_CAVEAT = ("compiled for CPU devices: CPU has no flash attention, so the [rows, heads, T, T] scores of the long "
+              "passes (prefill, trajectory, score) are counted in full, and its decode loops hold bfloat16 KV caches "
+              "at float32 size; an accelerator's own plan is lower there")
 
 
 def verdict(plan: dict) -> str:

@@ -21,10 +21,12 @@ class RolloutEnv:
     (static sampling settings), `stops` (the task's stop strings as a `StopTable`, or None),
     `context_size` (tokens besides BOS a prompt + response may hold: a generation from a prefix
     of P tokens, BOS included, writes at most min(max_new_tokens, context_size − (P − 1)); −1 =
-    the model's positions − 1), `chunk_rows` (continuation rows decoded at once: the MC slots),
-    `schedule` and `refills_per_step` (MC scheduling, `mc.Trajectories.continue_from`).
-    Text side (`vinejax.train`): `tokenizer`, `task`, `grade_workers`, and `batch_rows` (prompts
-    per generate call, episodes per MC group; 0 = all at once).
+    the model's positions − 1), `decode_rows` (rows `generate` decodes at once, slots refilled as
+    rows finish; 0 = every row of a call), `chunk_rows` (continuation rows decoded at once: the MC
+    slots), `schedule` (MC scheduling, `mc.Trajectories.continue_from`) and `refills_per_step`
+    (slots a refill loop refills per device per step at most; default its slots // 8).
+    Text side (`vinejax.train`): `tokenizer`, `task`, `grade_workers`, `batch_rows` (prompts per
+    generate call; 0 = all at once) and `group_rows` (episodes per MC group; 0 = all at once).
     """
 
     params: Any
@@ -32,6 +34,7 @@ class RolloutEnv:
     scfg: SamplingConfig
     stops: Optional[StopTable] = None
     context_size: int = -1
+    decode_rows: int = 0
     chunk_rows: int = 256
     schedule: str = "refill"
     refills_per_step: Optional[int] = None
@@ -39,6 +42,7 @@ class RolloutEnv:
     task: Any = None
     grade_workers: int = 1
     batch_rows: int = 0
+    group_rows: int = 0
 
     def __post_init__(self):
         if self.schedule not in ("refill", "chunks"):

@@ -9,10 +9,11 @@ pos - 1 of the same pass. No prefix is prefilled again, and identical prefixes (
 state 0 of every sample of one problem) are expanded once and share their K continuations.
 Scheduling (`schedule`): "refill" (default) decodes every continuation row in one jitted loop with
 a fixed number of slots; a slot whose row finishes takes the next waiting row, its cache rows
-gathered from the trajectory cache inside the loop (`refill.decode_rows`, continuous batching),
-and rows wait longest-expected-first (the episode's own remainder from the state predicts the
-continuation's length). "chunks" (the earlier scheme) sorts rows by budget and decodes fixed-size
-chunks, each until its longest row ends.
+copied from the trajectory cache inside the loop (`refill.decode_rows`, continuous batching) on
+the device that holds them (each device continues the states of its own trajectories; no
+gather across devices), and rows wait longest-expected-first (the episode's own remainder from
+the state predicts the continuation's length). "chunks" (the earlier scheme) sorts rows by budget
+and decodes fixed-size chunks, each until its longest row ends.
 """
 from __future__ import annotations
 
@@ -22,27 +23,22 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from vinejax.model import llama
-from vinejax.model.config import ModelConfig
 from vinejax.multihost import to_host
+from vinejax.sampling.continuation import (  # noqa: F401  (TrajectoryCache, trajectory_cache: re-exported)
+    RowStarts,
+    TrajectoryCache,
+    balanced_rows,
+    cache_rows_of,
+    continue_rows,
+    stop_array,
+    trajectory_cache,
+)
 from vinejax.sampling.core import Rows, bucket, cache_room, decode
 from vinejax.sampling.env import RolloutEnv
 from vinejax.sampling.generation import row_keys
-from vinejax.sampling.refill import RefillPlan, RowStart, decode_rows
 from vinejax.sharding import data_parallel_size
-
-
-class TrajectoryCache(NamedTuple):
-    """Cache of a forward pass over right-padded trajectories [Bb, Tb] (bucketed shapes).
-
-    cache: KVCache with k/v [L, Bb, Tb, Hkv, Dh] (lengths = trajectory lengths);
-    hidden: final-normed hidden states [Bb, Tb, D] (next-token logits at any position via the head).
-    """
-
-    cache: llama.KVCache
-    hidden: jax.Array
 
 
 class ContinuationOutput(NamedTuple):
@@ -62,54 +58,14 @@ class ContinuationOutput(NamedTuple):
     stats: dict
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _trajectory_jit(params, tokens, lengths, *, cfg):
-    tokens = nn.with_logical_constraint(tokens, ("batch", "length"))
-    cache = llama.constrain_cache(llama.init_cache(cfg, tokens.shape[0], tokens.shape[1]))
-    _, hidden, cache = llama.forward_cached(params, cfg, tokens, cache, new_lengths=lengths)
-    return TrajectoryCache(cache, hidden)
-
-
-def trajectory_cache(params: dict, cfg: ModelConfig, tokens, lengths, pad_id: int = 0,
-                     max_rows: int = 0) -> TrajectoryCache:
-    """A cached forward pass over right-padded trajectories tokens int[B, T], lengths int[B].
-
-    Shapes are bucketed (rows to `bucket(B)`, length to `bucket(T)`); extra rows are padding.
-    max_rows > 0: the pass runs over groups of at most `bucket(max_rows)` trajectories (one
-    compiled program), which bounds its activations (the [rows, heads, T, T] attention scores
-    above all: a whole 512-episode iteration at once does not fit an 80 GiB GPU); the groups'
-    caches are joined along the rows.
-    """
-    tokens = np.asarray(tokens, np.int32)
-    b, t = tokens.shape
-    dp = data_parallel_size()
-    bb, tb = bucket(b, multiple_of=dp), bucket(t, minimum=16)
-    group = bb if max_rows <= 0 else min(bb, bucket(max_rows, multiple_of=dp))
-    bb = -(-bb // group) * group
-    tok = np.full((bb, tb), pad_id, np.int32)
-    tok[:b, :t] = tokens
-    lens = np.ones((bb,), np.int32)
-    lens[:b] = np.asarray(lengths)
-    parts = [_trajectory_jit(params, tok[i : i + group], lens[i : i + group], cfg=cfg) for i in range(0, bb, group)]
-    return parts[0] if len(parts) == 1 else _join_rows(parts)
-
-
-@jax.jit
-def _join_rows(parts: list) -> TrajectoryCache:
-    """The trajectory caches of consecutive row groups as one (rows: axis 1 of k/v, 0 elsewhere)."""
-    k = jnp.concatenate([p.cache.k for p in parts], axis=1)
-    v = jnp.concatenate([p.cache.v for p in parts], axis=1)
-    lengths = jnp.concatenate([p.cache.lengths for p in parts])
-    cache = llama.constrain_cache(llama.KVCache(k, v, lengths))
-    return TrajectoryCache(cache, jnp.concatenate([p.hidden for p in parts]))
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "room"))
 def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_table, *, cfg, scfg, room):
-    """Continue R cache rows: rows int32[R] trajectory row, pos int32[R] prefix length (>= 1);
+    """Continue R cache rows: rows int32[R] trajectory cache row, pos int32[R] prefix length (>= 1);
     stop_table: None or int32[S, V] (`StopTable.next_state`).
 
     room: cache slots of the chunk (>= max(pos + budget)); attention runs over `room` slots only.
+    The indexed read of `rows` gathers them from every device (the "chunks" schedule is kept as
+    the reference the refill loop is tested against).
     """
     k, v = traj.cache.k, traj.cache.v
     keep = min(room, k.shape[2])
@@ -118,32 +74,6 @@ def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_tabl
     last = traj.hidden[rows, pos - 1]  # [R, D] hidden at the state's last prefix token
     logits0 = llama.lm_logits(params, cfg, last)
     return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, Rows(keys, budget), stop_table)
-
-
-class _Queue(NamedTuple):
-    """Continuation rows: row int32[N] trajectory row, pos int32[N] prefix length (>= 1),
-    budget int32[N] max new tokens, keys typed PRNG keys [N]."""
-
-    row: jax.Array
-    pos: jax.Array
-    budget: jax.Array
-    keys: jax.Array
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "plan"))
-def _refill_jit(params, traj: TrajectoryCache, queue: _Queue, num_rows, stop_table, *, cfg, scfg, plan: RefillPlan):
-    """Decode the queue's rows with `plan.slots` slots refilled from the trajectory cache
-    (`refill.decode_rows`)."""
-    k_all, v_all = traj.cache.k, traj.cache.v
-    keep = min(plan.room, k_all.shape[2])
-    pad = ((0, 0), (0, 0), (0, plan.room - keep), (0, 0), (0, 0))
-
-    def fetch(rows):
-        b, p = queue.row[rows], queue.pos[rows]
-        logits0 = llama.lm_logits(params, cfg, traj.hidden[b, p - 1])  # [M, V] from the state's last token
-        return RowStart(jnp.pad(k_all[:, b, :keep], pad), jnp.pad(v_all[:, b, :keep], pad), p, logits0)
-
-    return decode_rows(params, cfg, scfg, fetch, Rows(queue.keys, queue.budget), num_rows, plan, stop_table)
 
 
 def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -172,25 +102,36 @@ def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarra
 class Trajectories:
     """A batch of right-padded trajectories whose states `continue_from` samples continuations of.
 
-    tokens int[B, T] (prompt + response), lengths int[B]; the cached forward pass over them
-    (`trajectory_cache`, with `cache_rows` > 0: in groups of that many rows) runs on the first
-    call and is kept, so several calls (adaptive K's rounds) share it; pass `cache` to reuse one
-    computed elsewhere.
+    tokens int[B, T] (prompt + response), lengths int[B]; ids int[B]: stable ids of the
+    trajectories (default 0..B−1; e.g. their rows in the iteration), which the continuations'
+    keys derive from. The cached forward pass over them (`continuation.trajectory_cache`, with
+    `cache_rows` > 0: in groups of that many rows) runs on the first call and is kept, so several
+    calls (adaptive K's rounds) share it; on several devices its rows are placed so that each
+    device's share of that call's continuations is about equal (`continuation.balanced_rows`).
+    Pass `cache` to reuse one computed elsewhere (trajectory b in cache row b).
     """
 
     def __init__(self, env: RolloutEnv, tokens, lengths, cache: Optional[TrajectoryCache] = None,
-                 cache_rows: int = 0):
+                 cache_rows: int = 0, ids=None):
         self.env = env
         self.tokens = np.asarray(tokens, np.int32)
         self.lengths = np.asarray(lengths, np.int32)
+        self.ids = np.arange(len(self.tokens)) if ids is None else np.asarray(ids, np.int64)
         self._cache, self._cache_rows = cache, cache_rows
+        self._place = None if cache is None else np.arange(len(self.tokens))  # cache row of each trajectory
 
     @property
     def cache(self) -> TrajectoryCache:
+        """The trajectory cache (rows placed for equal work per trajectory when not yet computed)."""
+        return self._cache_for(np.ones(len(self.tokens)))
+
+    def _cache_for(self, work) -> TrajectoryCache:
         if self._cache is None:
-            env = self.env
+            env, dp = self.env, data_parallel_size()
+            total, _ = cache_rows_of(len(self.tokens), self._cache_rows, dp)
+            self._place = balanced_rows(work, total, dp)
             self._cache = trajectory_cache(env.params, env.model_cfg, self.tokens, self.lengths, pad_id=env.scfg.pad_id,
-                                           max_rows=self._cache_rows)
+                                           max_rows=self._cache_rows, rows=self._place)
         return self._cache
 
     def continue_from(self, state_positions, rng: jax.Array, num_samples, *, state_mask=None,
@@ -202,17 +143,18 @@ class Trajectories:
         largest; slots k >= a state's own count are empty: length 0, FINISH_NONE); state_mask
         bool[B, S] (default all true); budgets: optional int[B, S] max new tokens per state
         (capped at scfg.max_new_tokens; default `env.budgets` of the positions). Continuation k
-        of the state with unique-prefix id u uses the key fold_in(fold_in(rng, u_row * S +
-        u_state), k) where (u_row, u_state) is the first state with that exact prefix
-        (`unique_prefixes`), so results are reproducible and independent of scheduling and
-        chunking. Identical prefixes share their continuations (a prefix shared by states with
-        different counts gets the largest). `env.chunk_rows` rows are decoded at once (slots with
-        refill, chunk rows otherwise); `env.schedule` "refill" or "chunks" (module docstring);
-        `env.refills_per_step`: slots refilled per loop iteration at most (default slots // 8).
-        env.stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within
-        the continuation only (as vLLM's `stop` with the prefix in the prompt); cut a
-        continuation with `stops.cut_at_stop(tokenizer, stops, prefix + continuation,
-        search_from=len(prefix))`.
+        of the state with unique-prefix id u uses the key fold_in(fold_in(fold_in(rng,
+        ids[u_row]), u_state), k) where (u_row, u_state) is the first state with that exact
+        prefix (`unique_prefixes`), so results are reproducible and independent of scheduling,
+        chunking, devices and of which other trajectories share the call. Identical prefixes
+        share their continuations (a prefix shared by states with different counts gets the
+        largest). `env.chunk_rows` rows are decoded at once (slots with refill, chunk rows
+        otherwise); `env.schedule` "refill" or "chunks" (module docstring);
+        `env.refills_per_step`: slots refilled per device per loop iteration at most (default
+        its slots // 8). env.stops: a `stops.stop_automaton` table. Stop sequences and stop
+        strings match within the continuation only (as vLLM's `stop` with the prefix in the
+        prompt); cut a continuation with `stops.cut_at_stop(tokenizer, stops, prefix +
+        continuation, search_from=len(prefix))`.
         """
         env, scfg = self.env, self.env.scfg
         tokens, lengths = self.tokens, self.lengths
@@ -246,24 +188,30 @@ class Trajectories:
         u_expect = np.zeros((nu,), np.int64)
         np.maximum.at(u_expect, uid[mask], np.broadcast_to(lengths[:, None], (b, s))[mask] - pos[mask])
         u_expect = np.minimum(u_expect, u_budget)
+        work = np.zeros(b)
+        np.add.at(work, rep[:, 0], u_count * (u_expect + 1))  # tokens each trajectory's states are expected to decode
+        cache = self._cache_for(work)  # placed by this call's work when it is the first
+        place = self._place
         order = np.argsort(-u_budget, kind="stable") if env.schedule == "chunks" else np.lexsort((-u_budget, -u_expect))
         row_u = np.repeat(order, u_count[order])
         row_k = np.concatenate([np.arange(u_count[u]) for u in order])
         row_b, row_s = rep[row_u, 0], rep[row_u, 1]
-        base = row_keys(rng, (row_b * s + row_s).astype(np.uint32))
-        all_keys = jax.vmap(jax.random.fold_in)(base, jnp.asarray(row_k, jnp.uint32))
-        queue = _Queue(row_b.astype(np.int32), pos[row_b, row_s].astype(np.int32), u_budget[row_u], all_keys)
-
-        run = _refill_rows if env.schedule == "refill" else _chunk_rows
-        results, slots, slot_steps, chunks = run(env, self.cache, queue)
+        base = jax.vmap(jax.random.fold_in)(row_keys(rng, self.ids[row_b]), jnp.asarray(row_s, jnp.uint32))
+        keys = jax.vmap(jax.random.fold_in)(base, jnp.asarray(row_k, jnp.uint32))
+        row_pos = pos[row_b, row_s].astype(np.int32)
+        starts = RowStarts(place[row_b], row_pos, row_pos - 1, u_budget[row_u], keys)
+        if env.schedule == "refill":
+            res = continue_rows(env, cache, starts, env.chunk_rows)
+            decoded, slots, slot_steps, chunks = (res.tokens, res.logprobs, res.lengths, res.finish), res.slots, \
+                res.slot_steps, 1
+        else:
+            decoded, slots, slot_steps, chunks = _chunk_rows(env, cache, starts)
 
         out_tok = np.full((nu, kmax, n), scfg.pad_id, np.int32)
         out_lp = np.zeros((nu, kmax, n), np.float32)
         out_len = np.zeros((nu, kmax), np.int32)
         out_fin = np.zeros((nu, kmax), np.int32)
-        for sl, res in results:
-            u, k = row_u[sl], row_k[sl]
-            out_tok[u, k], out_lp[u, k], out_len[u, k], out_fin[u, k] = res
+        out_tok[row_u, row_k], out_lp[row_u, row_k], out_len[row_u, row_k], out_fin[row_u, row_k] = decoded
 
         keep = mask[..., None] & (np.arange(kmax)[None, None] < counts[..., None])  # [B, S, K]
         safe = np.where(mask, uid, 0)
@@ -276,66 +224,40 @@ class Trajectories:
 
 
 def continue_from_prefixes(env: RolloutEnv, tokens, lengths, state_positions, rng: jax.Array, num_samples, *,
-                           state_mask=None, budgets=None) -> ContinuationOutput:
+                           state_mask=None, budgets=None, ids=None) -> ContinuationOutput:
     """num_samples continuations from every state of every trajectory tokens int[B, T] (lengths
-    int[B]): `Trajectories(env, tokens, lengths).continue_from(...)`, whose docstring says it all."""
-    return Trajectories(env, tokens, lengths).continue_from(state_positions, rng, num_samples, state_mask=state_mask,
-                                                           budgets=budgets)
+    int[B]; ids int[B] their stable ids): `Trajectories(env, tokens, lengths,
+    ids=ids).continue_from(...)`, whose docstring says it all."""
+    return Trajectories(env, tokens, lengths, ids=ids).continue_from(state_positions, rng, num_samples,
+                                                                     state_mask=state_mask, budgets=budgets)
 
 
-def _stop_array(env: RolloutEnv):
-    return None if env.stops is None else jnp.asarray(env.stops.next_state)
-
-
-def _chunk_rows(env: RolloutEnv, traj: TrajectoryCache, queue: _Queue):
-    """Fixed-size chunks, each decoded until its longest row ends. Returns ([(slice, (tokens,
-    logprobs, lengths, finish))], slots, slot_steps, chunks)."""
-    total, dp, table = len(queue.row), data_parallel_size(), _stop_array(env)
+def _chunk_rows(env: RolloutEnv, traj: TrajectoryCache, starts: RowStarts):
+    """Fixed-size chunks, each decoded until its longest row ends. Returns ((tokens, logprobs,
+    lengths, finish) of every row, slots, slot_steps, chunks)."""
+    total, dp, table = len(starts.row), data_parallel_size(), stop_array(env)
     chunk = bucket(env.chunk_rows, multiple_of=dp)
     dispatched = []
     for start in range(0, total, chunk):
         sl = slice(start, min(start + chunk, total))
         m = sl.stop - sl.start
         r = chunk if m == chunk else bucket(m, multiple_of=dp)
-        pad_to = lambda x, fill=0: np.concatenate([x[sl], np.full((r - m,), fill, x.dtype)])
-        keys = queue.keys[sl]
+        pad_to = lambda x, fill=0: np.concatenate([x[sl], np.full((r - m,), fill, x.dtype)]).astype(np.int32)
+        keys = starts.keys[sl]
         if r > m:
             keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
-        room = cache_room(int((queue.pos[sl] + queue.budget[sl]).max()))  # slots this chunk needs
-        res = _chunk_jit(env.params, traj, pad_to(queue.row), pad_to(queue.pos, 1), pad_to(queue.budget), keys, table,
-                         cfg=env.model_cfg, scfg=env.scfg, room=room)
-        dispatched.append((sl, m, r, res))  # dispatch every chunk before reading any back
-    results, slot_steps = [], 0
-    for sl, m, r, res in dispatched:
+        room = cache_room(int((starts.pos[sl] + starts.budget[sl]).max()))  # slots this chunk needs
+        res = _chunk_jit(env.params, traj, pad_to(starts.row), pad_to(starts.pos, 1), pad_to(starts.budget), keys,
+                         table, cfg=env.model_cfg, scfg=env.scfg, room=room)
+        dispatched.append((m, r, res))  # dispatch every chunk before reading any back
+    parts, slot_steps = [], 0
+    for m, r, res in dispatched:
         res = to_host(res)  # the whole chunk on every process
-        results.append((sl, (res.tokens[:m], res.logprobs[:m], res.lengths[:m], res.finish_reason[:m])))
+        parts.append((res.tokens[:m], res.logprobs[:m], res.lengths[:m], res.finish_reason[:m]))
         slot_steps += r * int(res.steps)
-    return results, chunk, slot_steps, len(dispatched)
+    decoded = tuple(np.concatenate(x) for x in zip(*parts))
+    return decoded, chunk, slot_steps, len(dispatched)
 
 
-def _refill_rows(env: RolloutEnv, traj: TrajectoryCache, queue: _Queue):
-    """One decode call with `env.chunk_rows` slots (fewer when there are fewer rows), refilled in the loop."""
-    total, dp = len(queue.row), data_parallel_size()
-    slots = min(bucket(env.chunk_rows, multiple_of=dp), bucket(total, multiple_of=dp))
-    nb = bucket(total, multiple_of=dp)  # queue length bucketed; rows >= total never start
-    pad_to = lambda x, fill=0: np.concatenate([x, np.full((nb - total,), fill, x.dtype)])
-    keys = queue.keys
-    if nb > total:
-        keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (nb - total,))])
-    room = cache_room(int((queue.pos + queue.budget).max()))
-    refills = env.refills_per_step
-    refills = max(1, slots // 8) if refills is None else max(1, min(int(refills), slots))
-    padded = _Queue(pad_to(queue.row), pad_to(queue.pos, 1), pad_to(queue.budget), keys)
-    res = _refill_jit(env.params, traj, padded, np.int32(total), _stop_array(env), cfg=env.model_cfg, scfg=env.scfg,
-                      plan=RefillPlan(slots, room, refills))
-    res = to_host(res)  # every row on every process
-    sl = slice(0, total)
-    slot_steps = slots * int(res.steps) + max(total - slots, 0)  # + first tokens of refilled rows
-    return [(sl, (res.tokens[:total], res.logprobs[:total], res.lengths[:total], res.finish_reason[:total]))], \
-        slots, slot_steps, 1
-
-
-# The jitted cores of MC continuations under public names, for ahead-of-time lowering with
-# abstract arguments (`vinejax.tools.plan`): same arguments as `_trajectory_jit` / `_chunk_jit`.
-trajectory_program = _trajectory_jit
+# The jitted core of the "chunks" schedule under a public name (as `_chunk_jit`).
 chunk_program = _chunk_jit

@@ -1,25 +1,32 @@
-"""Continuous batching: a decode loop whose slots take the next waiting row when theirs finishes.
+"""Continuous batching: a decode loop whose slots take the next waiting row when theirs finishes,
+each device continuing the rows of the cache it holds.
 
 `decode_rows` decodes a queue of N rows with R slots (R << N) inside one `lax.while_loop`. Each
-iteration runs one model step for every slot, samples, applies the stop rules of
-`core.decode`, and hands every slot whose row has just finished (up to `refills_per_step` of
-them) the next rows of the queue: their start state (cache rows, prefix length and next-token
-logits) comes from a caller-supplied `fetch(rows)` traced inside the loop, e.g. rows gathered
-from the trajectory cache (`mc.continue_from_prefixes`). A refilled slot samples its first token
-in the same iteration, so apart from the queue's tail every slot-step writes a useful token.
+iteration runs one model step for every slot, samples, applies the stop rules of `core.decode`,
+and hands slots whose row has just finished the next rows of the queue: their start state (cache
+rows, prefix length and next-token logits) comes from a `Source`, a cache of rows whose prefixes
+the queue's rows continue (the trajectory pass of MC, or the prompts' prefill of `generate`).
+
+**Per device.** The source's rows are split over the data axes; the slots and the queue are split
+the same way: device d owns slots d·R/dp … and the queue rows d·Nd … that continue source rows it
+holds, and a refill copies cache rows from its own block of the source into its own slots
+(`jax.shard_map` over the mesh). Nothing gathers the source across devices: memory per device is
+the source's shard, R/dp slots and the queue's outputs. The loop runs until every device's queue
+is done (its step is one SPMD program over the mesh).
 
 Sampling is the same as `core.decode`: row q draws its token at column i with fold_in(keys[q], i)
-from the same logits, so a row's output does not depend on the number of slots, the queue order
-or which rows share an iteration (up to float summation order of the attention over a larger
-cache room).
+from the same logits, so a row's output does not depend on the number of slots, the queue order,
+the device it runs on or which rows share an iteration (up to float summation order of the
+attention over a larger cache room).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from vinejax import sharding
 from vinejax.model import decode as model_decode
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
@@ -29,26 +36,46 @@ from vinejax.sampling.core import (
     FINISH_NONE,
     FINISH_STOP,
     GenerationOutput,
-    Rows,
     SamplingConfig,
     sample_tokens,
 )
 from vinejax.sampling.stops import STOPPED, token_sequence_table
 
+HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of `Source.hidden`
 
-class RowStart(NamedTuple):
-    """Start state of M rows, what `fetch` returns: k, v [L, M, room, Hkv, Dh] cache rows (slots
-    >= lengths are ignored), lengths int32[M] cached tokens, logits0 f32[M, V] next-token logits."""
+
+class Source(NamedTuple):
+    """The cache refilled rows start from: k, v [L, B, T, Hkv, Dh] (rows over the data axes, as
+    `llama.constrain_cache` lays them out); hidden [B, T', D] final-normed hidden states, rows
+    laid out likewise (a row's first token is drawn from the logits of hidden[row, col])."""
 
     k: jax.Array
     v: jax.Array
-    lengths: jax.Array
-    logits0: jax.Array
+    hidden: jax.Array
+
+
+class Queue(NamedTuple):
+    """N = dp·Nd rows to decode, device-major: rows d·Nd … d·Nd + count[d] − 1 are device d's, in
+    the order they start; the rest of its block is padding.
+
+    row int32[N]: the source row each continues, as an index into device d's block of source rows
+    (B/dp of them); pos int32[N]: cached prefix length (>= 1); col int32[N]: hidden column of its
+    first token's logits; keys: typed PRNG keys [N]; budget int32[N]: max new tokens (>= 1 on
+    real rows); count int32[dp].
+    """
+
+    row: jax.Array
+    pos: jax.Array
+    col: jax.Array
+    keys: jax.Array
+    budget: jax.Array
+    count: jax.Array
 
 
 class RefillPlan(NamedTuple):
-    """Static shape of a refill loop: `slots` rows decoded at once, `room` cache slots per row
-    (>= every row's prefix + budget), at most `refills_per_step` slots refilled per iteration."""
+    """Static shape of a refill loop: `slots` rows decoded at once over all devices (a multiple of
+    the data-parallel size), `room` cache slots per row (>= every row's prefix + budget), at most
+    `refills_per_step` slots refilled per device per iteration."""
 
     slots: int
     room: int
@@ -70,32 +97,82 @@ class _Out(NamedTuple):
     finish: jax.Array    # int32[N]
 
 
+def _spec(axes, shape):
+    mesh = jax.sharding.get_abstract_mesh()
+    return sharding.logical_to_spec(axes, shape, mesh)
+
+
+def local_refill(kv, source: Source, slot: jax.Array, row: jax.Array, pos: jax.Array, col: jax.Array):
+    """Copy source rows into decode slots, on each device from its own block (call inside jit).
+
+    kv: the loop's caches (`model.decode.DecodeCaches`, or a stacked `llama.KVCache`) with R slots;
+    slot, row, pos, col int32[dp, m]: device d writes its source row row[d, j] (an index into its
+    block) into its slot slot[d, j] (an index into its R/dp slots; >= R/dp: nothing written) with
+    pos[d, j] cached tokens. Returns (kv, hidden f32[dp·m, D] = source.hidden[row, col] of each
+    pair, device-major).
+    """
+    stacked = isinstance(kv, llama.KVCache)
+
+    def local(kv, k_src, v_src, hidden, slot, row, pos, col):
+        slot, row, pos, col = slot[0], row[0], pos[0], col[0]  # [m] this device's pairs
+        room = kv.k.shape[2] if stacked else kv.k[0].shape[2]
+        keep = min(room, k_src.shape[2])
+        pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
+        if stacked:
+            put = lambda a, x: a.at[:, slot].set(jnp.pad(x[:, row, :keep], pad).astype(a.dtype), mode="drop")
+            kv = llama.KVCache(put(kv.k, k_src), put(kv.v, v_src), kv.lengths.at[slot].set(pos, mode="drop"))
+        else:
+            def put(a, x):  # one layer: x [B_local, T, Hkv, Dh] -> rows into slots [R_local, Hkv, room, Dh]
+                x = jnp.pad(x[row, :keep], pad[1:])
+                return a.at[slot].set(jnp.swapaxes(x, 1, 2).astype(a.dtype), mode="drop")
+
+            layers = range(k_src.shape[0])
+            kv = model_decode.DecodeCaches(tuple(put(kv.k[i], k_src[i]) for i in layers),
+                                           tuple(put(kv.v[i], v_src[i]) for i in layers),
+                                           kv.lengths.at[slot].set(pos, mode="drop"))
+        return kv, hidden[row, col][None]
+
+    args = (kv, source.k, source.v, source.hidden, slot, row, pos, col)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        kv, hidden = local(*args)
+    else:
+        cache_axes = llama.CACHE_AXES if stacked else model_decode.LAYER_CACHE_AXES
+        kv_specs = jax.tree.map(lambda a: _spec(cache_axes, a.shape), kv)
+        kv_specs = kv_specs._replace(lengths=_spec(("batch",), kv.lengths.shape))
+        pair = _spec(("batch", None), slot.shape)
+        in_specs = (kv_specs, _spec(llama.CACHE_AXES, source.k.shape), _spec(llama.CACHE_AXES, source.v.shape),
+                    _spec(HIDDEN_AXES, source.hidden.shape), pair, pair, pair, pair)
+        hidden_spec = jax.sharding.PartitionSpec(pair[0], None, None)
+        kv, hidden = jax.shard_map(local, in_specs=in_specs, out_specs=(kv_specs, hidden_spec),
+                                   check_vma=False)(*args)
+    return kv, hidden.reshape(-1, hidden.shape[-1])
+
+
 def decode_rows(
     params: dict,
     cfg: ModelConfig,
     scfg: SamplingConfig,
-    fetch: Callable[[jax.Array], RowStart],
-    queue: Rows,
-    num_rows,
+    source: Source,
+    queue: Queue,
     plan: RefillPlan,
     stop_table: Optional[jax.Array] = None,
 ) -> GenerationOutput:
-    """Decode queue rows 0..num_rows-1 with `plan.slots` slots (call inside jit).
+    """Decode the queue's rows with `plan.slots` slots refilled from `source` (call inside jit).
 
-    fetch(rows int32[M]) -> RowStart of those queue rows (rows are clamped to [0, N)); queue: the
-    N rows' keys and budgets (`core.Rows`; budgets >= 1); num_rows: int32 scalar <= N (rows
-    beyond it are padding and never start); plan: slots, cache room and refills per iteration
-    (`RefillPlan`); stop_table: optional int32[S, V'] `stops.StopTable.next_state`.
-    Rows start in queue order. Returns GenerationOutput over the N queue rows (tokens/logprobs
-    [N, max_new_tokens], lengths, finish_reason [N]; rows never started have length 0 and
-    finish FINISH_NONE) with steps = loop iterations (slot-steps = slots * steps).
+    queue: the rows, device-major (`Queue`); the data-parallel size dp is len(queue.count) and
+    divides plan.slots and the source's rows; stop_table: optional int32[S, V'] (a
+    `stops.StopTable.next_state`). Each device starts its rows in queue order. Returns
+    GenerationOutput over the N queue rows (tokens/logprobs [N, max_new_tokens], lengths,
+    finish_reason [N]; padding rows have length 0 and finish FINISH_NONE) with steps = loop
+    iterations (slot-steps = slots * steps).
     """
-    keys, n_all = queue.keys, queue.budget.shape[0]
-    n = scfg.max_new_tokens
+    keys, n_all, dp = queue.keys, queue.budget.shape[0], queue.count.shape[0]
+    nd, n = n_all // dp, scfg.max_new_tokens
     r, room, refills_per_step = plan
+    rl = r // dp  # slots per device
     pad = jnp.int32(scfg.pad_id)
     budget = jnp.minimum(queue.budget.astype(jnp.int32), n)
-    num_rows = jnp.asarray(num_rows, jnp.int32)
     eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
     tables = []
     v = cfg.vocab_size
@@ -133,33 +210,32 @@ def decode_rows(
         return tok, col, finish, states, out
 
     def refill(m, next_row, sl: _Slots, kv, out: _Out):
-        """Give up to m free slots the next m queue rows and sample their first tokens."""
-        free = sl.finish != FINISH_NONE
-        slot = jnp.nonzero(free, size=m, fill_value=r)[0]  # [m] ascending free slots, r = none
-        rows = next_row + jnp.arange(m, dtype=jnp.int32)
-        ok = (slot < r) & (rows < num_rows)
-        slot = jnp.where(ok, slot, r)  # r: writes dropped
-        rows = jnp.where(ok, rows, n_all)
-        start = fetch(jnp.minimum(rows, n_all - 1))
-        kv = write_slots(kv, slot, start)
+        """Give up to m free slots of each device the next m rows of its queue and sample their
+        first tokens. next_row int32[dp]: each device's next queue row."""
+        free = (sl.finish != FINISH_NONE).reshape(dp, rl)
+        slot = jax.vmap(lambda f: jnp.nonzero(f, size=m, fill_value=rl)[0])(free)  # [dp, m] ascending, rl = none
+        j = next_row[:, None] + jnp.arange(m, dtype=jnp.int32)[None]  # [dp, m] rows of each device's queue
+        ok = (slot < rl) & (j < queue.count[:, None])
+        device = jnp.arange(dp, dtype=jnp.int32)[:, None]
+        rows = jnp.where(ok, device * nd + jnp.minimum(j, nd - 1), n_all)  # global queue index, n_all = none
+        safe = jnp.minimum(rows, n_all - 1)
+        kv, hidden = local_refill(kv, source, jnp.where(ok, slot, rl), queue.row[safe], queue.pos[safe],
+                                  queue.col[safe])
+        logits0 = llama.lm_logits(params, cfg, hidden)  # [dp*m, V]
+        rows, ok = rows.reshape(-1), ok.reshape(-1)
         fin0 = jnp.where(ok & (budget[jnp.minimum(rows, n_all - 1)] > 0), FINISH_NONE, -1).astype(jnp.int32)
-        st0 = tuple(jnp.zeros((m,), jnp.int32) for _ in tables)
-        tok, col, fin, states, out = advance(start.logits0, rows, jnp.zeros((m,), jnp.int32), fin0, st0, out)
-        put = lambda a, x: a.at[slot].set(x, mode="drop")
+        st0 = tuple(jnp.zeros(rows.shape, jnp.int32) for _ in tables)
+        tok, col, fin, states, out = advance(logits0, rows, jnp.zeros(rows.shape, jnp.int32), fin0, st0, out)
+        at = jnp.where(ok, (device * rl + slot).reshape(-1), r)  # global slot; r: writes dropped
+        put = lambda a, x: a.at[at].set(x, mode="drop")
         sl = _Slots(put(sl.row, rows), put(sl.col, col), put(sl.finish, fin),
                     tuple(put(a, x) for a, x in zip(sl.states, states)), put(sl.tok, tok))
-        return next_row + ok.sum(dtype=jnp.int32), sl, kv, out
+        return next_row + ok.reshape(dp, m).sum(1, dtype=jnp.int32), sl, kv, out
 
     if scfg.unroll_layers:
         weights = model_decode.decode_weights(params, cfg)
         kv = model_decode.decode_caches(llama.init_cache(cfg, r, room))
         step_fn = lambda tok, kv: model_decode.decode_step(params, weights, cfg, tok, kv)
-
-        def write_slots(kv, slot, start: RowStart):
-            put = lambda a, x: a.at[slot].set(jnp.swapaxes(x, 1, 2).astype(a.dtype), mode="drop")
-            return model_decode.DecodeCaches(tuple(put(a, x) for a, x in zip(kv.k, start.k)),
-                                             tuple(put(a, x) for a, x in zip(kv.v, start.v)),
-                                             kv.lengths.at[slot].set(start.lengths, mode="drop"))
     else:
         kv = llama.constrain_cache(llama.init_cache(cfg, r, room))
 
@@ -167,21 +243,21 @@ def decode_rows(
             logits, _, kv = llama.forward_cached(params, cfg, tok[:, None], kv)
             return logits[:, 0], llama.constrain_cache(kv)
 
-        def write_slots(kv, slot, start: RowStart):
-            put = lambda a, x: a.at[:, slot].set(x.astype(a.dtype), mode="drop")
-            return llama.KVCache(put(kv.k, start.k), put(kv.v, start.v),
-                                 kv.lengths.at[slot].set(start.lengths, mode="drop"))
-
     out = _Out(jnp.full((n_all, n), pad, jnp.int32), jnp.zeros((n_all, n), jnp.float32),
                jnp.zeros((n_all,), jnp.int32), jnp.zeros((n_all,), jnp.int32))
     empty = jnp.full((r,), -1, jnp.int32)
     sl = _Slots(jnp.full((r,), n_all, jnp.int32), jnp.zeros((r,), jnp.int32), empty,
                 tuple(jnp.zeros((r,), jnp.int32) for _ in tables), jnp.full((r,), pad, jnp.int32))
-    next_row, sl, kv, out = refill(r, jnp.int32(0), sl, kv, out)  # fill every slot
+    next_row, sl, kv, out = refill(rl, jnp.zeros((dp,), jnp.int32), sl, kv, out)  # fill every slot
+
+    def waiting(next_row, sl):
+        """Whether some device has a free slot and rows left in its queue."""
+        free = jnp.any((sl.finish != FINISH_NONE).reshape(dp, rl), axis=1)
+        return jnp.any(free & (next_row < queue.count))
 
     def cond(carry):
         _, next_row, sl, _, _ = carry
-        return jnp.any(sl.finish == FINISH_NONE) | (next_row < num_rows)
+        return jnp.any(sl.finish == FINISH_NONE) | jnp.any(next_row < queue.count)
 
     def body(carry):
         i, next_row, sl, kv, out = carry
@@ -190,9 +266,8 @@ def decode_rows(
         sl = _Slots(sl.row, col, fin, states, tok)
         # refill only when a slot is free and rows wait (a conditional: measured cheaper than
         # fetching refills_per_step rows every step)
-        want = jnp.any(sl.finish != FINISH_NONE) & (next_row < num_rows)
-        next_row, sl, kv, out = jax.lax.cond(want, lambda a: refill(refills_per_step, *a), lambda a: a,
-                                             (next_row, sl, kv, out))
+        next_row, sl, kv, out = jax.lax.cond(waiting(next_row, sl), lambda a: refill(refills_per_step, *a),
+                                             lambda a: a, (next_row, sl, kv, out))
         return i + 1, next_row, sl, kv, out
 
     steps, _, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), next_row, sl, kv, out))

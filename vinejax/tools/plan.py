@@ -19,7 +19,8 @@ JAX starts). A CPU-compiled plan estimates an accelerator's memory: fusion and l
 The model shape comes without weights (`vinejax.planning.shapes`): the starting folder's
 config.json, or a built-in paper shape. Lengths are the longest the config allows (prompts of
 `task.max_prompt_tokens`; `--prompt-len` plans shorter ones). Exit status 0 when the config fits
-as it is, 1 when it does not (the text says which setting or mesh would).
+as it is, 1 when it does not (the text says which setting or mesh would), 2 for bad input (a
+config key, an argument; one line on stderr).
 """
 from __future__ import annotations
 
@@ -111,5 +112,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if plan["fits"] else 1
 
 
+def cli() -> int:
+    """`main` as a command: exit status 0 fits, 1 does not fit, 2 bad input (one line on stderr)."""
+    try:
+        return main()
+    except SystemExit as error:
+        if not isinstance(error.code, str):
+            raise
+        print(f"error: {error.code}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -103,8 +103,9 @@ class RunContext:
             scfg = sampling_config(self.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
         return RolloutEnv(params, self.model_cfg, scfg, stops=self.stops,
                           context_size=self.eval_context_size if evaluation or greedy else self.context_size,
-                          chunk_rows=self.cfg.vineppo.chunk_rows, tokenizer=self.tokenizer, task=self.task,
-                          grade_workers=self.cfg.task.grade_workers, batch_rows=s.batch_size)
+                          decode_rows=s.decode_rows, chunk_rows=self.cfg.vineppo.chunk_rows, tokenizer=self.tokenizer,
+                          task=self.task, grade_workers=self.cfg.task.grade_workers, batch_rows=s.batch_size,
+                          group_rows=mc_group_rows(self.cfg))
 
     @property
     def context_size(self) -> int:
@@ -125,6 +126,13 @@ class RunContext:
 def hf_folder_of_run(run_dir: str) -> str:
     """Where a run exports its policy as an HF folder."""
     return os.path.join(run_dir, "hf")
+
+
+def mc_group_rows(cfg) -> int:
+    """Episodes per MC group: `vineppo.episodes_per_group` rounded up to a multiple of
+    `sampling.samples_per_problem` (a problem's samples share their prompt state)."""
+    n = max(cfg.sampling.samples_per_problem, 1)
+    return -(-cfg.vineppo.episodes_per_group // n) * n
 
 
 def rl_steps_per_iteration(cfg) -> int:

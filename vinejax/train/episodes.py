@@ -7,7 +7,7 @@ and evaluation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -93,6 +93,83 @@ def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
     return [encode.task_prompt(tokenizer, task, p.problem) for p in problems]
 
 
+class EpisodeGroup(NamedTuple):
+    """Episodes handed over as soon as they are sampled and split into steps (MC that starts
+    early): rows int[M] (their rows in the iteration), episodes, starts int32[M, S] (absolute
+    column where each step starts, `episode_steps`) and num_steps int32[M]."""
+
+    rows: np.ndarray
+    episodes: "Episodes"
+    starts: np.ndarray
+    num_steps: np.ndarray
+
+
+class EpisodeStream:
+    """An iteration's episodes as its generate calls produce them (`sample_episode_batches`).
+
+    `calls()` runs the calls one at a time; each call's episodes are graded on `host`'s thread at
+    once, and (with `split_steps`) carved into groups of `group_rows` episodes (a group may span
+    calls; 0 = one group per call) whose steps are split on the host thread too. It yields, per
+    call, the groups that call completed, each as a function that waits for its `EpisodeGroup`;
+    `rest()` gives the last, incomplete one. `episodes()`, `rewards()` and `steps()` give every
+    episode's after the calls.
+    """
+
+    def __init__(self, env: sampling.RolloutEnv, problems, num_samples: int, rng: jax.Array, host,
+                 group_rows: int = 0, split_steps: Optional[Callable] = None):
+        self.env, self.problems, self.num_samples, self.rng, self.host = env, problems, num_samples, rng, host
+        self.group_rows, self.split_steps = group_rows, split_steps
+        self.parts, self.graded, self.splits = [], [], []
+        self.buffer: list = []  # (Episodes, rows) sampled, not yet in a group
+
+    def calls(self) -> Iterator[list]:
+        env, host, offset = self.env, self.host, 0
+        for ep in sample_episode_batches(env, self.problems, self.num_samples, self.rng):
+            self.parts.append(ep)
+            self.graded.append(host.track(grade_episodes(env.task, ep, env.grade_workers, pool=host.pool)))
+            self.buffer.append((ep, offset + np.arange(len(ep.texts))))
+            offset += len(ep.texts)
+            yield self._groups(final=self.group_rows <= 0)
+
+    def rest(self) -> list:
+        """The last group (the episodes no full group took), as `calls` yields groups."""
+        return self._groups(final=True)
+
+    def _groups(self, final: bool) -> list:
+        if self.split_steps is None:
+            self.buffer = []
+            return []
+        ep = concat_episodes([e for e, _ in self.buffer], pad=encode.pad_token_id(self.env.tokenizer)) \
+            if self.buffer else None
+        rows = np.concatenate([r for _, r in self.buffer]) if self.buffer else np.zeros(0, np.int64)
+        size = self.group_rows if self.group_rows > 0 else len(rows)
+        out, lo = [], 0
+        while len(rows) - lo >= max(size, 1) or (final and lo < len(rows)):
+            part = np.arange(lo, min(lo + size, len(rows)))
+            group = ep.select(part)
+            waiter = self.host.start(episode_steps, self.env.tokenizer, self.split_steps, group)
+            self.splits.append(waiter)
+            out.append(lambda rows=rows[part], group=group, waiter=waiter: EpisodeGroup(rows, group, *self.host.wait(waiter)))
+            lo = part[-1] + 1
+        self.buffer = [(ep.select(np.arange(lo, len(rows))), rows[lo:])] if lo < len(rows) else []
+        return out
+
+    def episodes(self) -> "Episodes":
+        return concat_episodes(self.parts, pad=encode.pad_token_id(self.env.tokenizer))
+
+    def rewards(self) -> tuple[np.ndarray, int]:
+        """(f32[B] rewards, grade errors) of every episode (`grade_episodes`)."""
+        graded = [self.host.wait(w) for w in self.graded]
+        return np.concatenate([r for r, _ in graded]), sum(e for _, e in graded)
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(int32[B, S] step starts, int32[B] step counts) of every episode (after `rest()`)."""
+        parts = [self.host.wait(w) for w in self.splits]
+        width = max(p[0].shape[1] for p in parts)
+        starts = np.concatenate([np.pad(p[0], ((0, 0), (0, width - p[0].shape[1]))) for p in parts])
+        return starts, np.concatenate([p[1] for p in parts])
+
+
 def sample_episodes(env: sampling.RolloutEnv, problems, num_samples: int, rng: jax.Array,
                     desc: str = "sample") -> Episodes:
     """`num_samples` responses to each problem, generated `env.batch_rows` prompts at a time (all
@@ -107,7 +184,8 @@ def sample_episode_batches(env: sampling.RolloutEnv, problems, num_samples: int,
                            desc: str = "sample") -> Iterator[Episodes]:
     """`sample_episodes` one batch of `env.batch_rows` problems at a time (the same draws): yields
     each batch's Episodes as soon as it is generated, so the caller can grade it while the next
-    batch decodes (`problem_index` counts from the first problem of all batches)."""
+    batch decodes (`problem_index` counts from the first problem of all batches). Sample s of
+    problem i draws with keys of (i, s) only (`sampling.generate` ids), whatever the batches."""
     prompts = encode_prompts(env.tokenizer, env.task, problems)
     pad = encode.pad_token_id(env.tokenizer)
     batch_prompts = env.batch_rows if env.batch_rows > 0 else max(len(prompts), 1)
@@ -116,7 +194,8 @@ def sample_episode_batches(env: sampling.RolloutEnv, problems, num_samples: int,
         chunk = prompts[start : start + batch_prompts]
         lens = np.array([len(p) for p in chunk], np.int32)
         rows = encode.pad_rows(chunk, int(lens.max()), pad)
-        out = sampling.generate(env, rows, lens, jax.random.fold_in(rng, start), num_samples=num_samples)
+        out = sampling.generate(env, rows, lens, rng, num_samples=num_samples,
+                                ids=start + np.arange(len(chunk)))
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
         sampled = to_host((tokens, logprobs, plen, tlen, out.finish_reason))
         index = start + np.repeat(np.arange(len(chunk)), num_samples).astype(np.int32)

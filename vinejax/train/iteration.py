@@ -2,7 +2,8 @@
 
 Every algorithm shares every line; where the advantages come from (MC continuations from each
 step boundary, a critic, the group of samples of one problem, or a user's estimator) is the
-run's estimator (`train.estimators`): one call.
+run's estimator (`train.estimators`): one call, plus, for an estimator that starts early (MC),
+its work on each group of episodes between the sampling calls.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from vinejax.rl.losses import adaptive_kl_coef
 from vinejax.train import encode, host_work, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
-from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes
+from vinejax.train.episodes import EpisodeStream
 from vinejax.train.estimators import Rollouts
 from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
@@ -71,12 +72,17 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     policy = run.policy(state.params, ref_params)  # LoRA: the base with the adapters (nothing copied)
     env = run.rollout(policy)
     with timer("iteration"), host_work.session(cfg.train.overlap_host_work) as host:
-        with timer("sample"):
-            ep = sample_episodes(env, problems, s.samples_per_problem, rng_sample)
-        # grading and step splitting on the host thread while the devices score log-probs
-        rewards_of = host.track(grade_episodes(run.task, ep, cfg.task.grade_workers, pool=host.pool))
-        if estimator.needs_steps:
-            steps_of = host.start(episode_steps, run.tokenizer, run.task.split_steps, ep)
+        # Sample call by call; each call's episodes are graded and split into steps on the host
+        # thread while the next device work runs, and the estimator's early work (MC) on a group
+        # starts one call later, once its steps are split (the last groups after the log-probs).
+        early = estimator.start(run, state, env, host, rng_values)
+        split = run.task.split_steps if estimator.needs_steps else None
+        stream = EpisodeStream(env, problems, s.samples_per_problem, rng_sample, host, env.group_rows, split)
+        calls, behind = stream.calls(), []
+        while (done := timed(timer, "sample", next, calls, None)) is not None:
+            hand_over(early, behind, timer, estimator.phase)
+            behind = done
+        ep = stream.episodes()
         width = encode.length_bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
         tokens = encode.pad_rows(ep.tokens, width, encode.pad_token_id(run.tokenizer))  # [B, T]
         mask = encode.pad_rows(ep.response_mask, width, False, bool)  # [B, T]
@@ -84,19 +90,20 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
             score = lambda p, t: logprob_scorer(p, t, model_cfg=run.model_cfg, temperature=s.temperature)
             old_lp = score_rows(run.mesh, score, policy, tokens, s.batch_size)  # [B, T]
             ref_lp = score_rows(run.mesh, score, ref_params, tokens, s.batch_size)  # [B, T]
-        rewards, grade_errors = host.wait(rewards_of)  # f32[B]
+        hand_over(early, behind + stream.rest(), timer, estimator.phase)
+        rewards, grade_errors = stream.rewards()  # f32[B]
         metrics = {"rewards/mean": rewards.mean(), "rewards/grade_errors": float(grade_errors),
                    "generation/finished_frac": ep.finished.mean()}
         metrics |= describe("generation/length", ep.total_lens - ep.prompt_lens)
         steps = None
         if estimator.needs_steps:
-            steps = StepStates.of(*host.wait(steps_of))  # [B, S], [B]
+            steps = StepStates.of(*stream.steps())  # [B, S], [B]
             dropped = steps.num_steps == 0  # responses the splitter rejects: no values, no loss (official)
             mask &= ~dropped[:, None]
             metrics["episodes/parse_failed"] = float(dropped.mean())
             metrics |= describe("steps/count", steps.num_steps)
 
-        rollouts = Rollouts(env, ep, rewards, tokens, mask, old_lp, ref_lp, s.samples_per_problem, steps, host)
+        rollouts = Rollouts(env, ep, rewards, tokens, mask, old_lp, ref_lp, s.samples_per_problem, steps, host, early)
         with timer(estimator.phase):
             est = estimator.estimate(run, state, rollouts, rng_values)
         token_adv = np.asarray(est.advantages, np.float32)  # [B, T], unwhitened
@@ -118,6 +125,20 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
                              state_values=est.state_values, token_advantages=token_adv)
     # time/host_wait: the main thread in (or waiting for) grading and step splitting, the devices idle
     return state, metrics | train_metrics | timer.as_metrics() | {"time/host_wait": host.idle_seconds}, samples
+
+
+def timed(timer: Timer, phase: str, fn, *args):
+    """fn(*args), its time counted in `timer`'s `phase`."""
+    with timer(phase):
+        return fn(*args)
+
+
+def hand_over(early, groups: list, timer: Timer, phase: str) -> None:
+    """Give the estimator's early work (`Estimator.start`) each group (waiting for its steps)."""
+    if early is not None and groups:
+        with timer(phase):
+            for group in groups:
+                early.add(group())
 
 
 def train_epochs(run: RunContext, state: TrainState, batch: RolloutBatch, iteration: int,

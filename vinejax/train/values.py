@@ -14,7 +14,7 @@ from vinejax.rl import adaptive
 from vinejax.rl import values as values_lib
 from vinejax.sampling import RolloutEnv
 from vinejax.train import host_work
-from vinejax.train.episodes import Episodes, finish_response, scored
+from vinejax.train.episodes import EpisodeGroup, Episodes, finish_response, scored
 from vinejax.train.host_work import HostWork
 from vinejax.train.scoring import score_rows, value_scorer
 
@@ -75,12 +75,63 @@ def grade_continuations(env: RolloutEnv, ep: Episodes, step_starts: np.ndarray, 
     return place(graded) if pool is None else (lambda: place(graded()))
 
 
-def episode_groups(b: int, trajectory_rows: int, rng: jax.Array):
-    """(int[rows] episode indices, key) of each group of `trajectory_rows` episodes (all B when
-    <= 0); group g's key is fold_in(rng, g), or rng itself when there is one group."""
-    group = b if trajectory_rows <= 0 else trajectory_rows
-    for g, lo in enumerate(range(0, b, group)):
-        yield np.arange(lo, min(lo + group, b)), rng if group >= b else jax.random.fold_in(rng, g)
+def episode_groups(b: int, group_rows: int, rng: jax.Array):
+    """(int[rows] episode indices, key) of each group of `group_rows` episodes (all B when <= 0).
+    Every group gets `rng` itself: continuations draw with keys of the episodes' rows
+    (`sampling.Trajectories` ids), so the grouping changes no draw."""
+    group = b if group_rows <= 0 else group_rows
+    for lo in range(0, b, group):
+        yield np.arange(lo, min(lo + group, b)), rng
+
+
+class MCGroups:
+    """K continuations from the estimated states of groups of episodes, handed over one group at a
+    time (`add`): each group's continuations decode on the devices (one group's trajectory KV
+    cache there at a time) and are graded on `host`'s thread while the next device work runs (at
+    most two groups' continuations held at a time). Continuation k of state i of the episode in
+    row r of the iteration draws with fold_in(fold_in(fold_in(rng, r), i), k) (shared prefixes:
+    the first episode with it), whatever the groups. `finish` returns the rewards of all."""
+
+    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork):
+        self.env, self.rng, self.k, self.host = env, rng, k, host
+        self.pending, self.done, self.errors, self.slots = [], [], 0, 0
+        self.totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
+
+    def add(self, ep: Episodes, rows: np.ndarray, states: StepStates) -> None:
+        """Continue the estimated states `states` of episodes `ep` (rows `rows` of the iteration)."""
+        env, k = self.env, self.k
+        out = sampling.continue_from_prefixes(env, ep.tokens, ep.total_lens, states.starts, self.rng, k,
+                                              state_mask=states.estimated, budgets=env.budgets(states.starts), ids=rows)
+        r, c = np.nonzero(states.estimated)
+        graded = grade_continuations(env, ep, states.starts, out, r, c, np.full(len(r), k), pool=self.host.pool)
+        self.pending.append((np.asarray(rows)[r], c, self.host.track(graded)))
+        for key in self.totals:
+            self.totals[key] += out.stats[key]
+        self.slots = max(self.slots, out.stats["slots"])
+        if len(self.pending) == 2:  # the previous group was graded while this one decoded
+            self._collect(self.pending.pop(0))
+
+    def _collect(self, item) -> None:
+        rows, cols, waiter = item
+        rewards, bad = scored(self.host.wait(waiter))
+        self.done.append((rows, cols, rewards))
+        self.errors += bad
+
+    def finish(self, estimated: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(f32[B, S, K] rewards, their mask, `mc/*` stats) of every state added (estimated: bool[B, S])."""
+        for item in self.pending:  # the last group's grading is not hidden
+            self._collect(item)
+        self.pending = []
+        b, s = estimated.shape
+        rewards = np.zeros((b, s, self.k), np.float32)
+        for rows, cols, r in self.done:
+            rewards[rows, cols] = r
+        mask = np.repeat(estimated[:, :, None], self.k, axis=2)
+        t = self.totals
+        stats = {"mc/" + key: float(v) for key, v in t.items()}
+        stats |= {"mc/slots": float(self.slots), "mc/live_fraction": t["live_steps"] / max(t["slot_steps"], 1),
+                  "mc/grade_errors": float(self.errors)}
+        return rewards, mask, stats
 
 
 def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
@@ -89,53 +140,48 @@ def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array
 
     Each continuation may write `env.budgets` of its prefix tokens (the official budget:
     min(max_new_tokens, context − prefix)), not what is left of its episode's own budget. With
-    `env.batch_rows` > 0 the episodes go through in groups of that many rows (group g draws
-    with fold_in(rng, g)): only one group's trajectory KV cache is on the devices at a time (a
-    512-episode iteration of DeepSeekMath-7B would need ~770 GB for all of them); keep it a
-    multiple of the samples per problem so a problem's shared prompt state is continued once.
-    With `host`, a group's continuations are graded on its worker thread while the devices
-    decode the next group's (at most two groups' continuations are held at a time); without,
-    each is graded in turn.
+    `env.group_rows` > 0 the episodes go through in groups of that many rows (`MCGroups`): only
+    one group's trajectory KV cache is on the devices at a time (a 512-episode iteration of
+    DeepSeekMath-7B would need ~770 GB for all of them); keep it a multiple of the samples per
+    problem so a problem's shared prompt state is continued once. Continuations draw with keys of
+    the episodes' rows (0..B−1), so the groups change no value. With `host`, a group's
+    continuations are graded on its worker thread while the devices decode the next group's;
+    without, each is graded in turn.
     """
-    b, s = states.starts.shape
-    rewards = np.zeros((b, s, k), np.float32)
-    totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
-    slots, pending, errors = 0, [], [0]  # pending: (episodes, states' rows, cols, rewards' waiter) being graded
-
-    def collect(part, rows, cols, waiter):
-        rewards[part[rows], cols], bad = scored(host.wait(waiter))
-        errors[0] += bad
-
     with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
-        for part, key in episode_groups(b, env.batch_rows, rng):
-            group = states.select(part)
-            out = sampling.continue_from_prefixes(env, ep.tokens[part], ep.total_lens[part], group.starts, key, k,
-                                                  state_mask=group.estimated, budgets=env.budgets(group.starts))
-            rows, cols = np.nonzero(group.estimated)
-            graded = grade_continuations(env, ep.select(part), group.starts, out, rows, cols, np.full(len(rows), k),
-                                         pool=host.pool)
-            pending.append((part, rows, cols, host.track(graded)))
-            for key in totals:
-                totals[key] += out.stats[key]
-            slots = max(slots, out.stats["slots"])
-            if len(pending) == 2:  # the previous group was graded while this one decoded
-                collect(*pending.pop(0))
-        for item in pending:  # the last group's grading is not hidden
-            collect(*item)
-    mask = np.repeat(states.estimated[:, :, None], k, axis=2)
-    stats = {"mc/" + key: float(v) for key, v in totals.items()}
-    stats |= {"mc/slots": float(slots), "mc/live_fraction": totals["live_steps"] / max(totals["slot_steps"], 1),
-              "mc/grade_errors": float(errors[0])}
-    return rewards, mask, stats
+        groups = MCGroups(env, rng, k, host)
+        for part, _ in episode_groups(len(ep.tokens), env.group_rows, rng):
+            groups.add(ep.select(part), part, states.select(part))
+        return groups.finish(states.estimated)
 
 
 def mc_state_values(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
                     host: Optional[HostWork] = None) -> tuple[np.ndarray, dict]:
     """V̂(s) f32[B, S] of every estimated state (the mean reward of its K continuations) and `mc/*` metrics."""
-    rewards, mask, stats = mc_rewards(env, ep, states, rng, k, host)
+    return values_of(*mc_rewards(env, ep, states, rng, k, host), states.estimated)
+
+
+def values_of(rewards: np.ndarray, mask: np.ndarray, stats: dict, estimated: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(V̂ f32[B, S], metrics) of MC rewards f32[B, S, K] (mask likewise) and their `mc/*` stats."""
     est = values_lib.mc_values(rewards, mask)
-    metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, states.estimated).items()}
+    metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, estimated).items()}
     return np.asarray(est.value), stats | metrics
+
+
+class EarlyMC:
+    """VinePPO's MC values with each group's continuations started as soon as the group is
+    sampled and split (`Estimator.start`): `add` takes an `episodes.EpisodeGroup`, its states
+    0..num_steps−1 estimated up to `max_value_step` (`StepStates.of`); `values(states)` then
+    gives what `mc_state_values` would, draw for draw."""
+
+    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, max_value_step: Optional[int]):
+        self.groups, self.cap = MCGroups(env, rng, k, host), max_value_step
+
+    def add(self, group: EpisodeGroup) -> None:
+        self.groups.add(group.episodes, group.rows, StepStates.of(group.starts, group.num_steps, self.cap))
+
+    def values(self, states: StepStates) -> tuple[np.ndarray, dict]:
+        return values_of(*self.groups.finish(states.estimated), states.estimated)
 
 
 class AdaptiveRollouts(NamedTuple):
@@ -176,19 +222,19 @@ def adaptive_rollouts(env: RolloutEnv, ep: Episodes, states: StepStates, episode
     tier's rule says so (`adaptive.continue_mask`), several rounds per call where the rule cannot
     stop in between (one round per call when a total budget, budget_per_state × U, is set; its
     cuts go by a random priority). V̂ = `adaptive.adaptive_values` (exactly unbiased).
-    With `env.batch_rows` > 0 the episodes go through in groups of that many rows, each group's
-    states running all their rounds with the group's trajectory cache only (group g uses the key
-    fold_in(rng, g), its distinct states and budget its own; keep it a multiple of the samples per
-    problem so a problem's episodes are neighbours in one group), as `mc_rewards` does.
+    With `env.group_rows` > 0 the episodes go through in groups of that many rows, each group's
+    states running all their rounds with the group's trajectory cache only (its distinct states
+    and budget its own; keep it a multiple of the samples per problem so a problem's episodes are
+    neighbours in one group), as `mc_rewards` does; draws use keys of the episodes' rows.
     Returns the outcome and `mc/*`, `adaptive/*` metrics.
     """
     rules = tuple(acfg.rules)
     b, s = states.starts.shape
     uid = np.full((b, s), -1, np.int64)
     parts, offset, calls, stats = [], 0, 0, {"rows": 0, "slot_steps": 0, "live_steps": 0, "grade_errors": 0}
-    for part, key in episode_groups(b, env.batch_rows, rng):
+    for part, key in episode_groups(b, env.group_rows, rng):
         res, group_stats = _adaptive_group(env, ep.select(part), states.select(part), episode_rewards[part], key,
-                                           acfg, budget_per_state)
+                                           acfg, budget_per_state, part)
         uid[part] = np.where(res.uid >= 0, res.uid + offset, -1)  # the group's distinct states, numbered on
         offset += len(res.n)
         parts.append(res)
@@ -216,8 +262,9 @@ def adaptive_rollouts(env: RolloutEnv, ep: Episodes, states: StepStates, episode
 
 
 def _adaptive_group(env: RolloutEnv, ep: Episodes, states: StepStates, episode_rewards: np.ndarray, rng: jax.Array,
-                    acfg, budget_per_state: float) -> tuple[AdaptiveRollouts, dict]:
-    """`adaptive_rollouts` for one group of episodes (all of `ep`), with its own trajectory cache."""
+                    acfg, budget_per_state: float, ids: np.ndarray) -> tuple[AdaptiveRollouts, dict]:
+    """`adaptive_rollouts` for one group of episodes (all of `ep`, rows `ids` of the iteration),
+    with its own trajectory cache."""
     rules = tuple(acfg.rules)
     step_starts, estimated = states.starts, states.estimated
     b, s = step_starts.shape
@@ -227,8 +274,9 @@ def _adaptive_group(env: RolloutEnv, ep: Episodes, states: StepStates, episode_r
     succ = np.zeros(u, np.int64)
     tier = np.zeros(u, np.int64)
     total = int(np.ceil(budget_per_state * u)) if budget_per_state > 0 else None
-    pri_rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, 1 << 20))).ravel())
-    trajectories = sampling.Trajectories(env, ep.tokens, ep.total_lens)  # one cache pass for all rounds
+    first = int(ids[0]) if len(ids) else 0  # the group's priorities: its own stream
+    pri_rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, (1 << 20) + first))).ravel())
+    trajectories = sampling.Trajectories(env, ep.tokens, ep.total_lens, ids=ids)  # one cache pass for all rounds
     outcomes = np.full((u, max(rule.max_rollouts for rule in rules)), -1, np.int8)
     running = np.ones(u, bool)
     inc = np.full(u, rules[0].round_size, np.int64)

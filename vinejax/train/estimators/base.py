@@ -30,6 +30,7 @@ class Rollouts:
     group_size: int  # samples per problem: rows g·n .. g·n + n − 1 answer one problem
     steps: Optional[StepStates]  # every step state (no cap) when the estimator `needs_steps`, else None
     host: HostWork  # grading on the host thread (pass `host` to `train.values.mc_rewards`)
+    early: Any = None  # what the estimator's `start` returned (its work on the groups, done), or None
 
 
 class Estimate(NamedTuple):
@@ -63,7 +64,10 @@ class Estimator:
     `estimate(run, state, rollouts, rng)` returns the `Estimate`: `run` is the `RunContext`,
     `state` the `TrainState` (its params sampled the episodes; its critic, with `uses_critic`),
     `rng` a key for the estimator's own sampling. `validate(cfg)` raises `ConfigError` for a
-    setting it cannot run with.
+    setting it cannot run with. `start(run, state, env, host, rng)` may return work to do on
+    each group of episodes as soon as it is sampled and split into steps (MC that starts early):
+    an object whose `add(group)` the iteration calls with every `episodes.EpisodeGroup`, in row
+    order, interleaved with the sampling calls; it reaches `estimate` as `rollouts.early`.
     """
 
     name: str = "estimator"
@@ -77,6 +81,11 @@ class Estimator:
         if cfg.ppo.kl_in_reward and not self.kl_in_reward:
             raise ConfigError(f"config key 'ppo.kl_in_reward': the KL penalty in the reward needs token-level "
                               f"advantages (ppo); estimator {self.name!r} does not take it")
+
+    def start(self, run: Any, state: Any, env: RolloutEnv, host: HostWork, rng: jax.Array) -> Any:
+        """Work on groups of episodes as they come (see the class docstring), or None (the
+        default: `estimate` sees every episode at once). `rng` is the key `estimate` gets."""
+        return None
 
     def estimate(self, run: Any, state: Any, rollouts: Rollouts, rng: jax.Array) -> Estimate:
         raise NotImplementedError

@@ -10,7 +10,7 @@ from vinejax.config import adaptive_config, max_value_step
 from vinejax.rl import advantages
 from vinejax.rl.values import state_mask
 from vinejax.train.estimators.base import Estimate, Estimator, Rollouts
-from vinejax.train.values import StepStates, adaptive_rollouts, mc_state_values
+from vinejax.train.values import EarlyMC, StepStates, adaptive_rollouts, mc_state_values
 
 
 class StepValues(Estimator):
@@ -49,7 +49,13 @@ class MonteCarlo(StepValues):
         super().__init__(cfg)
         self.k = cfg.vineppo.num_rollouts
 
+    def start(self, run, state, env, host, rng):
+        """Each group's continuations decode as soon as it is sampled (`train.values.EarlyMC`)."""
+        return EarlyMC(env, rng, self.k, host, self.cap)
+
     def state_values(self, run, state, rollouts, states, rng):
+        if rollouts.early is not None:
+            return rollouts.early.values(states)
         return mc_state_values(rollouts.env, rollouts.episodes, states, rng, self.k, rollouts.host)
 
 
