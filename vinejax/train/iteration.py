@@ -20,7 +20,7 @@ from vinejax.rl.losses import adaptive_kl_coef
 from vinejax.train import encode, host_work, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
-from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes
+from vinejax.train.episodes import StateRule, episode_states, grade_episodes, sample_episodes
 from vinejax.train.estimators import Rollouts
 from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
@@ -69,10 +69,10 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     with timer("iteration"), host_work.session(cfg.train.overlap_host_work) as host:
         with timer("sample"):
             ep = sample_episodes(env, problems, s.samples_per_problem, rng_sample)
-        # grading and step splitting on the host thread while the devices score log-probs
+        # grading and the MC states (`vineppo.states`) on the host thread while the devices score log-probs
         rewards_of = host.track(grade_episodes(run.task, ep, cfg.task.grade_workers, pool=host.pool))
         if estimator.needs_steps:
-            steps_of = host.start(episode_steps, run.tokenizer, run.task.split_steps, ep)
+            steps_of = host.start(episode_states, run.tokenizer, run.task.split_steps, ep, StateRule.of(cfg))
         width = encode.length_bucket(int(ep.total_lens.max()))  # trim the unused tail of the decode budget
         tokens = encode.pad_rows(ep.tokens, width, encode.pad_token_id(run.tokenizer))  # [B, T]
         mask = encode.pad_rows(ep.response_mask, width, False, bool)  # [B, T]
