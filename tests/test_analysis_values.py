@@ -25,7 +25,7 @@ from vinejax.tasks import arithmetic
 from vinejax.tasks.base import Problem, Task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.train.context import RunContext, build_context
-from vinejax.train.episodes import Episodes, sampling_config, stop_table
+from vinejax.train.episodes import Episodes, StateRule, sampling_config, stop_table
 from vinejax.train.iteration import init_state
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
@@ -252,6 +252,13 @@ def test_candidate_actions_are_the_next_step_of_each_continuation():
     used = len("12+7=19\n19*3=57")  # response tokens of state 1 plus its action
     assert list(candidates.next_step_ends(tok, task, cand, cand_pos, used + 1)) == [-1, -1, -1, ends[3], -1, ends[5]]
     assert list(candidates.next_step_ends(tok, task, cand, cand_pos, used)) == [-1] * 6
+    # states every 5 / 7 tokens: an action is the next 5 / 7 tokens where the state is one of the rule's
+    for n, want in ((5, ["\n57-5"] * 3 + [None] * 3), (7, [None] * 3 + ["\n19*3=5", "5\n#### ", "\n19*3=4"])):
+        ends = candidates.next_step_ends(tok, task, cand, cand_pos, 64, StateRule("tokens", n))
+        assert [tok.decode(cand.tokens[m, cand_pos[m] : ends[m]].tolist()) if ends[m] >= 0 else None
+                for m in range(6)] == want
+    rows, pos, steps = vp.state_prefixes(tok, task, ep, False, StateRule("tokens", 4))
+    assert rows.tolist() == [0, 0, 0, 1] and (pos - plen).tolist() == [4, 8, 12, 4] and steps.tolist() == [1, 2, 3, 1]
 
 
 def test_critic_value_is_read_after_the_last_prefix_token():
@@ -341,7 +348,7 @@ def test_script_end_to_end_writes_report_and_figures(tiny_ppo_run, tmp_path, cap
     analyze_values.main(["--policy", run, "--ppo_run", run, "--out", str(out), "--num_problems", "8",
                          "--num_states", "12", "--gt_rollouts", "16", "--mc_ks", "1,3", "--ranking_states", "4",
                          "--bootstrap", "50"])
-    assert "states | critic MAE" in capsys.readouterr().out
+    assert "12 states (steps) | critic MAE" in capsys.readouterr().out
     for name in ("value_analysis.json", "value_scatter.png", "ranking_accuracy.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "value_analysis.json").read_text())
