@@ -190,17 +190,30 @@ def official_ci(x, st, rng, first: int = 10, more: int = 4, most: int = 30, widt
         n = np.where(go, n + more, n)
 
 
-def allocation_method(cfg: G.AllocationConfig, unit_weights: bool = False) -> Method:
-    """`vinejax.rl.allocation`: pilot, allocate, plain mean (the loop's two decode rounds)."""
-    def run(x, st, rng):
-        states = G.iteration_states(st.ids, st.rewards, st.tokens, num_states=len(st.p))
+def allocation_method(cfg: G.AllocationConfig, unit_weights: bool = False, group: int = 0) -> Method:
+    """`vinejax.rl.allocation`: pilot, allocate, plain mean (the loop's two decode rounds); with
+    group > 0 each `group` consecutive episodes get their own budget (the loop's episode groups)."""
+    def run_group(x, st, rows):
+        ids = st.ids[rows]
+        local, inverse = np.unique(ids[ids >= 0], return_inverse=True)  # the group's states, numbered 0..
+        lid = np.full(ids.shape, -1)
+        lid[ids >= 0] = inverse
+        states = G.iteration_states(lid, st.rewards[rows], st.tokens[rows], num_states=len(local))
         pilot = G.pilot_counts(states, cfg)
-        cs = np.cumsum(x, 1)
-        s0 = cs[np.arange(len(x)), pilot - 1]
-        w = np.ones(len(st.p)) if unit_weights else None
+        cs = np.cumsum(x[local], 1)
+        s0 = cs[np.arange(len(local)), pilot - 1]
+        w = np.ones(len(local)) if unit_weights else None
         alloc = G.allocate(states, pilot, s0, cfg, weights=w)
-        s = cs[np.arange(len(x)), alloc.n - 1]
-        return alloc.n, G.values(states, alloc, s).astype(np.float64)
+        s = cs[np.arange(len(local)), alloc.n - 1]
+        return local, alloc.n, G.values(states, alloc, s).astype(np.float64)
+
+    def run(x, st, rng):
+        b = len(st.rewards)
+        n, v = np.zeros(len(st.p), np.int64), np.zeros(len(st.p))
+        for lo in range(0, b, group or b):
+            local, n_g, v_g = run_group(x, st, np.arange(lo, min(lo + (group or b), b)))
+            n[local], v[local] = n_g, v_g
+        return n, v
     return run
 
 
@@ -314,7 +327,13 @@ def main():
     ap.add_argument("--data", nargs="*", default=[d for d in DEFAULT_DATA if os.path.exists(d)])
     ap.add_argument("--no-real-lengths", dest="real", action="store_false")
     ap.add_argument("--synthetic", action="store_true", help="also the older fixed-length synthetic chains")
+    ap.add_argument("--groups", default="", help="comma-separated episode group sizes: allocation rows with a "
+                    "budget per group of that many episodes (the loop's sampling.batch_size), e.g. 64,256")
     args = ap.parse_args()
+    for g in (int(x) for x in args.groups.split(",") if x):
+        for b in (4.5, 6.0):
+            METHODS[f"allocation {b}/state, groups of {g} episodes"] = allocation_method(
+                ALLOC._replace(rollouts_per_state=b), group=g)
     sets = [(os.path.basename(path), lambda rng, st=load_states(path): st) for path in args.data]
     if args.real:
         for task, prior in PROMPT_PRIORS.items():

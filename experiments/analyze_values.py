@@ -2,6 +2,7 @@
 
     python experiments/analyze_values.py --policy runs/arith_ppo --ppo_run runs/arith_ppo \
         [--num_states 512 --gt_rollouts 256 --mc_ks 1,3,9 --ranking_states 128] [--out DIR]
+        [--states steps|tokens --state_interval 8 --max_states 0]
 
 Writes DIR/value_analysis.json, DIR/value_scatter.png and DIR/ranking_accuracy.png (DIR defaults
 to <ppo_run or policy>/value_analysis) and prints a one-line summary.
@@ -34,6 +35,12 @@ def parse_args(argv=None):
     for field in ("temperature", "top_p", "candidate_temperature", "confidence"):
         p.add_argument(f"--{field}", type=float, default=getattr(DEFAULTS, field))
     p.add_argument("--include_prompt_state", action="store_true")
+    p.add_argument("--states", default=DEFAULTS.states, choices=("steps", "tokens"),
+                   help="where the states are (vineppo.states): the task's step boundaries or every --state_interval "
+                        "response tokens")
+    p.add_argument("--state_interval", type=int, default=DEFAULTS.state_interval)
+    p.add_argument("--max_states", type=int, default=DEFAULTS.max_states,
+                   help="at most this many states per response (vineppo.max_states); 0 = no cap")
     return p.parse_args(argv)
 
 

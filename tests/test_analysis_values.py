@@ -25,7 +25,7 @@ from vinejax.tasks import arithmetic
 from vinejax.tasks.base import Problem, Task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.train.context import RunContext, build_context
-from vinejax.train.episodes import Episodes, sampling_config, stop_table
+from vinejax.train.episodes import Episodes, StateRule, sampling_config, stop_table
 from vinejax.train.iteration import init_state
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
@@ -95,6 +95,23 @@ def test_estimate_reports_undefined_values_as_none():
     assert m["mae"]["value"] == pytest.approx(np.mean([0.5, 0.3, 0.1, 0.1, 0.5]))
     lo, hi = m["mae"]["ci"]
     assert lo <= m["mae"]["value"] <= hi
+
+
+def test_script_takes_the_state_rule_and_names_a_bad_one(capsys):
+    import analyze_values
+    args = analyze_values.parse_args(["--policy", "P", "--states", "tokens", "--state_interval", "11",
+                                      "--max_states", "3"])
+    fields = {k: v for k, v in vars(args).items() if k in vp.AnalysisConfig.__dataclass_fields__}
+    assert vp.AnalysisConfig(**fields | {"mc_ks": (9,)}).state_rule == StateRule("tokens", 11, 3)
+    assert vp.AnalysisConfig().state_rule == StateRule("steps", 8, 0)  # the paper's step states by default
+    # checked before any model is loaded (the policy folder does not exist): one line naming the setting
+    for flag, value, message in (("--state_interval", "0", "state_interval=0 must be >= 1"),
+                                 ("--max_states", "-1", "max_states=-1 must be >= 0")):
+        with pytest.raises(SystemExit, match=f"^error: analysis setting {message}"):
+            analyze_values.main(["--policy", "/nonexistent", flag, value])
+    with pytest.raises(SystemExit):  # argparse's choices
+        analyze_values.parse_args(["--policy", "P", "--states", "lines"])
+    assert "invalid choice: 'lines'" in capsys.readouterr().err
 
 
 def test_run_config_round_trips_through_json():
@@ -252,6 +269,13 @@ def test_candidate_actions_are_the_next_step_of_each_continuation():
     used = len("12+7=19\n19*3=57")  # response tokens of state 1 plus its action
     assert list(candidates.next_step_ends(tok, task, cand, cand_pos, used + 1)) == [-1, -1, -1, ends[3], -1, ends[5]]
     assert list(candidates.next_step_ends(tok, task, cand, cand_pos, used)) == [-1] * 6
+    # states every 5 / 7 tokens: an action is the next 5 / 7 tokens where the state is one of the rule's
+    for n, want in ((5, ["\n57-5"] * 3 + [None] * 3), (7, [None] * 3 + ["\n19*3=5", "5\n#### ", "\n19*3=4"])):
+        ends = candidates.next_step_ends(tok, task, cand, cand_pos, 64, StateRule("tokens", n))
+        assert [tok.decode(cand.tokens[m, cand_pos[m] : ends[m]].tolist()) if ends[m] >= 0 else None
+                for m in range(6)] == want
+    rows, pos, steps = vp.state_prefixes(tok, task, ep, False, StateRule("tokens", 4))
+    assert rows.tolist() == [0, 0, 0, 1] and (pos - plen).tolist() == [4, 8, 12, 4] and steps.tolist() == [1, 2, 3, 1]
 
 
 def test_critic_value_is_read_after_the_last_prefix_token():
@@ -341,7 +365,7 @@ def test_script_end_to_end_writes_report_and_figures(tiny_ppo_run, tmp_path, cap
     analyze_values.main(["--policy", run, "--ppo_run", run, "--out", str(out), "--num_problems", "8",
                          "--num_states", "12", "--gt_rollouts", "16", "--mc_ks", "1,3", "--ranking_states", "4",
                          "--bootstrap", "50"])
-    assert "states | critic MAE" in capsys.readouterr().out
+    assert "12 states (steps) | critic MAE" in capsys.readouterr().out
     for name in ("value_analysis.json", "value_scatter.png", "ranking_accuracy.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "value_analysis.json").read_text())

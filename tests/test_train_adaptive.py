@@ -38,6 +38,10 @@ TASK = Task(name="even", grade=None, split_steps=None, loader=None, stop_strings
 
 @pytest.fixture(scope="module")
 def setup():
+    return build_setup()
+
+
+def build_setup():
     """8 gold arithmetic episodes, each twice (shared prompts and prefixes), their step states,
     random episode rewards, and the exact success probability of every distinct state."""
     problems = arithmetic.load_split("validation", num_problems=8, num_operations=3)

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from vinejax import sampling
+from vinejax.rl import advantages
 from vinejax.tasks import arithmetic, get_task
+from vinejax.tasks.base import StepSplitError
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.train import encode, host_work, values
-from vinejax.train.episodes import Episodes, episode_steps, sampling_config
+from vinejax.train.episodes import Episodes, StateRule, cap_states, episode_states, episode_steps, sampling_config
 
 TOKENIZER = build_char_tokenizer(arithmetic.ALPHABET)
 TASK = get_task("arithmetic")
@@ -223,3 +225,66 @@ def test_mc_in_episode_groups_equals_one_pass():
         assert host.idle_seconds > 0
     assert 0 < whole[mask].mean() < 1  # the rewards are not all alike
     assert stats_g["mc/unique_states"] == stats["mc/unique_states"] == 10 and stats_g["mc/rows"] == 20
+
+
+def test_token_states_every_n_response_tokens():
+    """"tokens" states: the prompt, then every N response tokens (EOS counts), never at the end;
+    the task's splitter is not consulted (a text it rejects keeps its states)."""
+    ep, _ = gold_episodes()
+    reject = lambda text: (_ for _ in ()).throw(StepSplitError("rejected"))  # noqa: E731
+    for n in (1, 5, 8, 100):
+        starts, counts = episode_states(TOKENIZER, reject, ep, StateRule("tokens", n))
+        for r in range(len(counts)):
+            p, t = int(ep.prompt_lens[r]), int(ep.total_lens[r])
+            assert starts[r, : counts[r]].tolist() == list(range(p, t, n))
+    assert episode_states(TOKENIZER, reject, ep, StateRule("steps"))[1].tolist() == [0, 0, 0]  # dropped
+
+
+def test_state_cap_keeps_the_first_state_of_each_equal_token_span():
+    """cap_states against the stated rule written out: response tokens cut into M equal spans
+    [j·L/M, (j+1)·L/M), the first state of each span kept; the prompt always."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        b, m = 3, int(rng.integers(1, 6))
+        plen = rng.integers(2, 9, b)
+        length = rng.integers(1, 40, b)
+        counts = np.array([rng.integers(0, min(12, ln) + 1) for ln in length])
+        rows = [sorted(rng.choice(np.arange(1, ln), size=max(c - 1, 0), replace=False).tolist()) if c else []
+                for c, ln in zip(counts, length)]
+        rows = [[0] + r if c else [] for r, c in zip(rows, counts)]
+        starts = encode.pad_rows([[p + x for x in r] for p, r in zip(plen, rows)], max(max(counts), 1), 0)
+        got, got_n = cap_states(starts, counts, plen, plen + length, m)
+        for r in range(b):
+            want, spans = [], set()
+            for x in rows[r]:
+                span = next(j for j in range(m) if x < (j + 1) * length[r] / m)
+                if span not in spans:
+                    spans.add(span)
+                    want.append(plen[r] + x)
+            assert got[r, : got_n[r]].tolist() == want and got_n[r] <= m
+            assert (got_n[r] == 0) == (counts[r] == 0) and (counts[r] == 0 or got[r, 0] == plen[r])
+
+
+def test_step_states_capped_and_advantages_spread_between_states():
+    """max_states = 3 on 3-step gold solutions ("a+b=c", "\\nc*d=e", "\\ne-f=g\\n#### g"): the
+    second step starts in the first third of the response (the long last line holds the rest),
+    so the prompt and the third step are kept; token advantages are V(next state) − V(state) on
+    every token in between."""
+    ep, _ = gold_episodes()
+    steps, _ = episode_steps(TOKENIZER, TASK.split_steps, ep)
+    starts, counts = episode_states(TOKENIZER, TASK.split_steps, ep, StateRule("steps", max_states=3))
+    for r in range(3):
+        length = ep.total_lens[r] - ep.prompt_lens[r]
+        assert steps[r, 1] - ep.prompt_lens[r] < length / 3 <= steps[r, 2] - ep.prompt_lens[r] < 2 * length / 3
+        assert starts[r, : counts[r]].tolist() == [steps[r, 0], steps[r, 2]]
+    values = np.array([[0.2, 0.7], [0.5, 0.0], [0.9, 0.4]], np.float32)  # V̂ of the kept states
+    rewards = np.array([1.0, 0.0, 1.0], np.float32)
+    step_adv = advantages.vine_step_advantages(values, rewards, counts)
+    tokens = np.asarray(advantages.steps_to_tokens(step_adv, starts, counts, ep.response_mask))
+    for r in range(3):
+        v = [*values[r, : counts[r]], rewards[r]]
+        bounds = [*starts[r, : counts[r]], ep.total_lens[r]]
+        want = np.zeros(ep.tokens.shape[1], np.float32)
+        for i in range(counts[r]):
+            want[bounds[i] : bounds[i + 1]] = v[i + 1] - v[i]
+        np.testing.assert_allclose(tokens[r], want, atol=1e-6)

@@ -78,16 +78,19 @@ def reward_odd_length(responses, problems, num_workers=0):
     return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
 
 
-@pytest.mark.parametrize("algo", ["vineppo", "vineppo_adaptive", "ppo", "grpo"])
+@pytest.mark.parametrize("algo", ["vineppo", "vineppo_adaptive", "vineppo_allocation", "ppo", "grpo"])
 def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
     # A random tiny model never solves arithmetic: give it a reward it can earn, so advantages
     # (and the policy gradient) are really non-zero.
     monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
     adaptive = algo == "vineppo_adaptive"  # adaptive K, 16 episodes in 2 groups of vineppo.episodes_per_group
-    algo = "vineppo" if adaptive else algo
+    allocated = algo == "vineppo_allocation"  # the allocation, on states every 4 tokens, at most 3 per response
+    algo = "vineppo" if adaptive or allocated else algo
     cfg = tiny_config(tmp_path, algo, **{"sampling.max_new_tokens": 32, "sampling.samples_per_problem": 4,
                                          "ppo.episodes_per_step": 16, "vineppo.adaptive.enabled": adaptive,
-                                         "vineppo.episodes_per_group": 8})
+                                         "vineppo.allocation.enabled": allocated, "vineppo.episodes_per_group": 8})
+    if allocated:
+        cfg.vineppo.states, cfg.vineppo.state_interval, cfg.vineppo.max_states = "tokens", 4, 3
     before = initial_params(cfg)
     loop.run(cfg)
     after = exported_params(cfg)
@@ -104,6 +107,11 @@ def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
     if adaptive:
         for r in records:  # rounds of 3 up to the tiers' 12 per distinct state
             assert 3 <= r["adaptive/rollouts_per_state"] <= 12 and r["mc/rows"] >= 3 * r["mc/unique_states"]
+    elif allocated:
+        for r in records:  # each group of 8 episodes spends round(4.5 x its distinct states)
+            assert abs(r["mc/rows"] - 4.5 * r["mc/unique_states"]) <= 1 and r["allocation/calls"] == 4
+            assert r["allocation/ratio_to_fixed_k"] == pytest.approx(r["mc/rows"] / (2 * r["mc/unique_states"]))
+            assert r["steps/count/max"] <= 3 and r["episodes/parse_failed"] == 0
     elif algo == "vineppo":
         assert records[0]["mc/num_states"] >= 8  # at least the prompt state of each episode
         assert records[0]["mc/rollouts"] == 2 * records[0]["mc/num_states"]

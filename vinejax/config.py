@@ -14,6 +14,7 @@ import ml_collections
 from vinejax.errors import ConfigError
 from vinejax.model.config import LORA_TARGETS
 from vinejax.rl import adaptive as adaptive_lib
+from vinejax.rl import allocation as allocation_lib
 from vinejax.rl.losses import AGGREGATIONS
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 from vinejax.tasks.data import SPLITS
@@ -86,6 +87,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo.adaptive.stop_stderr = 0.0  # stop once sqrt(p(1-p)/n) <= this (n >= min); 0 = unanimous only
     c.vineppo.adaptive.evidence = True  # False: no tiers, every state follows tier 0's rule
     c.vineppo.adaptive.budget_per_state = 0.0  # cap on mean rollouts per distinct state per iteration; 0 = none
+    c.vineppo.allocation = ml_collections.ConfigDict()  # budget-global allocation (vinejax.rl.allocation); off = fixed K
+    c.vineppo.allocation.enabled = False  # pilot round, then the group's budget where it lowers the advantage error most
+    c.vineppo.allocation.pilot = 3  # round-1 rollouts of every distinct state
+    c.vineppo.allocation.rollouts_per_state = 4.5  # the budget: mean rollouts per distinct state, pilot included
+    c.vineppo.allocation.max_rollouts = 32  # per state, pilot included
+    c.vineppo.allocation.stop_settled = 0.9  # P(settled | evidence) from which a unanimous pilot stops (> 1: never)
+    c.vineppo.allocation.child_weight = 1.0  # evidence weight of one pilot rollout of a next state
+    c.vineppo.allocation.prior_settled = (0.3, 0.3)  # prior chance that a value is exactly 0 / exactly 1
+    c.vineppo.allocation.mixed_beta = 1.0  # an unsettled value is Beta(this, this) a priori
+    c.vineppo.states = "steps"  # MC states: "steps" (the task's reasoning-step boundaries) or "tokens" (every state_interval)
+    c.vineppo.state_interval = 8  # "tokens": response tokens between consecutive states
+    c.vineppo.max_states = 0  # cap: keep the first state in each of this many equal token spans of a response; 0 = none
 
     c.ppo = ml_collections.ConfigDict()  # the PPO-clip update every RL estimator shares, and the critic of ppo
     c.ppo.clip_eps = 0.2  # PPO clip ε (the lower one with clip_eps_high)
@@ -210,6 +223,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "export.dtype": ("", "float32", "bfloat16", "float16"),
     "optim.warmup_shape": ("log", "linear"),
+    "vineppo.states": ("steps", "tokens"),
 }
 
 
@@ -293,6 +307,15 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             adaptive_lib.validate(adaptive_lib.AdaptiveConfig(rules=adaptive_rules(cfg)))
         except ValueError as e:
             raise ConfigError(f"config key 'vineppo.adaptive': {e}") from None
+    need(cfg.vineppo.state_interval >= 1, "vineppo.state_interval", "must be >= 1")
+    need(cfg.vineppo.max_states >= 0, "vineppo.max_states", "must be >= 0 (0 = no cap)")
+    if cfg.vineppo.allocation.enabled:
+        need(not cfg.vineppo.adaptive.enabled, "vineppo.allocation.enabled",
+             "allocation and vineppo.adaptive are two ways of choosing rollout counts: enable one")
+        need(len(cfg.vineppo.allocation.prior_settled) == 2, "vineppo.allocation.prior_settled",
+             "must be two probabilities (exactly 0, exactly 1)")
+        for field, why in allocation_lib.problems(allocation_config(cfg))[:1]:
+            need(False, f"vineppo.allocation.{field}", why)
     need(cfg.sampling.temperature > 0, "sampling.temperature", "must be > 0")
     need(0 < cfg.sampling.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
     need(cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens", "must be >= 1")
@@ -423,6 +446,17 @@ def adaptive_config(cfg: ml_collections.ConfigDict):
         return None
     rules = adaptive_rules(cfg)
     return adaptive_lib.AdaptiveConfig(rules=rules if a.evidence else rules[:1])
+
+
+def allocation_config(cfg: ml_collections.ConfigDict):
+    """`rl.allocation.AllocationConfig` of `vineppo.allocation`, or None when it is off."""
+    a = cfg.vineppo.allocation
+    if not a.enabled:
+        return None
+    return allocation_lib.AllocationConfig(
+        pilot=int(a.pilot), rollouts_per_state=float(a.rollouts_per_state), max_rollouts=int(a.max_rollouts),
+        stop_settled=float(a.stop_settled), child_weight=float(a.child_weight),
+        prior_settled=tuple(float(x) for x in a.prior_settled), mixed_beta=float(a.mixed_beta))
 
 
 def adaptive_rules(cfg: ml_collections.ConfigDict) -> tuple:

@@ -1,9 +1,9 @@
 """Candidate next steps of a state (the paper's action-ranking analysis): sampled continuations of
-the state, cut by the task's step splitter at the step that follows it.
+the state, cut at the step that follows it (the task's step splitter, or another state rule).
 
-The state is a token prefix that ends at a step boundary. A continuation gives a candidate when
-the splitter, run on prefix + continuation, still puts a step boundary at the end of the prefix;
-the candidate is the next step's tokens. The final step ends where the response text ends (before
+The state is a token prefix that ends at a state of the rule. A continuation gives a candidate
+when the rule, run on prefix + continuation, still puts a state at the end of the prefix; the
+candidate is the tokens up to the next state. The final step ends where the response text ends (before
 a stop string and EOS), so prefix + candidate is a state the policy continues from, as the
 official analyzer's text query is.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from vinejax.train import encode
-from vinejax.train.episodes import Episodes, episode_steps, finish_response, strip_eos, token_offsets
+from vinejax.train.episodes import Episodes, StateRule, episode_states, finish_response, strip_eos, token_offsets
 
 
 def text_end_column(tokenizer, ep: Episodes, row: int) -> int:
@@ -48,12 +48,14 @@ def continuation_episodes(tokenizer, stops, ep: Episodes, positions: np.ndarray,
                     problems=[ep.problems[i] for i in src], problem_index=ep.problem_index[src])
 
 
-def next_step_ends(tokenizer, task, cand: Episodes, positions: np.ndarray, max_new_tokens: int) -> np.ndarray:
+def next_step_ends(tokenizer, task, cand: Episodes, positions: np.ndarray, max_new_tokens: int,
+                   rule: StateRule = StateRule()) -> np.ndarray:
     """int[M] end column of the step that follows the state in each continuation row of `cand`
-    (the state is `cand.tokens[m, :positions[m]]`), or -1 when there is none: the splitter
-    rejects the text, the state is not a step boundary of it, the step is empty, or no token
-    budget is left after it. The final step ends where the text ends."""
-    step_starts, num_steps = episode_steps(tokenizer, task.split_steps, cand)
+    (the state is `cand.tokens[m, :positions[m]]`; steps are the segments between the states of
+    `rule`), or -1 when there is none: the splitter rejects the text, the state is not a state
+    of it, the step is empty, or no token budget is left after it. The final step ends where the
+    text ends."""
+    step_starts, num_steps = episode_states(tokenizer, task.split_steps, cand, rule)
     ends = np.full(len(positions), -1, np.int64)
     for m, pos in enumerate(positions):
         starts = step_starts[m, : num_steps[m]].tolist()

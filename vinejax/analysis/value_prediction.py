@@ -5,8 +5,9 @@ Official counterparts: `treetune/analyzers/valnet_prediction_analyzer.py`,
 `mc_value_prediction_analyzer.py`, `action_ranking_analyzer.py` and its valnet / MC subclasses.
 
 1. States: one fresh episode of the policy per held-out problem (the task's eval split), cut at
-   its step boundaries (the task's splitter, as VinePPO cuts training episodes): state i is the
-   prompt plus the first i steps, i = 1 .. L-1 (the prompt alone only with
+   its states as VinePPO cuts training episodes (`states`, `state_interval`, `max_states`:
+   `train.episodes.StateRule`; by default the task's step boundaries): state i is the prompt
+   plus the first i steps (segments), i = 1 .. L-1 (the prompt alone only with
    `include_prompt_state`; the state after the last step is terminal). A random subset of at
    most `num_states` is kept.
 2. Ground truth V(s): the mean reward of `gt_rollouts` continuations of s, sampled from the
@@ -20,8 +21,9 @@ Official counterparts: `treetune/analyzers/valnet_prediction_analyzer.py`,
    reward of the episodes.
 4. Ranking: from `ranking_states` states drawn from all states of the episodes (not only the
    `num_states` subset), `num_candidates` continuations
-   (temperature `candidate_temperature`); the step that follows the state in each (the task's
-   splitter on prefix + continuation) is a candidate action a. Distinct candidates (by tokens)
+   (temperature `candidate_temperature`); the step that follows the state in each (the state
+   rule on prefix + continuation: the next step, or the next `state_interval` tokens) is a
+   candidate action a. Distinct candidates (by tokens)
    are kept, states with fewer than `min_candidates` dropped. Q(s, a) is the value of the prefix
    s + a: ground truth from `gt_rollouts`, the critic at its last token, MC-K as above, and
    random scores. The final step's action stops before the stop string / EOS, so s + a is a
@@ -42,7 +44,7 @@ from vinejax.analysis.candidates import continuation_episodes, distinct_candidat
 from vinejax.analysis.setup import Setup
 from vinejax.sampling import RolloutEnv
 from vinejax.train import encode
-from vinejax.train.episodes import Episodes, episode_steps, grade_episodes, sample_episodes, sampling_config
+from vinejax.train.episodes import Episodes, StateRule, episode_states, grade_episodes, sample_episodes, sampling_config
 from vinejax.train.metrics import Timer, progress
 from vinejax.train.stage import fitting_problems, held_out_problems
 from vinejax.train.values import StepStates, critic_token_values, mc_rewards
@@ -63,6 +65,9 @@ class AnalysisConfig:
     top_p: Optional[float] = None  # None = the run's sampling top_p
     candidate_temperature: float = 1.0  # official: candidates sampled at T = 1 (top_p as above)
     include_prompt_state: bool = False  # official value analyzer: intermediate states only
+    states: str = "steps"  # where the states are (`vineppo.states`): "steps" or "tokens"
+    state_interval: int = 8  # "tokens": response tokens between states (`vineppo.state_interval`)
+    max_states: int = 0  # cap on states per response (`vineppo.max_states`); 0 = none
     bootstrap: int = 1000  # resamples per confidence interval
     confidence: float = 0.95
     seed: int = 0
@@ -78,6 +83,9 @@ class AnalysisConfig:
             (self.candidate_temperature > 0, "candidate_temperature", "must be > 0"),
             (self.bootstrap >= 1, "bootstrap", "must be >= 1"),
             (0 < self.confidence < 1, "confidence", "must be in (0, 1)"),
+            (self.states in ("steps", "tokens"), "states", "must be steps or tokens"),
+            (self.state_interval >= 1, "state_interval", "must be >= 1"),
+            (self.max_states >= 0, "max_states", "must be >= 0 (0 = no cap)"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -88,11 +96,16 @@ class AnalysisConfig:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def state_prefixes(tokenizer, task, ep: Episodes,
-                   include_prompt_state: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every non-terminal step-boundary state of every episode: (episode row int[N], prefix
-    length int[N], steps in the prefix int[N]). Episodes the splitter rejects have none."""
-    step_starts, num_steps = episode_steps(tokenizer, task.split_steps, ep)
+    @property
+    def state_rule(self) -> StateRule:
+        return StateRule(self.states, self.state_interval, self.max_states)
+
+
+def state_prefixes(tokenizer, task, ep: Episodes, include_prompt_state: bool,
+                   rule: StateRule = StateRule()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every non-terminal state of every episode by `rule`: (episode row int[N], prefix length
+    int[N], steps in the prefix int[N]). Episodes the splitter rejects ("steps") have none."""
+    step_starts, num_steps = episode_states(tokenizer, task.split_steps, ep, rule)
     first = 0 if include_prompt_state else 1
     found = [(b, step_starts[b, i], i) for b in range(len(num_steps)) for i in range(first, num_steps[b])]
     rows, positions, steps = (np.array([f[j] for f in found], np.int32).reshape(-1) for j in range(3))
@@ -191,7 +204,7 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     with timer("episodes"):
         ep = sample_episodes(an.env, problems, 1, jax.random.fold_in(rng, 0), desc="episodes")
         rewards, _ = grade_episodes(task, ep, cfg.task.grade_workers)
-    all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state)
+    all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state, acfg.state_rule)
     if len(all_rows) == 0:
         raise ValueError("no states: every episode has a single step or was rejected by the step splitter")
     keep = np.sort(np_rng.choice(len(all_rows), size=min(len(all_rows), acfg.num_states), replace=False))
@@ -250,7 +263,7 @@ def _ranking(an: _Analysis, episodes: Episodes, rows: np.ndarray, positions: np.
                                               budgets=budgets[:, None])
         cand = continuation_episodes(ctx.tokenizer, ctx.stops, ep, pos, out)
         cand_pos = np.repeat(pos, acfg.num_candidates)
-        ends = next_step_ends(ctx.tokenizer, ctx.task, cand, cand_pos, scfg.max_new_tokens)
+        ends = next_step_ends(ctx.tokenizer, ctx.task, cand, cand_pos, scfg.max_new_tokens, acfg.state_rule)
         groups = distinct_candidates(cand, cand_pos, ends, acfg.num_candidates)
     kept = [(i, g) for i, g in enumerate(groups) if len(g) >= acfg.min_candidates]
     summary = {"num_states_sampled": len(picked), "num_states": len(kept),
@@ -282,8 +295,10 @@ def _ranking(an: _Analysis, episodes: Episodes, rows: np.ndarray, positions: np.
 
 def summary_line(report: dict) -> str:
     """One line: value MAE / r per estimator, ranking accuracy per estimator, size and cost."""
-    v = report["values"]
-    parts = [f"{v['num_states']} states"]
+    v, st = report["values"], report["settings"]
+    rule = st["states"] + (f" every {st['state_interval']}" if st["states"] == "tokens" else "") + (
+        f", at most {st['max_states']}" if st["max_states"] else "")
+    parts = [f"{v['num_states']} states ({rule})"]
     for name, m in v["estimators"].items():
         r = m["pearson"]["value"]
         parts.append(f"{name} MAE {m['mae']['value']:.3f} r {'-' if r is None else f'{r:.2f}'}")

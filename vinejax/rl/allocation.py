@@ -60,7 +60,7 @@ import numpy as np
 
 
 class AllocationConfig(NamedTuple):
-    """Rollout allocation settings (not yet config keys: the loop integration adds them)."""
+    """Rollout allocation settings (config keys `vineppo.allocation.*`, `config.allocation_config`)."""
 
     pilot: int = 3                   # round-1 rollouts of every state whose value is unknown
     rollouts_per_state: float = 4.5  # iteration budget ÷ unknown states (K = 9 draws 9)
@@ -117,22 +117,25 @@ def step_token_counts(step_starts, num_steps, ends) -> np.ndarray:
     return np.where(slot < num_steps[:, None], nxt - starts, 0)
 
 
+def problems(cfg: AllocationConfig) -> list[tuple[str, str]]:
+    """(field, why) of every impossible field of ``cfg`` (none: an empty list)."""
+    pi0, pi1 = cfg.prior_settled
+    checks = [
+        (cfg.pilot >= 1, "pilot", "must be >= 1"),
+        (cfg.max_rollouts >= cfg.pilot, "max_rollouts", f"must be >= pilot {cfg.pilot}"),
+        (cfg.pilot <= cfg.rollouts_per_state <= cfg.max_rollouts, "rollouts_per_state",
+         f"must be in [pilot, max_rollouts] = [{cfg.pilot}, {cfg.max_rollouts}]"),
+        (cfg.mixed_beta > 0, "mixed_beta", "must be > 0"),
+        (cfg.child_weight >= 0, "child_weight", "must be >= 0"),
+        (0 <= pi0 and 0 <= pi1 and pi0 + pi1 < 1, "prior_settled", "must be two probabilities summing below 1"),
+    ]
+    return [(field, why) for ok, field, why in checks if not ok]
+
+
 def validate(cfg: AllocationConfig) -> None:
     """Raise ValueError naming the first impossible field."""
-    if cfg.pilot < 1:
-        raise ValueError(f"allocation.pilot must be >= 1, got {cfg.pilot}")
-    if cfg.max_rollouts < cfg.pilot:
-        raise ValueError(f"allocation.max_rollouts must be >= pilot {cfg.pilot}, got {cfg.max_rollouts}")
-    if not cfg.pilot <= cfg.rollouts_per_state <= cfg.max_rollouts:
-        raise ValueError(f"allocation.rollouts_per_state must be in [pilot, max_rollouts] = "
-                         f"[{cfg.pilot}, {cfg.max_rollouts}], got {cfg.rollouts_per_state}")
-    if cfg.mixed_beta <= 0:
-        raise ValueError(f"allocation.mixed_beta must be > 0, got {cfg.mixed_beta}")
-    if cfg.child_weight < 0:
-        raise ValueError(f"allocation.child_weight must be >= 0, got {cfg.child_weight}")
-    pi0, pi1 = cfg.prior_settled
-    if not (0 <= pi0 and 0 <= pi1 and pi0 + pi1 < 1):
-        raise ValueError(f"allocation.prior_settled must be two probabilities summing below 1, got {cfg.prior_settled}")
+    for field, why in problems(cfg)[:1]:
+        raise ValueError(f"allocation.{field} {why}, got {getattr(cfg, field)}")
 
 
 def state_depth(ids: np.ndarray, num_states: int) -> np.ndarray:

@@ -7,6 +7,7 @@ its work on each group of episodes between the sampling calls.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -21,7 +22,7 @@ from vinejax.rl.losses import adaptive_kl_coef
 from vinejax.train import encode, host_work, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
-from vinejax.train.episodes import EpisodeStream
+from vinejax.train.episodes import EpisodeStream, StateRule, episode_states
 from vinejax.train.estimators import Rollouts
 from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
@@ -74,10 +75,11 @@ def rl_iteration(run: RunContext, state: TrainState, ref_params, problems: list,
     with timer("iteration"), host_work.session(cfg.train.overlap_host_work) as host:
         # Sample call by call; each call's episodes are graded and split into steps on the host
         # thread while the next device work runs, and the estimator's early work (MC) on a group
-        # starts one call later, once its steps are split (the last groups after the log-probs).
+        # starts one call later, once its states are found (the last groups after the log-probs).
         early = estimator.start(run, state, env, host, rng_values)
-        split = run.task.split_steps if estimator.needs_steps else None
-        stream = EpisodeStream(env, problems, s.samples_per_problem, rng_sample, host, env.group_rows, split)
+        states_of = functools.partial(episode_states, run.tokenizer, run.task.split_steps, rule=StateRule.of(cfg)) \
+            if estimator.needs_steps else None  # where the MC states are (`vineppo.states`)
+        stream = EpisodeStream(env, problems, s.samples_per_problem, rng_sample, host, env.group_rows, states_of)
         calls, behind = stream.calls(), []
         while (done := timed(timer, "sample", next, calls, None)) is not None:
             hand_over(early, behind, timer, estimator.phase)

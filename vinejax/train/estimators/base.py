@@ -28,7 +28,7 @@ class Rollouts:
     old_logprobs: np.ndarray  # f32[B, T] under the sampling policy (logits / temperature)
     ref_logprobs: np.ndarray  # f32[B, T] under the frozen reference
     group_size: int  # samples per problem: rows g·n .. g·n + n − 1 answer one problem
-    steps: Optional[StepStates]  # every step state (no cap) when the estimator `needs_steps`, else None
+    steps: Optional[StepStates]  # every state (`vineppo.states`) when the estimator `needs_steps`, else None
     host: HostWork  # grading on the host thread (pass `host` to `train.values.mc_rewards`)
     early: Any = None  # what the estimator's `start` returned (its work on the groups, done), or None
 
@@ -52,8 +52,9 @@ class Estimator:
 
     Class attributes say what it needs and how it is trained:
       name: what the logs call it;
-      needs_steps: responses are split into steps (the task's `split_steps`, on the host thread
-        behind the log-prob pass); episodes the splitter rejects are dropped (no loss);
+      needs_steps: responses are cut into states (`vineppo.states`: the task's `split_steps`, or
+        every `vineppo.state_interval` tokens; on the host thread behind the log-prob pass);
+        episodes the splitter rejects are dropped (no loss);
       uses_critic: a critic (the policy's shape + a value head, initialised from the policy) is
         kept in the train state, checkpointed, and trained on `Estimate.returns` with the clipped
         value loss after every policy step;

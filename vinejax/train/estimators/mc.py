@@ -1,14 +1,16 @@
-"""VinePPO's estimators: Monte Carlo values of every step state (K continuations each, or an
-adaptive number), then step advantages A_i = V(s_{i+1}) − V(s_i) spread over the step's tokens."""
+"""VinePPO's estimators: Monte Carlo values of every state (K continuations each, an adaptive
+number, or the budget-global allocation), then step advantages A_i = V(s_{i+1}) − V(s_i) spread
+over the tokens up to the next state."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vinejax.config import adaptive_config, max_value_step
+from vinejax.config import adaptive_config, allocation_config, max_value_step
 from vinejax.rl import advantages
 from vinejax.rl.values import state_mask
+from vinejax.train.estimators.allocated import allocated_rollouts
 from vinejax.train.estimators.base import Estimate, Estimator, Rollouts
 from vinejax.train.values import EarlyMC, StepStates, adaptive_rollouts, mc_state_values
 
@@ -74,6 +76,24 @@ class AdaptiveMonteCarlo(StepValues):
         return res.values, metrics
 
 
+class AllocatedMonteCarlo(StepValues):
+    """VinePPO whose rollouts per state come from `vineppo.allocation` (exactly unbiased V̂)."""
+
+    name = "vineppo (allocation)"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.acfg, self.k = allocation_config(cfg), cfg.vineppo.num_rollouts
+
+    def state_values(self, run, state, rollouts, states, rng):
+        res, metrics = allocated_rollouts(rollouts.env, rollouts.episodes, states, rollouts.rewards, rng, self.acfg,
+                                          self.k)
+        return res.values, metrics
+
+
 def vineppo(cfg) -> StepValues:
-    """`algo = "vineppo"`: fixed K, or adaptive K when `vineppo.adaptive.enabled`."""
+    """`algo = "vineppo"`: fixed K, adaptive K (`vineppo.adaptive.enabled`) or the allocation
+    (`vineppo.allocation.enabled`)."""
+    if cfg.vineppo.allocation.enabled:
+        return AllocatedMonteCarlo(cfg)
     return AdaptiveMonteCarlo(cfg) if cfg.vineppo.adaptive.enabled else MonteCarlo(cfg)
