@@ -72,6 +72,10 @@ TASKS = {
 ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "grpo": "configs/arith_grpo.py",
          "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
 REFERENCE = "ppo"  # the method whose peak the others race to
+TUNABLE = ("vineppo", "ppo", "grpo", "rloo")  # the online methods `--tune` chooses lr / KL β for
+# Each estimator's literature convention where the arith configs' shared setting differs: GRPO and
+# RLOO advantages are not whitened a second time per batch (verl, TRL).
+ALGO_OVERRIDES = {"grpo": {"ppo.whiten_advantages": False}, "rloo": {"ppo.whiten_advantages": False}}
 LABELS = {"vineppo": "VinePPO (K 9)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "restem": "RestEM",
           "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9"}
 
@@ -104,6 +108,34 @@ def scale_overrides(algo: str, task: Task, iterations: int, steps_per_iteration:
                          "train.checkpoint_every": args.eval_every * steps_per_iteration}
     return common | {"train.iterations": iterations, "train.eval_every": args.eval_every,
                      "train.checkpoint_every": args.eval_every}
+
+
+def task_options(task: str, args) -> tuple:
+    """The task's own options and the `--set` overrides, as (key, value) pairs."""
+    return tuple((f"task.options.{k}", v) for k, v in TASKS[task].options.items()) + tuple(args.set)
+
+
+def tune_name(algo: str, lr: float, kl: float, seed: int) -> str:
+    """Run name of one cell of the tuning grid (under `<task>/tune/`)."""
+    return f"tune/{algo}_lr{lr:g}_kl{kl:g}_s{seed}"
+
+
+def tune_plan(args) -> list[Run]:
+    """The tuning grid: every online method of `args.algos` × `--tune-lrs` × `--tune-kls` ×
+    `--tune-seeds`, evaluated on the validation split, with the same step budget as the main runs."""
+    runs = [Run(task, "sft", TASKS[task].sft_config, task_options(task, args) + tuple(args.sft_set))
+            for task in args.tasks]
+    for seed in args.tune_seeds:
+        for task in args.tasks:
+            for algo in (a for a in args.algos if a in TUNABLE):
+                for lr in args.tune_lrs:
+                    for kl in args.tune_kls:
+                        over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
+                        over |= ALGO_OVERRIDES.get(algo, {}) | {"optim.lr": lr, "ppo.kl_coef": kl,
+                                                                "eval.splits": "('validation',)", "seed": seed}
+                        runs.append(Run(task, tune_name(algo, lr, kl, seed), ALGOS[algo],
+                                        tuple(over.items()) + task_options(task, args)))
+    return runs
 
 
 def plan(args) -> list[Run]:
@@ -385,6 +417,42 @@ def report(args, log) -> dict:
     return out
 
 
+def tune_report(args, log) -> dict:
+    """Per task and online method: each grid cell's validation score (the mean over tuning seeds of
+    the mean accuracy over the last `--tune-last` evaluations) and the best cell (ties: lower lr,
+    then lower β). Writes tuning.md and tuning.json in the report folder."""
+    budget = args.iterations * args.steps_per_iteration
+    os.makedirs(args.report_dir, exist_ok=True)
+    out, md = {"budget_steps": budget, "commit": git_commit(), "score_last_evals": args.tune_last, "tasks": {}}, []
+    for task in args.tasks:
+        entry = out["tasks"].setdefault(task, {})
+        for algo in (a for a in args.algos if a in TUNABLE):
+            cells = []
+            for lr in args.tune_lrs:
+                for kl in args.tune_kls:
+                    dirs = [os.path.join(args.root, task, tune_name(algo, lr, kl, s)) for s in args.tune_seeds]
+                    curves = [run_curve(read_metrics(os.path.join(d, "metrics.jsonl")), budget) for d in dirs if is_done(d)]
+                    if curves:
+                        scores = [float(c.accuracy[-args.tune_last:].mean()) for c in curves]
+                        cells.append({"lr": lr, "kl": kl, "seeds": len(curves), "score": float(np.mean(scores)),
+                                      "scores": scores, "final": [float(c.accuracy[-1]) for c in curves]})
+            if not cells:
+                continue
+            best = max(cells, key=lambda c: (round(c["score"], 6), -c["lr"], -c["kl"]))
+            entry[algo] = {"cells": cells, "choice": {"optim.lr": best["lr"], "ppo.kl_coef": best["kl"]}}
+            md += [f"### {task} / {LABELS.get(algo, algo)}", "", "| lr | KL β | seeds | score | per seed |",
+                   "|---|---|---|---|---|"]
+            md += [f"| {c['lr']:g} | {c['kl']:g} | {c['seeds']} | {c['score']:.3f}{' ←' if c is best else ''} | "
+                   + " / ".join(f"{x:.3f}" for x in c["scores"]) + " |" for c in cells]
+            md.append("")
+    with open(os.path.join(args.report_dir, "tuning.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    with open(os.path.join(args.report_dir, "tuning.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    log(f"tuning report: {os.path.join(args.report_dir, 'tuning.md')}\n" + "\n".join(md))
+    return out
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     csv = lambda kind: (lambda s: [kind(x) for x in s.split(",") if x])
@@ -404,6 +472,13 @@ def parse_args(argv):
     p.add_argument("--xla-cache", default=None, metavar="DIR",
                    help="JAX's persistent compilation cache shared by the runs (default <root>/xla_cache; '' = "
                         "none): a method's later runs reuse its compiled programs, ~40 CPU s less per run")
+    p.add_argument("--tune", action="store_true",
+                   help="run the tuning grid (lr × KL β × tuning seeds per online method, validation split) "
+                        "instead of the main runs, and report each cell's score and the choice")
+    p.add_argument("--tune-lrs", type=csv(float), default=[3e-5, 1e-4, 3e-4])
+    p.add_argument("--tune-kls", type=csv(float), default=[1e-4])
+    p.add_argument("--tune-seeds", type=csv(int), default=[100, 101], help="seeds of the tuning runs (not the test seeds)")
+    p.add_argument("--tune-last", type=int, default=2, help="a tuning cell's score: mean accuracy of its last N evaluations")
     p.add_argument("--dry-run", action="store_true", help="print the plan (unfinished runs' commands); run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs; run nothing")
     p.add_argument("--report-dir", default=None, help="where the tables and plots go (default: --root)")
@@ -426,17 +501,17 @@ def main(argv=None) -> int:
     log = lambda msg: print(time.strftime("%H:%M:%S ") + msg + "\n", end="", flush=True)  # one write: runs' threads log
     failed = []
     if args.dry_run:
-        for r in plan(args):
+        for r in (tune_plan if args.tune else plan)(args):
             print(("done " if is_done(r.directory(args.root)) else "todo ") + " ".join(command(r, args.root)[1:]))
         return 0
     if not args.report_only:
         locks = take_locks(args.root, args.tasks)
         try:
-            failed = run_all(plan(args), args.root, args.jobs, log, args.xla_cache)
+            failed = run_all((tune_plan if args.tune else plan)(args), args.root, args.jobs, log, args.xla_cache)
         finally:
             for path in locks:
                 os.remove(path)
-    report(args, log)
+    (tune_report if args.tune else report)(args, log)
     if failed:
         log("failed: " + ", ".join(failed))
     return 1 if failed else 0
