@@ -24,11 +24,11 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# The default run: SFT of a tiny model on the arithmetic task (skipped once cached), then VinePPO.
+# The default run: SFT of a tiny model on the arithmetic task (a no-op once finished), then VinePPO
+# (each run draws its own curves.png).
 run: install
 	$(PY) experiments/run.py --config $(SFT)
 	$(PY) experiments/run.py --config $(CONFIG) $(ARGS)
-	$(PY) experiments/plot.py runs/arith_vineppo --out runs/arith_vineppo/curves.png
 
 # VinePPO vs PPO, GRPO, RLOO, RestEM, DPO+ (3 seeds, equal gradient steps) and the K ablation on
 # the arithmetic task and its harder variant; resumable, finished runs are skipped. Tables and

@@ -29,7 +29,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from vinejax.model import llama  # noqa: E402
 from vinejax.model.config import ModelConfig  # noqa: E402
-from vinejax.sampling import SamplingConfig, assemble_rows, continue_from_prefixes, generate  # noqa: E402
+from vinejax.sampling import RolloutEnv, SamplingConfig, assemble_rows, continue_from_prefixes, generate  # noqa: E402
 
 RHO = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
            num_kv_heads=4, head_dim=64, max_position_embeddings=2048, rms_norm_eps=1e-5)
@@ -88,8 +88,9 @@ def section_decode(cfg, params, peak, bandwidth, batches, prompt_len, new_tokens
         prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, prompt_len)).astype(np.int32)
         lens = np.full((batch,), prompt_len, np.int32)
         one = SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=0.9)
-        t_prefill = median_time(lambda: generate(params, cfg, prompts, lens, jax.random.key(0), one).tokens, 2)
-        t_all = median_time(lambda: generate(params, cfg, prompts, lens, jax.random.key(0), scfg).tokens, 2)
+        prefill_env, env = RolloutEnv(params, cfg, one), RolloutEnv(params, cfg, scfg)
+        t_prefill = median_time(lambda: generate(prefill_env, prompts, lens, jax.random.key(0)).tokens, 2)
+        t_all = median_time(lambda: generate(env, prompts, lens, jax.random.key(0)).tokens, 2)
         t_decode = max(t_all - t_prefill, 1e-9)
         tok_s = batch * (new_tokens - 1) / t_decode
         flops = decode_flops(cfg, prompt_len + new_tokens / 2) * tok_s
@@ -103,12 +104,12 @@ def section_mc(cfg, params, peak, rows, prompt_len, response_len, states, k, bud
     scfg = SamplingConfig(max_new_tokens=response_len, temperature=1.0, top_p=0.9)
     prompts = np.random.default_rng(1).integers(3, cfg.vocab_size, (rows, prompt_len)).astype(np.int32)
     lens = np.full((rows,), prompt_len, np.int32)
-    out = generate(params, cfg, prompts, lens, jax.random.key(1), scfg)
+    out = generate(RolloutEnv(params, cfg, scfg), prompts, lens, jax.random.key(1))
     tokens, _, _, total = jax.device_get(assemble_rows(prompts, lens, out))
     positions = np.stack([np.linspace(prompt_len, t - 1, states).astype(np.int32) for t in total])  # [B, S]
     mc = scfg.replace(max_new_tokens=budget)
-    run = lambda: continue_from_prefixes(params, cfg, tokens, total, positions, jax.random.key(2), mc, k,
-                                         max_rows_per_chunk=chunk)
+    env = RolloutEnv(params, cfg, mc, chunk_rows=chunk)
+    run = lambda: continue_from_prefixes(env, tokens, total, positions, jax.random.key(2), k)
     seconds = median_time(lambda: run().lengths, 2)
     result = run()
     useful = float(np.asarray(result.lengths).sum())

@@ -27,9 +27,9 @@ from benchmarks.collect_mc_values import load_config  # noqa: E402
 from vinejax import config as config_lib  # noqa: E402
 from vinejax import sampling  # noqa: E402
 from vinejax.train.context import build_context  # noqa: E402
-from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config  # noqa: E402
+from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes  # noqa: E402
 from vinejax.train.stage import iteration_problems  # noqa: E402
-from vinejax.train.values import adaptive_rollouts, estimated_states, mc_rewards, mc_state_values  # noqa: E402
+from vinejax.train.values import StepStates, adaptive_rollouts, mc_rewards, mc_state_values  # noqa: E402
 
 
 def main():
@@ -47,21 +47,20 @@ def main():
     cfg.vineppo.adaptive.enabled = True
     acfg = config_lib.adaptive_config(cfg)
     ctx, params, origin = build_context(cfg)
-    s, v = cfg.sampling, cfg.vineppo
-    scfg = sampling_config(ctx.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    s = cfg.sampling
     problems = iteration_problems(ctx.task.load_split(cfg.task.train_split), args.seed, 0, args.problems)
     rng = jax.random.key(args.seed)
+    env = ctx.rollout(params)
     with ctx.mesh_context():
-        ep = sample_episodes(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems, scfg, s.samples_per_problem,
-                             rng, s.batch_size, ctx.context_size, ctx.stops)
-        rewards = grade_episodes(ctx.task, ep, 0)
+        ep = sample_episodes(env, problems, s.samples_per_problem, rng)
+        rewards, _ = grade_episodes(ctx.task, ep, 0)
         starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
-        est = estimated_states(starts, num_steps, v.max_estimated_states)
+        states = StepStates.of(starts, num_steps, config_lib.max_value_step(cfg))
+        est = states.estimated
         uid, rep = sampling.unique_prefixes(ep.tokens, starts, est)
+        env = env.replace(batch_rows=0)  # the values phase in one group
         t = time.perf_counter()
-        gt_r, _, _ = mc_rewards(params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep, starts, num_steps,
-                                jax.random.fold_in(rng, 999), scfg, args.gt_k, v.max_estimated_states, v.chunk_rows,
-                                0, ctx.context_size, ctx.stops)
+        gt_r, _, _ = mc_rewards(env, ep, states, jax.random.fold_in(rng, 999), args.gt_k)
         truth = gt_r.mean(-1)[rep[:, 0], rep[:, 1]]  # [U]
         settled = np.mean((truth == 0) | (truth == 1))
         print(f"{origin}: {len(ep.texts)} episodes, reward {rewards.mean():.3f}, {int(est.sum())} states, "
@@ -73,13 +72,9 @@ def main():
             for arm in rows:
                 t, c = time.perf_counter(), time.process_time()
                 if arm == "K=9":
-                    values, m = mc_state_values(params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep, starts, num_steps,
-                                                r_mc, scfg, 9, v.max_estimated_states, v.chunk_rows, 0,
-                                                ctx.context_size, ctx.stops)
+                    values, m = mc_state_values(env, ep, states, r_mc, 9)
                 else:
-                    res, m = adaptive_rollouts(params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep, starts,
-                                               num_steps, rewards, r_mc, scfg, acfg, v.max_estimated_states,
-                                               v.chunk_rows, 0, ctx.context_size, ctx.stops)
+                    res, m = adaptive_rollouts(env, ep, states, rewards, r_mc, acfg)
                     values = res.values
                 wall, cpu = time.perf_counter() - t, time.process_time() - c
                 vu = values[rep[:, 0], rep[:, 1]]

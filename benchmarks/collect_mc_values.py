@@ -24,11 +24,12 @@ import time
 import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from vinejax import config as config_lib  # noqa: E402
 from vinejax.train.context import build_context  # noqa: E402
-from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes, sampling_config  # noqa: E402
+from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes  # noqa: E402
 from vinejax.train.loop import run  # noqa: E402
 from vinejax.train.stage import iteration_problems  # noqa: E402
-from vinejax.train.values import mc_rewards  # noqa: E402
+from vinejax.train.values import StepStates, mc_rewards  # noqa: E402
 
 
 def load_config(path: str):
@@ -73,20 +74,18 @@ def main():
     ctx, params, origin = build_context(cfg)
     print(f"policy from {origin}", flush=True)
     problems = iteration_problems(ctx.task.load_split(cfg.task.train_split), args.seed, 0, args.problems)
-    s, v = cfg.sampling, cfg.vineppo
-    scfg = sampling_config(ctx.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+    s = cfg.sampling
+    env = ctx.rollout(params)
     rng = jax.random.key(args.seed)
     with open(args.out, "w") as f, ctx.mesh_context():
         for g in range(0, len(problems), args.group):
             t0 = time.time()
             r_sample, r_mc = jax.random.split(jax.random.fold_in(rng, g))
-            ep = sample_episodes(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems[g:g + args.group], scfg,
-                                 s.samples_per_problem, r_sample, s.batch_size, ctx.context_size, ctx.stops)
-            rewards = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
+            ep = sample_episodes(env, problems[g:g + args.group], s.samples_per_problem, r_sample)
+            rewards, _ = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
             starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
-            mc_r, _, stats = mc_rewards(params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep, starts, num_steps, r_mc,
-                                        scfg, args.k, v.max_estimated_states, v.chunk_rows, cfg.task.grade_workers,
-                                        ctx.context_size, ctx.stops)
+            states = StepStates.of(starts, num_steps, config_lib.max_value_step(cfg))
+            mc_r, _, stats = mc_rewards(env.replace(batch_rows=0), ep, states, r_mc, args.k)
             succ = mc_r.sum(-1).round().astype(int)  # [B, S]
             for b in range(len(rewards)):
                 n = int(num_steps[b])

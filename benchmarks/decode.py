@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vinejax.model import decode as model_decode
-from vinejax.sampling import SamplingConfig, generate
+from vinejax.sampling import RolloutEnv, SamplingConfig, generate
 from vinejax.sampling.core import cache_room, decode
 from vinejax.sampling.generation import row_keys
 
@@ -75,7 +75,7 @@ def bench(size: str, batch: int, repeats: int, hf, cfg, params) -> dict:
     scfg = SamplingConfig(max_new_tokens=n, temperature=1.0)  # no EOS: exactly n tokens per row
 
     def ours_generate(seed):
-        generate(params, cfg, prompts, plens, jax.random.key(seed), scfg).tokens.block_until_ready()
+        generate(RolloutEnv(params, cfg, scfg), prompts, plens, jax.random.key(seed)).tokens.block_until_ready()
 
     # The decode loop alone, after the prefill and the weight layout that `generate` does first.
     room = cache_room(p + n)

@@ -45,11 +45,11 @@ from vinejax import sampling  # noqa: E402
 from vinejax.model import llama  # noqa: E402
 from vinejax.model.config import ModelConfig  # noqa: E402
 from vinejax.sampling.core import cache_room  # noqa: E402
+from vinejax.sampling.env import token_budgets  # noqa: E402
 from vinejax.sampling.stops import STOPPED, StopTable  # noqa: E402
 from vinejax.tasks import get_task  # noqa: E402
 from vinejax.tasks.steps import step_token_starts  # noqa: E402
 from vinejax.train import encode  # noqa: E402
-from vinejax.train.episodes import token_budgets  # noqa: E402
 
 # ../shared/data beside the checkout (as tests/conftest.py and benchmarks/grading.py find it)
 DATA = os.environ.get("VINEJAX_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
@@ -129,7 +129,8 @@ def decode_speed(params, cfg, scfg, rows: int, room: int, n1: int = 32, n2: int 
     t = {}
     for n in (1, n1, n2):
         sc = scfg.replace(max_new_tokens=n2)
-        run = lambda: sampling.generate(params, cfg, prompts, lens, jax.random.key(n), sc,
+        env = sampling.RolloutEnv(params, cfg, sc)
+        run = lambda: sampling.generate(env, prompts, lens, jax.random.key(n),
                                         max_new=np.full((rows,), n)).tokens.block_until_ready()
         t[n] = min((timed(run)[:2] for _ in range(2)), key=lambda x: x[1])
     return tuple(rows * (n2 - n1) / (t[n2][i] - t[n1][i]) for i in range(2))
@@ -149,8 +150,9 @@ def reprefill(params, cfg, scfg, w, table, slots: int, seed: int) -> int:
         pr = np.zeros((len(sel), int(pl.max())), np.int32)
         for j, (b, p) in enumerate(zip(sel[:, 0], pl)):
             pr[j, :p] = w["tokens"][b, :p]
-        outs.append(sampling.generate(params, cfg, pr, pl, jax.random.key(seed + c), scfg, num_samples=K,
-                                      max_new=np.repeat(w["budgets"][sel[:, 0], sel[:, 1]], K), stops=table))
+        outs.append(sampling.generate(sampling.RolloutEnv(params, cfg, scfg, stops=table), pr, pl,
+                                      jax.random.key(seed + c), num_samples=K,
+                                      max_new=np.repeat(w["budgets"][sel[:, 0], sel[:, 1]], K)))
     jax.block_until_ready([o.tokens for o in outs])
     return sum(int(np.asarray(o.lengths).sum()) for o in outs)
 
@@ -178,10 +180,9 @@ def run_task(name, tokenizer, params, cfg, scfg, args, rs) -> dict:
           flush=True)
 
     def mc(data, schedule, seed, stops):
-        return sampling.continue_from_prefixes(
-            params, cfg, data["tokens"], data["lengths"], data["pos"], jax.random.key(seed), scfg, K,
-            state_mask=data["mask"], budgets=data["budgets"], max_rows_per_chunk=args.slots, stops=stops,
-            schedule=schedule)
+        env = sampling.RolloutEnv(params, cfg, scfg, chunk_rows=args.slots, stops=stops, schedule=schedule)
+        return sampling.continue_from_prefixes(env, data["tokens"], data["lengths"], data["pos"], jax.random.key(seed),
+                                               K, state_mask=data["mask"], budgets=data["budgets"])
 
     res = {}
     for label, data, schedule in [("refill", w, "refill"), ("chunks", w, "chunks"),

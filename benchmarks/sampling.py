@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from vinejax.model.hf import load_hf_model  # noqa: E402
-from vinejax.sampling import SamplingConfig, assemble_rows, continue_from_prefixes, generate  # noqa: E402
+from vinejax.sampling import RolloutEnv, SamplingConfig, assemble_rows, continue_from_prefixes, generate  # noqa: E402
 
 B, P, N, V = 32, 32, 64, 512
 PROBLEMS, SAMPLES, STATES, K = 4, 8, 8, 9
@@ -77,7 +77,7 @@ def main():
 
     # ------------------------------------------------------------------ generate vs transformers
     def ours(seed):
-        out = generate(params, cfg, prompts, plens, jax.random.key(seed), scfg)
+        out = generate(RolloutEnv(params, cfg, scfg), prompts, plens, jax.random.key(seed))
         out.tokens.block_until_ready()
         return out
 
@@ -113,15 +113,15 @@ def main():
     # ------------------------------------------------------------------ MC workload (VinePPO-shaped)
     tprompts = np.repeat(rs.randint(3, V, (PROBLEMS, P)).astype(np.int32), SAMPLES, axis=0)
     tlens = np.full((PROBLEMS * SAMPLES,), P, np.int32)
-    out = generate(params, cfg, tprompts, tlens, jax.random.key(99), scfg)
+    out = generate(RolloutEnv(params, cfg, scfg), tprompts, tlens, jax.random.key(99))
     rows, _, _, total = assemble_rows(tprompts, tlens, out)
     rows, total = np.asarray(rows), np.asarray(total)  # 32 trajectories of 96 tokens
     pos = (P + (N // STATES) * np.arange(STATES))[None].repeat(len(rows), 0).astype(np.int32)  # [32, 8]
     budgets = (total[:, None] - pos).astype(np.int32)  # ragged: late states have little left to write
 
     def mc(seed):
-        return continue_from_prefixes(params, cfg, rows, total, pos, jax.random.key(seed), scfg, K,
-                                      budgets=budgets, max_rows_per_chunk=MC_CHUNK)
+        return continue_from_prefixes(RolloutEnv(params, cfg, scfg, chunk_rows=MC_CHUNK), rows, total, pos,
+                                      jax.random.key(seed), K, budgets=budgets)
 
     # Baseline: prefill every state once (no cache reuse, no dedup), share it over its K samples.
     order = np.argsort(-budgets.ravel(), kind="stable")
@@ -136,7 +136,7 @@ def main():
             pr = np.zeros((len(idx), int(pl.max())), np.int32)
             for j, (b_, p_) in enumerate(zip(bi, pl)):
                 pr[j, :p_] = rows[b_, :p_]
-            outs.append(generate(params, cfg, pr, pl, jax.random.key(seed + c), scfg, num_samples=K,
+            outs.append(generate(RolloutEnv(params, cfg, scfg), pr, pl, jax.random.key(seed + c), num_samples=K,
                                  max_new=np.repeat(budgets[bi, si], K)))
         jax.block_until_ready([o.tokens for o in outs])
         return sum(int(np.asarray(o.lengths).sum()) for o in outs)

@@ -1,6 +1,6 @@
 """Evaluate a policy with the paper's protocol (vinejax.train.evaluate):
 
-    python experiments/evaluate.py --model HF_FOLDER_OR_RUN_DIR [--task gsm8k|math|arithmetic]
+    python experiments/evaluate.py --model HF_FOLDER_OR_RUN_DIR [--task gsm8k|math|arithmetic|jsonl|pkg.mod:factory]
         [--split test[,validation]] [--samples 16 --temperature 0.35 --top-p 0.9 --greedy]
         [--checkpoints all|last|N,M] [--num-problems N] [--out DIR] [--data-dir ../shared/data]
         [--seed 42] [--config FILE] [--config.key=value ...] [--verbose]
@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--model", required=True, help="HF model folder or vinejax run folder")
-    p.add_argument("--task", default="", help="gsm8k, math or arithmetic (default: the run's task)")
+    p.add_argument("--task", default="", help="gsm8k, math, arithmetic, jsonl or a plug-in 'package.module:factory' "
+                                              "(default: the run's task)")
     p.add_argument("--split", default="test", help="split(s) to evaluate, comma-separated (default: test)")
     p.add_argument("--checkpoints", default="", help="run folder: all, last or steps N,M (default: its hf/ export)")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: eval config, 16)")

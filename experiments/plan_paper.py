@@ -1,4 +1,5 @@
-"""Memory plans of the 12 paper configs on three machines (the "Memory plans" of docs/scaling.md).
+"""Memory plans of the 12 paper configs and the Qwen3 ones on three machines (the "Memory plans" of
+docs/scaling.md).
 
     python experiments/plan_paper.py [--hardware gpu8x80,v4-8,v5e-8] [--configs gsm8k_rho1b_sft,...] \\
         [--mesh 1,4,2] [--devices 16] [--set model.param_dtype=bfloat16] \\
@@ -28,6 +29,8 @@ HARDWARE = {  # name: (devices, GiB per device, words)
 }
 CONFIGS = [f"{task}_{model}_{algo}" for model in ("rho1b", "deepseek7b") for task in ("gsm8k", "math")
            for algo in ("sft", "vineppo", "ppo")]
+CONFIGS += [f"{task}_{model}_{algo}" for model in ("qwen3-1.7b", "qwen3-8b") for task in ("gsm8k", "math")
+            for algo in ("sft", "vineppo")]
 GiB = 2**30
 
 

@@ -1,7 +1,12 @@
 """Entry point: `python experiments/run.py --config configs/<name>.py [--config.key=value ...] [--verbose]`.
 
 A wrong key, a missing file or folder, or an impossible setting ends the run with one line
-naming it (exit status 2); `--verbose` shows library logs and full tracebacks.
+naming it (exit status 2); `--verbose` shows library logs and full tracebacks; `--help` lists
+every section and key with its default and what it does. A string value is read as the body of
+a Python string literal (`--config.task.options.prompt_template='Q: {problem}\\nA:'` holds a newline).
+SIGTERM or Ctrl-C stops the run at its next safe point with a checkpoint and one line (exit status
+75: run the same command again to continue); a second one ends it at once. A finished run prints
+its result.
 """
 import os
 import sys
@@ -10,6 +15,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        from vinejax.config_file import help_text
+
+        print(__doc__.strip() + "\n\nConfig keys (set in the file or as --config.section.key=value):\n\n" + help_text())
+        return 0
     from vinejax.train.stage import quiet_library_logs, run_command
 
     verbose = "--verbose" in argv

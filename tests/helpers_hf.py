@@ -37,17 +37,31 @@ VARIANTS = {
     "mistral_gqa": ("mistral", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=None)),
     "mistral_mha": ("mistral", dict(num_attention_heads=4, num_key_value_heads=4, sliding_window=None)),
 }
+WINDOW = 6  # sliding window of the windowed variants: shorter than the test sequences
+GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+               "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}
+# One variant per family beyond Llama / Mistral / Qwen2, each with the switches that family adds
+# (and a sliding window shorter than the sequences wherever the family has windows).
+FAMILY_VARIANTS = {
+    "mistral_window": ("mistral", dict(sliding_window=WINDOW)),
+    "qwen3_tied": ("qwen3", dict(head_dim=24, tie_word_embeddings=True)),
+    "qwen3_window": ("qwen3", dict(head_dim=24, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
+    "gemma2": ("gemma2", dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=WINDOW, attn_logit_softcapping=2.0,
+                              final_logit_softcapping=3.0, tie_word_embeddings=True)),
+    "gemma3": ("gemma3_text", dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=WINDOW,
+                                   layer_types=["sliding_attention", "full_attention"], rope_parameters=GEMMA3_ROPE,
+                                   tie_word_embeddings=True)),
+    "olmo2": ("olmo2", dict()),
+    "phi3": ("phi3", dict(sliding_window=WINDOW, partial_rotary_factor=0.5)),
+    "smollm3": ("smollm3", dict(no_rope_layers=[1, 0], use_sliding_window=True, sliding_window=WINDOW)),
+}
+VARIANTS.update(FAMILY_VARIANTS)
 
 
 def tiny_config(model_type: str = "llama", **overrides):
     """A transformers config of `model_type` with the tiny shared sizes (overridable)."""
     import transformers
 
-    cls = {
-        "llama": transformers.LlamaConfig,
-        "qwen2": transformers.Qwen2Config,
-        "mistral": transformers.MistralConfig,
-    }[model_type]
     kwargs = dict(
         vocab_size=VOCAB,
         hidden_size=HIDDEN,
@@ -63,7 +77,7 @@ def tiny_config(model_type: str = "llama", **overrides):
         tie_word_embeddings=False,
     )
     kwargs.update(overrides)
-    return cls(**kwargs)
+    return transformers.AutoConfig.for_model(model_type, **kwargs)
 
 
 def tiny_model(model_type: str = "llama", seed: int = 0, std: float = 0.2, **overrides):
@@ -76,13 +90,8 @@ def tiny_model(model_type: str = "llama", seed: int = 0, std: float = 0.2, **ove
     import transformers
 
     cfg = tiny_config(model_type, **overrides)
-    cls = {
-        "llama": transformers.LlamaForCausalLM,
-        "qwen2": transformers.Qwen2ForCausalLM,
-        "mistral": transformers.MistralForCausalLM,
-    }[model_type]
     torch.manual_seed(seed)
-    model = cls(cfg).to(torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(torch.float32)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

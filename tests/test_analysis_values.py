@@ -207,7 +207,8 @@ def test_ground_truth_rollouts_converge_to_the_enumerated_value():
     positions = ep.total_lens.copy()  # each state is its whole row: 0, 1 and 2 response tokens used
     scfg = sampling_config(tok, temperature, 1.0, max_new)
     with setup.ctx.mesh_context():
-        rewards = vp.rollout_rewards(setup, ep, positions, k, jax.random.key(0), scfg, "gt")
+        env = setup.ctx.rollout(setup.params).replace(scfg=scfg)
+        rewards = vp.rollout_rewards(env, ep, positions, k, jax.random.key(0), "gt")
     assert rewards.shape == (3, k) and set(np.unique(rewards)) <= {0.0, 1.0}
     prefixes = [ep.tokens[n, : positions[n]].tolist() for n in range(3)]
     for n, exact in enumerate(exact_values(setup, prefixes, int(ep.prompt_lens[0]), max_new, temperature)):

@@ -84,10 +84,11 @@ def test_compare_runs_reports_skips_and_resumes(tmp_path, capsys):
     assert "3 of 3 runs already finished; 0 to run" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(task, "ppo_s0", "metrics.jsonl")) == before
 
-    # an interrupted run (killed after iteration 1: no export, no iteration-2 checkpoint) resumes
+    # an interrupted run (killed after iteration 1: no export, no iteration-2 checkpoint, no done marker) resumes
     run = os.path.join(task, "ppo_s0")
     first = evals(run)[:2]
     os.remove(os.path.join(run, compare.DONE))
+    os.remove(os.path.join(run, "done.json"))
     shutil.rmtree(os.path.join(run, "hf"))
     shutil.rmtree(os.path.join(run, "checkpoints", "2"))
     assert compare.main(compare_args(root)) == 0

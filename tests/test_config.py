@@ -157,3 +157,23 @@ def test_distributed_initialize_gets_only_the_keys_set(monkeypatch):
     validate(cfg, num_devices=8)
     multihost.initialize(cfg.mesh)
     assert calls == [{}, {"coordinator_address": "node0:1234", "num_processes": 4, "process_id": 3}]
+
+
+def test_command_line_strings_read_as_python_string_literals():
+    from vinejax.config_file import apply_overrides
+
+    cfg = apply_overrides(base_config(), [
+        ("task.options.prompt_template", r"Question: {problem}\nAnswer:"),  # free-form option: a string
+        ("sft.target_template", r"\n{solution}\n"),  # a string key
+        ("task.options.step_regex", r"Step \d+:"),  # an escape Python does not know stays as written
+        ("task.options.stop_strings", r'("\n\nQ:",)'),  # a literal tuple: Python's own escapes
+        ("task.options.vineppo_splits", "false"),
+        ("ppo.whiten_advantages", "true"),
+    ])
+    assert cfg.task.options.prompt_template == "Question: {problem}\nAnswer:"
+    assert cfg.sft.target_template == "\n{solution}\n" and cfg.task.options.step_regex == "Step \\d+:"
+    assert cfg.task.options.stop_strings == ("\n\nQ:",) and cfg.task.options.vineppo_splits is False
+    assert cfg.ppo.whiten_advantages is True
+    assert apply_overrides(base_config(), [("ppo.whiten_advantages", "None")]).ppo.whiten_advantages is None
+    with pytest.raises(ConfigError, match="ppo.whiten_advantages"):
+        validate(apply_overrides(base_config(), [("ppo.whiten_advantages", "3")]))

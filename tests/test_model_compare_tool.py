@@ -1,10 +1,13 @@
 """`python -m vinejax.tools.compare_hf` exits 0 on a faithful folder and non-zero otherwise."""
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import helpers_hf as H
+import pytest
 
 from vinejax.tools import compare_hf
 
@@ -20,6 +23,23 @@ def test_cli_subprocess_passes():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "max_abs_logit_diff=" in proc.stdout and "OK" in proc.stdout
+
+
+@pytest.mark.parametrize("variant", ["qwen3_window", "gemma3"])
+def test_new_families_pass(variant, capsys):
+    assert compare_hf.main([str(H.cached_tiny(variant)), "--length", "16"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_unsupported_model_type_is_one_line_before_torch(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(H.cached_tiny("llama_gqa"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
+    monkeypatch.setattr(compare_hf, "torch_logits", lambda *a, **k: pytest.fail("torch loaded the model"))
+    assert compare_hf.main([str(folder)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'gpt_neox'" in lines[0] and "qwen3, gemma2, gemma3_text" in lines[0], lines
 
 
 def test_tiny_tolerance_fails(capsys):

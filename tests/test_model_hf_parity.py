@@ -1,4 +1,5 @@
-"""vinejax logits vs HF PyTorch (fp32) on tiny random Llama / Qwen2 / Mistral checkpoints."""
+"""vinejax logits vs HF PyTorch (fp32) on tiny random checkpoints of every supported family
+(`helpers_hf.VARIANTS`), and exports that transformers loads back with the same logits."""
 import functools
 
 import helpers_hf as H
@@ -90,7 +91,8 @@ def test_sharded_safetensors_folder_loads(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, ref_params)
 
 
-@pytest.mark.parametrize("variant,shard", [("qwen2_tied", None), ("mistral_gqa", "40KB")])
+@pytest.mark.parametrize("variant,shard", [("qwen2_tied", None), ("mistral_gqa", "40KB"), ("phi3", "40KB")]
+                         + [(v, None) for v in sorted(H.FAMILY_VARIANTS) if v != "phi3"])
 def test_export_reloads_in_transformers(tmp_path, variant, shard):
     src = H.cached_tiny(variant)
     cfg, params = M.load_hf_model(src)

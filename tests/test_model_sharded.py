@@ -1,12 +1,14 @@
-"""Loading straight into a (data=1, fsdp=2, tensor=4) mesh of fake CPU devices."""
+"""Loading straight into a (data=1, fsdp=2, tensor=4) mesh of fake CPU devices, every family."""
 import flax.linen as nn
 import helpers_hf as H
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from vinejax import sharding as shd
 from vinejax.model import forward, load_hf_model
+from vinejax.train.scoring import critic_values
 
 
 def test_sharded_load_matches_single_device():
@@ -40,3 +42,22 @@ def test_data_parallel_size_follows_the_set_mesh_and_rules():
         with nn.logical_axis_rules((("batch", "data"),)):
             assert shd.data_parallel_size() == 2  # the rules in effect
         assert shd.data_parallel_size(rules=(("batch", ("data", "fsdp", "tensor")),)) == 8
+
+
+@pytest.mark.parametrize("variant", ["olmo2", "gemma3", "phi3"])  # q/k norms over all heads; sandwich norms; fused HF tensors
+def test_families_shard_by_the_rules_and_carry_a_value_head(variant):
+    """Each family's leaves (its norms included) have logical axes the rules cover, load straight
+    into the mesh, and score the same logits and critic values (PPO's value head) as one device."""
+    path = H.cached_tiny(variant)
+    cfg, params = load_hf_model(path, value_head=True)
+    mesh = shd.make_mesh((1, 2, 4))
+    _, sparams = load_hf_model(path, mesh=mesh, value_head=True)
+    if cfg.qk_norm == "all":  # [L, H, Dh]: heads over the tensor axis, reduced across it
+        assert sparams["layers"]["q_norm"].sharding.spec == P(None, "tensor", None)
+    tokens = H.random_tokens(2, 16, seed=5)
+    score = jax.jit(lambda p, t: (forward(p, cfg, t)[0], critic_values(p, cfg, t)))
+    ref = score(params, tokens)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.DEFAULT_RULES):
+        out = score(sparams, tokens)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0), out, ref)
+    assert np.abs(np.asarray(ref[1])[:, 1:]).min() > 0  # real values, not the zero padding column

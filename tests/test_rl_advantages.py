@@ -60,9 +60,8 @@ def ref_groups(r, ids, valid):
 @pytest.mark.parametrize("seed,cap", [(0, None), (1, None), (2, 0), (3, 2), (4, 100)])
 def test_vine_advantages_match_reference(seed, cap):
     d = random_rollouts(seed, B=10, T=30, S=7)
-    f = jax.jit(A.compute, static_argnames=("algo", "max_value_step"))
-    tok = f("vineppo", d["rewards"], d["response_mask"], state_values=d["values"], step_starts=d["step_starts"],
-            num_steps=d["num_steps"], max_value_step=cap).tokens
+    f = jax.jit(lambda v, r, starts, n, m: A.steps_to_tokens(A.vine_step_advantages(v, r, n, cap), starts, n, m))
+    tok = f(d["values"], d["rewards"], d["step_starts"], d["num_steps"], d["response_mask"])
     step_ref, tok_ref = ref_vine_tokens(d["values"], d["rewards"], d["step_starts"],
                                         d["num_steps"], d["response_mask"], cap)
     step = A.vine_step_advantages(d["values"], d["rewards"], d["num_steps"], cap)

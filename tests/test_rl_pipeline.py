@@ -33,10 +33,10 @@ def test_vine_pipeline_matches_reference_and_compiles_once():
     def f(mc_rewards, mc_mask, rewards, step_starts, num_steps, response_mask, cap):
         traces.append(1)
         est = rl.mc_values(mc_rewards, mc_mask)
-        adv = rl.compute("vineppo", rewards, response_mask, state_values=est.value, step_starts=step_starts,
-                         num_steps=num_steps, max_value_step=cap)
+        step_adv = rl.vine_step_advantages(est.value, rewards, num_steps, cap)
+        tokens = rl.steps_to_tokens(step_adv, step_starts, num_steps, response_mask)
         states = rl.estimated_state_mask(num_steps, mc_rewards.shape[1], cap)
-        return adv.tokens, rl.mc_value_metrics(est, states)
+        return tokens, rl.mc_value_metrics(est, states)
 
     for seed in range(3):
         d = random_rollouts(seed, B=8, T=24, S=6, K=5)
@@ -66,9 +66,9 @@ def test_advantage_functions_compile_once():
 def test_train_step_from_logits_padding_invariant():
     """logits -> token log-probs -> VinePPO loss and its gradient; extra padding changes nothing."""
     d = random_rollouts(7, B=6, T=12, V=11)
-    tok = rl.compute("vineppo", d["rewards"], d["response_mask"],
-                     state_values=rl.mc_values(d["mc_rewards"], d["mc_mask"]).value,
-                     step_starts=d["step_starts"], num_steps=d["num_steps"]).tokens
+    step_adv = rl.vine_step_advantages(rl.mc_values(d["mc_rewards"], d["mc_mask"]).value, d["rewards"],
+                                       d["num_steps"])
+    tok = rl.steps_to_tokens(step_adv, d["step_starts"], d["num_steps"], d["response_mask"])
     batch = rl.RolloutBatch(tokens=jnp.asarray(d["tokens"]),
                             response_mask=jnp.asarray(d["response_mask"]),
                             old_logprobs=jnp.asarray(d["old_logprobs"]),

@@ -16,7 +16,9 @@ from vinejax.sampling import (
     FINISH_NONE,
     FINISH_REASONS,
     FINISH_STOP,
+    RolloutEnv,
     SamplingConfig,
+    Trajectories,
     assemble_rows,
     continue_from_prefixes,
     generate,
@@ -44,27 +46,61 @@ def _prompts(b=3, p=7, seed=0, lens=(7, 4, 2)):
 # ----------------------------------------------------------------------------- HF parity
 
 
-@pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_tied"])
-def test_greedy_matches_transformers(tmp_path, variant):
+GREEDY_NEW = 24  # new tokens: with prompts of 2..7 tokens, far past the windows of helpers_hf.WINDOW
+
+
+def _hf_prompts():
+    toks, lens = _prompts(lens=(7, 4, 2))
+    toks = np.where(toks > 0, toks % helpers_hf.VOCAB, 0).clip(3)
+    toks[np.arange(7)[None] >= lens[:, None]] = 0
+    return toks, lens
+
+
+@pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_tied", *sorted(helpers_hf.FAMILY_VARIANTS)])
+def test_greedy_matches_transformers(variant):
+    """Token-identical to transformers' greedy `generate` for every family, sliding windows
+    (shorter than prompt + response) and soft-capping included."""
     import torch
 
     from vinejax.model.hf import load_hf_model
 
-    path = helpers_hf.save_tiny(tmp_path, variant)
+    path = helpers_hf.cached_tiny(variant)
     hf = helpers_hf.load_torch(path)
+    hf.generation_config.eos_token_id = None  # run every row to its length, as `generate` below
     cfg, params = load_hf_model(path)
-    toks, lens = _prompts(lens=(7, 4, 2))
-    toks = np.where(toks > 0, toks % helpers_hf.VOCAB, 0).clip(3)
-    toks[np.arange(7)[None] >= lens[:, None]] = 0
-    scfg = SamplingConfig(max_new_tokens=12, greedy=True, temperature=0.0)
-    out = generate(params, cfg, toks, lens, jax.random.key(0), scfg)
+    toks, lens = _hf_prompts()
+    scfg = SamplingConfig(max_new_tokens=GREEDY_NEW, greedy=True, temperature=0.0)
+    out = generate(RolloutEnv(params, cfg, scfg), toks, lens, jax.random.key(0))
     for b in range(3):  # HF row by row (no padding): the reference
         ids = torch.tensor(toks[b : b + 1, : lens[b]], dtype=torch.long)
         with torch.no_grad():
-            ref = hf.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+            ref = hf.generate(ids, max_new_tokens=GREEDY_NEW, do_sample=False, pad_token_id=0)
         np.testing.assert_array_equal(np.asarray(out.tokens[b]), ref[0, lens[b] :].numpy())
-    np.testing.assert_array_equal(out.lengths, 12)
+    np.testing.assert_array_equal(out.lengths, GREEDY_NEW)
     np.testing.assert_array_equal(out.finish_reason, FINISH_LENGTH)
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3"])
+def test_windowed_continuations_from_the_trajectory_cache(variant):
+    """MC continuations that start from a trajectory's cache past the window (both decode
+    paths: the scanned `forward_cached` step and the unrolled one) reproduce the greedy
+    trajectory, which `test_greedy_matches_transformers` checks against transformers."""
+    from vinejax.model.hf import load_hf_model
+
+    cfg, params = load_hf_model(helpers_hf.cached_tiny(variant))
+    assert 0 < cfg.sliding_window < 2 + GREEDY_NEW // 2
+    toks, lens = _hf_prompts()
+    scfg = SamplingConfig(max_new_tokens=GREEDY_NEW, greedy=True, temperature=0.0)
+    rows, _, plen, tlen = assemble_rows(toks, lens, generate(RolloutEnv(params, cfg, scfg), toks, lens, jax.random.key(0)))
+    rows, plen = np.asarray(rows), np.asarray(plen)
+    pos = plen[:, None] + np.array([[1, 9, 14]])  # states 1, 9 and 14 tokens into each response
+    n = GREEDY_NEW - 14
+    for unroll in (True, False):
+        env = RolloutEnv(params, cfg, scfg.replace(max_new_tokens=n, unroll_layers=unroll))
+        out = continue_from_prefixes(env, rows, tlen, pos, jax.random.key(1), 1)
+        for b in range(3):
+            for s in range(3):
+                np.testing.assert_array_equal(out.tokens[b, s, 0], rows[b, pos[b, s] : pos[b, s] + n])
 
 
 # ----------------------------------------------------------------------------- distribution
@@ -104,7 +140,7 @@ def test_first_token_distribution(params, t, top_k, top_p):
     toks, lens = _prompts(b=1, p=5, lens=(5,))
     scfg = SamplingConfig(max_new_tokens=1, temperature=t, top_k=top_k, top_p=top_p)
     n = 8192
-    out = generate(params, CFG, toks, lens, jax.random.key(1), scfg, num_samples=n)
+    out = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(1), num_samples=n)
     counts = np.bincount(np.asarray(out.tokens[:, 0]), minlength=CFG.vocab_size)
     logits = np.asarray(llama.forward(params, CFG, jnp.asarray(toks))[0][0, lens[0] - 1])
     stat, df = _chi2(counts, _reference_dist(logits, t, top_k, top_p))
@@ -122,7 +158,7 @@ def test_first_token_distribution(params, t, top_k, top_p):
 def test_logprobs_match_separate_forward(params):
     toks, lens = _prompts(b=4, p=7, lens=(7, 5, 3, 1))
     scfg = SamplingConfig(max_new_tokens=10, temperature=0.7, top_p=0.9, eos_ids=(5,))
-    out = generate(params, CFG, toks, lens, jax.random.key(3), scfg)
+    out = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(3))
     rows, lp, plen, tlen = assemble_rows(toks, lens, out)
     logits = llama.forward(params, CFG, rows)[0]
     ref = jax.nn.log_softmax(logits / 0.7, axis=-1)
@@ -144,11 +180,11 @@ def test_logprobs_match_separate_forward(params):
 def test_eos_stop_sequences_and_length(params):
     toks, lens = _prompts(b=4, p=7, lens=(7, 4, 2, 6))
     base = SamplingConfig(max_new_tokens=12, greedy=True)
-    free = np.asarray(generate(params, CFG, toks, lens, jax.random.key(0), base).tokens)
+    free = np.asarray(generate(RolloutEnv(params, CFG, base), toks, lens, jax.random.key(0)).tokens)
     eos = (int(free[0, 3]),)
     stop = ((int(free[1, 4]), int(free[1, 5])),)
     scfg = base.replace(eos_ids=eos, stop_sequences=stop)
-    out = generate(params, CFG, toks, lens, jax.random.key(0), scfg, max_new=np.array([12, 12, 12, 2]))
+    out = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(0), max_new=np.array([12, 12, 12, 2]))
     budget = [12, 12, 12, 2]
     for b in range(4):  # reference: scan the unstopped greedy output
         exp_len, exp_fin = budget[b], FINISH_LENGTH
@@ -175,7 +211,7 @@ def _trajectories(params, n_new=10):
     toks, lens = _prompts(b=4, p=7, lens=(7, 4, 7, 2))
     toks[2] = toks[0]  # rows 0 and 2 share the prompt: their state 0 is deduplicated
     scfg = SamplingConfig(max_new_tokens=n_new, temperature=1.0, eos_ids=(7,))
-    out = generate(params, CFG, toks, lens, jax.random.key(4), scfg)
+    out = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(4))
     rows, _, plen, tlen = assemble_rows(toks, lens, out)
     plen, tlen = np.asarray(plen), np.asarray(tlen)
     frac = np.array([0.0, 0.3, 0.6, 1.0])
@@ -190,9 +226,8 @@ def test_continuations_greedy_equal_generate_from_prefix(params):
     scfg = SamplingConfig(max_new_tokens=8, greedy=True, eos_ids=(7,))
     budgets = np.full(pos.shape, 8)
     budgets[1] = 3
-    out = continue_from_prefixes(
-        params, CFG, rows, tlen, pos, jax.random.key(5), scfg, 2, state_mask=mask, budgets=budgets, max_rows_per_chunk=8
-    )
+    out = continue_from_prefixes(RolloutEnv(params, CFG, scfg, chunk_rows=8), rows, tlen, pos, jax.random.key(5), 2,
+                                 state_mask=mask, budgets=budgets)
     assert out.tokens.shape == (4, 4, 2, 8) and out.lengths.shape == (4, 4, 2)
     assert out.stats["unique_states"] < mask.sum()  # the shared prompt was expanded once
     for b in range(4):
@@ -201,24 +236,26 @@ def test_continuations_greedy_equal_generate_from_prefix(params):
                 assert np.all(out.lengths[b, s] == 0) and np.all(out.finish_reason[b, s] == FINISH_NONE)
                 continue
             p = pos[b, s]
-            ref = generate(params, CFG, rows[b : b + 1, :p], [p], jax.random.key(0), scfg, max_new=[budgets[b, s]])
+            ref = generate(RolloutEnv(params, CFG, scfg), rows[b : b + 1, :p], [p], jax.random.key(0),
+                           max_new=[budgets[b, s]])
             for k in range(2):
                 n = int(ref.lengths[0])
                 assert out.lengths[b, s, k] == n and out.finish_reason[b, s, k] == int(ref.finish_reason[0])
                 np.testing.assert_array_equal(out.tokens[b, s, k], np.asarray(ref.tokens[0]))
                 np.testing.assert_allclose(out.logprobs[b, s, k], np.asarray(ref.logprobs[0]), atol=2e-5)
-    empty = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(5), scfg, 2, state_mask=np.zeros(pos.shape, bool))
+    empty = continue_from_prefixes(RolloutEnv(params, CFG, scfg), rows, tlen, pos, jax.random.key(5), 2,
+                                   state_mask=np.zeros(pos.shape, bool))
     assert empty.tokens.shape == (4, 4, 2, 8) and empty.lengths.sum() == 0
 
 
 def test_continuations_sampled_differ_and_reproducible(params):
     rows, tlen, pos = _trajectories(params)
     scfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
-    a = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=8)
-    b = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=64)
-    c = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(7), scfg, 4, max_rows_per_chunk=8)
-    d = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(6), scfg, 4, max_rows_per_chunk=8,
-                               traj=trajectory_cache(params, CFG, rows, tlen, max_rows=2))  # its pass in groups of 2
+    a = continue_from_prefixes(RolloutEnv(params, CFG, scfg, chunk_rows=8), rows, tlen, pos, jax.random.key(6), 4)
+    b = continue_from_prefixes(RolloutEnv(params, CFG, scfg, chunk_rows=64), rows, tlen, pos, jax.random.key(6), 4)
+    c = continue_from_prefixes(RolloutEnv(params, CFG, scfg, chunk_rows=8), rows, tlen, pos, jax.random.key(7), 4)
+    d = Trajectories(RolloutEnv(params, CFG, scfg, chunk_rows=8), rows, tlen, cache_rows=2).continue_from(
+        pos, jax.random.key(6), 4)  # its cache pass in groups of 2
     np.testing.assert_array_equal(a.tokens, b.tokens)  # independent of chunking
     np.testing.assert_array_equal(a.tokens, d.tokens)  # and of the trajectory pass's grouping
     np.testing.assert_allclose(a.logprobs, d.logprobs, rtol=1e-5, atol=1e-5)
@@ -239,15 +276,15 @@ def test_continuations_sampled_differ_and_reproducible(params):
 def test_mesh_matches_single_device(params, shape):
     toks, lens = _prompts(b=3, p=7, lens=(7, 4, 2))
     scfg = SamplingConfig(max_new_tokens=8, greedy=True)
-    ref = generate(params, CFG, toks, lens, jax.random.key(0), scfg)
+    ref = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(0))
     rows, tlen, pos = _trajectories(params)
-    mc_ref = continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(1), scfg, 2)
+    mc_ref = continue_from_prefixes(RolloutEnv(params, CFG, scfg), rows, tlen, pos, jax.random.key(1), 2)
     mesh = sharding.make_mesh(shape)
     shard = sharding.tree_shardings(llama.param_logical_axes(CFG), llama.param_shapes(CFG), mesh)
     sparams = jax.device_put(params, shard)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        out = generate(sparams, CFG, toks, lens, jax.random.key(0), scfg)
-        mc = continue_from_prefixes(sparams, CFG, rows, tlen, pos, jax.random.key(1), scfg, 2)
+        out = generate(RolloutEnv(sparams, CFG, scfg), toks, lens, jax.random.key(0))
+        mc = continue_from_prefixes(RolloutEnv(sparams, CFG, scfg), rows, tlen, pos, jax.random.key(1), 2)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.lengths, ref.lengths)
     np.testing.assert_array_equal(mc.tokens, mc_ref.tokens)
@@ -258,16 +295,16 @@ def test_one_compile_per_bucket(params):
     t1, l1 = _prompts(b=5, p=10, lens=(10, 3, 5, 9, 1))
     t2, l2 = _prompts(b=7, p=12, lens=(12, 3, 5, 9, 1, 2, 11))
     with helpers_jax.count_compiles() as compiles:
-        generate(params, CFG, t1, l1, jax.random.key(0), scfg)
-        generate(params, CFG, t2, l2, jax.random.key(1), scfg)
+        generate(RolloutEnv(params, CFG, scfg), t1, l1, jax.random.key(0))
+        generate(RolloutEnv(params, CFG, scfg), t2, l2, jax.random.key(1))
     assert sum(n for name, n in compiles.items() if "generate" in name) == 1, compiles
 
 
 def test_scan_and_unrolled_decode_agree(params):
     toks, lens = _prompts(b=3, p=7, lens=(7, 4, 2))
     scfg = SamplingConfig(max_new_tokens=6, temperature=0.9, eos_ids=(5,))
-    a = generate(params, CFG, toks, lens, jax.random.key(8), scfg)
-    b = generate(params, CFG, toks, lens, jax.random.key(8), scfg.replace(unroll_layers=False))
+    a = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(8))
+    b = generate(RolloutEnv(params, CFG, scfg.replace(unroll_layers=False)), toks, lens, jax.random.key(8))
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
 

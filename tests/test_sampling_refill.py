@@ -13,6 +13,7 @@ from vinejax.sampling import (
     FINISH_LENGTH,
     FINISH_NONE,
     FINISH_STOP,
+    RolloutEnv,
     SamplingConfig,
     StopTable,
     assemble_rows,
@@ -42,16 +43,17 @@ def traj(params):
     toks[3] = toks[0]
     toks[np.arange(8)[None] >= lens[:, None]] = 0
     scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
-    out = generate(params, CFG, toks, lens, jax.random.key(1), scfg)
+    out = generate(RolloutEnv(params, CFG, scfg), toks, lens, jax.random.key(1))
     rows, _, plen, tlen = assemble_rows(toks, lens, out)
     plen, tlen = np.asarray(plen), np.asarray(tlen)
     pos = (plen[:, None] + np.floor(np.array([0.0, 0.3, 0.6, 0.9])[None] * (tlen - plen)[:, None])).astype(np.int32)
     return np.asarray(rows), tlen, pos
 
 
-def _mc(params, traj, scfg, k, **kw):
+def _mc(params, traj, scfg, k, state_mask=None, budgets=None, **env):
     rows, tlen, pos = traj
-    return continue_from_prefixes(params, CFG, rows, tlen, pos, jax.random.key(3), scfg, k, **kw)
+    return continue_from_prefixes(RolloutEnv(params, CFG, scfg, **env), rows, tlen, pos, jax.random.key(3), k,
+                                  state_mask=state_mask, budgets=budgets)
 
 
 def _same(a, b):
@@ -70,12 +72,12 @@ def test_refill_matches_chunks_for_any_slots_and_refill_rate(params, traj):
     budgets[2, 1] = 1
     scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
     kw = dict(state_mask=mask, budgets=budgets)
-    ref = _mc(params, traj, scfg, 3, schedule="chunks", max_rows_per_chunk=8, **kw)
+    ref = _mc(params, traj, scfg, 3, schedule="chunks", chunk_rows=8, **kw)
     fin = set(np.unique(ref.finish_reason[mask]).tolist())
     assert {FINISH_EOS, FINISH_LENGTH} <= fin  # rows end at different steps: refill has work to do
     assert ref.lengths[2, 1].tolist() == [1, 1, 1] and np.all(ref.lengths[1][mask[1]] <= 5)
     for slots, refills in [(8, 1), (8, 8), (16, 2), (128, None)]:
-        out = _mc(params, traj, scfg, 3, schedule="refill", max_rows_per_chunk=slots, refills_per_step=refills, **kw)
+        out = _mc(params, traj, scfg, 3, schedule="refill", chunk_rows=slots, refills_per_step=refills, **kw)
         _same(out, ref)
         assert out.stats["chunks"] == 1 and out.stats["rows"] == ref.stats["rows"]
         assert out.stats["slots"] == min(slots, bucket(ref.stats["rows"]))  # never more slots than (bucketed) rows
@@ -85,11 +87,11 @@ def test_refill_matches_chunks_for_any_slots_and_refill_rate(params, traj):
 def test_refill_greedy_equals_generate_from_each_prefix(params, traj):
     rows, tlen, pos = traj
     scfg = SamplingConfig(max_new_tokens=10, greedy=True, eos_ids=EOS)
-    out = _mc(params, traj, scfg, 1, max_rows_per_chunk=8, refills_per_step=2)
+    out = _mc(params, traj, scfg, 1, chunk_rows=8, refills_per_step=2)
     for b in range(len(rows)):
         for s in range(pos.shape[1]):
             p = pos[b, s]
-            one = generate(params, CFG, rows[b : b + 1, :p], [p], jax.random.key(0), scfg)
+            one = generate(RolloutEnv(params, CFG, scfg), rows[b : b + 1, :p], [p], jax.random.key(0))
             n = int(one.lengths[0])
             assert out.lengths[b, s, 0] == n and out.finish_reason[b, s, 0] == int(one.finish_reason[0])
             np.testing.assert_array_equal(out.tokens[b, s, 0], np.asarray(one.tokens[0]))
@@ -106,13 +108,13 @@ def test_stop_automaton_restarts_for_every_refilled_row(params, traj):
         table[c] = c - 1 if c > 1 else STOPPED
     stops = StopTable(next_state=table)
     scfg = SamplingConfig(max_new_tokens=6, temperature=1.0)
-    out = _mc(params, traj, scfg, 4, max_rows_per_chunk=8, refills_per_step=3, stops=stops)
+    out = _mc(params, traj, scfg, 4, chunk_rows=8, refills_per_step=3, stops=stops)
     first = out.tokens[..., 0]
     want = np.minimum(g[first], 6)
     np.testing.assert_array_equal(out.lengths, want)
     np.testing.assert_array_equal(out.finish_reason, np.where(g[first] <= 6, FINISH_STOP, FINISH_LENGTH))
     assert out.stats["rows"] > 8 * 4  # every slot was refilled several times
-    _same(out, _mc(params, traj, scfg, 4, schedule="chunks", max_rows_per_chunk=8, stops=stops))
+    _same(out, _mc(params, traj, scfg, 4, schedule="chunks", chunk_rows=8, stops=stops))
 
 
 def test_per_state_counts_take_the_first_samples_of_fixed_k(params, traj):
@@ -121,8 +123,8 @@ def test_per_state_counts_take_the_first_samples_of_fixed_k(params, traj):
     counts = np.random.RandomState(2).randint(0, 5, pos.shape)
     counts[0, 0], counts[3, 0] = 2, 3  # one shared prompt, two different counts
     counts[1, 2] = 0
-    full = _mc(params, traj, scfg, 4, max_rows_per_chunk=8)
-    out = _mc(params, traj, scfg, counts, max_rows_per_chunk=8)
+    full = _mc(params, traj, scfg, 4, chunk_rows=8)
+    out = _mc(params, traj, scfg, counts, chunk_rows=8)
     assert out.tokens.shape == full.tokens.shape
     for b in range(pos.shape[0]):
         for s in range(pos.shape[1]):
@@ -141,8 +143,8 @@ def test_per_state_counts_take_the_first_samples_of_fixed_k(params, traj):
 
 def test_live_fraction_refill_above_chunks_and_consistent(params, traj):
     scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
-    chunks = _mc(params, traj, scfg, 6, schedule="chunks", max_rows_per_chunk=16)
-    refill = _mc(params, traj, scfg, 6, max_rows_per_chunk=16)
+    chunks = _mc(params, traj, scfg, 6, schedule="chunks", chunk_rows=16)
+    refill = _mc(params, traj, scfg, 6, chunk_rows=16)
     for out in (chunks, refill):
         st = out.stats
         uid, rep = unique_prefixes(traj[0], traj[2])

@@ -17,6 +17,7 @@ from vinejax.model.config import ModelConfig
 from vinejax.sampling import (
     FINISH_LENGTH,
     FINISH_STOP,
+    RolloutEnv,
     SamplingConfig,
     StopTable,
     cut_at_stop,
@@ -212,8 +213,8 @@ def test_generate_stops_on_text(toks, name):
     table = stop_automaton(tok, [STOP], vocab_size=cfg.vocab_size)
     scfg = SamplingConfig(max_new_tokens=20, temperature=1.0, eos_ids=(tok.eos_token_id,))
     prompt = np.array([[tok.bos_token_id]], np.int32)
-    run = lambda states: generate(params, cfg, prompt, [1], jax.random.key(3), scfg, num_samples=256,
-                                  stops=StopTable(states))
+    run = lambda states: generate(RolloutEnv(params, cfg, scfg, stops=StopTable(states)), prompt, [1],
+                                  jax.random.key(3), num_samples=256)
     out = run(table.next_state)
     free = run(np.zeros_like(table.next_state))  # a table that never fires (same shapes: no new compile)
     tokens, lengths, finish = np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.finish_reason)
@@ -240,8 +241,8 @@ def test_table_must_cover_the_model_vocab(toks):
     tok = toks["byte_level"]
     cfg, params = walk_model(len(tok) + 8, {})
     with pytest.raises(ValueError, match="does not cover"):
-        generate(params, cfg, np.array([[1]], np.int32), [1], jax.random.key(0), SamplingConfig(max_new_tokens=2),
-                 stops=stop_automaton(tok, [STOP]))
+        generate(RolloutEnv(params, cfg, SamplingConfig(max_new_tokens=2), stops=stop_automaton(tok, [STOP])),
+                 np.array([[1]], np.int32), [1], jax.random.key(0))
     padded = stop_automaton(tok, [STOP], vocab_size=cfg.vocab_size)
     assert padded.vocab_size == cfg.vocab_size
     assert np.all(padded.next_state[:, len(tok):] == np.arange(len(STOP) + 1)[:, None])  # no text: state kept

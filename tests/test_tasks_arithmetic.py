@@ -103,8 +103,8 @@ def test_char_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
 
 
 def test_registry():
-    assert set(KNOWN_TASKS) == {"gsm8k", "math", "arithmetic"}
-    with pytest.raises(ValueError, match="gsm8k, math, arithmetic"):
+    assert set(KNOWN_TASKS) == {"gsm8k", "math", "arithmetic", "jsonl"}
+    with pytest.raises(ValueError, match="gsm8k, math, arithmetic, jsonl"):
         get_task("mmlu")
     math = get_task("math")
     assert math.prompt("What is $1+1$?") == "[MATH_TASK] Problem:\nWhat is $1+1$?\n\nSolution:"
@@ -118,5 +118,5 @@ def test_registry():
     assert isinstance(rewards, np.ndarray) and rewards.dtype == np.float32 and rewards.tolist() == [1.0] * 5
     assert task.grader == "strict" and get_task("math").grader == get_task("gsm8k").grader == "vineppo"
     assert get_task("math", grader="strict").grader == "strict"
-    with pytest.raises(ValueError, match="unknown grader 'official' for task 'math'; known graders: vineppo, strict"):
+    with pytest.raises(ValueError, match="'task.options.grader' is 'official': task 'math' has the graders vineppo"):
         get_task("math", grader="official")

@@ -82,6 +82,10 @@ def test_paper_shapes_have_the_published_sizes():
     deepseek = shapes.built_in_config("deepseek7b", base_config())
     layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
     assert shapes.param_count(deepseek) == 30 * layer + 2 * 102400 * 4096 + 4096
+    for name, non_embedding in (("qwen3-1.7b", 1.4e9), ("qwen3-8b", 6.95e9)):  # Qwen3's model cards
+        qwen = shapes.built_in_config(name, base_config())
+        embeddings = qwen.vocab_size * qwen.hidden_size * (1 if qwen.tie_word_embeddings else 2)
+        assert qwen.qk_norm == "head" and abs(shapes.param_count(qwen) - embeddings - non_embedding) < 0.01e9
     with pytest.raises(ValueError, match="unknown model shape 'llama70b'"):
         shapes.built_in_config("llama70b", base_config())
 

@@ -12,12 +12,13 @@ from vinejax import sampling
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.rl import adaptive
+from vinejax.sampling import mc
 from vinejax.tasks import arithmetic, get_task
 from vinejax.tasks.base import Task
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.train import encode
 from vinejax.train.episodes import Episodes, episode_steps
-from vinejax.train.values import adaptive_rollouts, next_increment
+from vinejax.train.values import StepStates, adaptive_rollouts, next_increment
 
 TOKENIZER = build_char_tokenizer(arithmetic.ALPHABET)
 GOOD = set("13579")  # a continuation succeeds when the text then ends in an odd digit
@@ -72,9 +73,10 @@ def setup():
 
 
 def run(setup, seed, acfg=ACFG, budget=0.0, rows=0):
-    return adaptive_rollouts(setup["params"], CFG, TOKENIZER, TASK, setup["ep"], setup["starts"], setup["num_steps"],
-                             setup["rewards"], jax.random.key(seed), SCFG, acfg, cap=-1, chunk_rows=32, workers=0,
-                             context_size=200, budget_per_state=budget, trajectory_rows=rows)
+    env = sampling.RolloutEnv(setup["params"], CFG, SCFG, context_size=200, chunk_rows=32, tokenizer=TOKENIZER,
+                              task=TASK, grade_workers=0, batch_rows=rows)
+    states = StepStates.of(setup["starts"], setup["num_steps"])
+    return adaptive_rollouts(env, setup["ep"], states, setup["rewards"], jax.random.key(seed), acfg, budget)
 
 
 def test_states_span_settled_and_uncertain(setup):
@@ -169,8 +171,8 @@ def test_episode_groups_run_their_rounds_alone(setup, monkeypatch):
     the same distinct states as one pass, and each group's decisions those of the reference on
     the outcomes it drew, with tiers from its own episodes."""
     cached_rows = []
-    real_cache = sampling.trajectory_cache
-    monkeypatch.setattr(sampling, "trajectory_cache",
+    real_cache = mc.trajectory_cache
+    monkeypatch.setattr(mc, "trajectory_cache",
                         lambda params, cfg, tokens, *a, **k: cached_rows.append(len(tokens)) or real_cache(
                             params, cfg, tokens, *a, **k))
     res, metrics = run(setup, 1, rows=4)

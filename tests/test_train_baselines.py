@@ -141,13 +141,13 @@ def numbers(records):
 
 
 def run_killed_then_resumed(cfg, monkeypatch, *kill_whens):
-    """Run `cfg`, killed after the first checkpoint whose meta satisfies `kill_whens[0]`; resume it,
-    killed at the next predicate's checkpoint, and so on; then resume it to the end."""
+    """Run `cfg`, killed after the first checkpoint whose progress satisfies `kill_whens[0]`; resume
+    it, killed at the next predicate's checkpoint, and so on; then resume it to the end."""
     real_save = Checkpointer.save
     for kill_when in kill_whens:
         def save_then_die(self, step, state, meta, wait=True, kill_when=kill_when):
             real_save(self, step, state, meta, wait)
-            if kill_when(meta):
+            if kill_when(meta["progress"]):
                 raise KeyboardInterrupt(f"simulated kill after saving {meta}")
 
         monkeypatch.setattr(Checkpointer, "save", save_then_die)
@@ -191,8 +191,9 @@ def test_restem_learns_selects_and_resumes_exactly(tmp_path, monkeypatch):
     assert moved > 1e-4
 
     resumed = baseline_config(tmp_path / "b", "restem", **{"restem.early_stop": "best"})
-    run_killed_then_resumed(resumed, monkeypatch, lambda m: m["phase"] == "sample" and m["iteration"] == 1,  # between
-                            lambda m: m["phase"] == "train" and m["step"] == 2)  # mid-iteration 1, after a candidate
+    run_killed_then_resumed(resumed, monkeypatch,
+                            lambda p: p["phase"] == "sample" and p["position"] == 1,  # between iterations
+                            lambda p: p["phase"] == "train" and p["step"] == 2)  # mid-iteration 1, after a candidate
     for a, b in zip(jax.tree.leaves(exported_params(straight)), jax.tree.leaves(exported_params(resumed))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert numbers(read_metrics(resumed)) == numbers(records)
@@ -220,15 +221,18 @@ def test_dpo_trains_from_the_reference_and_resumes_exactly(tmp_path, monkeypatch
     before = initial_params(straight)
     loop.run(straight)
     records = read_metrics(straight)
-    first = next(r for r in records if r["iteration"] == 1)
+    steps = [r for r in records if "dpo_loss" in r]
+    first, last = steps[0], steps[-1]
+    assert first["iteration"] == 1
     # Step 1 runs the reference itself: the stored sums equal the policy's, so z = 0 and ℓ = log 2.
     assert first["dpo_loss"] == pytest.approx(np.log(2), abs=1e-4)
     assert abs(first["chosen_reward"]) < 1e-3 and abs(first["rejected_reward"]) < 1e-3
-    last = records[-1]
-    assert last["iteration"] == records[0]["dpo/pairs"] // 4 * 2 == last["train/gradient_steps"]
+    pairs = next(r["dpo/pairs"] for r in records if "dpo/pairs" in r)
+    assert last["iteration"] == pairs // 4 * 2 == last["train/gradient_steps"] == records[-1]["iteration"]
     assert last["dpo_margin"] > first["dpo_margin"] and last["dpo_loss"] < first["dpo_loss"]
     assert [r["iteration"] for r in records if "eval/accuracy" in r] == \
         [0] + [s for s in range(1, last["iteration"] + 1) if s % 3 == 0 or s == last["iteration"]]
+    assert [r["iteration"] for r in records if "dpo/pairs" in r] == [0]  # the round, sampled once
     for r in records:
         assert all(np.isfinite(v) for v in r.values() if isinstance(v, float)), r
     moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
@@ -236,7 +240,7 @@ def test_dpo_trains_from_the_reference_and_resumes_exactly(tmp_path, monkeypatch
     assert moved > 1e-4
 
     resumed = baseline_config(tmp_path / "b", "dpo_positive")
-    run_killed_then_resumed(resumed, monkeypatch, lambda m: m["step"] == 3)
+    run_killed_then_resumed(resumed, monkeypatch, lambda p: p["position"] == 3)
     for a, b in zip(jax.tree.leaves(exported_params(straight)), jax.tree.leaves(exported_params(resumed))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert numbers(read_metrics(resumed)) == numbers(records)

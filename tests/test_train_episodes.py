@@ -54,10 +54,9 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
     wrong = encode.encode_text(TOKENIZER, "#### 99999") + [TOKENIZER.eos_token_id]
     seen = {}
 
-    def fake_continue(params, cfg, tokens, lengths, positions, rng, scfg, num, *, state_mask, budgets,
-                      max_rows_per_chunk, stops=None, trajectory_rows=0):
+    def fake_continue(env, tokens, lengths, positions, rng, num, *, state_mask, budgets):
         b, s = positions.shape
-        n = scfg.max_new_tokens
+        n = env.scfg.max_new_tokens
         out_tok = np.zeros((b, s, num, n), np.int32)
         out_len = np.zeros((b, s, num), np.int32)
         finish = np.zeros((b, s, num), np.int32)
@@ -80,8 +79,9 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
     monkeypatch.setattr(sampling, "continue_from_prefixes", fake_continue)
     scfg = sampling_config(TOKENIZER, 1.0, 1.0, 40)
     context = 60
-    rewards, mask, _ = values.mc_rewards(None, None, TOKENIZER, TASK, ep, starts, num_steps, jax.random.key(0),
-                                         scfg, k, cap=-1, chunk_rows=64, workers=0, context_size=context)
+    env = sampling.RolloutEnv(None, None, scfg, context_size=context, chunk_rows=64, tokenizer=TOKENIZER, task=TASK,
+                              grade_workers=0)
+    rewards, mask, _ = values.mc_rewards(env, ep, values.StepStates.of(starts, num_steps), jax.random.key(0), k)
     assert rewards.shape == mask.shape == (3, starts.shape[1], k)
     for r in range(3):
         assert mask[r, :num_steps[r]].all() and not mask[r, num_steps[r]:].any()
@@ -110,11 +110,12 @@ def test_late_state_continuation_gets_the_full_budget_and_matches_generate():
     left = episode_len - late  # what the episode's own budget leaves the late state
     greedy = sampling.SamplingConfig(max_new_tokens=max_new, greedy=True, eos_ids=(), pad_id=0)
     prompt = encode.encode_prompt(TOKENIZER, "12+7\n")
-    full = sampling.generate(params, cfg, np.array([prompt]), np.array([len(prompt)]), jax.random.key(0), greedy)
+    env = sampling.RolloutEnv(params, cfg, greedy, context_size=100, chunk_rows=8, grade_workers=0)
+    full = sampling.generate(env, np.array([prompt]), np.array([len(prompt)]), jax.random.key(0))
     episode = prompt + np.asarray(full.tokens[0, :episode_len]).tolist()  # an episode cut by length
     prefix = episode[: len(prompt) + late]
-    cont = np.asarray(sampling.generate(params, cfg, np.array([prefix]), np.array([len(prefix)]),
-                                        jax.random.key(0), greedy).tokens[0]).tolist()
+    cont = np.asarray(sampling.generate(env, np.array([prefix]), np.array([len(prefix)]), jax.random.key(0)).tokens[0])
+    cont = cont.tolist()
     # EOS := a token whose first occurrence lies beyond what the episode's budget leaves
     eos = next(t for j, t in enumerate(cont) if j >= left and t not in cont[:j])
     scfg = greedy.replace(eos_ids=(eos,))
@@ -126,10 +127,10 @@ def test_late_state_continuation_gets_the_full_budget_and_matches_generate():
                   finish_reason=np.array([sampling.FINISH_LENGTH], np.int32), texts=[""], problems=[problem],
                   problem_index=np.zeros(1, np.int32))
     starts = np.array([[len(prompt), len(prefix)]], np.int32)
-    rewards, mask, stats = values.mc_rewards(params, cfg, TOKENIZER, task, ep, starts, np.array([2], np.int32),
-                                             jax.random.key(2), scfg, 2, cap=-1, chunk_rows=8, workers=0,
-                                             context_size=100)
-    alone = sampling.generate(params, cfg, np.array([prefix]), np.array([len(prefix)]), jax.random.key(3), scfg)
+    env = env.replace(scfg=scfg, tokenizer=TOKENIZER, task=task)
+    rewards, mask, stats = values.mc_rewards(env, ep, values.StepStates.of(starts, np.array([2], np.int32)),
+                                             jax.random.key(2), 2)
+    alone = sampling.generate(env, np.array([prefix]), np.array([len(prefix)]), jax.random.key(3))
     finished = float(int(alone.finish_reason[0]) == sampling.FINISH_EOS)
     assert finished == 1.0 and int(alone.lengths[0]) > left  # needs more than the episode's budget leaves
     np.testing.assert_array_equal(rewards[0, 1], [finished, finished])  # unfinished would score 0
@@ -206,9 +207,11 @@ def test_mc_in_episode_groups_equals_one_pass_greedy():
     task = Task(name="parity", grade=None, split_steps=None, loader=None, stop_strings=(),
                 grade_batch=lambda texts, answers, num_workers=0: np.array([len(t) % 2 for t in texts], np.float32))
     greedy = sampling.SamplingConfig(max_new_tokens=8, greedy=True, eos_ids=(TOKENIZER.eos_token_id,), pad_id=0)
-    run = lambda rows, host=None: values.mc_rewards(params, cfg, TOKENIZER, task, ep, starts, np.full(5, 2, np.int32),
-                                                    jax.random.key(2), greedy, 2, cap=-1, chunk_rows=8, workers=0,
-                                                    context_size=100, trajectory_rows=rows, host=host)
+    env = sampling.RolloutEnv(params, cfg, greedy, context_size=100, chunk_rows=8, tokenizer=TOKENIZER, task=task,
+                              grade_workers=0)
+    states = values.StepStates.of(starts, np.full(5, 2, np.int32))
+    run = lambda rows, host=None: values.mc_rewards(env.replace(batch_rows=rows), ep, states, jax.random.key(2), 2,
+                                                    host=host)
     whole, mask, stats = run(0)
     grouped, mask_g, stats_g = run(2)  # groups of 2, 2 and 1 episodes
     np.testing.assert_array_equal(grouped, whole)

@@ -20,14 +20,15 @@ from vinejax.train.stage import RunError
 
 
 def nan_from_iteration(start: int):
-    """The odd-length reward, NaN from iteration `start` on (counts calls on the iteration's 8 episodes)."""
+    """The odd-length reward, non-finite (inf) from iteration `start` on (counts calls on the
+    iteration's 8 episodes). Not NaN: a NaN grade is a grade that raised, scored 0 and counted."""
     calls = {"n": 0}
 
     def grade(responses, problems, num_workers=0):
         rewards = reward_odd_length(responses, problems)
         if len(responses) == 8:
             calls["n"] += 1
-        return rewards * np.nan if calls["n"] > start else rewards
+        return rewards + np.inf if calls["n"] > start else rewards
 
     return grade
 
@@ -171,15 +172,21 @@ def test_wandb_offline_logs_the_same_metric_names(tmp_path, monkeypatch):
     assert [k for k in keys if k not in blob] == []
 
 
-def test_lines_of_an_attempt_killed_before_its_first_checkpoint_are_dropped(tmp_path):
+def test_lines_of_an_attempt_killed_before_its_first_checkpoint_are_dropped(tmp_path, monkeypatch):
     """A run killed before any checkpoint restarts from scratch: the lines it logged are dropped
-    (they would otherwise appear twice, e.g. two iteration-0 evaluations with different clocks)."""
+    (they would otherwise appear twice, e.g. two iteration-0 evaluations with different clocks),
+    and so is a last line cut short by the kill."""
     from vinejax.train.metrics import MetricsWriter
-    from vinejax.train.stage import resume
 
-    writer = MetricsWriter(str(tmp_path))
+    monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
+    cfg = tiny_config(tmp_path, "grpo", iterations=1, **{"train.export_hf": False})
+    writer = MetricsWriter(cfg.output_dir)
     writer.write(0, {"eval/accuracy": 0.5, "time/eval": 300.0})
     writer.write_samples(0, [{"reward": 1.0, "finish": "eos", "answer": "2", "gold": "2", "response": "1+1=2"}])
-    state, meta = resume(Checkpointer(str(tmp_path / "checkpoints")), {"w": np.zeros(2)}, True, writer)
-    assert meta == {} and writer.num_records() == 0
-    assert open(os.path.join(tmp_path, "samples.jsonl")).read().strip() == ""
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") as f:
+        f.write('{"iteration": 0, "rewa')
+    loop.run(cfg)
+    records = read_metrics(cfg)
+    assert [r["iteration"] for r in records] == [0] and "eval/accuracy" not in records[0]
+    with open(os.path.join(cfg.output_dir, "samples.jsonl")) as f:
+        assert all(json.loads(line)["response"] != "1+1=2" for line in f)

@@ -1,6 +1,8 @@
 """Two processes on localhost (jax.distributed, gloo collectives), 4 fake CPU devices each, one
-8-device mesh: VinePPO and PPO give the losses and exported params of one process with 8 devices,
-and a run killed on both processes after iteration 1 resumes to the uninterrupted result.
+8-device mesh: VinePPO and PPO give the losses and exported params of one process with 8 devices;
+a run killed on both processes after iteration 1 resumes to the uninterrupted result; and a SIGTERM
+to one process stops both at the same step (JAX's preemption sync), each saving its shards of one
+checkpoint, and both resume to the uninterrupted result.
 
 The processes run tests/multiprocess_child.py; the single-process reference runs the same script
 with the same XLA flags, so only the process layout differs.
@@ -16,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from multiprocess_child import READY_TO_KILL, run_config
+from multiprocess_child import PREEMPTED, READY_TO_KILL, run_config
 from safetensors import safe_open
 from test_train_loop import initial_params, read_metrics
 from xla_flags import FAST_COMPILE
@@ -55,14 +57,14 @@ class Launch:
                     stderr=subprocess.STDOUT))
         self.started = time.time()
 
-    def wait(self, kill_on: str = "") -> float:
-        """Wait until every process exits with 0, or (with `kill_on`) until every log shows
+    def wait(self, kill_on: str = "", status: int = 0) -> float:
+        """Wait until every process exits with `status`, or (with `kill_on`) until every log shows
         `kill_on` and then SIGKILL them all; fail with the logs' tails as soon as one process
         fails or after TIMEOUT_S (with every process's Python stacks). Returns the launch's
         wall-clock seconds."""
         ready = False
         while any(p.poll() is None for p in self.procs) and not ready:
-            failed = any(p.poll() not in (None, 0) for p in self.procs)
+            failed = any(p.poll() not in (None, status) for p in self.procs)
             ready = bool(kill_on) and all(kill_on in self.output(i) for i in range(len(self.procs)))
             timed_out = time.time() - self.started > TIMEOUT_S
             if failed or ready or timed_out:
@@ -75,7 +77,7 @@ class Launch:
                     p.wait()
             time.sleep(0.5)
         codes = [p.returncode for p in self.procs]
-        if not ready and codes != [0] * len(codes):
+        if not ready and codes != [status] * len(codes):
             tails = "\n".join(f"--- {log} (exit {c}):\n{self.tail(log)}" for log, c in zip(self.logs, codes))
             pytest.fail(f"a process failed or timed out (exit codes {codes})\n{tails}")
         return time.time() - self.started
@@ -124,7 +126,17 @@ def test_two_processes_equal_one_and_resume_exactly(tmp_path):
                    "--kill-after-iteration", "1")
     seconds = {"reference": reference.wait(), "two processes": first.wait(kill_on=READY_TO_KILL)}
     assert not os.path.exists(killed / "vineppo" / "hf")
-    resumed = Launch(killed / "logs", [killed / "vineppo"], 2, 4, cache, "--check-divergence")
+    # SIGTERM to process 1 only, during iteration 0's training: both stop at the same safe point.
+    preempted = tmp_path / "preempted"
+    sigterm = Launch(preempted / "logs", [preempted / "vineppo"], 2, 4, cache, "--checkpoint-every", "5",
+                     "--sigterm-process", "1")
+    seconds["preempted"] = sigterm.wait(status=75)
+    stops = [sigterm.output(i).split(PREEMPTED + " ")[1].split()[0] for i in range(2)]
+    assert stops[0] == stops[1] in ("1", "2"), stops  # the same step on both hosts (iteration 0's end, or 1's)
+    assert sorted(os.listdir(preempted / "vineppo" / "checkpoints")) == [stops[0]]  # one checkpoint, complete
+    assert all(f"(preempted (a preemption notice): stopped at iteration {stops[0]} " in sigterm.output(i) for i in range(2))
+    assert not os.path.exists(preempted / "vineppo" / "hf")
+    resumed = Launch(killed / "logs", [killed / "vineppo", preempted / "vineppo"], 2, 4, cache, "--check-divergence")
     seconds["resumed"] = resumed.wait()
     print("launch seconds:", seconds)
     assert "resumed from checkpoint 1 " in resumed.output(0)
@@ -151,8 +163,11 @@ def test_two_processes_equal_one_and_resume_exactly(tmp_path):
 
     # Killed after iteration 1 and restarted on both processes: the uninterrupted run's result.
     assert sorted(os.listdir(killed / "vineppo" / "checkpoints")) == ["1", "2"]
-    assert_params_close(exported(killed / "vineppo"), exported(two / "vineppo"), atol=0)
-    straight, restarted = read_metrics(run_config(str(two / "vineppo"))), read_metrics(run_config(str(killed / "vineppo")))
-    assert [r["iteration"] for r in restarted] == [0, 1]
-    for s, r in zip(straight, restarted):
-        assert_metrics_match(s, r, COMPARED + ("mc/num_states",))
+    assert f"resumed from checkpoint {stops[0]} " in resumed.output(0)
+    straight = read_metrics(run_config(str(two / "vineppo")))
+    for run in (killed, preempted):
+        assert_params_close(exported(run / "vineppo"), exported(two / "vineppo"), atol=0)
+        restarted = read_metrics(run_config(str(run / "vineppo")))
+        assert [r["iteration"] for r in restarted] == [0, 1]  # each iteration logged once
+        for s, r in zip(straight, restarted):
+            assert_metrics_match(s, r, COMPARED + ("mc/num_states",))

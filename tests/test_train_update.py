@@ -53,8 +53,8 @@ def _step(params, batch, micro, lr=1e-2):
     opt_state = optimizer.init(params)
     mb = jax.tree.map(lambda x: x.reshape((micro, x.shape[0] // micro) + x.shape[1:]), batch)
     return update.policy_step(jax.tree.map(jnp.copy, params), opt_state, mb, model_cfg=MODEL,
-                              loss_cfg=PolicyLossConfig(kl_coef=0.0), optimizer=optimizer, temperature=1.0,
-                              whiten=False)
+                              loss_cfg=PolicyLossConfig(kl_coef=0.0, whiten=False), optimizer=optimizer,
+                              temperature=1.0)
 
 
 def test_ratio_rule_zeroes_one_micro_batch_and_still_steps():
@@ -117,8 +117,8 @@ def test_micro_batch_token_mean_weighs_each_micro_batch_equally():
     def step(b, token_mean):
         mb = jax.tree.map(lambda x: x.reshape((4, 2) + x.shape[1:]), b)
         return update.policy_step(jax.tree.map(jnp.copy, params), optimizer.init(params), mb, model_cfg=MODEL,
-                                  loss_cfg=PolicyLossConfig(kl_coef=0.0), optimizer=optimizer, temperature=1.0,
-                                  whiten=False, token_mean=token_mean)
+                                  loss_cfg=PolicyLossConfig(kl_coef=0.0, whiten=False, token_mean=token_mean),
+                                  optimizer=optimizer, temperature=1.0)
 
     p_micro, _, _ = step(batch, "micro_batch")
     p_scaled, _, _ = step(batch.replace(advantages=batch.advantages * scale), "batch")

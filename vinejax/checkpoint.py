@@ -4,18 +4,20 @@ A checkpoint holds a pytree `state` (params, optimizer state(s), ...) and a JSON
 (iteration, elapsed time). Orbax writes into a temporary folder and renames it when complete, so
 a run killed mid-save resumes from the previous checkpoint. A save that fails raises
 `CheckpointError` naming the folder and step (earlier checkpoints stay intact); a checkpoint that
-cannot be restored is moved aside (never deleted) and the one before it is used.
+cannot be restored is moved aside (never deleted) and the one before it is used. The folder may
+be a bucket URL (`gs://...`): orbax writes the arrays through tensorstore's own client.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from vinejax import paths
 
 
 class CheckpointError(RuntimeError):
@@ -26,7 +28,7 @@ class Checkpointer:
     """Save / restore training state in `directory`, keeping the newest `keep` checkpoints."""
 
     def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.display(directory)
         self.keep = keep
         self._manager = self._open()
 
@@ -43,9 +45,12 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict, wait: bool = True) -> None:
-        """Write `state` (pytree of arrays) and `meta` (JSON-able dict) as checkpoint `step`."""
+        """Write `state` (pytree of arrays) and `meta` (JSON-able dict) as checkpoint `step`
+        (replacing a checkpoint of that step: the same state, with later meta)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
+            if step in self._manager.all_steps():
+                self._manager.delete(step)
             self._manager.save(step, args=args, force=True)
             if wait:
                 self._manager.wait_until_finished()
@@ -91,9 +96,8 @@ class Checkpointer:
                 return (step, *self.restore(step, target))
             except Exception as error:
                 aside = os.path.join(self.directory + ".damaged", f"{step}-{int(time.time())}")
-                os.makedirs(os.path.dirname(aside), exist_ok=True)
                 self._manager.close()
-                shutil.move(os.path.join(self.directory, str(step)), aside)
+                paths.move(os.path.join(self.directory, str(step)), aside)
                 self._manager = self._open()
                 warn(f"warning: checkpoint {step} in {self.directory} could not be restored "
                      f"({type(error).__name__}); moved to {aside}; trying the previous one")

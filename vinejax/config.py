@@ -11,97 +11,104 @@ from typing import Any
 
 import ml_collections
 
+from vinejax.errors import ConfigError
 from vinejax.rl import adaptive as adaptive_lib
+from vinejax.rl.losses import AGGREGATIONS
 from vinejax.sharding import MESH_AXES, data_parallel_size, resolve_mesh_shape
 from vinejax.tasks.data import SPLITS
 
-ALGORITHMS = ("sft", "vineppo", "ppo", "grpo", "rloo", "restem", "dpo_positive")
+STAGES = ("sft", "restem", "dpo_positive")  # algos with a stage of their own; any other is the RL stage's estimator
 BASELINES = ("restem", "dpo_positive")  # RL-free baselines: their own sections, not ppo.*
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or impossible."""
+ESTIMATORS = ("vineppo", "ppo", "grpo", "rloo")  # built in (`vinejax.train.estimators`); or "package.module:Name"
+ALGORITHMS = ("sft",) + ESTIMATORS + BASELINES
 
 
 def base_config() -> ml_collections.ConfigDict:
     """The complete, locked schema with default values."""
     c = ml_collections.ConfigDict()
-    c.algo = "vineppo"
-    c.seed = 0
-    c.output_dir = "runs/default"
+    c.algo = "vineppo"  # sft, restem, dpo_positive, or an RL estimator: vineppo, ppo, grpo, rloo, "pkg.module:Name"
+    c.seed = 0  # seeds the problem draw, sampling, MC continuations and the epoch order
+    c.output_dir = "runs/default"  # run folder: config.json, metrics.jsonl, samples.jsonl, checkpoints/, hf/
     c.resume = True  # continue from the newest checkpoint in output_dir when there is one
+    c.import_dir = ""  # folder searched first for plug-ins "pkg.module:name" (task.name, algo); "" = the config file's
 
-    c.model = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()  # the policy: an HF folder, a previous run, or a tiny random Llama
     c.model.hf_path = ""  # HF folder (config.json + safetensors + tokenizer); "" = tiny random model
     c.model.init_from = ""  # a previous run's output_dir (e.g. the SFT stage) to start from
     c.model.tokenizer_path = ""  # "" = hf_path, or the task's own tokenizer for tiny models
     c.model.hidden_size = 128  # tiny random model shape (used when hf_path is "")
-    c.model.num_layers = 4
-    c.model.num_heads = 4
-    c.model.num_kv_heads = 4
-    c.model.intermediate_size = 512
-    c.model.max_position_embeddings = 256
+    c.model.num_layers = 4  # tiny random model: decoder layers
+    c.model.num_heads = 4  # tiny random model: attention heads
+    c.model.num_kv_heads = 4  # tiny random model: key/value heads (GQA)
+    c.model.intermediate_size = 512  # tiny random model: MLP width
+    c.model.max_position_embeddings = 256  # tiny random model: positions
     c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
-    c.model.param_dtype = "float32"
-    c.model.remat = False
+    c.model.param_dtype = "float32"  # parameter (and optimizer moment) dtype
+    c.model.remat = False  # recompute activations in the backward pass (gradient checkpointing)
     c.model.context_size = -1  # tokens a prompt + response may hold besides BOS (paper: 2047 Rho, 2499 DeepSeek); -1 = max positions - 1
 
-    c.task = ml_collections.ConfigDict()
-    c.task.name = "arithmetic"
+    c.task = ml_collections.ConfigDict()  # what is solved and how it is graded (vinejax.tasks)
+    c.task.name = "arithmetic"  # gsm8k, math, arithmetic, jsonl, or a plug-in "pkg.module:factory" (its Task)
     c.task.data_dir = ""  # local folder laid out like shared/data ("" = the Hub)
-    c.task.train_split = "train"
+    c.task.train_split = "train"  # the split RL and SFT train on
     c.task.num_eval_problems = 500  # the first N problems of each eval split; 0 = the whole split
     c.task.max_prompt_tokens = 1512  # longer prompts are dropped
-    c.task.options = ml_collections.ConfigDict()  # task-specific loader options (free-form)
-    c.task.grade_workers = 2
+    c.task.options = ml_collections.ConfigDict()  # the task's own options (grader, files, prompt_template, ...)
+    c.task.grade_workers = 2  # processes for sandboxed grading (sympy checks, plug-in graders)
+    c.task.chat_template = False  # prompts through the tokenizer's chat template (the paper: raw prompts)
 
-    c.sampling = ml_collections.ConfigDict()
+    c.sampling = ml_collections.ConfigDict()  # episodes of an RL iteration (and MC continuations)
     c.sampling.problems_per_iteration = 64  # restem / dpo_positive: 0 = the whole train split (official)
-    c.sampling.samples_per_problem = 8
-    c.sampling.temperature = 0.6
-    c.sampling.top_p = 0.9
-    c.sampling.top_k = 0
-    c.sampling.max_new_tokens = 1024
+    c.sampling.samples_per_problem = 8  # responses per problem (GRPO/RLOO: the group)
+    c.sampling.temperature = 0.6  # also divides the logits of every log-prob in the loss
+    c.sampling.top_p = 0.9  # nucleus sampling; 1 = off
+    c.sampling.top_k = 0  # 0 = off (applied before top_p)
+    c.sampling.max_new_tokens = 1024  # a response writes at most min(this, context - prompt) tokens
     c.sampling.batch_size = 64  # prompts per generate call, rows per scoring call, episodes per MC group
 
-    c.vineppo = ml_collections.ConfigDict()
-    c.vineppo.num_rollouts = 9  # K
+    c.vineppo = ml_collections.ConfigDict()  # VinePPO Monte Carlo values
+    c.vineppo.num_rollouts = 9  # K: continuations from every state
     c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K: 25 = states 0..25 estimated, later V = R
     c.vineppo.chunk_rows = 512  # continuation rows decoded at once (slots, refilled as rows finish)
     c.vineppo.adaptive = ml_collections.ConfigDict()  # adaptive K (vinejax.rl.adaptive); off = the paper's fixed K
-    c.vineppo.adaptive.enabled = False
+    c.vineppo.adaptive.enabled = False  # adaptive K on (vineppo only)
     c.vineppo.adaptive.round_size = 3  # rollouts per round
     c.vineppo.adaptive.min_rollouts = (3, 9, 12)  # per tier: 0 evidence unanimous, 1 episode rewards agree, 2 otherwise
-    c.vineppo.adaptive.max_rollouts = (12, 12, 12)
+    c.vineppo.adaptive.max_rollouts = (12, 12, 12)  # per tier: at most this many rollouts
     c.vineppo.adaptive.stop_stderr = 0.0  # stop once sqrt(p(1-p)/n) <= this (n >= min); 0 = unanimous only
     c.vineppo.adaptive.evidence = True  # False: no tiers, every state follows tier 0's rule
     c.vineppo.adaptive.budget_per_state = 0.0  # cap on mean rollouts per distinct state per iteration; 0 = none
 
-    c.ppo = ml_collections.ConfigDict()
-    c.ppo.clip_eps = 0.2
+    c.ppo = ml_collections.ConfigDict()  # the PPO-clip update every RL estimator shares, and the critic of ppo
+    c.ppo.clip_eps = 0.2  # PPO clip ε (the lower one with clip_eps_high)
+    c.ppo.clip_eps_high = 0.0  # upper clip ε_high of asymmetric clipping (DAPO: 0.28); 0 = ppo.clip_eps
+    c.ppo.dual_clip = 0.0  # dual-clip constant c > 1 (-A·ρ capped at -c·A for A < 0); 0 = off
+    c.ppo.entropy_coef = 0.0  # entropy bonus coefficient (paper: 0, the entropy is only logged)
+    c.ppo.loss_aggregation = "token-mean"  # or "seq-mean-token-mean" (GRPO), "seq-mean-token-sum-norm" (Dr. GRPO)
+    c.ppo.loss_norm_length = 0  # seq-mean-token-sum-norm's constant length; 0 = sampling.max_new_tokens
     c.ppo.kl_coef = 1e-4  # β (the initial one with adaptive_kl)
     c.ppo.kl_in_reward = False  # PPO: −β·kl_t (k1) in the token rewards instead of β·KL in the loss
     c.ppo.adaptive_kl = False  # the official adaptive controller (PPOHParams adap_kl_ctrl; paper: off)
     c.ppo.kl_target = 6.0  # adaptive controller: target KL per sequence (PPOHParams target)
     c.ppo.kl_horizon = 0  # adaptive controller: horizon in episodes; 0 = official: iterations x episodes x epochs
-    c.ppo.kl_estimator = "k3"
-    c.ppo.kl_clamp = 10.0
-    c.ppo.epochs = 2
+    c.ppo.kl_estimator = "k3"  # per-token KL to the reference: k1, k2 or k3 (paper: k3)
+    c.ppo.kl_clamp = 10.0  # per-token clamp [0, this] of k2 / k3 (paper: k3 in [0, 10]); k1 is never clamped
+    c.ppo.epochs = 2  # passes over an iteration's episodes
     c.ppo.episodes_per_step = 64  # global optimizer batch, in episodes
     c.ppo.micro_batch = 16  # episodes per forward/backward (gradient accumulation)
-    c.ppo.whiten_advantages = True
+    c.ppo.whiten_advantages = None  # whiten per optimizer batch; None = the estimator's convention (grpo: no)
     c.ppo.token_mean = "batch"  # PPO-clip / value loss: one token mean per step, or "micro_batch" (official)
-    c.ppo.max_mean_ratio = 10.0
-    c.ppo.gae_gamma = 1.0
-    c.ppo.gae_lambda = 1.0
-    c.ppo.value_clip = 0.2
-    c.ppo.critic_lr = 1e-6
+    c.ppo.max_mean_ratio = 10.0  # a micro-batch whose mean ratio exceeds this adds no loss (official); 0 = off
+    c.ppo.gae_gamma = 1.0  # ppo: GAE γ
+    c.ppo.gae_lambda = 1.0  # ppo: GAE λ
+    c.ppo.value_clip = 0.2  # ppo: critic value clip
+    c.ppo.critic_lr = 1e-6  # ppo: critic learning rate
 
     # RestEM (expert iteration) as the official code runs it (trainers/restem_MATH.jsonnet,
     # math_restem_episode_generator.py, restem_trainer.py): each iteration samples the train
     # problems with the chosen policy, keeps the correct responses and fine-tunes the SFT model
     # afresh on them; candidates are picked on a validation split (early stopping).
-    c.restem = ml_collections.ConfigDict()
+    c.restem = ml_collections.ConfigDict()  # RestEM (expert iteration) as the official code runs it
     c.restem.epochs = 8  # passes over the kept responses per iteration
     c.restem.batch_size = 64  # responses per optimizer step (drop_last)
     c.restem.micro_batch = 16  # responses per forward/backward (gradient accumulation)
@@ -116,11 +123,11 @@ def base_config() -> ml_collections.ConfigDict:
     # math_dpo_positive_episode_generator.py, dpo_positive_trainer.py): one round of samples from
     # the SFT policy, (correct, incorrect) pairs per problem, offline training against the SFT
     # policy as the frozen reference.
-    c.dpo = ml_collections.ConfigDict()
+    c.dpo = ml_collections.ConfigDict()  # DPO+ (DPO-Positive) as the official code runs it
     c.dpo.beta = 0.1  # MATH 0.1, GSM8K 0.3
     c.dpo.lam = 50.0  # λ of the positive term max(0, r_w − s_w)
-    c.dpo.label_smoothing = 0.0
-    c.dpo.epochs = 3
+    c.dpo.label_smoothing = 0.0  # ε of the conservative DPO loss (paper: 0)
+    c.dpo.epochs = 3  # passes over the pairs
     c.dpo.batch_size = 64  # pairs per optimizer step (drop_last)
     c.dpo.micro_batch = 8  # pairs per forward/backward (2 sequences each)
     c.dpo.max_pairs_per_problem = 64  # a uniform random subset when more; -1 = all
@@ -128,29 +135,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.dpo.max_seq_len = 0  # drop pairs whose prompt + either response is longer; 0 = keep all
     c.dpo.eval_every_steps = 500  # evaluate (and checkpoint) every N steps, plus start and end
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-6
-    c.optim.warmup_frac = 0.03
+    c.optim = ml_collections.ConfigDict()  # AdamW with warmup and linear decay (policy; ppo.critic_lr for the critic)
+    c.optim.lr = 1e-6  # peak learning rate
+    c.optim.warmup_frac = 0.03  # fraction of the steps in warmup
     c.optim.warmup_shape = "log"  # DeepSpeed WarmupDecayLR's log-shaped warmup (official); or "linear"
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0
-    c.optim.grad_clip = 1.0
+    c.optim.b1 = 0.9  # Adam β1
+    c.optim.b2 = 0.999  # Adam β2
+    c.optim.eps = 1e-8  # Adam ε
+    c.optim.weight_decay = 0.0  # AdamW weight decay
+    c.optim.grad_clip = 1.0  # global gradient-norm clip
 
-    c.sft = ml_collections.ConfigDict()
-    c.sft.epochs = 2
+    c.sft = ml_collections.ConfigDict()  # supervised fine-tuning (algo sft)
+    c.sft.epochs = 2  # passes over the train split
     c.sft.target_template = "\n{solution}\n"  # the official SFT target (DeepSeekMath on MATH: "\n{solution}")
-    c.sft.batch_size = 64
+    c.sft.batch_size = 64  # examples per optimizer step
     c.sft.max_steps = -1  # -1 = epochs decide
-    c.sft.max_seq_len = 2048
+    c.sft.max_seq_len = 2048  # longer examples are dropped (official)
     c.sft.micro_batch = 16  # examples per forward/backward (gradient accumulation)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.iterations = 1000
+    c.train = ml_collections.ConfigDict()  # the loop: iterations, evaluation, checkpoints, export
+    c.train.iterations = 1000  # RL iterations (RestEM rounds; SFT: see sft.epochs)
     c.train.eval_every = 10  # iterations; 0 = never
-    c.train.checkpoint_every = 10
-    c.train.keep_checkpoints = 3
+    c.train.checkpoint_every = 10  # iterations between checkpoints
+    c.train.keep_checkpoints = 3  # newest checkpoints kept
     c.train.time_budget_minutes = 0.0  # 0 = no limit; stops cleanly (checkpointed) when exceeded
     c.train.export_hf = True  # write the final policy as an HF folder
     c.train.samples_per_iteration = 4  # episodes appended to samples.jsonl each iteration (0 = none)
@@ -158,21 +165,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.kl_warning = 10.0  # warn when the KL to the reference (nats per sequence) exceeds this
     c.train.overlap_host_work = True  # grade / split steps on a host thread while the devices work (time/host_wait)
 
-    c.logging = ml_collections.ConfigDict()
+    c.export = ml_collections.ConfigDict()  # the final policy's HF folder (train.export_hf)
+    c.export.dtype = ""  # weight dtype written; "" = the starting checkpoint's own (random init: model.param_dtype)
+
+    c.logging = ml_collections.ConfigDict()  # TensorBoard (when installed) and Weights & Biases
     c.logging.wandb_project = ""  # "" = no Weights & Biases (pip install -e '.[wandb]')
-    c.logging.wandb_entity = ""
+    c.logging.wandb_entity = ""  # W&B entity ("" = your default)
     c.logging.wandb_run_name = ""  # "" = the output_dir's name
 
     c.eval = ml_collections.ConfigDict()  # the official protocol (vinejax.train.evaluate)
     c.eval.splits = ("validation",)  # the first one's metrics are eval/accuracy...; others eval/<split>/...
-    c.eval.samples_per_problem = 16
-    c.eval.temperature = 0.35
-    c.eval.top_p = 0.9
+    c.eval.samples_per_problem = 16  # samples per problem (official: 16)
+    c.eval.temperature = 0.35  # official: 0.35
+    c.eval.top_p = 0.9  # official: 0.9
     c.eval.greedy = True  # also greedy accuracy (not in the official protocol; False in paper configs)
     c.eval.max_new_tokens = 1024  # a response may write min(this, eval context - prompt) tokens
     c.eval.context_size = -1  # prompt + response tokens besides BOS at eval; -1 = model.context_size
 
-    c.mesh = ml_collections.ConfigDict()
+    c.mesh = ml_collections.ConfigDict()  # devices: the (data, fsdp, tensor) mesh and several processes
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     c.mesh.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU; docs/scaling.md)
     c.mesh.coordinator_address = ""  # "host:port" of process 0; "" = JAX detects it (TPU, SLURM, Open MPI, k8s)
@@ -185,11 +195,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    "algo": ALGORITHMS,
     "ppo.kl_estimator": ("k1", "k2", "k3"),
+    "ppo.loss_aggregation": AGGREGATIONS,
     "restem.early_stop": ("first_decrease", "best"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "export.dtype": ("", "float32", "bfloat16", "float16"),
     "optim.warmup_shape": ("log", "linear"),
 }
 
@@ -201,6 +212,25 @@ def _flatten(d, prefix=""):
             yield from _flatten(value, name + ".")
         else:
             yield name, value
+
+
+def key_docs() -> dict[str, str]:
+    """{dotted key or section: its one-line doc}, in schema order: the comment on its line in
+    `base_config` (the schema's comments are the documentation; `config_file.help_text` prints them)."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    source = inspect.getsource(base_config)
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    docs = {}
+    for number, line in enumerate(source.splitlines(), start=1):
+        match = re.match(r"\s*c\.([\w.]+)\s*=", line)
+        if match:
+            docs[match.group(1)] = comments.get(number, "")
+    return docs
 
 
 def flat_keys(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -219,6 +249,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         if name not in given:
             raise ConfigError(f"config key {name!r} is missing")
         value = given[name]
+        if default is None:  # true / false / None (None: a default decided elsewhere)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"config key {name!r} must be true, false or None, got {value!r}")
+            continue
         if isinstance(default, bool) != isinstance(value, bool):
             raise ConfigError(f"config key {name!r} must be a bool, got {value!r}")
         if isinstance(default, float) and not isinstance(value, (int, float)):
@@ -256,9 +290,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     need(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
     need(cfg.ppo.epochs >= 1, "ppo.epochs", "must be >= 1")
-    need(not cfg.ppo.kl_in_reward or cfg.algo == "ppo", "ppo.kl_in_reward",
-         "the KL penalty in the reward is the PPO baseline's option (GAE over token rewards)")
     need(cfg.ppo.kl_target > 0, "ppo.kl_target", "must be > 0")
+    need(cfg.ppo.clip_eps_high >= 0, "ppo.clip_eps_high", "must be >= 0 (0 = ppo.clip_eps)")
+    need(cfg.ppo.dual_clip == 0 or cfg.ppo.dual_clip > 1, "ppo.dual_clip", "must be 0 (off) or > 1")
+    need(cfg.ppo.loss_norm_length >= 0, "ppo.loss_norm_length", "must be >= 0 (0 = sampling.max_new_tokens)")
     need(cfg.ppo.kl_horizon >= 0, "ppo.kl_horizon", "must be >= 0 (0 = all episodes of training x epochs)")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(0 <= cfg.optim.warmup_frac < 1, "optim.warmup_frac", "must be in [0, 1)")
@@ -297,6 +332,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     if cfg.algo != "sft":
         need(cfg.model.hf_path != "" or cfg.model.init_from != "" or cfg.task.name == "arithmetic",
              "model.init_from", "RL needs a starting policy: an SFT run dir or an HF folder")
+    if cfg.algo not in STAGES:  # the RL stage: the estimator checks its own settings
+        from vinejax.train.estimators import get_estimator
+
+        get_estimator(cfg)
     return cfg
 
 
@@ -338,6 +377,12 @@ def _validate_processes(mesh, need) -> None:
     need(mesh.process_id >= -1, "mesh.process_id", "must be >= 0 (-1 = detected)")
     need(mesh.process_id < mesh.num_processes or mesh.num_processes == 0, "mesh.process_id",
          f"must be below mesh.num_processes={mesh.num_processes}")
+
+
+def max_value_step(cfg: ml_collections.ConfigDict) -> int | None:
+    """The last estimated state of `vineppo.max_estimated_states` (-1 = no cap: None)."""
+    cap = cfg.vineppo.max_estimated_states
+    return None if cap < 0 else int(cap)
 
 
 def adaptive_config(cfg: ml_collections.ConfigDict):
@@ -391,13 +436,20 @@ PAPER_MODELS = {
     # per-device group (the ratio > 10 rule zeroes one group's loss).
     "rho1b": dict(context_size=2047, sft_lr=1e-5, micro_batch=16, mesh=(1, -1, 1)),
     "deepseek7b": dict(context_size=2499, sft_lr=5e-5, micro_batch=8, mesh=(1, -1, 1)),
+    # Beyond the paper: Qwen3 base models with the settings of the paper model of their size
+    # (1.7B as RhoMath-1.1B, 8B as DeepSeekMath-7B).
+    "qwen3-1.7b": dict(context_size=2047, sft_lr=1e-5, micro_batch=16, mesh=(1, -1, 1)),
+    "qwen3-8b": dict(context_size=2499, sft_lr=5e-5, micro_batch=8, mesh=(1, -1, 1)),
 }
 # The official evaluation (configs/sft_*_eval.jsonnet): its model_context_size per (model, task),
 # and the checkpoint cadence it sweeps (save_steps, in iterations) per (model, algo).
 PAPER_EVAL_CONTEXT = {("rho1b", "gsm8k"): 2047, ("rho1b", "math"): 2047,
-                      ("deepseek7b", "gsm8k"): 2047, ("deepseek7b", "math"): 4095}
-PAPER_EVAL_EVERY = {("rho1b", "vineppo"): 10, ("deepseek7b", "vineppo"): 10,
-                    ("rho1b", "ppo"): 40, ("deepseek7b", "ppo"): 30}
+                      ("deepseek7b", "gsm8k"): 2047, ("deepseek7b", "math"): 4095,
+                      ("qwen3-1.7b", "gsm8k"): 2047, ("qwen3-1.7b", "math"): 2047,
+                      ("qwen3-8b", "gsm8k"): 2047, ("qwen3-8b", "math"): 4095}
+PAPER_EVAL_EVERY = {("rho1b", "vineppo"): 10, ("deepseek7b", "vineppo"): 10, ("qwen3-1.7b", "vineppo"): 10,
+                    ("qwen3-8b", "vineppo"): 10, ("rho1b", "ppo"): 40, ("deepseek7b", "ppo"): 30,
+                    ("qwen3-1.7b", "ppo"): 40, ("qwen3-8b", "ppo"): 30}
 
 
 def paper_config(model: str, task: str, algo: str) -> ml_collections.ConfigDict:

@@ -10,11 +10,13 @@ import ast
 import difflib
 import importlib.util
 import os
+import re
 import sys
+import warnings
 
 import ml_collections
 
-from vinejax.config import ConfigError, flat_keys
+from vinejax.config import ConfigError, base_config, flat_keys, key_docs
 
 FLAG = "--config"
 
@@ -47,7 +49,8 @@ def parse_argv(argv: list[str], require_file: bool = True) -> tuple[str, list[tu
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """`get_config()` of the Python file at `path` (its folder is importable while it loads)."""
+    """`get_config()` of the Python file at `path` (its folder is importable while it loads, and
+    `import_dir`, when the file leaves it empty: plug-ins named "pkg.module:name" are found there)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     folder = os.path.dirname(os.path.abspath(path))
@@ -58,7 +61,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             raise ConfigError(f"config file {path} has no get_config()")
-        return module.get_config()
+        cfg = module.get_config()
+        if "import_dir" in cfg and not cfg.import_dir:
+            cfg.import_dir = folder
+        return cfg
     except (AttributeError, KeyError) as error:  # a misspelt key inside the file (the schema is locked)
         message = str(error.args[0] if error.args else error).replace("\n", " ")
         raise ConfigError(f"{path}: unknown config key {message}") from None
@@ -79,10 +85,29 @@ def _suggest(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+_ESCAPE = re.compile(r"\\(N\{[^}]*\}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{1,3}|.)", re.S)
+
+
+def unescape(raw: str) -> str:
+    """`raw` read as the body of a Python string literal: `\\n` is a newline, `\\t` a tab,
+    `\\\\` one backslash, `\\u00e9` é; an escape Python does not know (`\\d`) stays as written."""
+    def one(match):
+        try:
+            return ast.literal_eval('"\\' + match.group(1) + '"') if match.group(1) != '"' else '"'
+        except (SyntaxError, ValueError):
+            return match.group(0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "invalid escape sequence" for the ones kept as written
+        return _ESCAPE.sub(one, raw)
+
+
 def _typed(raw: str, default, key: str):
-    """`raw` parsed as the type of `default` (strings stay as given)."""
+    """`raw` parsed as the type of `default` (strings read as Python string literals are, `unescape`)."""
     if isinstance(default, str):
-        return raw
+        return unescape(raw)
+    if default is None and raw.lower() in ("true", "false", "none"):  # true / false / None keys
+        return {"true": True, "false": False, "none": None}[raw.lower()]
     if isinstance(default, bool):
         if raw.lower() in ("true", "1", "yes"):
             return True
@@ -93,7 +118,7 @@ def _typed(raw: str, default, key: str):
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         if default is None:
-            return raw
+            return unescape(raw)
         raise ConfigError(f"config key {key!r}: cannot read {raw!r} as a {type(default).__name__}") from None
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -120,11 +145,15 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[tuple[str, s
             raise ConfigError(f"config key {key!r} is unknown{_suggest(key, known)}")
         default = node[last] if last in node else None
         value = _typed(raw, default, key)
-        if free_form and last not in node:
-            with node.unlocked():
+        try:
+            if free_form and last not in node:
+                with node.unlocked():
+                    node[last] = value
+            else:
                 node[last] = value
-        else:
-            node[last] = value
+        except TypeError:  # ml_collections keeps each key's type: a float for an integer key, ...
+            kind = "an integer" if isinstance(default, int) else f"a {type(default).__name__}"
+            raise ConfigError(f"config key {key!r} must be {kind}, got {raw!r}") from None
     return cfg
 
 
@@ -132,3 +161,19 @@ def config_from_argv(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, l
     """(config, its file, the overrides applied, the remaining arguments) of a command line."""
     path, overrides, rest = parse_argv(argv)
     return apply_overrides(load_config_file(path), overrides), path, overrides, rest
+
+
+def help_text() -> str:
+    """Every section and key of the schema, in its order, with its default and its one-line doc
+    (`config.key_docs`: the comments of `base_config`)."""
+    defaults, lines = base_config(), []
+    for key, doc in key_docs().items():
+        node = defaults
+        for part in key.split("."):
+            node = node[part]
+        note = f"  # {doc}" if doc else ""
+        if isinstance(node, ml_collections.ConfigDict) and not key.endswith(".options"):
+            lines.append(f"\n[{key}]" + (f"  {doc}" if doc else ""))
+        else:
+            lines.append(f"  {key} = {'{...}' if key.endswith('.options') else repr(node)}{note}")
+    return "\n".join(lines)

@@ -52,6 +52,13 @@ def main_decides(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any of them (one tiny all-gather)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
 def put_global(x, sharding) -> jax.Array:
     """The host array `x` (the same value on every process) as a jax.Array laid out by `sharding`.
 

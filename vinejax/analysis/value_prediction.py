@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -40,11 +40,12 @@ from vinejax import sampling
 from vinejax.analysis import stats
 from vinejax.analysis.candidates import continuation_episodes, distinct_candidates, next_step_ends
 from vinejax.analysis.setup import Setup
+from vinejax.sampling import RolloutEnv
 from vinejax.train import encode
 from vinejax.train.episodes import Episodes, episode_steps, grade_episodes, sample_episodes, sampling_config
 from vinejax.train.metrics import Timer, progress
 from vinejax.train.stage import fitting_problems, held_out_problems
-from vinejax.train.values import critic_token_values, mc_rewards
+from vinejax.train.values import StepStates, critic_token_values, mc_rewards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,24 +99,34 @@ def state_prefixes(tokenizer, task, ep: Episodes,
     return rows, positions, steps
 
 
-def rollout_rewards(setup: Setup, ep: Episodes, positions: np.ndarray, k: int, rng: jax.Array,
-                    scfg: sampling.SamplingConfig, desc: str, durations: Optional[list] = None) -> np.ndarray:
+class _Analysis(NamedTuple):
+    """What the analysis's steps share: the setup, its settings, the rollout environment (the
+    analysed policy at the analysis's temperature), the phase timer, the rollout calls' (rollouts,
+    seconds) and the numpy generator of the subsets."""
+
+    setup: Setup
+    acfg: AnalysisConfig
+    env: RolloutEnv
+    timer: Timer
+    durations: list
+    np_rng: np.random.Generator
+
+
+def rollout_rewards(env: RolloutEnv, ep: Episodes, positions: np.ndarray, k: int, rng: jax.Array, desc: str,
+                    durations: Optional[list] = None) -> np.ndarray:
     """f32[N, K] rewards of K independent continuations of each prefix `ep.tokens[n, :positions[n]]`,
     graded like VinePPO's MC rollouts (`train.values.mc_rewards`), in groups of about
-    4 × `vineppo.chunk_rows` rows (one progress step each; group g uses the key fold_in(rng, g)).
+    4 × `env.chunk_rows` rows (one progress step each; group g uses the key fold_in(rng, g)).
     `durations`, when given, receives (rollouts, seconds) per group."""
-    ctx, cfg = setup.ctx, setup.ctx.cfg
     n = len(positions)
-    group = max(1, 4 * cfg.vineppo.chunk_rows // k)
+    group = max(1, 4 * env.chunk_rows // k)
     out = np.zeros((n, k), np.float32)
     bar = progress(total=n, desc=desc)
     for g, start in enumerate(range(0, n, group)):
         began = time.perf_counter()
         rows = np.arange(start, min(n, start + group))
-        rewards, _, _ = mc_rewards(setup.params, ctx.model_cfg, ctx.tokenizer, ctx.task, ep.select(rows),
-                                   positions[rows, None], np.ones(len(rows), np.int32), jax.random.fold_in(rng, g),
-                                   scfg, k, -1, cfg.vineppo.chunk_rows, cfg.task.grade_workers, ctx.context_size,
-                                   ctx.stops)
+        states = StepStates(positions[rows, None], np.ones(len(rows), np.int32), np.ones((len(rows), 1), bool))
+        rewards, _, _ = mc_rewards(env.replace(batch_rows=0), ep.select(rows), states, jax.random.fold_in(rng, g), k)
         out[rows] = rewards[:, 0]
         if durations is not None:
             durations.append((len(rows) * k, time.perf_counter() - began))
@@ -137,21 +148,21 @@ def critic_prefix_values(setup: Setup, tokens: np.ndarray, positions: np.ndarray
 # ----------------------------------------------------------------------------- the analysis
 
 
-def estimators(setup: Setup, acfg: AnalysisConfig, ep: Episodes, positions: np.ndarray, rng: jax.Array,
-               scfg: sampling.SamplingConfig, timer: Timer, durations: list, label: str) -> dict:
+def estimators(an: _Analysis, ep: Episodes, positions: np.ndarray, rng: jax.Array, label: str) -> dict:
     """Ground truth and every estimate of the values of the prefixes (ep rows, positions):
     {"gt": f[N], "critic": f[N] (with a critic), "mc_k{K}": f[N] ...}.
 
     One rollout call draws K_gt + max(mc_ks) independent continuations per prefix (distinct
     sample keys): the first K_gt make the ground truth, MC-K averages the first K of the rest.
     """
+    acfg = an.acfg
     k_gt, k_mc = acfg.gt_rollouts, max(acfg.mc_ks)
-    with timer(f"{label}_rollouts"):
-        rewards = rollout_rewards(setup, ep, positions, k_gt + k_mc, rng, scfg, f"{label} rollouts", durations)
+    with an.timer(f"{label}_rollouts"):
+        rewards = rollout_rewards(an.env, ep, positions, k_gt + k_mc, rng, f"{label} rollouts", an.durations)
     out = {"gt": rewards[:, :k_gt].mean(axis=1)}
-    if setup.critic is not None:
-        with timer(f"{label}_critic"):
-            out["critic"] = critic_prefix_values(setup, ep.tokens, positions)
+    if an.setup.critic is not None:
+        with an.timer(f"{label}_critic"):
+            out["critic"] = critic_prefix_values(an.setup, ep.tokens, positions)
     out |= {f"mc_k{k}": rewards[:, k_gt : k_gt + k].mean(axis=1) for k in acfg.mc_ks}
     return out
 
@@ -172,13 +183,14 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     rng = jax.random.key(acfg.seed)
     np_rng = np.random.default_rng([acfg.seed, 9])
     timer = Timer()
+    durations: list = []  # (rollouts, seconds) of each rollout call
+    an = _Analysis(setup, acfg, ctx.rollout(setup.params).replace(scfg=scfg), timer, durations, np_rng)
 
     problems = fitting_problems(ctx, next(iter(held_out_problems(ctx).values())))  # the first eval split
     problems = problems[: acfg.num_problems] if acfg.num_problems > 0 else problems
     with timer("episodes"):
-        ep = sample_episodes(setup.params, ctx.model_cfg, tok, task, problems, scfg, 1, jax.random.fold_in(rng, 0),
-                             s.batch_size, ctx.context_size, ctx.stops, desc="episodes")
-        rewards = grade_episodes(task, ep, cfg.task.grade_workers)
+        ep = sample_episodes(an.env, problems, 1, jax.random.fold_in(rng, 0), desc="episodes")
+        rewards, _ = grade_episodes(task, ep, cfg.task.grade_workers)
     all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state)
     if len(all_rows) == 0:
         raise ValueError("no states: every episode has a single step or was rejected by the step splitter")
@@ -186,15 +198,13 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     rows, positions, steps = all_rows[keep], all_positions[keep], all_steps[keep]
     states_ep = ep.select(rows)
 
-    durations: list = []  # (rollouts, seconds) of each rollout call
-    values = estimators(setup, acfg, states_ep, positions, jax.random.fold_in(rng, 1), scfg, timer, durations,
-                        "values")
+    values = estimators(an, states_ep, positions, jax.random.fold_in(rng, 1), "values")
     values["constant"] = np.full(len(rows), float(rewards.mean()))
     indices = stats.bootstrap_indices(len(rows), acfg.bootstrap, np_rng)
     value_report = {name: stats.value_metrics(pred, values["gt"], indices, acfg.confidence)
                     for name, pred in values.items() if name != "gt"}
 
-    ranking, ranked = _ranking(setup, acfg, ep, all_rows, all_positions, rng, scfg, timer, durations, np_rng)
+    ranking, ranked = _ranking(an, ep, all_rows, all_positions, rng)
     rollouts, seconds = (sum(d[i] for d in durations) for i in (0, 1))
     warm = durations[1:]  # every call after the first (which compiles the decode loop)
     warm_rollouts, warm_seconds = (sum(d[i] for d in warm) for i in (0, 1))
@@ -221,12 +231,11 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     }
 
 
-def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.ndarray, positions: np.ndarray,
-             rng: jax.Array, scfg: sampling.SamplingConfig, timer: Timer, durations: list,
-             np_rng: np.random.Generator) -> tuple[dict, list]:
+def _ranking(an: _Analysis, episodes: Episodes, rows: np.ndarray, positions: np.ndarray,
+             rng: jax.Array) -> tuple[dict, list]:
     """Ranking metrics and per-state records (candidates, ground-truth and estimated Q) from
     `ranking_states` states drawn from all states (episode `rows`, prefix `positions`)."""
-    ctx = setup.ctx
+    ctx, acfg, scfg, timer, np_rng = an.setup.ctx, an.acfg, an.env.scfg, an.timer, an.np_rng
     picked = np.sort(np_rng.choice(len(rows), size=min(len(rows), acfg.ranking_states), replace=False))
     if len(picked) == 0:
         return {"num_states_sampled": 0, "num_states": 0}, []
@@ -234,10 +243,11 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.nd
         ep = episodes.select(rows[picked])
         pos = positions[picked]
         budgets = np.maximum(scfg.max_new_tokens - (pos - ep.prompt_lens), 1)
-        cand_scfg = scfg.replace(temperature=acfg.candidate_temperature)
-        out = sampling.continue_from_prefixes(
-            setup.params, ctx.model_cfg, ep.tokens, ep.total_lens, pos[:, None], jax.random.fold_in(rng, 2),
-            cand_scfg, acfg.num_candidates, budgets=budgets[:, None], max_rows_per_chunk=ctx.cfg.vineppo.chunk_rows)
+        # candidates run to their budget: the next step is cut from them, stop strings after it
+        cand_env = an.env.replace(scfg=scfg.replace(temperature=acfg.candidate_temperature), stops=None)
+        out = sampling.continue_from_prefixes(cand_env, ep.tokens, ep.total_lens, pos[:, None],
+                                              jax.random.fold_in(rng, 2), acfg.num_candidates,
+                                              budgets=budgets[:, None])
         cand = continuation_episodes(ctx.tokenizer, ctx.stops, ep, pos, out)
         cand_pos = np.repeat(pos, acfg.num_candidates)
         ends = next_step_ends(ctx.tokenizer, ctx.task, cand, cand_pos, scfg.max_new_tokens)
@@ -248,8 +258,7 @@ def _ranking(setup: Setup, acfg: AnalysisConfig, episodes: Episodes, rows: np.nd
     if not kept:
         return summary, []
     q_rows = np.array([m for _, g in kept for m in g])
-    q = estimators(setup, acfg, cand.select(q_rows), ends[q_rows], jax.random.fold_in(rng, 3), scfg, timer,
-                   durations, "ranking")
+    q = estimators(an, cand.select(q_rows), ends[q_rows], jax.random.fold_in(rng, 3), "ranking")
     q["random"] = np_rng.random(len(q_rows))
     bounds = np.cumsum([0] + [len(g) for _, g in kept])
     split = lambda a: [a[bounds[i] : bounds[i + 1]] for i in range(len(kept))]

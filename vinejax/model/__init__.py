@@ -1,38 +1,49 @@
-"""Llama-family decoder (pure functions) and Hugging Face checkpoint import/export.
+"""The decoder of every supported family (pure functions) and Hugging Face checkpoint import/export.
 
 Importing this package never imports torch.
 """
-from vinejax.model.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from vinejax.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
 from vinejax.model.decode import DecodeCaches, decode_caches, decode_step, decode_weights
 from vinejax.model.hf import load_hf_model, read_hf_config, save_hf_model
-from vinejax.model.hf_config import config_from_hf, config_to_hf
+from vinejax.model.hf_config import FAMILIES, Family, config_from_hf, config_to_hf
 from vinejax.model.llama import (
     KVCache,
     Rope,
     apply_rope,
     attention,
+    capped_attention,
     constrain_cache,
     embed,
+    final_norm,
     forward,
     forward_cached,
+    glu,
     init_cache,
     init_params,
+    layer_rope_tables,
     lm_logits,
     param_logical_axes,
     param_shapes,
+    project_qk,
     rms_norm,
     rope_tables,
+    sublayer,
     value_head,
+    window_mask,
 )
 
 __all__ = [
+    "FAMILIES",
     "SUPPORTED_MODEL_TYPES",
     "DecodeCaches",
+    "Family",
     "KVCache",
     "ModelConfig",
     "Rope",
+    "UnsupportedModelError",
     "apply_rope",
     "attention",
+    "capped_attention",
     "config_from_hf",
     "config_to_hf",
     "constrain_cache",
@@ -40,17 +51,23 @@ __all__ = [
     "decode_step",
     "decode_weights",
     "embed",
+    "final_norm",
     "forward",
     "forward_cached",
+    "glu",
     "init_cache",
     "init_params",
+    "layer_rope_tables",
     "lm_logits",
     "load_hf_model",
     "param_logical_axes",
     "param_shapes",
+    "project_qk",
     "read_hf_config",
     "rms_norm",
     "rope_tables",
     "save_hf_model",
+    "sublayer",
     "value_head",
+    "window_mask",
 ]

@@ -1,13 +1,15 @@
 """Prefill and decoding one token per row: the model side of a sampler's loop.
 
-Same math as `llama.forward_cached`, built from the same pieces (`embed`, `rms_norm`,
-`rope_tables`/`apply_rope`, `lm_logits`), but laid out for a cheap step. `decode_weights` fuses
-each layer's q/k/v and gate/up projections into single matrices, once per sampling call; the
+Same math as `llama.forward_cached`, built from the same pieces (`embed`, `sublayer`,
+`project_qk`, `layer_rope_tables`, `window_mask`, `glu`, `attention_probs`, `final_norm`,
+`lm_logits`), but laid out for a cheap step. `decode_weights` fuses each layer's q/k/v and
+gate/up projections into single matrices, once per sampling call; the
 caches are one heads-major buffer per layer ([R, Hkv, S, Dh], `DecodeCaches`), so the step has
 no per-layer slices, transposes or cache copies. `prefill` runs right-padded prompts causally
 (`llama.attention`, i.e. `jax.nn.dot_product_attention`) and writes these caches directly;
 `decode_caches` converts a stacked `llama.KVCache` instead. Layers are unrolled in Python, so
-compile time grows with depth (`llama.forward_cached` inside a loop is the scanned alternative).
+compile time grows with depth (`llama.forward_cached` inside a loop is the scanned alternative),
+and each layer's window and RoPE are static.
 
     weights = decode_weights(params, cfg)              # once per sampling call
     logits, caches = prefill(params, weights, cfg, prompts, prompt_lens, room)
@@ -16,7 +18,7 @@ compile time grows with depth (`llama.forward_cached` inside a loop is the scann
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,15 +40,14 @@ class DecodeCaches(NamedTuple):
 
 def decode_weights(params: dict, cfg: ModelConfig) -> tuple:
     """Per-layer decode weights in the compute dtype, one dict per layer:
-    wqkv [D, (H+2Hkv)*Dh], wo [H*Dh, D], w_gu [D, 2F], w_down [F, D], attn_norm/mlp_norm [D],
-    and (with attention_bias) bqkv [(H+2Hkv)*Dh]."""
+    wqkv [D, (H+2Hkv)*Dh], wo [H*Dh, D], w_gu [D, 2F], w_down [F, D], the layer's norms as they
+    are (`*_norm`), and (with attention_bias) bqkv [(H+2Hkv)*Dh]."""
     d, dt = cfg.hidden_size, cfg.compute_dtype
     out = []
     for i in range(cfg.num_layers):
         p = jax.tree.map(lambda a: a[i], params["layers"])
-        w = {
-            "attn_norm": p["attn_norm"],
-            "mlp_norm": p["mlp_norm"],
+        w = {name: a for name, a in p.items() if name.endswith("norm")}
+        w |= {
             "wqkv": jnp.concatenate([p[n].reshape(d, -1) for n in ("wq", "wk", "wv")], axis=1).astype(dt),
             "wo": p["wo"].reshape(-1, d).astype(dt),
             "w_gu": jnp.concatenate([p["w_gate"], p["w_up"]], axis=1).astype(dt),
@@ -68,7 +69,9 @@ def prefill(
     (lengths = `lengths`).
     """
     b, t = tokens.shape
-    rope = llama.rope_tables(cfg, jnp.broadcast_to(jnp.arange(t), (b, t)))  # [B, T, 1, Dh/2]
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    ropes, _ = llama.layer_rope_tables(cfg, positions)  # [kinds, B, T, 1, rope_dim/2]
+    causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
     x = llama.embed(params, cfg, tokens)  # [B, T, D]
 
     def to_cache(a):  # [B, T, Hkv, Dh] -> [B, Hkv, room, Dh]
@@ -76,15 +79,19 @@ def prefill(
         return _constrain(jnp.pad(a, ((0, 0), (0, 0), (0, room - a.shape[2]), (0, 0))))
 
     ks, vs = [], []
-    for w in weights:
-        def attend(q, k, v):
+    for i, w in enumerate(weights):
+        window = cfg.layer_windows[i]
+        mask = llama.window_mask(causal, positions, positions, window) if window else None
+
+        def attend(q, k, v, mask=mask):
             ks.append(to_cache(k))
             vs.append(to_cache(v))
-            return llama.attention(q, k, v, causal=True, implementation=cfg.attention_impl)
+            return llama.attention(q, k, v, mask, causal=mask is None, implementation=cfg.attention_impl,
+                                   scale=cfg.attn_scale, softcap=cfg.attn_softcap)
 
-        x = _layer(cfg, w, x, rope, attend)
+        x = _layer(cfg, w, x, _rope(ropes, cfg, i), attend)
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
-    hidden = llama.rms_norm(last, params["final_norm"], cfg.rms_norm_eps)
+    hidden = llama.final_norm(params, cfg, last)
     return llama.lm_logits(params, cfg, hidden), DecodeCaches(tuple(ks), tuple(vs), lengths.astype(jnp.int32))
 
 
@@ -106,59 +113,71 @@ def decode_step(
     """
     s = caches.k[0].shape[2]
     lengths = caches.lengths
-    mask = jnp.arange(s)[None, :] <= lengths[:, None]  # [R, S]
-    rope = llama.rope_tables(cfg, lengths[:, None])  # [R, 1, 1, Dh/2]: position of the new token
+    slots = jnp.arange(s)[None]  # [1, S]: slot index == position
+    causal = (slots <= lengths[:, None])[:, None]  # [R, 1, S]
+    ropes, _ = llama.layer_rope_tables(cfg, lengths[:, None])  # [kinds, R, 1, 1, rope_dim/2]
     x = llama.embed(params, cfg, tokens[:, None])  # [R, 1, D]
     rows = jnp.arange(tokens.shape[0])
     new_k, new_v = [], []
-    for w, k_cache, v_cache in zip(weights, caches.k, caches.v):
-        def attend(q, k, v, k_cache=k_cache, v_cache=v_cache):
+    for i, (w, k_cache, v_cache) in enumerate(zip(weights, caches.k, caches.v)):
+        mask = llama.window_mask(causal, lengths[:, None], slots, cfg.layer_windows[i])[:, 0]  # [R, S]
+
+        def attend(q, k, v, k_cache=k_cache, v_cache=v_cache, mask=mask):
             k_cache = _constrain(k_cache.at[rows, :, lengths].set(k[:, 0].astype(k_cache.dtype), mode="drop"))
             v_cache = _constrain(v_cache.at[rows, :, lengths].set(v[:, 0].astype(v_cache.dtype), mode="drop"))
             new_k.append(k_cache)
             new_v.append(v_cache)
-            return cache_attention(q, k_cache, v_cache, mask)
+            return cache_attention(q, k_cache, v_cache, mask, cfg.attn_scale, cfg.attn_softcap)
 
-        x = _layer(cfg, w, x, rope, attend)
-    hidden = llama.rms_norm(x[:, 0], params["final_norm"], cfg.rms_norm_eps)
+        x = _layer(cfg, w, x, _rope(ropes, cfg, i), attend)
+    hidden = llama.final_norm(params, cfg, x[:, 0])
     return llama.lm_logits(params, cfg, hidden), DecodeCaches(tuple(new_k), tuple(new_v), lengths + 1)
 
 
-def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: Optional[float] = None,
+                    softcap: Optional[float] = None) -> jax.Array:
     """Attention of one new token per row over heads-major caches (decode's own core: it reads
     the caches in place, where `llama.attention` wants slots before heads).
 
-    q: [R, 1, H, Dh]; k, v: [R, Hkv, S, Dh]; mask: bool[R, S]. Scores and softmax in float32
-    (masked scores as in `jax.nn.dot_product_attention`). Returns [R, 1, H, Dh] in q's dtype.
+    q: [R, 1, H, Dh]; k, v: [R, Hkv, S, Dh]; mask: bool[R, S]; scale: score factor (default
+    Dh**-0.5); softcap: scores → softcap·tanh(scores/softcap) before the mask. Scores and softmax
+    in float32 (masked scores as in `jax.nn.dot_product_attention`). Returns [R, 1, H, Dh] in q's dtype.
     """
     r, _, h, dh = q.shape
     kv = k.shape[1]
     q = q.reshape(r, kv, h // kv, dh)
     scores = jnp.einsum("rkgd,rksd->rkgs", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores * (1.0 / math.sqrt(dh)), _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    probs = llama.attention_probs(scores, mask[:, None, None], scale or 1.0 / math.sqrt(dh), softcap).astype(q.dtype)
     return jnp.einsum("rkgs,rksd->rkgd", probs, v.astype(q.dtype)).reshape(r, 1, h, dh)
-
-
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # the masked score of jax.nn.dot_product_attention
 
 
 def _constrain(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, LAYER_CACHE_AXES)
 
 
+def _rope(ropes: llama.Rope, cfg: ModelConfig, layer: int) -> llama.Rope:
+    """Layer `layer`'s tables out of `llama.layer_rope_tables` (picked statically here)."""
+    i = cfg.rope_kinds.index(cfg.layer_ropes[layer])
+    return llama.Rope(ropes.cos[i], ropes.sin[i])
+
+
 def _layer(cfg, w, x, rope, attend):
-    """One pre-norm decoder layer on x [R, T, D] with fused weights `w`; `attend(q, k, v)` (q
-    [R, T, H, Dh], k/v [R, T, Hkv, Dh] after RoPE) stores k/v and returns attention [R, T, H, Dh]."""
+    """One decoder layer on x [R, T, D] with fused weights `w`; `attend(q, k, v)` (q
+    [R, T, H, Dh], k/v [R, T, Hkv, Dh] after q/k norm and RoPE) stores k/v and returns attention
+    [R, T, H, Dh]."""
     r, t = x.shape[:2]
     nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    h = llama.rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-    qkv = h @ w["wqkv"]  # [R, T, (H+2K)*Dh]
-    if cfg.attention_bias:
-        qkv = qkv + w["bqkv"]
-    q, k, v = jnp.split(qkv.reshape(r, t, nh + 2 * nk, dh), [nh, nh + nk], axis=2)
-    attn = attend(llama.apply_rope(q, rope), llama.apply_rope(k, rope), v)
-    x = x + attn.reshape(r, t, nh * dh) @ w["wo"]
-    h = llama.rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-    gate, up = jnp.split(h @ w["w_gu"], 2, axis=-1)  # [R, T, F] each
-    return x + (jax.nn.silu(gate) * up) @ w["w_down"]
+
+    def attn(h):
+        qkv = h @ w["wqkv"]  # [R, T, (H+2K)*Dh]
+        if cfg.attention_bias:
+            qkv = qkv + w["bqkv"]
+        q, k, v = jnp.split(qkv.reshape(r, t, nh + 2 * nk, dh), [nh, nh + nk], axis=2)
+        q, k = llama.project_qk(cfg, w, q, k, rope)
+        return attend(q, k, v).reshape(r, t, nh * dh) @ w["wo"]
+
+    def mlp(h):
+        gate, up = jnp.split(h @ w["w_gu"], 2, axis=-1)  # [R, T, F] each
+        return llama.glu(cfg, gate, up) @ w["w_down"]
+
+    return llama.sublayer(cfg, w, "mlp", llama.sublayer(cfg, w, "attn", x, attn), mlp)

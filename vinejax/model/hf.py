@@ -1,4 +1,4 @@
-"""Load Hugging Face Llama/Mistral/Qwen2 safetensors folders into vinejax params, and export back.
+"""Load Hugging Face safetensors folders of the supported families into vinejax params, and export back.
 
 Torch-free: tensors are read with `safetensors.safe_open(framework="numpy")` (bf16 arrives as an
 `ml_dtypes.bfloat16` array). Each stacked leaf (e.g. `layers/wq` [L, D, H, Dh]) is assembled in
@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 from typing import Optional, Union
 
 import jax
@@ -27,12 +28,13 @@ from safetensors.numpy import save_file
 from vinejax import sharding as shd
 from vinejax.model import hf_keys, llama
 from vinejax.model.config import ModelConfig
-from vinejax.model.hf_config import config_from_hf, config_to_hf
+from vinejax.model.hf_config import FAMILIES, config_from_hf, config_to_hf
 from vinejax.multihost import barrier, is_main_process, to_host, to_host_by_rows
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
+KEPT_FILES = ("generation_config.json",)  # copied from the folder a model came from into its export
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
 
@@ -76,6 +78,17 @@ def _leaf_names(cfg: ModelConfig) -> tuple[list, list]:
     return list(specs["layers"]), [k for k in specs if k in hf_keys.GLOBAL_KEYS]
 
 
+def _hf_table(cfg: ModelConfig) -> dict:
+    """{HF name: [hf_keys.Part]} of every tensor of `cfg`'s family."""
+    return hf_keys.expected_hf_names(cfg, FAMILIES[cfg.model_type].layer_keys, llama.param_specs(cfg))
+
+
+def _sources(table: dict) -> dict:
+    """{(leaf, layer): (HF name, Part, full HF shape)}: where each layer of each leaf is read from."""
+    return {(part.leaf, part.layer): (name, part, hf_keys.full_hf_shape(parts))
+            for name, parts in table.items() for part in parts}
+
+
 def _check_names(cfg: ModelConfig, files: dict, table: dict) -> None:
     present = {n for n in files if not hf_keys.IGNORED.search(n)}
     if cfg.tie_word_embeddings:
@@ -98,7 +111,8 @@ class _Reader:
         self.files = files
         self.handles: dict = {}
 
-    def get(self, name: str, expected_shape: tuple) -> np.ndarray:
+    def get(self, name: str, expected_shape: tuple, rows: Optional[tuple] = None) -> np.ndarray:
+        """Tensor `name` (only its first-axis `rows` [start, stop) when given)."""
         path = self.files[name]
         if path not in self.handles:
             self.handles[path] = safe_open(str(path), framework="numpy")
@@ -108,6 +122,8 @@ class _Reader:
             raise ValueError(
                 f"tensor {name!r} has shape {shape} but the config expects {tuple(expected_shape)}"
             )
+        if rows is not None and tuple(rows) != (0, shape[0]):
+            return handle.get_slice(name)[rows[0]:rows[1]]
         return handle.get_tensor(name)
 
 
@@ -137,7 +153,7 @@ def load_hf_model(
     param_dtype: Optional[str] = None,
     **config_overrides,
 ) -> tuple[ModelConfig, dict]:
-    """Load a HF Llama/Mistral/Qwen2 safetensors folder → (ModelConfig, params).
+    """Load a HF safetensors folder of a supported family → (ModelConfig, params).
 
     `param_dtype` (storage) defaults to the checkpoint dtype, `dtype` (compute) to `param_dtype`.
     With `mesh`, every leaf is created directly in its NamedSharding from
@@ -151,8 +167,9 @@ def load_hf_model(
     cfg = config_from_hf(read_hf_config(folder), dtype=dtype, param_dtype=param_dtype, **config_overrides)
     files = _weight_files(folder)
     layer_leaves, global_leaves = _leaf_names(cfg)
-    table = hf_keys.expected_hf_names(cfg, layer_leaves, global_leaves)
+    table = _hf_table(cfg)
     _check_names(cfg, files, table)
+    sources = _sources(table)
 
     specs = llama.param_specs(cfg)
     shardings = None
@@ -162,19 +179,20 @@ def load_hf_model(
     reader = _Reader(files)
     params: dict = {"layers": {}}
 
+    def read(leaf, layer, shape):  # one layer of one leaf, in our layout
+        hf_name, part, full = sources[leaf, layer]
+        return hf_keys.to_ours(part.kind, reader.get(hf_name, full, part.rows), shape)
+
     for name in global_leaves:
-        hf_name, kind = hf_keys.GLOBAL_KEYS[name]
         shape = specs[name][0]
-        a = hf_keys.to_ours(kind, reader.get(hf_name, hf_keys.hf_shape(kind, shape)), shape)
+        a = read(name, None, shape)
         params[name] = _place(np.ascontiguousarray(a, dtype=np_dtype), shardings and shardings[name])
 
     for name in layer_leaves:
-        suffix, kind = hf_keys.LAYER_KEYS[name]
         shape = specs["layers"][name][0]
         buf = np.empty(shape, np_dtype)
         for i in range(cfg.num_layers):
-            hf_name = hf_keys.LAYER_PREFIX.format(i=i) + suffix
-            buf[i] = hf_keys.to_ours(kind, reader.get(hf_name, hf_keys.hf_shape(kind, shape[1:])), shape[1:])
+            buf[i] = read(name, i, shape[1:])
         params["layers"][name] = _place(buf, shardings and shardings["layers"][name])
         del buf
 
@@ -206,19 +224,23 @@ def save_hf_model(
     tokenizer=None,
     dtype: Optional[str] = None,
     max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_BYTES,
+    source: Union[str, os.PathLike, None] = None,
 ) -> pathlib.Path:
-    """Write `params` as a transformers-loadable folder: config.json + safetensors (+ tokenizer).
+    """Write `params` as a transformers-loadable folder: config.json + safetensors (+ tokenizer,
+    with its chat template; + `KEPT_FILES` of the `source` folder the model came from, e.g. its
+    generation_config.json).
 
-    `dtype` is the storage dtype (default `cfg.param_dtype`). Weights larger than
+    `dtype` is the storage dtype (default `cfg.export_dtype`, the dtype of the checkpoint the
+    model was loaded from, else `cfg.param_dtype`). Weights larger than
     `max_shard_size` (bytes or "2GB") are split into `model-0000k-of-0000n.safetensors` with a
     `model.safetensors.index.json`. Sharded arrays are gathered to host first; with several
     processes only process 0 writes. A value head goes to `value_head.safetensors`.
     Returns the folder path.
     """
     folder = pathlib.Path(path)
-    out_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
+    out_dtype = np.dtype(jnp.dtype(dtype or cfg.export_dtype or cfg.param_dtype))
     layer_leaves, global_leaves = _leaf_names(cfg)
-    table = hf_keys.expected_hf_names(cfg, layer_leaves, global_leaves)
+    table = _hf_table(cfg)
     main = is_main_process()
 
     def fetch(x, gather=to_host):  # every process joins the gather; only process 0 keeps the host copy
@@ -230,6 +252,10 @@ def save_hf_model(
     value_head = {k: fetch(v) for k, v in params.get("value_head", {}).items()} if cfg.value_head else {}
     if main:
         _write_folder(folder, cfg, table, host, value_head, out_dtype, _parse_size(max_shard_size), tokenizer)
+        for name in KEPT_FILES if source else ():
+            kept = pathlib.Path(source) / name
+            if kept.is_file() and kept.resolve() != (folder / name).resolve():
+                shutil.copyfile(kept, folder / name)
     barrier(f"save_hf_model {folder}")  # no process reads the folder before it is complete
     return folder
 
@@ -239,16 +265,15 @@ def _write_folder(folder: pathlib.Path, cfg: ModelConfig, table: dict, host: dic
     """Write host weights (`host[leaf]`, stacked over layers) as safetensors shards of at most
     `limit` bytes, the value head, config.json and the tokenizer into `folder`."""
 
-    def tensor(hf_name: str) -> np.ndarray:
-        leaf, layer, kind = table[hf_name]
-        a = host[leaf] if layer is None else host[leaf][layer]
-        return hf_keys.to_hf(kind, a.astype(out_dtype))
+    def tensor(hf_name: str) -> np.ndarray:  # fused parts concatenated along the first axis
+        out = [hf_keys.to_hf(p.kind, (host[p.leaf] if p.layer is None else host[p.leaf][p.layer]).astype(out_dtype))
+               for p in table[hf_name]]
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
 
     # Plan shards from sizes first, then materialise one shard at a time.
     shards, current, current_bytes = [], [], 0
-    for hf_name, (leaf, layer, _) in table.items():
-        a = host[leaf]
-        nbytes = (a.size // (a.shape[0] if layer is not None else 1)) * out_dtype.itemsize
+    for hf_name, parts in table.items():
+        nbytes = math.prod(hf_keys.full_hf_shape(parts)) * out_dtype.itemsize
         if current and current_bytes + nbytes > limit:
             shards.append(current)
             current, current_bytes = [], 0

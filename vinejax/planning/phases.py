@@ -326,7 +326,7 @@ def _policy_step(parts: _Parts, value: int) -> Phase:
     run = parts.run
     batch, m = _rollout_batch(parts, "ppo.micro_batch", value)
     kwargs = dict(model_cfg=run.model_cfg, loss_cfg=run.loss_cfg, optimizer=run.optimizer,
-                  temperature=run.cfg.sampling.temperature, whiten=run.cfg.ppo.whiten_advantages)
+                  temperature=run.cfg.sampling.temperature)
     args = (parts.state["params"], parts.state["opt_state"], batch)
     return Phase("policy_step", "ppo.micro_batch", value, update.policy_step, args, kwargs,
                  parts.resident("params", "opt_state"), f"{m} micro-batches x {value} x {parts.lengths.train} tokens")

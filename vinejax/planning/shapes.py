@@ -22,16 +22,26 @@ from vinejax.model.hf import read_hf_config
 from vinejax.model.hf_config import config_from_hf
 from vinejax.train.context import build_context, policy_source
 
-# The paper's base models (Hugging Face config.json values).
+# The paper's base models and the Qwen3 models of `config.PAPER_MODELS`: their Hugging Face
+# config.json values (read like a folder's, by `config_from_hf`).
 PAPER_SHAPES = {
     # realtreetune/rho-1b-sft-* = microsoft/rho-math-1b-v0.1, a TinyLlama-1.1B
-    "rho1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
-                  num_kv_heads=4, head_dim=64, max_position_embeddings=2048, rms_norm_eps=1e-5,
+    "rho1b": dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                  num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
                   bos_token_id=1, eos_token_id=2),
     # deepseek-ai/deepseek-math-7b-base
-    "deepseek7b": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_layers=30, num_heads=32,
-                       num_kv_heads=32, head_dim=128, max_position_embeddings=4096, rms_norm_eps=1e-6,
-                       bos_token_id=100000, eos_token_id=100001),
+    "deepseek7b": dict(model_type="llama", vocab_size=102400, hidden_size=4096, intermediate_size=11008,
+                       num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=32,
+                       max_position_embeddings=4096, rms_norm_eps=1e-6, bos_token_id=100000, eos_token_id=100001),
+    # Qwen/Qwen3-1.7B-Base (tied embeddings) and Qwen/Qwen3-8B-Base
+    "qwen3-1.7b": dict(model_type="qwen3", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
+                       bos_token_id=151643, eos_token_id=151643),
+    "qwen3-8b": dict(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False,
+                     bos_token_id=151643, eos_token_id=151643),
 }
 
 
@@ -47,7 +57,7 @@ def built_in_config(name: str, cfg) -> ModelConfig:
     if name not in PAPER_SHAPES:
         raise ConfigError(f"unknown model shape {name!r}; built-in shapes: {', '.join(PAPER_SHAPES)}")
     m = cfg.model
-    return ModelConfig(**PAPER_SHAPES[name], dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    return config_from_hf(PAPER_SHAPES[name], dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
 
 
 def model_config_of(cfg, shape: Optional[str] = None) -> tuple[ModelConfig, str]:

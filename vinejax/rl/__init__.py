@@ -4,8 +4,8 @@ Modules (each a handful of pure, jittable functions over fixed-shape masked arra
   values     MC value estimates V̂(s) and standard errors from K continuations per state
   adaptive   adaptive K: per-state rounds with an exactly unbiased stop rule (``vineppo.adaptive``)
   allocation a budget-global, exactly unbiased allocation of an iteration's MC rollouts (two rounds)
-  advantages one entry point ``compute(algo, ...)``: VinePPO step advantages, GAE, GRPO, RLOO;
-             masked whitening of an optimizer batch (``whiten_batch``)
+  advantages VinePPO step advantages, GAE, GRPO, RLOO (the estimators of ``vinejax.train.estimators``
+             call them); masked whitening of an optimizer batch (``whiten_batch``)
   logprobs   token log-probs / entropies from logits (temperature, vocab chunking)
   losses     PPO-clip, KL (k1/k2/k3), clipped value loss, entropy, the combined ``policy_loss``,
              RestEM sequence-mean NLL, DPO+ (DPO-Positive)
@@ -13,9 +13,6 @@ Modules (each a handful of pure, jittable functions over fixed-shape masked arra
   batch      RolloutBatch pytree (the sampler <-> trainer contract), PairBatch (DPO+ pairs)
 """
 from vinejax.rl.advantages import (
-                                   ALGORITHMS,
-                                   Advantages,
-                                   compute,
                                    gae_advantages,
                                    grpo_advantages,
                                    last_token_rewards,

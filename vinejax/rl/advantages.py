@@ -1,8 +1,8 @@
-"""Advantage estimators: VinePPO step advantages, GAE, GRPO, RLOO, masked whitening.
+"""Advantage numerics: VinePPO step advantages, GAE, GRPO, RLOO, masked whitening.
 
-One entry point, ``compute(algo, ...)``, gives every algorithm's token advantages from the
-values its own estimator produced (MC state values, critic token values, or none for the
-group baselines); ``whiten_batch`` normalises them per optimizer batch.
+Each estimator of ``vinejax.train.estimators`` turns its values (MC state values, critic token
+values, or none for the group baselines) into token advantages with these functions;
+``whiten_batch`` normalises them per optimizer batch.
 
 Array conventions (shared with sampling and training):
   tokens / masks are ``[B, T]``; a row is prompt then response, right-padded;
@@ -13,8 +13,6 @@ Array conventions (shared with sampling and training):
 All functions are pure, loop-free over tokens, and jittable (integer options are static).
 """
 from __future__ import annotations
-
-from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -211,19 +209,6 @@ def sequence_to_tokens(seq_values: jax.Array, response_mask: jax.Array) -> jax.A
     return jnp.where(response_mask, seq_values[:, None], 0.0)
 
 
-# ----------------------------------------------------------------------------- entry point
-ALGORITHMS = ("vineppo", "ppo", "grpo", "rloo")
-
-
-class Advantages(NamedTuple):
-    """What ``compute`` returns. tokens f32[B, T] (unwhitened, 0 off the response);
-    returns f32[B, T] critic targets (PPO, else None); metrics: scalar logging summaries."""
-
-    tokens: jax.Array
-    returns: Optional[jax.Array]
-    metrics: dict
-
-
 def ppo_gae_targets(values: jax.Array, rewards: jax.Array, response_mask: jax.Array,
                     gamma: float = 1.0, lam: float = 1.0,
                     kl_penalties: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -238,35 +223,6 @@ def ppo_gae_targets(values: jax.Array, rewards: jax.Array, response_mask: jax.Ar
     if kl_penalties is not None:
         token_rewards = token_rewards - kl_penalties
     return gae_advantages(values, token_rewards, response_mask, gamma, lam)
-
-
-def compute(algo: str, rewards: jax.Array, response_mask: jax.Array, *,
-            state_values: jax.Array | None = None, step_starts: jax.Array | None = None,
-            num_steps: jax.Array | None = None, max_value_step: int | None = None,
-            token_values: jax.Array | None = None, gamma: float = 1.0, lam: float = 1.0,
-            kl_penalties: jax.Array | None = None, group_size: int | None = None) -> Advantages:
-    """Token advantages of ``algo`` (one of ``ALGORITHMS``) from its values.
-
-    rewards f32[B]; response_mask bool[B, T]. Per algorithm:
-      vineppo: ``state_values`` f32[B, S] (MC V̂ of states 0..L−1), ``step_starts`` int32[B, S],
-        ``num_steps`` int32[B], ``max_value_step`` (GSM8K 25: later states take V = R);
-      ppo: ``token_values`` f32[B, T] critic values, GAE ``gamma``/``lam``, optional
-        ``kl_penalties`` f32[B, T] (KL in the reward);
-      grpo, rloo: ``group_size`` consecutive rows are the samples of one problem.
-    """
-    if algo == "vineppo":
-        step_adv = vine_step_advantages(state_values, rewards, num_steps, max_value_step)   # [B, S]
-        steps = state_mask(num_steps, state_values.shape[1])
-        metrics = {"advantages/step_mean": masked_mean(step_adv, steps),
-                   "advantages/step_abs_mean": masked_mean(jnp.abs(step_adv), steps)}
-        return Advantages(steps_to_tokens(step_adv, step_starts, num_steps, response_mask), None, metrics)
-    if algo == "ppo":
-        adv, returns = ppo_gae_targets(token_values, rewards, response_mask, gamma, lam, kl_penalties)
-        return Advantages(adv, returns, {"critic/values_mean": masked_mean(token_values, response_mask)})
-    if algo in ("grpo", "rloo"):
-        seq = (grpo_advantages if algo == "grpo" else rloo_advantages)(rewards, group_size=group_size)
-        return Advantages(sequence_to_tokens(seq, response_mask), None, {})
-    raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
 def whiten_batch(batch: RolloutBatch, shift_mean: bool = True) -> RolloutBatch:

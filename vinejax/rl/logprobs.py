@@ -5,12 +5,14 @@ Convention: ``logprobs[b, t] = log p(tokens[b, t] | tokens[b, :t])`` where p is 
 Column 0 has no prediction and is set to 0 (it is always masked). So
 
     logprobs[:, 1:] = (z[:, :-1] gathered at tokens[:, 1:]) − logsumexp(z[:, :-1]),  z = logits / τ
-    entropy[:, 1:]  = logsumexp(z) − Σ_v softmax(z)_v z_v      (entropy of the predicting row)
+    entropy[:, 1:]  = log s − Σ_v e^{z'_v} z'_v / s,   z' = z − max z, s = Σ_v e^{z'_v}
+                      (entropy of the predicting row, in the shift-invariant form: the float32
+                      error of ``logsumexp(z) − Σ softmax(z)·z`` grows with |z|, this one does not)
 
 ``vocab_chunk`` streams the vocabulary in chunks with an online log-sum-exp (running max m,
-s = Σ e^{z−m}, u = Σ e^{z−m} z), so a float32 copy of the full ``[B, T, V]`` logits is never
-formed (useful for 100k vocabularies with bf16 logits); the chunk body is rematerialised in the
-backward pass.
+s = Σ e^{z−m}, u = Σ e^{z−m} (z − m), rescaled when m grows), so a float32 copy of the full
+``[B, T, V]`` logits is never formed (useful for 100k vocabularies with bf16 logits); the chunk
+body is rematerialised in the backward pass.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ def _full_stats(x: jax.Array, temperature: float, with_entropy: bool):
     lse = jax.nn.logsumexp(z, axis=-1)                                       # [B, T]
     if not with_entropy:
         return lse, None
-    p = jnp.exp(z - lse[..., None])
-    return lse, lse - (p * z).sum(-1)
+    shifted = z - jax.lax.stop_gradient(z.max(-1, keepdims=True))            # [B, T, V] z' <= 0
+    e = jnp.exp(shifted)
+    s = e.sum(-1)                                                            # [B, T] >= 1
+    return lse, jnp.log(s) - (e * shifted).sum(-1) / s
 
 
 def _chunked_stats(x: jax.Array, temperature: float, chunk: int, with_entropy: bool):
@@ -51,16 +55,17 @@ def _chunked_stats(x: jax.Array, temperature: float, chunk: int, with_entropy: b
         m_new = jnp.maximum(m, zc.max(-1))
         scale = jnp.exp(m - m_new)
         e = jnp.exp(zc - m_new[..., None])
+        if with_entropy:  # u = Σ e^{z−m}(z − m): re-centred on the new max (0 before any column)
+            moved = jnp.where(s > 0, (m - m_new) * s, 0.0)
+            u = scale * (u + moved) + (e * (zf - m_new[..., None])).sum(-1)  # e = 0 off-range
         s = s * scale + e.sum(-1)
-        if with_entropy:
-            u = u * scale + (e * zf).sum(-1)           # e = 0 off-range; zf finite (no 0·inf)
         return (m_new, s, u), None
 
     init = (jnp.full(lead, -jnp.inf, jnp.float32), jnp.zeros(lead, jnp.float32),
             jnp.zeros(lead, jnp.float32))
     (m, s, u), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     lse = m + jnp.log(s)
-    return lse, (lse - u / s) if with_entropy else None
+    return lse, (jnp.log(s) - u / s) if with_entropy else None
 
 
 def _aligned(x: jax.Array) -> jax.Array:

@@ -38,13 +38,14 @@ def _f32(x, mask, fill=0.0):
 # ----------------------------------------------------------------------------- policy
 def ppo_clip_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
                   mask: jax.Array, clip_eps: float = 0.2, clip_eps_high: float | None = None,
-                  dual_clip: float | None = None):
+                  dual_clip: float | None = None, weights: jax.Array | None = None):
     """PPO-clip policy loss summed over valid tokens.
 
         ρ_t = exp(lp_t − old_t)
         ℓ_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε_low, 1 + ε_high))      (ε_high defaults to ε_low)
         dual clip c > 1:  ℓ_t = min(ℓ_t, −c A_t) where A_t < 0
-    Returns ``(Σ_t m_t ℓ_t, Σ_t m_t, metrics)`` with metrics ``pg_loss``, ``pg_clipfrac``
+    Returns ``(Σ_t m_t w_t ℓ_t, Σ_t m_t, metrics)`` (``weights`` w broadcastable to [B, T],
+    default 1: the loss aggregation, ``token_weights``) with metrics ``pg_loss``, ``pg_clipfrac``
     (fraction of tokens where the clipped branch is active), ``approx_kl`` (k3 of KL(old‖new):
     ρ − 1 − log ρ), ``ratio`` (mean ρ) and, with dual clip, ``pg_dual_clipfrac``.
     Shapes: all inputs [B, T] (mask bool).
@@ -69,8 +70,8 @@ def ppo_clip_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.
         loss = jnp.where(use_dual, dual, loss)
         metrics["pg_dual_clipfrac"] = ((m * use_dual).sum(), count)
     total = (m * loss).sum()
-    metrics["pg_loss"] = (total, count)
-    return total, count, metrics
+    metrics["pg_loss"] = (total, count)  # the plain token mean of ℓ, whatever the weights
+    return (total if weights is None else (m * weights * loss).sum()), count, metrics
 
 
 # ----------------------------------------------------------------------------- KL
@@ -142,18 +143,59 @@ def entropy_sum(entropy: jax.Array, mask: jax.Array):
 
 
 # ----------------------------------------------------------------------------- combined
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyLossConfig:
-    """Static (hashable) settings; defaults are the paper's (VINEPPO.md §2)."""
+    """Static (hashable) settings; defaults are the paper's (VINEPPO.md §2).
+
+    ``aggregation`` (verl's ``loss_agg_mode`` names) weighs the token losses of the PPO-clip
+    and entropy terms: "token-mean" Σ ℓ / N_tok (the paper; ``token_mean`` "batch" counts the
+    optimizer batch's tokens, "micro_batch" each micro-batch's, the official per-device mean);
+    "seq-mean-token-mean" each sequence's token mean, then the mean over sequences (GRPO);
+    "seq-mean-token-sum-norm" Σ ℓ / (N_seq · ``norm_length``), Dr. GRPO's constant normaliser
+    (TRL ``loss_type="dr_grpo"``). ``whiten``: advantages whitened over the optimizer batch first.
+    """
 
     clip_eps: float = 0.2
-    clip_eps_high: float | None = None     # asymmetric clip; None = clip_eps
+    clip_eps_high: float | None = None     # asymmetric clip (DAPO's ε_high); None = clip_eps
     dual_clip: float | None = None         # e.g. 3.0; None = off
     kl_coef: float = 1e-4                  # β, KL in the loss
     kl_estimator: str = "k3"
-    kl_clamp: tuple[float, float] | None = (0.0, 10.0)
+    kl_clamp: tuple[float, float] | None = (0.0, 10.0)  # per-token clamp (k2, k3); k1 takes None
     entropy_coef: float = 0.0              # bonus (paper: none, entropy only logged)
     max_mean_ratio: float | None = 10.0    # skip the update when the batch mean ratio exceeds it
+    aggregation: str = "token-mean"
+    token_mean: str = "batch"              # token-mean only: "batch" or "micro_batch"
+    norm_length: int = 1024                # seq-mean-token-sum-norm's constant (generation budget)
+    whiten: bool = True
+
+
+def kl_clamp_for(kind: str, upper: float) -> tuple[float, float] | None:
+    """The per-token clamp of a KL estimator: [0, upper] for k2 and k3 (the paper's k3 clamp),
+    None for k1, whose per-token values are negative where the policy is below the reference
+    (verl's "kl" and TRL's k1 are not clamped); None when ``upper`` <= 0."""
+    return None if kind == "k1" or upper <= 0 else (0.0, float(upper))
+
+
+def token_denominators(mask: jax.Array, batch_counts: tuple, num_micro: int, cfg: PolicyLossConfig) -> jax.Array:
+    """What each token loss of one micro-batch (mask bool[mb, T]) is divided by, a scalar or
+    f32[mb, 1], so that the micro-batches' sums add up to the optimizer batch's aggregated loss
+    (``PolicyLossConfig.aggregation``). ``batch_counts``: (tokens, sequences) of the optimizer
+    batch; ``num_micro``: its number of micro-batches."""
+    n_tok, n_seq = (jnp.maximum(jnp.asarray(c, jnp.float32), 1.0) for c in batch_counts)
+    if cfg.aggregation == "seq-mean-token-mean":
+        return jnp.maximum(mask.sum(-1, keepdims=True).astype(jnp.float32), 1.0) * n_seq    # [mb, 1]
+    if cfg.aggregation == "seq-mean-token-sum-norm":
+        return n_seq * cfg.norm_length
+    if cfg.aggregation != "token-mean":
+        raise ValueError(f"unknown loss aggregation {cfg.aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+    if cfg.token_mean == "batch":
+        return batch_counts[0]
+    if cfg.token_mean == "micro_batch":
+        return jnp.maximum(mask.sum().astype(jnp.float32), 1.0) * num_micro
+    raise ValueError(f"token_mean must be 'batch' or 'micro_batch', not {cfg.token_mean!r}")
 
 
 def policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossConfig(),
@@ -170,27 +212,32 @@ def policy_loss(logprobs: jax.Array, batch, cfg: PolicyLossConfig = PolicyLossCo
       num_tokens, num_sequences: denominators. Default: this batch's own counts. For
         micro-batching pass the optimizer batch's counts (``RolloutBatch.num_tokens()`` /
         ``num_sequences()`` of the full batch): then Σ over micro-batches of the returned loss
-        equals the full-batch loss exactly.
+        equals the full-batch loss exactly. ``num_tokens`` may be f32[B, 1] per row (the
+        aggregation modes, ``token_denominators``).
     Returns:
       ``(loss, metrics)``: scalar loss; metrics as (sum, count) pairs (``pg_loss``,
       ``pg_clipfrac``, ``approx_kl``, ``ratio``, ``kl``, ``kl_token``, ``entropy``). Decide the
       paper's skip with ``should_skip`` on the aggregated metrics.
     """
     mask = batch.response_mask
+    per_row = num_tokens is not None and jnp.ndim(num_tokens) > 0  # [B, 1]: weigh tokens, then sum
+    weights = 1.0 / jnp.maximum(num_tokens, 1) if per_row else None
     pg_sum, n_tok_local, metrics = ppo_clip_loss(
         logprobs, batch.old_logprobs, batch.advantages, mask,
-        cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip)
+        cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, weights)
     kl_sum, n_seq_local, kl_metrics = kl_loss(logprobs, batch.ref_logprobs, mask,
                                               cfg.kl_estimator, cfg.kl_clamp)
     metrics.update(kl_metrics)
-    n_tok = jnp.maximum(n_tok_local if num_tokens is None else num_tokens, 1)
+    n_tok = 1.0 if per_row else jnp.maximum(n_tok_local if num_tokens is None else num_tokens, 1)
     n_seq = jnp.maximum(n_seq_local if num_sequences is None else num_sequences, 1)
     beta = cfg.kl_coef if kl_coef is None else kl_coef  # a traced β (adaptive KL) overrides the static one
     loss = pg_sum / n_tok + beta * kl_sum / n_seq
     if entropy is not None:
         ent_sum, _, ent_metrics = entropy_sum(entropy, mask)
         metrics.update(ent_metrics)
-        loss = loss - cfg.entropy_coef * ent_sum / n_tok
+        if cfg.entropy_coef:
+            ent_weighted = ent_sum if not per_row else entropy_sum(entropy * weights, mask)[0]
+            loss = loss - cfg.entropy_coef * ent_weighted / n_tok
     return loss, metrics
 
 

@@ -6,14 +6,17 @@ from vinejax.sampling.core import (  # noqa: F401
     FINISH_REASONS,
     FINISH_STOP,
     GenerationOutput,
+    Rows,
     SamplingConfig,
     bucket,
     filter_logits,
     sample_tokens,
 )
+from vinejax.sampling.env import RolloutEnv  # noqa: F401
 from vinejax.sampling.generation import assemble_rows, generate, row_keys  # noqa: F401
 from vinejax.sampling.mc import (  # noqa: F401
     ContinuationOutput,
+    Trajectories,
     TrajectoryCache,
     continue_from_prefixes,
     trajectory_cache,

@@ -91,6 +91,15 @@ class GenerationOutput(NamedTuple):
     steps: jax.Array
 
 
+class Rows(NamedTuple):
+    """The rows a decode loop writes: keys, typed PRNG keys [R] (row r draws its token at column
+    i with fold_in(keys[r], i)); budget, int32[R] max new tokens per row (capped at
+    `max_new_tokens`; 0 = an inactive row)."""
+
+    keys: jax.Array
+    budget: jax.Array
+
+
 def bucket(n: int, minimum: int = 8, multiple_of: int = 1) -> int:
     """Round n up to a power of two (>= minimum) below 1024, else to a multiple of 1024; then to
     a multiple of `multiple_of` (the data-parallel size). Keeps the number of compiled shapes small."""
@@ -219,8 +228,7 @@ def decode(
     scfg: SamplingConfig,
     cache,
     logits0: jax.Array,
-    keys: jax.Array,
-    budget: jax.Array,
+    rows: Rows,
     stop_table: Optional[jax.Array] = None,
     weights: Optional[tuple] = None,
 ) -> GenerationOutput:
@@ -231,8 +239,7 @@ def decode(
     `model.decode.decode_weights(params, cfg)` when the caller already has them.
 
     logits0: f32[R, V] next-token logits of every row (from prefill or the trajectory pass);
-    keys: typed PRNG keys [R]; budget: int32[R] max new tokens per row (capped at
-    scfg.max_new_tokens; 0 = inactive row); stop_table: optional int32[S, V'] (V' >= V) the
+    rows: the rows' keys and budgets (`Rows`); stop_table: optional int32[S, V'] (V' >= V) the
     `next_state` of a `stops.StopTable`. The cache needs lengths[r] + max_new_tokens slots.
     A `lax.while_loop` runs one step per iteration (`model.decode.decode_step`, or
     `llama.forward_cached` when `scfg.unroll_layers` is off; sample; stop checks) and exits as
@@ -241,7 +248,7 @@ def decode(
     r, v = logits0.shape
     n = scfg.max_new_tokens
     pad = jnp.int32(scfg.pad_id)
-    budget = jnp.minimum(budget.astype(jnp.int32), n)
+    keys, budget = rows.keys, jnp.minimum(rows.budget.astype(jnp.int32), n)
     eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
     tables = []
     if scfg.stop_sequences:  # token-id sequences: a constant automaton, built at trace time

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +10,8 @@ from flax import linen as nn
 
 from vinejax.model import decode as model_decode
 from vinejax.model import llama
-from vinejax.model.config import ModelConfig
-from vinejax.sampling.core import GenerationOutput, SamplingConfig, bucket, cache_room, decode
-from vinejax.sampling.stops import StopTable
+from vinejax.sampling.core import GenerationOutput, Rows, bucket, cache_room, decode
+from vinejax.sampling.env import RolloutEnv
 from vinejax.sharding import data_parallel_size
 
 
@@ -50,31 +48,23 @@ def _generate_jit(params, prompts, prompt_lens, budget, keys, stop_table, *, cfg
             rep = lambda x: jnp.repeat(x, num_samples, axis=1)
             cache = llama.KVCache(rep(cache.k), rep(cache.v), rows(cache.lengths))
         logits0 = rows(logits0)
-    return decode(params, cfg, scfg, cache, logits0, keys, budget, stop_table, weights)
+    return decode(params, cfg, scfg, cache, logits0, Rows(keys, budget), stop_table, weights)
 
 
-def generate(
-    params: dict,
-    cfg: ModelConfig,
-    prompts,
-    prompt_lens,
-    rng: jax.Array,
-    scfg: SamplingConfig,
-    *,
-    num_samples: int = 1,
-    max_new=None,
-    stops: Optional[StopTable] = None,
-) -> GenerationOutput:
-    """Sample responses to right-padded prompts.
+def generate(env: RolloutEnv, prompts, prompt_lens, rng: jax.Array, *, num_samples: int = 1,
+             max_new=None) -> GenerationOutput:
+    """Sample responses to right-padded prompts with `env`'s policy, sampling settings and stops.
 
-    params: model pytree (may be sharded; under `jax.set_mesh` + logical-axis rules the batch is
-    sharded over the data axes); prompts: int[Bp, P] right-padded; prompt_lens: int[Bp] (>= 1);
-    rng: PRNG key; num_samples: responses per prompt (one prefill shared by all of them; output row
-    b * num_samples + s); max_new: optional int[Bp * num_samples] per-row token budgets (capped at
-    scfg.max_new_tokens); stops: a `stops.stop_automaton` table (stop strings matched on the
-    response text; a row stops at the token that completes one). Batch and prompt length are bucketed (`core.bucket`) so different
+    env.params may be sharded (under `jax.set_mesh` + logical-axis rules the batch is sharded
+    over the data axes); prompts: int[Bp, P] right-padded; prompt_lens: int[Bp] (>= 1); rng: PRNG
+    key; num_samples: responses per prompt (one prefill shared by all of them; output row
+    b * num_samples + s); max_new: optional int[Bp * num_samples] per-row token budgets (capped
+    at scfg.max_new_tokens; default: `env.budgets` of the prompt lengths); env.stops: a
+    `stops.stop_automaton` table (stop strings matched on the response text; a row stops at the
+    token that completes one). Batch and prompt length are bucketed (`core.bucket`) so different
     batches reuse a handful of compiled programs. Row r's randomness is fold_in(rng, r).
     """
+    params, cfg, scfg, stops = env.params, env.model_cfg, env.scfg, env.stops
     prompts = np.asarray(prompts, np.int32)
     prompt_lens = np.asarray(prompt_lens, np.int32)
     bp, p = prompts.shape
@@ -90,7 +80,9 @@ def generate(
     lens = np.ones((bb,), np.int32)
     lens[:bp] = prompt_lens
     budget = np.zeros((bb * num_samples,), np.int32)
-    budget[:rows] = scfg.max_new_tokens if max_new is None else np.minimum(np.asarray(max_new), scfg.max_new_tokens)
+    if max_new is None:
+        max_new = np.repeat(env.budgets(prompt_lens), num_samples)
+    budget[:rows] = np.minimum(np.asarray(max_new), scfg.max_new_tokens)
     keys = row_keys(rng, np.arange(bb * num_samples))
     need = int((np.repeat(lens, num_samples) + budget).max())
     room = min(pb + scfg.max_new_tokens, cache_room(need))  # attend over needed slots only

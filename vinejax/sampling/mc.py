@@ -1,6 +1,7 @@
 """VinePPO Monte-Carlo continuations from the trajectory's own KV cache.
 
-`continue_from_prefixes` samples K continuations from every state (prefix) of every trajectory.
+`Trajectories.continue_from` (and `continue_from_prefixes`) samples K continuations from every
+state (prefix) of every trajectory.
 One cached forward pass over the right-padded trajectories (which training needs anyway) holds
 the keys/values of every prefix: a state at position `pos` of row b continues from rows of that
 cache gathered K times with `lengths = pos`, and its first token is drawn from the logits at
@@ -26,10 +27,10 @@ from flax import linen as nn
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
 from vinejax.multihost import to_host
-from vinejax.sampling.core import SamplingConfig, bucket, cache_room, decode
+from vinejax.sampling.core import Rows, bucket, cache_room, decode
+from vinejax.sampling.env import RolloutEnv
 from vinejax.sampling.generation import row_keys
-from vinejax.sampling.refill import RowStart, decode_rows
-from vinejax.sampling.stops import StopTable
+from vinejax.sampling.refill import RefillPlan, RowStart, decode_rows
 from vinejax.sharding import data_parallel_size
 
 
@@ -116,25 +117,33 @@ def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_tabl
     cache = llama.KVCache(jnp.pad(k[:, rows, :keep], pad), jnp.pad(v[:, rows, :keep], pad), pos.astype(jnp.int32))
     last = traj.hidden[rows, pos - 1]  # [R, D] hidden at the state's last prefix token
     logits0 = llama.lm_logits(params, cfg, last)
-    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, keys, budget, stop_table)
+    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, Rows(keys, budget), stop_table)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "slots", "room", "refills"))
-def _refill_jit(params, traj: TrajectoryCache, q_row, q_pos, budget, keys, num_rows, stop_table, *, cfg, scfg, slots,
-                room, refills):
-    """Decode queue rows (q_row int32[N] trajectory row, q_pos int32[N] prefix length >= 1) with
-    `slots` slots refilled from the trajectory cache (`refill.decode_rows`)."""
+class _Queue(NamedTuple):
+    """Continuation rows: row int32[N] trajectory row, pos int32[N] prefix length (>= 1),
+    budget int32[N] max new tokens, keys typed PRNG keys [N]."""
+
+    row: jax.Array
+    pos: jax.Array
+    budget: jax.Array
+    keys: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg", "plan"))
+def _refill_jit(params, traj: TrajectoryCache, queue: _Queue, num_rows, stop_table, *, cfg, scfg, plan: RefillPlan):
+    """Decode the queue's rows with `plan.slots` slots refilled from the trajectory cache
+    (`refill.decode_rows`)."""
     k_all, v_all = traj.cache.k, traj.cache.v
-    keep = min(room, k_all.shape[2])
-    pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
+    keep = min(plan.room, k_all.shape[2])
+    pad = ((0, 0), (0, 0), (0, plan.room - keep), (0, 0), (0, 0))
 
     def fetch(rows):
-        b, p = q_row[rows], q_pos[rows]
+        b, p = queue.row[rows], queue.pos[rows]
         logits0 = llama.lm_logits(params, cfg, traj.hidden[b, p - 1])  # [M, V] from the state's last token
         return RowStart(jnp.pad(k_all[:, b, :keep], pad), jnp.pad(v_all[:, b, :keep], pad), p, logits0)
 
-    return decode_rows(params, cfg, scfg, fetch, num_rows, keys, budget, slots=slots, room=room,
-                       refills_per_step=refills, stop_table=stop_table)
+    return decode_rows(params, cfg, scfg, fetch, Rows(queue.keys, queue.budget), num_rows, plan, stop_table)
 
 
 def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -160,138 +169,141 @@ def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarra
     return uid, np.asarray(reps, np.int64).reshape(len(reps), 2)
 
 
-def continue_from_prefixes(
-    params: dict,
-    cfg: ModelConfig,
-    tokens,
-    lengths,
-    state_positions,
-    rng: jax.Array,
-    scfg: SamplingConfig,
-    num_samples,
-    *,
-    state_mask=None,
-    budgets=None,
-    max_rows_per_chunk: int = 256,
-    traj: Optional[TrajectoryCache] = None,
-    stops: Optional[StopTable] = None,
-    schedule: str = "refill",
-    refills_per_step: Optional[int] = None,
-) -> ContinuationOutput:
-    """num_samples continuations from every state of every trajectory.
+class Trajectories:
+    """A batch of right-padded trajectories whose states `continue_from` samples continuations of.
 
-    tokens int[B, T] right-padded trajectories (prompt + response), lengths int[B];
-    state_positions int[B, S]: prefix length of each state (state = tokens[b, :pos], 1 <= pos <=
-    lengths[b]); num_samples: K for every state, or int[B, S] per state (output K = the largest;
-    slots k >= a state's own count are empty: length 0, FINISH_NONE); state_mask bool[B, S]
-    (default all true); budgets: optional int[B, S] max new tokens per state (capped at
-    scfg.max_new_tokens); traj: a precomputed `trajectory_cache` of the same rows (computed here
-    otherwise; pass it to reuse one cache over several calls). Continuation k of the state with
-    unique-prefix id u uses the key fold_in(fold_in(rng, u_row * S + u_state), k) where (u_row,
-    u_state) is the first state with that exact prefix (`unique_prefixes`), so results are
-    reproducible and independent of scheduling and chunking. Identical prefixes share their
-    continuations (a prefix shared by states with different counts gets the largest).
-    max_rows_per_chunk: rows decoded at once (slots with refill, chunk rows otherwise);
-    schedule: "refill" or "chunks" (module docstring); refills_per_step: slots refilled per loop
-    iteration at most (default slots // 8).
-    stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within the
-    continuation only (as vLLM's `stop` with the prefix in the prompt); cut a continuation with
-    `stops.cut_at_stop(tokenizer, stops, prefix + continuation, search_from=len(prefix))`.
+    tokens int[B, T] (prompt + response), lengths int[B]; the cached forward pass over them
+    (`trajectory_cache`, with `cache_rows` > 0: in groups of that many rows) runs on the first
+    call and is kept, so several calls (adaptive K's rounds) share it; pass `cache` to reuse one
+    computed elsewhere.
     """
-    if schedule not in ("refill", "chunks"):
-        raise ValueError(f"schedule must be 'refill' or 'chunks', got {schedule!r}")
-    tokens = np.asarray(tokens, np.int32)
-    lengths = np.asarray(lengths, np.int32)
-    pos = np.asarray(state_positions, np.int32)
-    b, s = pos.shape
-    mask = np.ones((b, s), bool) if state_mask is None else np.asarray(state_mask, bool)
-    counts = np.broadcast_to(np.asarray(num_samples, np.int64), (b, s))
-    if np.any(counts < 0):
-        raise ValueError("num_samples must be >= 0")
-    mask = mask & (counts > 0)
-    kmax = int(counts.max(initial=0))
-    n = scfg.max_new_tokens
-    bud = np.full((b, s), n, np.int32) if budgets is None else np.minimum(np.asarray(budgets, np.int32), n)
-    if np.any(mask & ((pos < 1) | (pos > lengths[:, None]))):
-        raise ValueError("state positions must be in [1, length] of their trajectory")
 
-    uid, rep = unique_prefixes(tokens, pos, mask)
-    nu = len(rep)
-    if nu == 0:  # every state masked out
-        z = np.zeros((b, s, kmax), np.int32)
-        stats = dict(unique_states=0, rows=0, chunks=0, slots=0, slot_steps=0, live_steps=0, live_fraction=0.0)
-        return ContinuationOutput(
-            np.full((b, s, kmax, n), scfg.pad_id, np.int32), np.zeros((b, s, kmax, n), np.float32), z, z, stats
-        )
-    u_budget = np.zeros((nu,), np.int32)
-    np.maximum.at(u_budget, uid[mask], bud[mask])
-    u_count = np.zeros((nu,), np.int64)
-    np.maximum.at(u_count, uid[mask], counts[mask])
-    # Expected length: the episode's own continuation from the state (the longest over episodes
-    # sharing it), capped by the budget; rows wait longest first (refill), or by budget (chunks).
-    u_expect = np.zeros((nu,), np.int64)
-    np.maximum.at(u_expect, uid[mask], np.broadcast_to(lengths[:, None], (b, s))[mask] - pos[mask])
-    u_expect = np.minimum(u_expect, u_budget)
-    order = np.argsort(-u_budget, kind="stable") if schedule == "chunks" else np.lexsort((-u_budget, -u_expect))
-    row_u = np.repeat(order, u_count[order])
-    row_k = np.concatenate([np.arange(u_count[u]) for u in order])
-    row_b, row_s = rep[row_u, 0], rep[row_u, 1]
-    base = row_keys(rng, (row_b * s + row_s).astype(np.uint32))
-    all_keys = jax.vmap(jax.random.fold_in)(base, jnp.asarray(row_k, jnp.uint32))
-    row_pos = pos[row_b, row_s].astype(np.int32)
-    row_budget = u_budget[row_u]
+    def __init__(self, env: RolloutEnv, tokens, lengths, cache: Optional[TrajectoryCache] = None,
+                 cache_rows: int = 0):
+        self.env = env
+        self.tokens = np.asarray(tokens, np.int32)
+        self.lengths = np.asarray(lengths, np.int32)
+        self._cache, self._cache_rows = cache, cache_rows
 
-    if traj is None:
-        traj = trajectory_cache(params, cfg, tokens, lengths, pad_id=scfg.pad_id)
-    dp = data_parallel_size()
-    table = None if stops is None else jnp.asarray(stops.next_state)
-    chunk = bucket(max_rows_per_chunk, multiple_of=dp)
-    total = len(row_u)
-    run = _refill_rows if schedule == "refill" else _chunk_rows
-    results, slots, slot_steps, chunks = run(params, cfg, scfg, traj, row_b.astype(np.int32), row_pos, row_budget,
-                                             all_keys, table, chunk, dp, refills_per_step)
+    @property
+    def cache(self) -> TrajectoryCache:
+        if self._cache is None:
+            env = self.env
+            self._cache = trajectory_cache(env.params, env.model_cfg, self.tokens, self.lengths, pad_id=env.scfg.pad_id,
+                                           max_rows=self._cache_rows)
+        return self._cache
 
-    out_tok = np.full((nu, kmax, n), scfg.pad_id, np.int32)
-    out_lp = np.zeros((nu, kmax, n), np.float32)
-    out_len = np.zeros((nu, kmax), np.int32)
-    out_fin = np.zeros((nu, kmax), np.int32)
-    for sl, res in results:
-        u, k = row_u[sl], row_k[sl]
-        out_tok[u, k], out_lp[u, k], out_len[u, k], out_fin[u, k] = res
+    def continue_from(self, state_positions, rng: jax.Array, num_samples, *, state_mask=None,
+                      budgets=None) -> ContinuationOutput:
+        """num_samples continuations from every state of every trajectory.
 
-    keep = mask[..., None] & (np.arange(kmax)[None, None] < counts[..., None])  # [B, S, K]
-    safe = np.where(mask, uid, 0)
-    sel = lambda x: np.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), x[safe], 0)
-    tok = np.where(keep[..., None], out_tok[safe], scfg.pad_id)
-    live = int(out_len.sum())
-    stats = dict(
-        unique_states=nu,
-        rows=total,
-        chunks=chunks,
-        slots=slots,
-        slot_steps=slot_steps,
-        live_steps=live,
-        live_fraction=live / max(slot_steps, 1),
-    )
-    return ContinuationOutput(tok, sel(out_lp), sel(out_len), sel(out_fin), stats)
+        state_positions int[B, S]: prefix length of each state (state = tokens[b, :pos], 1 <= pos
+        <= lengths[b]); num_samples: K for every state, or int[B, S] per state (output K = the
+        largest; slots k >= a state's own count are empty: length 0, FINISH_NONE); state_mask
+        bool[B, S] (default all true); budgets: optional int[B, S] max new tokens per state
+        (capped at scfg.max_new_tokens; default `env.budgets` of the positions). Continuation k
+        of the state with unique-prefix id u uses the key fold_in(fold_in(rng, u_row * S +
+        u_state), k) where (u_row, u_state) is the first state with that exact prefix
+        (`unique_prefixes`), so results are reproducible and independent of scheduling and
+        chunking. Identical prefixes share their continuations (a prefix shared by states with
+        different counts gets the largest). `env.chunk_rows` rows are decoded at once (slots with
+        refill, chunk rows otherwise); `env.schedule` "refill" or "chunks" (module docstring);
+        `env.refills_per_step`: slots refilled per loop iteration at most (default slots // 8).
+        env.stops: a `stops.stop_automaton` table. Stop sequences and stop strings match within
+        the continuation only (as vLLM's `stop` with the prefix in the prompt); cut a
+        continuation with `stops.cut_at_stop(tokenizer, stops, prefix + continuation,
+        search_from=len(prefix))`.
+        """
+        env, scfg = self.env, self.env.scfg
+        tokens, lengths = self.tokens, self.lengths
+        pos = np.asarray(state_positions, np.int32)
+        b, s = pos.shape
+        mask = np.ones((b, s), bool) if state_mask is None else np.asarray(state_mask, bool)
+        counts = np.broadcast_to(np.asarray(num_samples, np.int64), (b, s))
+        if np.any(counts < 0):
+            raise ValueError("num_samples must be >= 0")
+        mask = mask & (counts > 0)
+        kmax = int(counts.max(initial=0))
+        n = scfg.max_new_tokens
+        bud = np.minimum(env.budgets(pos) if budgets is None else np.asarray(budgets, np.int32), n)
+        if np.any(mask & ((pos < 1) | (pos > lengths[:, None]))):
+            raise ValueError("state positions must be in [1, length] of their trajectory")
+
+        uid, rep = unique_prefixes(tokens, pos, mask)
+        nu = len(rep)
+        if nu == 0:  # every state masked out
+            z = np.zeros((b, s, kmax), np.int32)
+            stats = dict(unique_states=0, rows=0, chunks=0, slots=0, slot_steps=0, live_steps=0, live_fraction=0.0)
+            return ContinuationOutput(
+                np.full((b, s, kmax, n), scfg.pad_id, np.int32), np.zeros((b, s, kmax, n), np.float32), z, z, stats
+            )
+        u_budget = np.zeros((nu,), np.int32)
+        np.maximum.at(u_budget, uid[mask], bud[mask])
+        u_count = np.zeros((nu,), np.int64)
+        np.maximum.at(u_count, uid[mask], counts[mask])
+        # Expected length: the episode's own continuation from the state (the longest over episodes
+        # sharing it), capped by the budget; rows wait longest first (refill), or by budget (chunks).
+        u_expect = np.zeros((nu,), np.int64)
+        np.maximum.at(u_expect, uid[mask], np.broadcast_to(lengths[:, None], (b, s))[mask] - pos[mask])
+        u_expect = np.minimum(u_expect, u_budget)
+        order = np.argsort(-u_budget, kind="stable") if env.schedule == "chunks" else np.lexsort((-u_budget, -u_expect))
+        row_u = np.repeat(order, u_count[order])
+        row_k = np.concatenate([np.arange(u_count[u]) for u in order])
+        row_b, row_s = rep[row_u, 0], rep[row_u, 1]
+        base = row_keys(rng, (row_b * s + row_s).astype(np.uint32))
+        all_keys = jax.vmap(jax.random.fold_in)(base, jnp.asarray(row_k, jnp.uint32))
+        queue = _Queue(row_b.astype(np.int32), pos[row_b, row_s].astype(np.int32), u_budget[row_u], all_keys)
+
+        run = _refill_rows if env.schedule == "refill" else _chunk_rows
+        results, slots, slot_steps, chunks = run(env, self.cache, queue)
+
+        out_tok = np.full((nu, kmax, n), scfg.pad_id, np.int32)
+        out_lp = np.zeros((nu, kmax, n), np.float32)
+        out_len = np.zeros((nu, kmax), np.int32)
+        out_fin = np.zeros((nu, kmax), np.int32)
+        for sl, res in results:
+            u, k = row_u[sl], row_k[sl]
+            out_tok[u, k], out_lp[u, k], out_len[u, k], out_fin[u, k] = res
+
+        keep = mask[..., None] & (np.arange(kmax)[None, None] < counts[..., None])  # [B, S, K]
+        safe = np.where(mask, uid, 0)
+        sel = lambda x: np.where(keep.reshape(keep.shape + (1,) * (x.ndim - 2)), x[safe], 0)
+        tok = np.where(keep[..., None], out_tok[safe], scfg.pad_id)
+        live = int(out_len.sum())
+        stats = dict(unique_states=nu, rows=len(row_u), chunks=chunks, slots=slots, slot_steps=slot_steps,
+                     live_steps=live, live_fraction=live / max(slot_steps, 1))
+        return ContinuationOutput(tok, sel(out_lp), sel(out_len), sel(out_fin), stats)
 
 
-def _chunk_rows(params, cfg, scfg, traj, row_b, row_pos, row_budget, all_keys, table, chunk, dp, refills):
+def continue_from_prefixes(env: RolloutEnv, tokens, lengths, state_positions, rng: jax.Array, num_samples, *,
+                           state_mask=None, budgets=None) -> ContinuationOutput:
+    """num_samples continuations from every state of every trajectory tokens int[B, T] (lengths
+    int[B]): `Trajectories(env, tokens, lengths).continue_from(...)`, whose docstring says it all."""
+    return Trajectories(env, tokens, lengths).continue_from(state_positions, rng, num_samples, state_mask=state_mask,
+                                                           budgets=budgets)
+
+
+def _stop_array(env: RolloutEnv):
+    return None if env.stops is None else jnp.asarray(env.stops.next_state)
+
+
+def _chunk_rows(env: RolloutEnv, traj: TrajectoryCache, queue: _Queue):
     """Fixed-size chunks, each decoded until its longest row ends. Returns ([(slice, (tokens,
     logprobs, lengths, finish))], slots, slot_steps, chunks)."""
-    total = len(row_b)
+    total, dp, table = len(queue.row), data_parallel_size(), _stop_array(env)
+    chunk = bucket(env.chunk_rows, multiple_of=dp)
     dispatched = []
     for start in range(0, total, chunk):
         sl = slice(start, min(start + chunk, total))
         m = sl.stop - sl.start
         r = chunk if m == chunk else bucket(m, multiple_of=dp)
         pad_to = lambda x, fill=0: np.concatenate([x[sl], np.full((r - m,), fill, x.dtype)])
-        keys = all_keys[sl]
+        keys = queue.keys[sl]
         if r > m:
             keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
-        room = cache_room(int((row_pos[sl] + row_budget[sl]).max()))  # slots this chunk needs
-        res = _chunk_jit(params, traj, pad_to(row_b), pad_to(row_pos, 1), pad_to(row_budget), keys, table,
-                         cfg=cfg, scfg=scfg, room=room)
+        room = cache_room(int((queue.pos[sl] + queue.budget[sl]).max()))  # slots this chunk needs
+        res = _chunk_jit(env.params, traj, pad_to(queue.row), pad_to(queue.pos, 1), pad_to(queue.budget), keys, table,
+                         cfg=env.model_cfg, scfg=env.scfg, room=room)
         dispatched.append((sl, m, r, res))  # dispatch every chunk before reading any back
     results, slot_steps = [], 0
     for sl, m, r, res in dispatched:
@@ -301,19 +313,21 @@ def _chunk_rows(params, cfg, scfg, traj, row_b, row_pos, row_budget, all_keys, t
     return results, chunk, slot_steps, len(dispatched)
 
 
-def _refill_rows(params, cfg, scfg, traj, row_b, row_pos, row_budget, all_keys, table, chunk, dp, refills):
-    """One decode call with `chunk` slots (fewer when there are fewer rows), refilled in the loop."""
-    total = len(row_b)
-    slots = min(chunk, bucket(total, multiple_of=dp))
+def _refill_rows(env: RolloutEnv, traj: TrajectoryCache, queue: _Queue):
+    """One decode call with `env.chunk_rows` slots (fewer when there are fewer rows), refilled in the loop."""
+    total, dp = len(queue.row), data_parallel_size()
+    slots = min(bucket(env.chunk_rows, multiple_of=dp), bucket(total, multiple_of=dp))
     nb = bucket(total, multiple_of=dp)  # queue length bucketed; rows >= total never start
     pad_to = lambda x, fill=0: np.concatenate([x, np.full((nb - total,), fill, x.dtype)])
-    keys = all_keys
+    keys = queue.keys
     if nb > total:
         keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (nb - total,))])
-    room = cache_room(int((row_pos + row_budget).max()))
+    room = cache_room(int((queue.pos + queue.budget).max()))
+    refills = env.refills_per_step
     refills = max(1, slots // 8) if refills is None else max(1, min(int(refills), slots))
-    res = _refill_jit(params, traj, pad_to(row_b), pad_to(row_pos, 1), pad_to(row_budget), keys, np.int32(total),
-                      table, cfg=cfg, scfg=scfg, slots=slots, room=room, refills=refills)
+    padded = _Queue(pad_to(queue.row), pad_to(queue.pos, 1), pad_to(queue.budget), keys)
+    res = _refill_jit(env.params, traj, padded, np.int32(total), _stop_array(env), cfg=env.model_cfg, scfg=env.scfg,
+                      plan=RefillPlan(slots, room, refills))
     res = to_host(res)  # every row on every process
     sl = slice(0, total)
     slot_steps = slots * int(res.steps) + max(total - slots, 0)  # + first tokens of refilled rows

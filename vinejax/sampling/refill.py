@@ -29,6 +29,7 @@ from vinejax.sampling.core import (
     FINISH_NONE,
     FINISH_STOP,
     GenerationOutput,
+    Rows,
     SamplingConfig,
     sample_tokens,
 )
@@ -43,6 +44,15 @@ class RowStart(NamedTuple):
     v: jax.Array
     lengths: jax.Array
     logits0: jax.Array
+
+
+class RefillPlan(NamedTuple):
+    """Static shape of a refill loop: `slots` rows decoded at once, `room` cache slots per row
+    (>= every row's prefix + budget), at most `refills_per_step` slots refilled per iteration."""
+
+    slots: int
+    room: int
+    refills_per_step: int
 
 
 class _Slots(NamedTuple):
@@ -65,31 +75,26 @@ def decode_rows(
     cfg: ModelConfig,
     scfg: SamplingConfig,
     fetch: Callable[[jax.Array], RowStart],
+    queue: Rows,
     num_rows,
-    keys: jax.Array,
-    budget: jax.Array,
-    *,
-    slots: int,
-    room: int,
-    refills_per_step: int,
+    plan: RefillPlan,
     stop_table: Optional[jax.Array] = None,
 ) -> GenerationOutput:
-    """Decode queue rows 0..num_rows-1 with `slots` slots (call inside jit).
+    """Decode queue rows 0..num_rows-1 with `plan.slots` slots (call inside jit).
 
-    fetch(rows int32[M]) -> RowStart of those queue rows (rows are clamped to [0, N)); keys: typed
-    PRNG keys [N]; budget: int32[N] max new tokens per row (capped at scfg.max_new_tokens, >= 1);
-    num_rows: int32 scalar <= N (rows beyond it are padding and never start); room: cache slots
-    (>= every row's prefix + budget); refills_per_step: most slots refilled per iteration;
-    stop_table: optional int32[S, V'] `stops.StopTable.next_state`.
+    fetch(rows int32[M]) -> RowStart of those queue rows (rows are clamped to [0, N)); queue: the
+    N rows' keys and budgets (`core.Rows`; budgets >= 1); num_rows: int32 scalar <= N (rows
+    beyond it are padding and never start); plan: slots, cache room and refills per iteration
+    (`RefillPlan`); stop_table: optional int32[S, V'] `stops.StopTable.next_state`.
     Rows start in queue order. Returns GenerationOutput over the N queue rows (tokens/logprobs
     [N, max_new_tokens], lengths, finish_reason [N]; rows never started have length 0 and
     finish FINISH_NONE) with steps = loop iterations (slot-steps = slots * steps).
     """
-    n_all = budget.shape[0]
+    keys, n_all = queue.keys, queue.budget.shape[0]
     n = scfg.max_new_tokens
-    r = slots
+    r, room, refills_per_step = plan
     pad = jnp.int32(scfg.pad_id)
-    budget = jnp.minimum(budget.astype(jnp.int32), n)
+    budget = jnp.minimum(queue.budget.astype(jnp.int32), n)
     num_rows = jnp.asarray(num_rows, jnp.int32)
     eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
     tables = []

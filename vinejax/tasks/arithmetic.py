@@ -191,13 +191,16 @@ def make_problem(index: int, split: str, cfg: ArithmeticConfig = ArithmeticConfi
 
 
 def load_split(split: str, num_problems: int | None = None, **options) -> list[Problem]:
-    """``num_problems`` problems of ``split`` (defaults: 20000 / 500 / 500); options: ArithmeticConfig fields."""
+    """``num_problems`` problems of ``split`` (defaults: 20000 / 500 / 500); options:
+    ArithmeticConfig fields (``OPTIONS``)."""
     if split not in SPLIT_FRACTIONS:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_FRACTIONS)}")
-    fields = {f.name for f in dataclasses.fields(ArithmeticConfig)}
-    cfg = ArithmeticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k in fields})
+    cfg = ArithmeticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     count = DEFAULT_SIZES[split] if num_problems is None else num_problems
     return [make_problem(i, split, cfg) for i in range(count)]
+
+
+OPTIONS = ("num_problems",) + tuple(f.name for f in dataclasses.fields(ArithmeticConfig))  # of load_split
 
 
 def grade(response: str, problem: Problem) -> float:
@@ -214,6 +217,13 @@ def grade_batch(responses: Sequence[str], problems: Sequence[Problem], num_worke
     """Grade many pairs (cheap string work; ``num_workers`` is ignored)."""
     del num_workers
     return grade_serially(grade, responses, problems)
+
+
+def tokenizer():
+    """The task's character tokenizer (`char_tokenizer`, one token per character of ``ALPHABET``)."""
+    from vinejax.tasks.char_tokenizer import build_char_tokenizer
+
+    return build_char_tokenizer(ALPHABET)
 
 
 def split_steps(response: str) -> list[str]:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Hashable, Sequence
+import functools
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import numpy as np
+
+from vinejax.errors import ConfigError
 
 DEFAULT_PROMPT_TEMPLATE = "[MATH_TASK] Problem:\n{problem}\n\nSolution:"
 DEFAULT_STOP_STRINGS = ("\n\n\nProblem:",)
@@ -12,6 +15,11 @@ DEFAULT_STOP_STRINGS = ("\n\n\nProblem:",)
 
 class StepSplitError(ValueError):
     """A response that VinePPO's step splitter rejects; the RL code drops its episode."""
+
+
+class TaskError(ConfigError):
+    """A task the config names cannot be built: an unknown name, a plug-in that does not import
+    or whose factory fails, an unknown option, a data file that does not fit the options."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,29 +38,44 @@ class Problem:
 
 @dataclasses.dataclass
 class Task:
-    """Everything the RL/SFT loop needs to know about a task, independent of which task it is.
+    """Everything the RL/SFT loop needs to know about a task, independent of which task it is
+    (the public contract of built-in and plug-in tasks; fields added later have defaults).
 
-    ``grade(response, problem) -> float`` gives 1.0 (correct) / 0.0 (wrong or unfinished) for a
-    response to a ``Problem``; ``grade_batch(responses, problems, num_workers=...) ->
-    np.ndarray[float32]`` grades one response per problem record (repeat the record for
-    several samples of one problem); ``grader`` names the grader in use ("vineppo"/"strict");
+    ``grade(response, problem) -> float`` gives the reward of a response to a ``Problem`` (1.0
+    correct, 0.0 wrong or unfinished); ``grade_batch(responses, problems, num_workers=...) ->
+    np.ndarray[float32]`` grades one response per problem record (repeat the record for several
+    samples of one problem); None: each response is graded by ``grade`` in the sandboxed,
+    time-limited workers (``tasks.sandbox``; a plug-in task always is), where NaN marks a grade
+    that raised or took longer than ``grade_timeout`` seconds. ``grader`` names the grader in use;
     ``split_steps(response) -> list[str]`` whose concatenation equals ``response`` (it raises
-    ``StepSplitError`` where the official splitter fails; such an episode is dropped);
-    ``load_split(split, cfg=None) -> list[Problem]``; ``answer(response, problem)`` is the
+    ``StepSplitError`` where the official splitter fails; such an episode is dropped; None: the
+    task has no steps, and VinePPO cannot run on it); ``loader(split, **options) ->
+    list[Problem]`` (``load_split``); ``prompt_template`` with a ``{problem}`` field;
+    ``stop_strings`` end a response (removed, EOS appended); ``answer(response, problem)`` is the
     grader's extracted final answer, hashable (str, tuple or None): the candidates of the
-    majority vote at evaluation.
+    majority vote at evaluation (it runs in the main process: keep it cheap); ``chat_template``:
+    prompts go through the tokenizer's chat template (config ``task.chat_template``);
+    ``tokenizer() -> PreTrainedTokenizerFast``: the task's own tokenizer for tiny random models
+    (used when neither ``model.hf_path``, ``model.init_from`` nor ``model.tokenizer_path`` gives one).
     """
 
     name: str
     grade: Callable[[str, Problem], float]
-    grade_batch: Callable[..., np.ndarray]
-    split_steps: Callable[[str], list]
-    loader: Callable[..., list]
+    grade_batch: Optional[Callable[..., np.ndarray]] = None
+    split_steps: Optional[Callable[[str], list]] = None
+    loader: Optional[Callable[..., list]] = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     stop_strings: tuple = DEFAULT_STOP_STRINGS
     options: dict = dataclasses.field(default_factory=dict)
     grader: str = ""
-    answer: Callable[[str, Problem], Hashable] | None = None
+    answer: Optional[Callable[[str, Problem], Hashable]] = None
+    grade_timeout: float = 2.0
+    chat_template: bool = False
+    tokenizer: Optional[Callable[[], Any]] = None
+
+    def __post_init__(self):
+        if self.grade_batch is None:  # grade each response in turn (a plug-in's: in the sandbox, see tasks.sandbox)
+            self.grade_batch = functools.partial(_grade_each, self.grade)
 
     def prompt(self, problem_text: str) -> str:
         """Format the zero-shot prompt for one problem text."""
@@ -64,6 +87,8 @@ class Task:
         ``cfg`` is a mapping (dict / ml_collections ConfigDict) of loader options that
         override the options given to ``get_task``.
         """
+        if self.loader is None:
+            raise TaskError(f"task {self.name!r} has no loader: it cannot load its {split!r} split")
         merged = dict(self.options)
         if cfg is not None:
             merged.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
@@ -85,3 +110,9 @@ def grade_serially(grade: Callable[[str, Problem], float], responses: Sequence[s
     """Grade (response, problem) pairs one by one in this process; returns a float32 array."""
     check_batch(responses, problems)
     return np.asarray([grade(r, p) for r, p in zip(responses, problems)], dtype=np.float32)
+
+
+def _grade_each(grade: Callable[[str, Problem], float], responses: Sequence[str], problems: Sequence[Problem],
+                num_workers: int | None = None) -> np.ndarray:
+    del num_workers
+    return grade_serially(grade, responses, problems)

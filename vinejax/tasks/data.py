@@ -7,6 +7,9 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from etils import epath
+
+from vinejax import paths
 
 SPLITS = ("train", "validation", "test")
 
@@ -16,12 +19,13 @@ class DataError(ValueError):
 
 
 def read_jsonl(path: str | os.PathLike, required_fields: Sequence[str]) -> list[dict]:
-    """Read one JSON object per line; raise ``DataError`` naming the file, line and missing field."""
+    """Read one JSON object per line (a local path or a URL, e.g. ``gs://``); raise ``DataError``
+    naming the file, line and missing field."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not paths.exists(path, "task data file"):
         raise DataError(f"data file not found: {path}")
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with epath.Path(path).open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -86,3 +90,36 @@ def check_split(split: str) -> None:
     """Raise ``ValueError`` for a split name other than train/validation/test."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """Non-blank lines of a jsonl file (its records, before they are parsed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def check_holdout(files: dict, num_validation: int, key: str = "task.options.num_validation") -> None:
+    """Before anything loads: when validation is carved out of ``files["train"]`` (no validation
+    file), ``num_validation`` must leave train records; a one-line ``DataError`` naming ``key``."""
+    if "validation" in files or "train" not in files or num_validation <= 0:
+        return
+    n = count_records(files["train"])
+    if num_validation >= n:
+        raise DataError(f"config key {key!r} is {num_validation}: validation is carved out of the {n} records of "
+                        f"{files['train']} and would leave no train record (set it lower or give a validation file)")
+
+
+def records_of_split(files: dict, split: str, num_validation: int, seed: int, read) -> list:
+    """The records of ``split`` from explicit files {split: path}, ``read(path)`` reading one: a
+    split's own file, except that without a validation file validation is a seeded subset of
+    ``num_validation`` train records, removed from train (0: no validation split)."""
+    check_split(split)
+    if split in ("train", "validation") and "validation" not in files and "train" in files and num_validation > 0:
+        train, validation = seeded_split(read(files["train"]), num_validation, seed)
+        return train if split == "train" else validation
+    if split in files:
+        return read(files[split])
+    raise DataError(f"no data file for split {split!r} in data_files {sorted(files)}")

@@ -68,22 +68,19 @@ def to_problem(record: dict) -> Problem:
 
 def load_split(split: str, data_dir: str | None = None, data_files: dict | None = None,
                vineppo_splits: bool = True, seed: int = 42, num_validation: int = NUM_VALIDATION,
-               hub_name: str = HUB_NAME, hub_config: str = HUB_CONFIG, **unused) -> list[Problem]:
+               hub_name: str = HUB_NAME, hub_config: str = HUB_CONFIG) -> list[Problem]:
     """Load a GSM8K split as ``Problem`` records.
 
-    Sources, first match wins: ``data_files`` ({split: path}; validation/train fall back to a
-    seeded split of ``data_files['train']``); ``data_dir`` laid out like ``shared/data``
+    Sources, first match wins: ``data_files`` ({split: path}; without a validation file,
+    validation is a seeded subset of ``num_validation`` records of ``data_files['train']``,
+    removed from train: `data.records_of_split`); ``data_dir`` laid out like ``shared/data``
     (``vineppo_splits/gsm8k_{split}.jsonl`` when ``vineppo_splits``, else a seeded split of
     ``gsm8k/train.jsonl``); otherwise the Hub dataset ``hub_name`` with the same seeded split.
     """
     data.check_split(split)
     if data_files:
-        if split in data_files:
-            return [to_problem(r) for r in data.read_jsonl(data_files[split], _FIELDS)]
-        if split == "validation" and "train" in data_files:
-            records = data.read_jsonl(data_files["train"], _FIELDS)
-            return [to_problem(r) for r in data.seeded_split(records, num_validation, seed)[1]]
-        raise data.DataError(f"no data file for split {split!r} in data_files {sorted(data_files)}")
+        read = lambda path: data.read_jsonl(path, _FIELDS)
+        return [to_problem(r) for r in data.records_of_split(data_files, split, num_validation, seed, read)]
     if data_dir is not None:
         if vineppo_splits:
             path = os.path.join(data_dir, "vineppo_splits", f"gsm8k_{split}.jsonl")

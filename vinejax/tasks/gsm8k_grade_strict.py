@@ -23,7 +23,8 @@ def _canonical(text: str) -> str:
     return re.sub(r"\s+", "", text.replace(",", "")).lower()
 
 
-def _as_number(text: str) -> float | None:
+def as_number(text: str) -> float | None:
+    """The finite number `text` reads as (100 characters at most), else None."""
     if len(text) > 100:
         return None
     try:
@@ -40,7 +41,7 @@ def answers_equal(predicted: str, gold: str) -> bool:
         gold = gold[4:]
     if predicted == gold and predicted:
         return True
-    predicted_value, gold_value = _as_number(predicted), _as_number(gold)
+    predicted_value, gold_value = as_number(predicted), as_number(gold)
     if predicted_value is None or gold_value is None:
         return False
     return abs(predicted_value - gold_value) <= 1e-9 * max(1.0, abs(gold_value))
@@ -55,7 +56,7 @@ def answer(response: str, problem: Problem) -> str | None:
     if predicted is None:
         return None
     text = _canonical(predicted)
-    value = _as_number(text)
+    value = as_number(text)
     if value is None:
         return text
     return str(int(value)) if value.is_integer() else repr(value)

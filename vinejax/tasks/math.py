@@ -28,14 +28,14 @@ def to_problem(record: dict, where: str = "MATH record") -> Problem:
     return Problem(problem=record["problem"], answer=answer.strip(), solution=record["solution"], meta=meta)
 
 
-def _from_dir(split: str, data_dir: str, vineppo_splits: bool, seed: int) -> list[dict]:
+def _from_dir(split: str, data_dir: str, vineppo_splits: bool, seed: int, num_validation: int) -> list[dict]:
     if split == "test":
         return data.read_jsonl(os.path.join(data_dir, "math", "test.jsonl"), _FIELDS)
     if vineppo_splits and split == "validation":
         return data.read_jsonl(os.path.join(data_dir, "vineppo_splits", "math_validation.jsonl"), _FIELDS)
     records = data.read_jsonl(os.path.join(data_dir, "math", "train.jsonl"), _FIELDS + ("unique_id",))
     if not vineppo_splits:
-        train, validation = data.seeded_split(records, NUM_VALIDATION, seed)
+        train, validation = data.seeded_split(records, num_validation, seed)
         return train if split == "train" else validation
     ids_path = os.path.join(data_dir, "vineppo_splits", "math_train_unique_ids.txt")
     if not os.path.isfile(ids_path):
@@ -45,28 +45,32 @@ def _from_dir(split: str, data_dir: str, vineppo_splits: bool, seed: int) -> lis
     return [r for r in records if r["unique_id"] in wanted]
 
 
+HUB_OPTIONS = {"hub_test_name": HUB_TEST_NAME, "hub_train_name": None, "hub_config": None}
+OPTIONS = ("data_dir", "data_files", "vineppo_splits", "seed", "num_validation") + tuple(HUB_OPTIONS)  # of load_split
+
+
 def load_split(split: str, data_dir: str | None = None, data_files: dict | None = None,
-               vineppo_splits: bool = True, seed: int = 42, hub_test_name: str = HUB_TEST_NAME,
-               hub_train_name: str | None = None, hub_config: str | None = None, **unused) -> list[Problem]:
+               vineppo_splits: bool = True, seed: int = 42, num_validation: int = NUM_VALIDATION,
+               **hub) -> list[Problem]:
     """Load a MATH split (train 11,500 / validation 500 / test MATH500) as ``Problem`` records.
 
-    Sources, first match wins: ``data_files`` ({split: jsonl path}; validation falls back to a
-    seeded 500-record split of the train file); ``data_dir`` laid out like ``shared/data``
-    (VinePPO's splits when ``vineppo_splits``); the Hub: ``hub_test_name`` for test and
-    ``hub_train_name`` (a dataset with PRM800K ``math_splits/train`` records) for train/validation.
+    Sources, first match wins: ``data_files`` ({split: jsonl path}; without a validation file,
+    validation is a seeded subset of ``num_validation`` train records, removed from train:
+    `data.records_of_split`); ``data_dir`` laid out like ``shared/data`` (VinePPO's splits when
+    ``vineppo_splits``); the Hub (``hub`` options, ``HUB_OPTIONS``): ``hub_test_name`` for test
+    and ``hub_train_name`` (a dataset with PRM800K ``math_splits/train`` records) for
+    train/validation, ``hub_config``.
     """
     data.check_split(split)
+    if set(hub) - set(HUB_OPTIONS):
+        raise TypeError(f"unknown MATH loader options {sorted(set(hub) - set(HUB_OPTIONS))}; known: {OPTIONS}")
+    hub = HUB_OPTIONS | hub
+    hub_test_name, hub_train_name, hub_config = hub["hub_test_name"], hub["hub_train_name"], hub["hub_config"]
     if data_files:
-        if split in data_files:
-            records = data.read_jsonl(data_files[split], _FIELDS)
-        elif split in ("train", "validation") and "train" in data_files:
-            train, validation = data.seeded_split(
-                data.read_jsonl(data_files["train"], _FIELDS), NUM_VALIDATION, seed)
-            records = train if split == "train" else validation
-        else:
-            raise data.DataError(f"no data file for split {split!r} in data_files {sorted(data_files)}")
+        read = lambda path: data.read_jsonl(path, _FIELDS)
+        records = data.records_of_split(data_files, split, num_validation, seed, read)
     elif data_dir is not None:
-        records = _from_dir(split, data_dir, vineppo_splits, seed)
+        records = _from_dir(split, data_dir, vineppo_splits, seed, num_validation)
     elif split == "test":
         records = data.load_hub(hub_test_name, hub_config, "test", _FIELDS)
     else:
@@ -74,6 +78,6 @@ def load_split(split: str, data_dir: str | None = None, data_files: dict | None 
             raise ValueError("MATH train/validation from the Hub needs hub_train_name: a dataset "
                              "holding PRM800K math_splits/train records (problem, solution, answer)")
         train, validation = data.seeded_split(
-            data.load_hub(hub_train_name, hub_config, "train", _FIELDS), NUM_VALIDATION, seed)
+            data.load_hub(hub_train_name, hub_config, "train", _FIELDS), num_validation, seed)
         records = train if split == "train" else validation
     return [to_problem(r) for r in records]

@@ -22,12 +22,13 @@ from vinejax.tasks.math_equiv import equivalence
 MAX_RESPONSE_CHARS = 100_000  # longer responses are refused (graded 0)
 
 
-def _verdict(response: str, answer: str):
-    if len(response) > MAX_RESPONSE_CHARS:
-        return False
-    predicted = extract_answer(response)
+def _predicted(response: str) -> str | None:
+    return extract_answer(response) if len(response) <= MAX_RESPONSE_CHARS else None
+
+
+def _verdict(predicted: str | None, answer: str):
     if not predicted or not predicted.strip():
-        return False  # no answer, or an empty \boxed{}: never correct
+        return False  # no answer, an empty \boxed{} or a refused response: never correct
     return equivalence(predicted, answer)
 
 
@@ -35,7 +36,7 @@ def answer(response: str, problem: Problem) -> str | None:
     """The final answer of ``response`` as a vote key (``math_answer.normalize`` of the extracted
     answer), or None when there is none, it is empty, or the response is refused (too long)."""
     del problem
-    predicted = extract_answer(response) if len(response) <= MAX_RESPONSE_CHARS else None
+    predicted = _predicted(response)
     if not predicted or not predicted.strip():
         return None
     return normalize(predicted)
@@ -67,7 +68,7 @@ def clear_cache() -> None:
 
 def grade(response: str, problem: Problem, timeout: float = symbolic.DEFAULT_TIMEOUT) -> float:
     """1.0 when the final answer of ``response`` is equivalent to ``problem.answer``, else 0.0."""
-    verdict = _verdict(response, problem.answer)
+    verdict = _verdict(_predicted(response), problem.answer)
     if isinstance(verdict, bool):
         return float(verdict)
     return float(all(_symbolic_results(verdict, 1, timeout).values()))
@@ -78,7 +79,14 @@ def grade_batch(responses: Sequence[str], problems: Sequence[Problem], num_worke
     """Grade many pairs: fast paths in-process, undecided pairs on ``num_workers`` sympy workers
     (default: min(8, cpu count)). Not thread-safe: call it from one thread."""
     check_batch(responses, problems)
-    verdicts = [_verdict(r, p.answer) for r, p in zip(responses, problems)]
+    return grade_answers([_predicted(r) for r in responses], [p.answer for p in problems], num_workers, timeout)
+
+
+def grade_answers(predicted: Sequence[str | None], golds: Sequence[str], num_workers: int | None = None,
+                  timeout: float = symbolic.DEFAULT_TIMEOUT) -> np.ndarray:
+    """f32 1.0 where an already extracted answer (None: none) is equivalent to its gold answer:
+    fast paths in-process, undecided pairs on ``num_workers`` sympy workers."""
+    verdicts = [_verdict(a, gold) for a, gold in zip(predicted, golds)]
     pending = sorted({pair for v in verdicts if not isinstance(v, bool) for pair in v})
     workers = num_workers or min(8, os.cpu_count() or 1)
     decided = _symbolic_results(pending, workers, timeout) if pending else {}

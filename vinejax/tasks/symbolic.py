@@ -8,7 +8,9 @@ wall-clock timeout; a worker that overruns is killed and replaced, and the check
 "not equal". Inputs that are too long or too deeply nested are refused before any work.
 
 Workers answer named checks (``CHECKS``): "latex" (``symbolic_equal`` above, the strict
-grader's) and "vineppo" (``math_vineppo_symbolic.texts_equal``, the official grader's).
+grader's), "vineppo" (``math_vineppo_symbolic.texts_equal``, the official grader's) and
+"task_grade" (``tasks.sandbox.grade_in_worker``: a plug-in task's own ``grade``, which is
+untrusted for time). A reply is "1" / "0", a number, or "E" when the check raised.
 """
 from __future__ import annotations
 
@@ -29,11 +31,14 @@ MAX_BRACE_DEPTH = 12
 DEFAULT_TIMEOUT = 2.0
 STARTUP_TIMEOUT = 120.0
 MEMORY_LIMIT_BYTES = 2 << 30
-MAX_JOB_CHARS = 4000  # a job whose arguments are longer in total is answered False unsent
-CHECKS = {  # check name -> (module, function); the function takes strings and returns a bool
-    "latex": ("vinejax.tasks.symbolic", "symbolic_equal"),
-    "vineppo": ("vinejax.tasks.math_vineppo_symbolic", "texts_equal"),
+MAX_JOB_CHARS = 4000  # a symbolic job whose arguments are longer in total is answered False unsent
+CHECKS = {  # check name -> (module, function, most characters of a job's arguments); the function takes strings
+    "latex": ("vinejax.tasks.symbolic", "symbolic_equal", MAX_JOB_CHARS),
+    "vineppo": ("vinejax.tasks.math_vineppo_symbolic", "texts_equal", MAX_JOB_CHARS),
+    "task_grade": ("vinejax.tasks.sandbox", "grade_in_worker", 1_000_000),
+    "task_load": ("vinejax.tasks.sandbox", "load_in_worker", 1_000_000),
 }
+WARMUP_ENV = "VINEJAX_WORKER_WARMUP"  # JSON [[check, *args], ...] a worker runs before it is ready
 
 
 def admissible(latex: str) -> bool:
@@ -90,7 +95,7 @@ def symbolic_equal(first: str, second: str, tolerance: float = 1e-6) -> bool:
 
 
 def _check_function(name: str):
-    module, function = CHECKS[name]
+    module, function, _ = CHECKS[name]
     return getattr(importlib.import_module(module), function)
 
 
@@ -111,24 +116,30 @@ def serve() -> None:
         _check_function("vineppo")("(x)-(x)", "x", "x")
     except Exception:
         pass
+    for name, *arguments in json.loads(os.environ.get(WARMUP_ENV, "[]")):  # e.g. load a plug-in task
+        try:
+            _check_function(name)(*arguments)
+        except BaseException:
+            pass
     replies.write("ready\n")
     replies.flush()
     for line in sys.stdin:
         try:
             name, *arguments = json.loads(line)
             result = _check_function(name)(*map(str, arguments))
-        except BaseException:  # MemoryError, RecursionError, bad input: unequal, keep serving
-            result = False
-        replies.write("1\n" if result else "0\n")
+            reply = ("1" if result else "0") if isinstance(result, bool) else repr(float(result))
+        except BaseException:  # MemoryError, RecursionError, bad input: "E", keep serving
+            reply = "E"
+        replies.write(reply + "\n")
         replies.flush()
 
 
 class _Worker:
     """One ``python -c serve()`` subprocess (independent of the caller's ``__main__``)."""
 
-    def __init__(self):
+    def __init__(self, warmup: Sequence = ()):
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
+        env = dict(os.environ, **{WARMUP_ENV: json.dumps(list(warmup))})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from vinejax.tasks.symbolic import serve; serve()"],
@@ -150,11 +161,13 @@ class _Worker:
         self.process.stdin.write(json.dumps([check, *arguments]) + "\n")
         self.process.stdin.flush()
 
-    def receive(self) -> bool:
+    def receive(self) -> float | None:
+        """The check's value (1.0 / 0.0 for a bool), None when it raised."""
         line = self.reader.readline()
         if not line:
             raise EOFError("symbolic worker died")
-        return line.strip() == "1"
+        reply = line.strip()
+        return None if reply == "E" else float(reply)
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -174,24 +187,31 @@ class SymbolicPool:
         self.num_workers = max(1, int(num_workers))
         self.timeout = timeout
         self._workers: list[_Worker] = []
+        self._warmup: list = []  # [check, *args] every worker runs before it is ready (`warm_up`)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live sandboxed workers."""
         return [w.process.pid for w in self._workers if w.process.poll() is None]
 
     def _ensure_workers(self, count: int) -> None:
-        new = [_Worker() for _ in range(min(count, self.num_workers) - len(self._workers))]
+        new = [_Worker(self._warmup) for _ in range(min(count, self.num_workers) - len(self._workers))]
         for worker in new:  # start all first, then wait: startups overlap
             worker.wait_ready()
         self._workers.extend(new)
 
     def check_many(self, pairs: Sequence[Sequence[str]], check: str = "latex") -> list[bool]:
         """The ``check`` (a name in ``CHECKS``; "latex": ``symbolic_equal``) of each tuple of
-        arguments, in parallel over the workers; timeouts and oversized jobs give False."""
+        arguments, in parallel over the workers; timeouts, errors and oversized jobs give False."""
+        return [bool(x) for x in self.run_many(pairs, check)]
+
+    def run_many(self, pairs: Sequence[Sequence[str]], check: str) -> list[float | None]:
+        """The value of the ``check`` of each tuple of arguments, in parallel over the workers,
+        each cut at ``timeout`` seconds: None for a check that raised, timed out or killed its
+        worker, 0.0 for an oversized job (left unsent)."""
         if check not in CHECKS:
             raise ValueError(f"unknown symbolic check {check!r}; known: {', '.join(CHECKS)}")
-        results = [False] * len(pairs)
-        jobs = [i for i, job in enumerate(pairs) if sum(map(len, job)) <= MAX_JOB_CHARS
+        results: list = [0.0] * len(pairs)
+        jobs = [i for i, job in enumerate(pairs) if sum(map(len, job)) <= CHECKS[check][2]
                 and (check != "latex" or all(map(admissible, job)))]
         if not jobs:
             return results
@@ -216,8 +236,10 @@ class SymbolicPool:
                     try:
                         results[job] = worker.receive()
                     except (EOFError, OSError):  # the worker died (e.g. memory cap)
+                        results[job] = None
                         self._replace(slot)
                 elif now >= deadline:
+                    results[job] = None
                     self._replace(slot)
                 else:
                     continue
@@ -229,7 +251,15 @@ class SymbolicPool:
         """Kill the worker in ``slot`` and start a new one; it is waited for only when it gets
         its next job, so a call that cut a check short returns without waiting for the restart."""
         self._workers[slot].kill()
-        self._workers[slot] = _Worker()
+        self._workers[slot] = _Worker(self._warmup)
+
+    def warm_up(self, check: str, *arguments: str) -> None:
+        """Have every worker run `check(*arguments)` before it takes jobs (e.g. load a plug-in
+        task: outside the per-job timeout); live workers are restarted to do so."""
+        call = [check, *arguments]
+        if call not in self._warmup:
+            self._warmup.append(call)
+            self.close()
 
     def close(self) -> None:
         """Stop all worker processes."""

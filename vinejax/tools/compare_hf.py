@@ -6,7 +6,9 @@
 Both run on the same random token batch with padding: row 0 is full length, odd rows are
 right-padded and the other rows left-padded (real lengths random in [length/2, length]). Only
 real tokens are compared. Prints the max absolute logit difference; exit status 0 when it is
-<= tol, 1 otherwise. torch is imported here only (the vinejax package never imports it).
+<= tol, 1 otherwise, 2 with one line for a folder vinejax cannot read (missing, or a
+`model_type` it does not support: checked before torch loads anything). torch is imported here
+only (the vinejax package never imports it).
 """
 from __future__ import annotations
 
@@ -69,8 +71,11 @@ def vinejax_logits(path: str, tokens, mask, positions, dtype: str = "float32") -
 def max_abs_diff(path: str, dtype: str = "float32", batch: int = 2, length: int = 32, seed: int = 0) -> float:
     """Max |logit_torch - logit_vinejax| over real (non-padding) tokens of a random padded batch."""
     from vinejax.model.hf import read_hf_config
+    from vinejax.model.hf_config import config_from_hf
 
-    vocab = int(read_hf_config(path)["vocab_size"])
+    hf = read_hf_config(path)
+    config_from_hf(hf)  # an unsupported model_type (or numerics) fails here, before torch loads it
+    vocab = int(hf["vocab_size"])
     tokens, mask, positions = padded_batch(batch, length, vocab, seed)
     ref = torch_logits(path, tokens, mask, positions, dtype)
     ours = vinejax_logits(path, tokens, mask, positions, dtype)
@@ -88,7 +93,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    diff = max_abs_diff(args.path, args.dtype, args.batch, args.length, args.seed)
+    from vinejax.model.config import UnsupportedModelError
+
+    try:
+        diff = max_abs_diff(args.path, args.dtype, args.batch, args.length, args.seed)
+    except (UnsupportedModelError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     ok = diff <= args.tol
     print(f"max_abs_logit_diff={diff:.3e} tol={args.tol:.1e} {'OK' if ok else 'FAIL'}")
     return 0 if ok else 1

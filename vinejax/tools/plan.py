@@ -70,7 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--mesh", default="", help="data,fsdp,tensor (default: the config's mesh.shape)")
     parser.add_argument("--hbm-gib", type=float, default=80.0, help="memory per device, GiB (default 80)")
     parser.add_argument("--prompt-len", type=int, default=0, help="longest prompt (default task.max_prompt_tokens)")
-    parser.add_argument("--model-shape", default="", help="a built-in shape (rho1b, deepseek7b) instead of the config's")
+    parser.add_argument("--model-shape", default="",
+                        help="a built-in shape (rho1b, deepseek7b, qwen3-1.7b, qwen3-8b) instead of the config's")
     parser.add_argument("--phases", default="", help="comma-separated phases to plan (default: all of the run's)")
     parser.add_argument("--no-search", action="store_true", help="only the configured sizes, no search")
     parser.add_argument("--max-compiles", type=int, default=4, help="compiles per phase when searching (default 4)")
@@ -83,6 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from vinejax.config import ConfigError
     from vinejax.config_file import config_from_argv
+    from vinejax.model.config import UnsupportedModelError
     from vinejax.planning.report import format_plan, make_plan
 
     try:
@@ -95,9 +97,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg.mesh.shape = parse_mesh(args.mesh)
     devices, kind = plan_devices(args.devices)
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    plan = make_plan(cfg, devices, int(args.hbm_gib * 2**30), device_kind=kind, model_shape=args.model_shape or None,
-                     prompt_len=args.prompt_len or None, only=args.phases.split(",") if args.phases else None,
-                     search=not args.no_search, max_compiles=args.max_compiles, cache_path=args.cache or None, log=log)
+    try:
+        plan = make_plan(cfg, devices, int(args.hbm_gib * 2**30), device_kind=kind,
+                         model_shape=args.model_shape or None, prompt_len=args.prompt_len or None,
+                         only=args.phases.split(",") if args.phases else None, search=not args.no_search,
+                         max_compiles=args.max_compiles, cache_path=args.cache or None, log=log)
+    except (ConfigError, UnsupportedModelError) as error:
+        raise SystemExit(str(error)) from None
     print(format_plan(plan))
     if args.json:
         with open(args.json, "w") as f:

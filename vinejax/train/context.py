@@ -12,14 +12,17 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from vinejax import multihost, sharding
-from vinejax.config import BASELINES, ConfigError
+from vinejax import multihost, paths, sharding
+from vinejax.config import STAGES, ConfigError
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
-from vinejax.rl.losses import PolicyLossConfig
+from vinejax.rl.losses import PolicyLossConfig, kl_clamp_for
+from vinejax.sampling import RolloutEnv
 from vinejax.tasks import get_task
-from vinejax.train.episodes import stop_table
-from vinejax.train.update import make_optimizer
+from vinejax.train.encode import end_of_turn
+from vinejax.train.episodes import sampling_config, stop_table
+from vinejax.train.estimators import get_estimator
+from vinejax.train.update import stage_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +40,10 @@ class RunContext:
     optimizer: Optional[optax.GradientTransformation] = None  # RL: the policy's optimizer
     critic_optimizer: Optional[optax.GradientTransformation] = None  # PPO only
     loss_cfg: Optional[PolicyLossConfig] = None  # RL: PPO-clip + KL settings
+    estimator: Any = None  # RL: where the advantages come from (`train.estimators`)
     notes: tuple = ()  # settings capped the official way, said once at the start
     stops: Any = None  # the task's stop strings as a `sampling.StopTable` (matched on text), or None
+    source: str = ""  # the HF folder the policy started from ("" = random init): its kept files go to exports
 
     def mesh_context(self) -> contextlib.ExitStack:
         """Context under which jitted model code sees the mesh and the logical-axis rules."""
@@ -49,6 +54,22 @@ class RunContext:
 
     def put_params(self, params):
         return multihost.place(params, self.param_shardings)
+
+    def rollout(self, params, evaluation: bool = False, greedy: bool = False) -> RolloutEnv:
+        """The rollout environment of the policy `params`: the `sampling` section's settings and
+        the context size, or (`evaluation`) the `eval` section's and the eval context; `greedy`:
+        greedy decoding with the eval budget."""
+        s, e = self.cfg.sampling, self.cfg.eval
+        if greedy:
+            scfg = sampling_config(self.tokenizer, 1.0, 1.0, e.max_new_tokens, greedy=True)
+        elif evaluation:
+            scfg = sampling_config(self.tokenizer, e.temperature, e.top_p, e.max_new_tokens)
+        else:
+            scfg = sampling_config(self.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
+        return RolloutEnv(params, self.model_cfg, scfg, stops=self.stops,
+                          context_size=self.eval_context_size if evaluation or greedy else self.context_size,
+                          chunk_rows=self.cfg.vineppo.chunk_rows, tokenizer=self.tokenizer, task=self.task,
+                          grade_workers=self.cfg.task.grade_workers, batch_rows=s.batch_size)
 
     @property
     def context_size(self) -> int:
@@ -77,45 +98,64 @@ def rl_steps_per_iteration(cfg) -> int:
     return cfg.ppo.epochs * episodes // cfg.ppo.episodes_per_step
 
 
-def _task(cfg):
-    options = dict(cfg.task.options)
-    if cfg.task.data_dir:
-        options["data_dir"] = cfg.task.data_dir
-    return get_task(cfg.task.name, **options)
+def task_of(cfg):
+    """The task of the `task` section (a built-in, "jsonl" or a plug-in, `tasks.get_task`), its
+    prompts through the tokenizer's chat template with `task.chat_template`. A remote `task.data_dir`
+    is read through a local copy."""
+    data_dir = paths.local_folder(cfg.task.data_dir, "task.data_dir") if cfg.task.data_dir else ""
+    task = get_task(cfg.task.name, import_dir=cfg.import_dir, data_dir=data_dir, **cfg.task.options.to_dict())
+    return dataclasses.replace(task, chat_template=cfg.task.chat_template) if cfg.task.chat_template else task
 
 
 def policy_source(cfg) -> str:
     """The HF folder the policy (and the RL's frozen KL reference) starts from ("" = a random
     model): `model.init_from`'s exported policy (a run dir) when given, else `model.hf_path`; a
-    missing folder is named with its config key."""
+    missing folder is named with its config key. A folder in a bucket is copied to a local cache."""
     m = cfg.model
     if m.init_from:
-        if not os.path.isdir(m.init_from):
+        if not paths.isdir(m.init_from, "model.init_from"):
             raise FileNotFoundError(f"run folder not found: {m.init_from} (model.init_from)")
         folder = hf_folder_of_run(m.init_from)
-        if not os.path.isdir(folder):
+        if not paths.isdir(folder, "model.init_from"):
             raise FileNotFoundError(f"no exported policy in {folder} (model.init_from): run that stage to its end first")
-        return folder
-    if m.hf_path and not os.path.isdir(m.hf_path):
+        return paths.local_folder(folder, "model.init_from")
+    if m.hf_path and not paths.isdir(m.hf_path, "model.hf_path"):
         raise FileNotFoundError(f"model folder not found: {m.hf_path} (model.hf_path)")
-    return m.hf_path
+    return paths.local_folder(m.hf_path, "model.hf_path") if m.hf_path else ""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                   "vocab.txt")
 
 
 def _tokenizer(cfg, task, source: str):
-    from transformers import AutoTokenizer
-
-    if cfg.model.tokenizer_path and not os.path.isdir(cfg.model.tokenizer_path):
-        raise FileNotFoundError(f"tokenizer folder not found: {cfg.model.tokenizer_path} (model.tokenizer_path)")
-    path = cfg.model.tokenizer_path or source
-    if path:
-        return AutoTokenizer.from_pretrained(path)
-    if task.name == "arithmetic":
-        from vinejax.tasks.arithmetic import ALPHABET
-        from vinejax.tasks.char_tokenizer import build_char_tokenizer
-
-        return build_char_tokenizer(ALPHABET)
+    m = cfg.model
+    if m.tokenizer_path and not paths.isdir(m.tokenizer_path, "model.tokenizer_path"):
+        raise FileNotFoundError(f"tokenizer folder not found: {m.tokenizer_path} (model.tokenizer_path)")
+    if m.tokenizer_path:
+        return load_tokenizer(paths.local_folder(m.tokenizer_path, "model.tokenizer_path"), m.tokenizer_path)
+    if source:
+        return load_tokenizer(source, f"{m.init_from or m.hf_path} ({'model.init_from' if m.init_from else 'model.hf_path'})")
+    if task.tokenizer is not None:  # the task's own (the arithmetic task's character tokenizer)
+        return task.tokenizer()
     raise ConfigError(f"config key 'model.tokenizer_path': task {cfg.task.name!r} has no tokenizer of its own; "
                       f"set model.hf_path, model.init_from or model.tokenizer_path")
+
+
+def load_tokenizer(folder: str, named: str):
+    """The tokenizer saved in `folder` (`named`: how the user gave it); one ConfigError line naming
+    `model.tokenizer_path` when the folder has no tokenizer files or they do not load."""
+    from transformers import AutoTokenizer
+
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        raise ConfigError(f"config key 'model.tokenizer_path': no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) "
+                          f"in {named}; set model.tokenizer_path to the folder that has them")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # a damaged or unsupported tokenizer: the library's reason, on one line
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"config key 'model.tokenizer_path': the tokenizer in {named} does not load "
+                          f"({type(error).__name__}: {reason})") from None
 
 
 def _random_model_config(cfg, tokenizer) -> ModelConfig:
@@ -130,24 +170,54 @@ def _random_model_config(cfg, tokenizer) -> ModelConfig:
 
 
 def _rl_pieces(cfg, model_cfg: ModelConfig, mesh: Mesh) -> dict:
-    """Optimizers, loss settings and (PPO) the critic's config and shardings of an RL run."""
-    if cfg.algo in ("sft",) + BASELINES:  # these build their optimizers per stage
+    """The estimator, optimizers, loss settings and (an estimator with a critic) the critic's config
+    and shardings of an RL run."""
+    if cfg.algo in STAGES:  # the other stages build their optimizers themselves
         return {}
+    estimator = get_estimator(cfg)
     total_steps = max(cfg.train.iterations * rl_steps_per_iteration(cfg), 1)
     p = cfg.ppo
-    pieces = dict(
-        optimizer=make_optimizer(cfg.optim, total_steps),
-        loss_cfg=PolicyLossConfig(clip_eps=p.clip_eps, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
-                                  kl_clamp=(0.0, p.kl_clamp),
-                                  max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None))
-    if cfg.algo == "ppo":
+    pieces = dict(estimator=estimator, optimizer=stage_optimizer(cfg.optim, total_steps),
+                  loss_cfg=policy_loss_config(cfg, estimator.whiten))
+    if estimator.uses_critic:
         critic_cfg = model_cfg.replace(value_head=True)
         pieces.update(
             critic_cfg=critic_cfg,
             critic_shardings=sharding.tree_shardings(llama.param_logical_axes(critic_cfg),
                                                      llama.param_shapes(critic_cfg), mesh),
-            critic_optimizer=make_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
+            critic_optimizer=stage_optimizer(cfg.optim, total_steps, lr=p.critic_lr))
     return pieces
+
+
+def policy_loss_config(cfg, whiten: bool = True) -> PolicyLossConfig:
+    """The policy loss settings of the `ppo` section; `whiten`: the estimator's whitening
+    convention, used when `ppo.whiten_advantages` is None."""
+    p = cfg.ppo
+    return PolicyLossConfig(
+        clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high or None, dual_clip=p.dual_clip or None,
+        kl_coef=p.kl_coef, kl_estimator=p.kl_estimator, kl_clamp=kl_clamp_for(p.kl_estimator, p.kl_clamp),
+        entropy_coef=p.entropy_coef, max_mean_ratio=p.max_mean_ratio if p.max_mean_ratio > 0 else None,
+        aggregation=p.loss_aggregation, token_mean=p.token_mean,
+        norm_length=p.loss_norm_length or cfg.sampling.max_new_tokens,
+        whiten=whiten if p.whiten_advantages is None else p.whiten_advantages)
+
+
+def chat_setup(tokenizer, chat_template: bool) -> list[str]:
+    """With `task.chat_template`: generation ends at the template's end-of-turn token, which
+    becomes the tokenizer's EOS (sampling, stop cuts, SFT targets, the export). Returns the
+    notes to say once: that, or that the tokenizer has a chat template the run does not use."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if not chat_template:
+        return ["the tokenizer has a chat template; prompts are raw text, as in the paper "
+                "(task.chat_template=true to use it)"] if has_template else []
+    if not has_template:
+        raise ConfigError("config key 'task.chat_template': the tokenizer has no chat template")
+    end = end_of_turn(tokenizer)
+    if end == tokenizer.eos_token:
+        return []
+    tokenizer.eos_token = end
+    return [f"task.chat_template: responses end at the template's end-of-turn token {end!r} (the tokenizer's EOS "
+            f"from here on)"]
 
 
 def check_lengths(cfg, model_cfg: ModelConfig) -> list[str]:
@@ -188,12 +258,13 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
     from vinejax.model.hf_config import config_from_hf
 
     multihost.initialize(cfg.mesh)  # before the first JAX computation
-    if cfg.task.data_dir and not os.path.isdir(cfg.task.data_dir):
+    if cfg.task.data_dir and not paths.isdir(cfg.task.data_dir, "task.data_dir"):
         raise FileNotFoundError(f"data folder not found: {cfg.task.data_dir} (task.data_dir)")
     source = policy_source(cfg)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
-    task = _task(cfg)
+    task = task_of(cfg)
     tokenizer = _tokenizer(cfg, task, source)
+    chat_notes = chat_setup(tokenizer, cfg.task.chat_template)
     overrides = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
     if source:
         notes = check_lengths(cfg, config_from_hf(read_hf_config(source)))
@@ -201,16 +272,17 @@ def build_context(cfg, load_params: bool = True) -> tuple[RunContext, Optional[d
             model_cfg, params = load_hf_model(source, mesh=mesh, **overrides)
         else:
             model_cfg, params = config_from_hf(read_hf_config(source), **overrides), None
-        model_cfg = model_cfg.replace(remat=cfg.model.remat)
+        model_cfg = model_cfg.replace(remat=cfg.model.remat, export_dtype=cfg.export.dtype or model_cfg.export_dtype)
         origin = source
     else:
-        model_cfg = _random_model_config(cfg, tokenizer)
+        model_cfg = _random_model_config(cfg, tokenizer).replace(export_dtype=cfg.export.dtype or None)
         notes = check_lengths(cfg, model_cfg)
         params = llama.init_params(model_cfg, jax.random.key(cfg.seed)) if load_params else None
         origin = "random init"
     shardings = sharding.tree_shardings(llama.param_logical_axes(model_cfg), llama.param_shapes(model_cfg), mesh)
-    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(notes),
-                     stops=stop_table(tokenizer, task, model_cfg.vocab_size), **_rl_pieces(cfg, model_cfg, mesh))
+    ctx = RunContext(cfg, mesh, task, tokenizer, model_cfg, shardings, notes=tuple(chat_notes + notes),
+                     stops=stop_table(tokenizer, task, model_cfg.vocab_size), source=source,
+                     **_rl_pieces(cfg, model_cfg, mesh))
     return ctx, None if params is None else ctx.put_params(params), origin
 
 

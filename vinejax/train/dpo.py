@@ -1,6 +1,6 @@
 """DPO+ (DPO-Positive, Smaug) as the official VinePPO code runs it: one offline round.
 
-Top to bottom (`run_dpo`): sample `sampling.samples_per_problem` responses to the train problems
+Top to bottom (`DpoStage`): sample `sampling.samples_per_problem` responses to the train problems
 with the SFT policy → grade → per problem, every (correct, incorrect) pair, a random subset of
 `dpo.max_pairs_per_problem` when there are more → the frozen reference's (= the SFT policy's)
 log-prob sum of each response, computed once → `dpo.epochs` epochs over the pairs in batches of
@@ -13,23 +13,23 @@ same data without sampling again; checkpoints hold (params, optimizer state) at 
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vinejax.checkpoint import Checkpointer
-from vinejax.model.hf import save_hf_model
 from vinejax.rl.baseline_data import dpo_positive_pairs
 from vinejax.rl.batch import PairBatch
 from vinejax.train import encode, update
 from vinejax.train.batching import to_microbatches
-from vinejax.train.context import RunContext, hf_folder_of_run
+from vinejax.train.context import RunContext
 from vinejax.train.evaluate import evaluate
-from vinejax.train.metrics import MetricsWriter, RunClock, Timer, summary_line
+from vinejax.train.metrics import Timer
 from vinejax.train.offline_data import TokenRows, load_arrays, sample_and_grade, save_arrays
+from vinejax.train.runner import StepResult
 from vinejax.train.scoring import logprob_scorer, score_rows
-from vinejax.train.stage import fitting_problems, held_out_problems, iteration_problems, log, resume, save_checked
+from vinejax.train.stage import fitting_problems, held_out_problems, iteration_problems, log
 
 SUMMARY_KEYS = (("reward", "rewards/mean"), ("pairs", "dpo/pairs"), ("loss", "dpo_loss"),
                 ("margin", "dpo_margin"), ("acc", "reward_accuracy"), ("eval", "eval/accuracy"),
@@ -70,77 +70,84 @@ def build_pairs(ctx: RunContext, sft_params, problems: list, rng: jax.Array) -> 
     return arrays, metrics | timer.as_metrics()
 
 
-def run_dpo(ctx: RunContext, sft_params, writer: MetricsWriter) -> dict:
-    """DPO+ from the SFT policy `sft_params` (also the frozen reference): one round of samples,
-    `dpo.epochs` epochs over its pairs, evaluation, checkpoints (exact resume), export."""
-    cfg, d, t = ctx.cfg, ctx.cfg.dpo, ctx.cfg.train
-    eval_problems = held_out_problems(ctx) if t.eval_every > 0 else {}  # {split: problems}
-    data_file = os.path.join(cfg.output_dir, "dpo_data.npz")
-    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), t.keep_checkpoints)
-    opt_template = update.init_opt_state(update.stage_optimizer(cfg.optim, 1), sft_params, ctx.param_shardings)
-    (params, opt_state), meta = resume(ckpt, (sft_params, opt_template), cfg.resume, writer)
-    step, evaluated_at = meta.get("step", 0), meta.get("evaluated_at", -1)  # the last step evaluated
-    run_clock = RunClock(meta)  # wall-clock and CPU seconds, across resumes
-    rng = jax.random.key(cfg.seed)
-    clock = lambda: run_clock.as_metrics() | {"train/gradient_steps": step}
+class DpoStage:
+    """DPO+ from the SFT policy `sft_params` (also the frozen reference). Its first step samples the
+    round and builds the pairs (position 0); each later step is one optimizer step."""
 
-    def evaluated() -> dict:
-        if t.eval_every <= 0:
-            return {}
-        return evaluate(ctx, params, eval_problems, jax.random.fold_in(rng, 10**6 + step)) | clock()
+    unit, label, summary_keys = "step", "step", SUMMARY_KEYS
 
-    if not meta:  # a fresh run: the one round of samples, its pairs and the reference sums
-        problems = fitting_problems(ctx, ctx.task.load_split(cfg.task.train_split))
-        problems = iteration_problems(problems, cfg.seed, 0, cfg.sampling.problems_per_iteration)
-        arrays, metrics = build_pairs(ctx, sft_params, problems, jax.random.fold_in(rng, 0))
-        save_arrays(data_file, arrays)
-        params = jax.tree.map(jnp.copy, sft_params)  # the steps donate (overwrite) their params
-        metrics |= evaluated()
-        evaluated_at = 0
-        writer.write(0, metrics)
-        log(summary_line(0, metrics, SUMMARY_KEYS))
-        save_checked(ckpt, 0, (params, opt_state), {"step": 0, "evaluated_at": 0} | run_clock.as_meta())
-    else:  # resumed: the round this run saved
-        arrays = load_arrays(data_file)
-    pairs, ref, rows = arrays["pairs"], arrays["ref_sums"], TokenRows.from_arrays(arrays, "rows_")
-    per_epoch = len(pairs) // d.batch_size  # drop_last
-    total = d.epochs * per_epoch
-    optimizer = update.stage_optimizer(cfg.optim, max(d.epochs * len(pairs) // d.batch_size, 1))
-    if step == 0:
-        opt_state = update.init_opt_state(optimizer, params, ctx.param_shardings)
-    log(f"DPO+: {len(pairs)} pairs, {total} steps of {d.batch_size} pairs")
-    pad = encode.pad_token_id(ctx.tokenizer)
-    over_budget, last = False, {}
-    while step < total and not over_budget:
-        epoch, within = divmod(step, per_epoch)
+    def __init__(self, ctx: RunContext, sft_params):
+        cfg, t = ctx.cfg, ctx.cfg.train
+        self.ctx, self.sft_params = ctx, sft_params
+        self.eval_problems = held_out_problems(ctx) if t.eval_every > 0 else {}  # {split: problems}
+        self.data_file = os.path.join(cfg.output_dir, "dpo_data.npz")
+        self.rng = jax.random.key(cfg.seed)
+        # evaluated at step 0, every dpo.eval_every_steps steps and at the end (0: at 0 and the end)
+        self.eval_every = (cfg.dpo.eval_every_steps or sys.maxsize) if t.eval_every > 0 else None
+        self.checkpoint_every = max(t.checkpoint_every, 1)
+        self.pad = encode.pad_token_id(ctx.tokenizer)
+        self._round = None  # (pairs, reference sums, token rows, optimizer) once built or loaded
+
+    def initial_state(self):
+        optimizer = update.stage_optimizer(self.ctx.cfg.optim, 1)  # the state's structure; replaced when built
+        return self.sft_params, update.init_opt_state(optimizer, self.sft_params, self.ctx.param_shardings)
+
+    def initial_progress(self) -> dict:
+        return {"position": 0, "gradient_steps": 0, "built": False}
+
+    def round(self, arrays: dict | None = None) -> tuple:
+        """The round this run built: `arrays` when given, else read back from its file (a resume)."""
+        if self._round is None or arrays is not None:
+            arrays = load_arrays(self.data_file) if arrays is None else arrays
+            pairs, d = arrays["pairs"], self.ctx.cfg.dpo
+            optimizer = update.stage_optimizer(self.ctx.cfg.optim, max(d.epochs * len(pairs) // d.batch_size, 1))
+            self._round = (pairs, arrays["ref_sums"], TokenRows.from_arrays(arrays, "rows_"), optimizer)
+            log(f"DPO+: {len(pairs)} pairs, {self.total()} steps of {d.batch_size} pairs")
+        return self._round
+
+    def total(self) -> int:
+        d = self.ctx.cfg.dpo
+        return d.epochs * (len(self.round()[0]) // d.batch_size)  # drop_last
+
+    def done(self, progress: dict) -> bool:
+        return progress["built"] and progress["position"] >= self.total()
+
+    def step(self, state, progress: dict) -> StepResult:
+        if not progress["built"]:
+            return self.build()
+        cfg, d, step = self.ctx.cfg, self.ctx.cfg.dpo, progress["position"]
+        pairs, ref, rows, optimizer = self.round()
+        epoch, within = divmod(step, len(pairs) // d.batch_size)
         order = np.random.default_rng([cfg.seed, epoch, 13]).permutation(len(pairs))
         chosen, rejected = pairs[order[within * d.batch_size : (within + 1) * d.batch_size]].T  # [b] each
-        tokens, mask = rows.batch(np.concatenate([chosen, rejected]), pad)  # [2b, T]: chosen rows, then rejected
+        tokens, mask = rows.batch(np.concatenate([chosen, rejected]), self.pad)  # [2b, T]: chosen rows, then rejected
         batch = PairBatch(*np.split(tokens, 2), *np.split(mask, 2), ref[chosen], ref[rejected])
         params, opt_state, m = update.dpo_step(
-            params, opt_state, to_microbatches(ctx.mesh, batch, d.micro_batch), model_cfg=ctx.model_cfg,
+            *state, to_microbatches(self.ctx.mesh, batch, d.micro_batch), model_cfg=self.ctx.model_cfg,
             optimizer=optimizer, temperature=cfg.sampling.temperature, beta=d.beta, lam=d.lam,
             label_smoothing=d.label_smoothing)
-        step += 1
-        at_eval = step == total or (d.eval_every_steps > 0 and step % d.eval_every_steps == 0)
-        if step == 1 or step % 20 == 0 or at_eval:
-            metrics = {k: float(v) for k, v in jax.device_get(m).items()} | clock()
-            if at_eval:
-                last, evaluated_at = evaluated(), step
-                metrics |= last
-            writer.write(step, metrics)
-            log(summary_line(step, metrics, SUMMARY_KEYS))
-        if at_eval or step % max(t.checkpoint_every, 1) == 0:
-            meta = {"step": step, "evaluated_at": evaluated_at} | run_clock.as_meta()
-            save_checked(ckpt, step, (params, opt_state), meta)
-            over_budget = t.time_budget_minutes > 0 and run_clock.elapsed() > 60 * t.time_budget_minutes
-    if over_budget:
-        log(f"time budget of {t.time_budget_minutes} min reached at step {step} of {total}")
-    if t.eval_every > 0 and evaluated_at != step:  # stopped by the time budget between evaluations
-        last = evaluated()
-        writer.write(step, last)
-    ckpt.close()
-    if t.export_hf:
-        folder = save_hf_model(params, ctx.model_cfg, hf_folder_of_run(cfg.output_dir), tokenizer=ctx.tokenizer)
-        log(f"policy exported to {folder}")
-    return last
+        done = step + 1
+        metrics = {}
+        if done == 1 or done % 20 == 0 or done == self.total():  # read back now and then, not every step
+            metrics = m = {k: float(v) for k, v in jax.device_get(m).items()}
+        return StepResult((params, opt_state), progress | {"position": done, "gradient_steps": done}, metrics,
+                          at=done, nonfinite=(bool(m["nonfinite"]),))
+
+    def build(self) -> StepResult:
+        """The one round of samples, its pairs and the reference sums, saved beside the checkpoints."""
+        cfg = self.ctx.cfg
+        problems = fitting_problems(self.ctx, self.ctx.task.load_split(cfg.task.train_split))
+        problems = iteration_problems(problems, cfg.seed, 0, cfg.sampling.problems_per_iteration)
+        arrays, metrics = build_pairs(self.ctx, self.sft_params, problems, jax.random.fold_in(self.rng, 0))
+        save_arrays(self.data_file, arrays)
+        optimizer = self.round(arrays)[3]
+        params = jax.tree.map(jnp.copy, self.sft_params)  # the steps donate (overwrite) their params
+        state = (params, update.init_opt_state(optimizer, params, self.ctx.param_shardings))
+        return StepResult(state, {"position": 0, "gradient_steps": 0, "built": True}, metrics, at=0, save=True)
+
+    def evaluate(self, state, progress: dict) -> dict:
+        rng = jax.random.fold_in(self.rng, 10**6 + progress["position"])
+        return evaluate(self.ctx, state[0], self.eval_problems, rng)
+
+    def policy(self, state):
+        return state[0]

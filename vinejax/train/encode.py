@@ -1,4 +1,5 @@
-"""Text ↔ token rows: prompts with BOS, SFT examples with a target mask, right-padded buckets."""
+"""Text ↔ token rows: prompts with BOS (or through the tokenizer's chat template), SFT examples
+with a target mask, right-padded buckets."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,6 +24,51 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     """BOS (when the tokenizer has one) + the prompt's tokens."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     return bos + encode_text(tokenizer, text)
+
+
+def chat_ids(tokenizer, messages: list, generation_prompt: bool) -> list[int]:
+    """Token ids of `messages` through the tokenizer's chat template (its own BOS and markers)."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
+    return list(out if isinstance(out, list) else out["input_ids"])
+
+
+def end_of_turn(tokenizer) -> str:
+    """The token that ends an assistant turn in the tokenizer's chat template (<|im_end|>,
+    <|eot_id|>, <end_of_turn>, </s>): the first special token after an assistant message."""
+    marker = "vinejax-end-of-turn-probe"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "1"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    tail = text[text.rindex(marker) + len(marker):]
+    special = set(tokenizer.all_special_tokens)
+    for token in tokenizer.convert_ids_to_tokens(encode_text(tokenizer, tail)):
+        if token in special:
+            return token
+    return tokenizer.eos_token
+
+
+def task_prompt(tokenizer, task, problem_text: str) -> list[int]:
+    """The prompt of a problem as token ids: BOS + `task.prompt(problem_text)`, or with
+    `task.chat_template` one user message holding it and the generation prompt."""
+    text = task.prompt(problem_text)
+    if getattr(task, "chat_template", False):
+        return chat_ids(tokenizer, [{"role": "user", "content": text}], generation_prompt=True)
+    return encode_prompt(tokenizer, text)
+
+
+def task_sft(tokenizer, task, problem_text: str, target: str) -> tuple[list[int], list[bool]]:
+    """An SFT example (`encode_sft`), or with `task.chat_template` the conversation of the user
+    message and the assistant's `target`, the mask true on the assistant turn up to and including
+    its end-of-turn token (`end_of_turn`; the tokenizer's EOS in chat runs)."""
+    if not getattr(task, "chat_template", False):
+        return encode_sft(tokenizer, task.prompt(problem_text), target)
+    user = [{"role": "user", "content": task.prompt(problem_text)}]
+    prompt = chat_ids(tokenizer, user, generation_prompt=True)
+    full = chat_ids(tokenizer, user + [{"role": "assistant", "content": target}], generation_prompt=False)
+    shared = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+    turn = full[shared:]
+    if tokenizer.eos_token_id in turn:  # what the template writes after the end of the turn is not trained
+        turn = turn[: turn.index(tokenizer.eos_token_id) + 1]
+    return full[:shared] + turn, [False] * shared + [True] * len(turn)
 
 
 def encode_sft(tokenizer, prompt: str, target: str) -> tuple[list[int], list[bool]]:

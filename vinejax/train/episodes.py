@@ -89,56 +89,48 @@ def finish_response(tokenizer, stops, ids: list, search_from: int = 0) -> tuple[
 
 
 def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
-    """BOS + prompt tokens of each problem."""
-    return [encode.encode_prompt(tokenizer, task.prompt(p.problem)) for p in problems]
+    """The prompt tokens of each problem (`encode.task_prompt`: BOS + prompt, or the chat template's)."""
+    return [encode.task_prompt(tokenizer, task, p.problem) for p in problems]
 
 
-def token_budgets(prefix_lens: np.ndarray, max_new_tokens: int, context_size: int) -> np.ndarray:
-    """New tokens a generation from each prefix may write: min(max_new_tokens, context_size −
-    (prefix_len − 1)), at least 1 (prefix lengths count BOS; the official count does not)."""
-    return np.clip(context_size - (np.asarray(prefix_lens) - 1), 1, max_new_tokens).astype(np.int32)
+def sample_episodes(env: sampling.RolloutEnv, problems, num_samples: int, rng: jax.Array,
+                    desc: str = "sample") -> Episodes:
+    """`num_samples` responses to each problem, generated `env.batch_rows` prompts at a time (all
+    at once when 0); each response is capped by `env.budgets` (prompt + response stay within the
+    context + BOS) and stops at `env.stops` (`stop_table`), which `finish_response` then replaces
+    by EOS."""
+    batches = sample_episode_batches(env, problems, num_samples, rng, desc)
+    return concat_episodes(list(batches), pad=encode.pad_token_id(env.tokenizer))
 
 
-def sample_episodes(params, model_cfg, tokenizer, task, problems, scfg: sampling.SamplingConfig,
-                    num_samples: int, rng: jax.Array, batch_prompts: int, context_size: int,
-                    stops=None, desc: str = "sample") -> Episodes:
-    """`num_samples` responses to each problem, generated `batch_prompts` prompts at a time; each
-    response is capped by `token_budgets` (prompt + response stay within `context_size` + BOS)
-    and stops at the `stops` strings (`stop_table`), which `finish_response` then replaces by EOS."""
-    batches = sample_episode_batches(params, model_cfg, tokenizer, task, problems, scfg, num_samples, rng,
-                                     batch_prompts, context_size, stops, desc)
-    return concat_episodes(list(batches), pad=encode.pad_token_id(tokenizer))
-
-
-def sample_episode_batches(params, model_cfg, tokenizer, task, problems, scfg: sampling.SamplingConfig,
-                           num_samples: int, rng: jax.Array, batch_prompts: int, context_size: int,
-                           stops=None, desc: str = "sample") -> Iterator[Episodes]:
-    """`sample_episodes` one batch of `batch_prompts` problems at a time (the same draws): yields
+def sample_episode_batches(env: sampling.RolloutEnv, problems, num_samples: int, rng: jax.Array,
+                           desc: str = "sample") -> Iterator[Episodes]:
+    """`sample_episodes` one batch of `env.batch_rows` problems at a time (the same draws): yields
     each batch's Episodes as soon as it is generated, so the caller can grade it while the next
     batch decodes (`problem_index` counts from the first problem of all batches)."""
-    prompts = encode_prompts(tokenizer, task, problems)
-    pad = encode.pad_token_id(tokenizer)
+    prompts = encode_prompts(env.tokenizer, env.task, problems)
+    pad = encode.pad_token_id(env.tokenizer)
+    batch_prompts = env.batch_rows if env.batch_rows > 0 else max(len(prompts), 1)
     bar = progress(total=len(prompts), desc=desc)
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start : start + batch_prompts]
         lens = np.array([len(p) for p in chunk], np.int32)
         rows = encode.pad_rows(chunk, int(lens.max()), pad)
-        budgets = np.repeat(token_budgets(lens, scfg.max_new_tokens, context_size), num_samples)
-        out = sampling.generate(params, model_cfg, rows, lens, jax.random.fold_in(rng, start), scfg,
-                                num_samples=num_samples, max_new=budgets, stops=stops)
+        out = sampling.generate(env, rows, lens, jax.random.fold_in(rng, start), num_samples=num_samples)
         tokens, logprobs, plen, tlen = sampling.assemble_rows(rows, lens, out, pad, num_samples)
-        tokens, logprobs, plen, tlen, finish = to_host((tokens, logprobs, plen, tlen, out.finish_reason))
+        sampled = to_host((tokens, logprobs, plen, tlen, out.finish_reason))
         index = start + np.repeat(np.arange(len(chunk)), num_samples).astype(np.int32)
-        yield _finished_episodes(tokenizer, stops, pad, tokens, logprobs, plen, tlen, finish,
-                                 [problems[i] for i in index], index)
+        yield finished_episodes(env, sampled, [problems[i] for i in index], index)
         bar.update(len(chunk))
     bar.close()
 
 
-def _finished_episodes(tokenizer, stops, pad: int, tokens, logprobs, plen, tlen, finish, problems: list,
-                       index: np.ndarray) -> Episodes:
-    """Episodes of sampled rows, each response cut at its stop string (`finish_response`: the
-    stop string's tokens become EOS) and decoded to its text."""
+def finished_episodes(env: sampling.RolloutEnv, sampled: tuple, problems: list, index: np.ndarray) -> Episodes:
+    """Episodes of sampled rows `sampled` = (tokens, logprobs, prompt lens, total lens, finish
+    reasons) as `assemble_rows` and `generate` give them, each response cut at its stop string
+    (`finish_response`: the stop string's tokens become EOS) and decoded to its text."""
+    tokenizer, stops, pad = env.tokenizer, env.stops, encode.pad_token_id(env.tokenizer)
+    tokens, logprobs, plen, tlen, finish = sampled
     tokens, logprobs = np.asarray(tokens, np.int32), np.asarray(logprobs, np.float32)
     plen, tlen, finish = (np.asarray(x).astype(np.int32) for x in (plen, tlen, finish))
     texts, cuts = [], {}
@@ -174,12 +166,20 @@ def concat_episodes(parts: list[Episodes], pad: int = 0) -> Episodes:
 
 
 def grade_episodes(task, ep: Episodes, workers: int, pool=None):
-    """f32[B] rewards: the task's grade for finished responses, 0 for unfinished (length) ones.
+    """(f32[B] rewards, grade errors): the task's grade for finished responses, 0 for unfinished
+    (length) ones, and how many grades raised or timed out (a plug-in grader's NaN, scored 0).
     With `pool`, graded on its thread: returns the function that waits for them (`multihost.split_rows`)."""
     grade = lambda lo, hi: task.grade_batch(ep.texts[lo:hi], ep.problems[lo:hi], num_workers=workers)
-    zero_unfinished = lambda r: np.where(ep.finished, np.asarray(r, np.float32), 0.0).astype(np.float32)
-    rewards = split_rows(grade, len(ep.texts), pool)  # each process grades a share
-    return zero_unfinished(rewards) if pool is None else (lambda: zero_unfinished(rewards()))
+    graded = split_rows(grade, len(ep.texts), pool)  # each process grades a share
+    finish = lambda r: scored(np.where(ep.finished, np.asarray(r, np.float32), 0.0))
+    return finish(graded) if pool is None else (lambda: finish(graded()))
+
+
+def scored(grades: np.ndarray) -> tuple[np.ndarray, int]:
+    """(f32 rewards, errors) of task grades where NaN marks a grade that raised or timed out: scored 0."""
+    grades = np.asarray(grades, np.float32)
+    errors = np.isnan(grades)
+    return np.where(errors, 0.0, grades).astype(np.float32), int(errors.sum())
 
 
 def token_offsets(tokenizer, ids: list, text: str) -> list[tuple[int, int]]:

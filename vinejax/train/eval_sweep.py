@@ -22,7 +22,7 @@ import ml_collections
 from vinejax.checkpoint import CheckpointError
 from vinejax.config import ConfigError, base_config, validate
 from vinejax.config_file import apply_overrides, load_config_file
-from vinejax.tasks import KNOWN_TASKS
+from vinejax.tasks import KNOWN_TASKS, check_name
 from vinejax.train.context import build_context, hf_folder_of_run
 from vinejax.train.evaluate import evaluate_split
 from vinejax.train.metrics import progress
@@ -65,8 +65,8 @@ def eval_config(req: EvalRequest) -> tuple[ml_collections.ConfigDict, str]:
     `req.config_file` for an HF folder; flags, then `req.overrides`, applied and validated."""
     if not os.path.isdir(req.model):
         raise FileNotFoundError(f"model folder not found: {req.model}")
-    if req.task and req.task not in KNOWN_TASKS:
-        raise ConfigError(f"unknown task {req.task!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+    if req.task:
+        check_name(req.task)
     if is_run_dir(req.model):
         if req.config_file:
             raise ConfigError(f"{req.model} is a run folder: its config.json is the config (drop --config FILE)")
@@ -78,7 +78,8 @@ def eval_config(req: EvalRequest) -> tuple[ml_collections.ConfigDict, str]:
         if req.checkpoints:
             raise ConfigError(f"--checkpoints needs a run folder; {req.model} has no vinejax config.json")
         if not req.task:
-            raise ConfigError(f"--task is needed for the HF folder {req.model} ({', '.join(KNOWN_TASKS)})")
+            raise ConfigError(f"--task is needed for the HF folder {req.model} ({', '.join(KNOWN_TASKS)} "
+                              f"or a plug-in 'package.module:factory')")
         cfg = load_config_file(req.config_file) if req.config_file else base_config()
         cfg.model.hf_path, cfg.model.init_from = req.model, ""
         run_dir = ""

@@ -19,29 +19,30 @@ import jax
 import numpy as np
 
 from vinejax import sampling
+from vinejax.sampling import RolloutEnv
 from vinejax.train import encode, host_work
-from vinejax.train.episodes import Episodes, concat_episodes, sample_episode_batches, sampling_config
+from vinejax.train.episodes import Episodes, concat_episodes, sample_episode_batches, scored
 from vinejax.train.eval_metrics import majority_index, summarize
 
 
-def _graded(ctx, ep: Episodes) -> tuple[np.ndarray, list]:
-    """f32[B] verdicts of every response (finish reason ignored) and its extracted answers."""
-    task = ctx.task
-    verdicts = np.asarray(task.grade_batch(ep.texts, ep.problems, num_workers=ctx.cfg.task.grade_workers), np.float32)
+def _graded(env: RolloutEnv, ep: Episodes) -> tuple[np.ndarray, list]:
+    """f32[B] verdicts of every response (finish reason ignored; NaN where the grade raised or
+    timed out) and its extracted answers."""
+    task = env.task
+    verdicts = np.asarray(task.grade_batch(ep.texts, ep.problems, num_workers=env.grade_workers), np.float32)
     answers = [task.answer(t, p) for t, p in zip(ep.texts, ep.problems)] if task.answer else [None] * len(ep.texts)
     return verdicts, answers
 
 
-def _sampled_and_graded(ctx, params, problems: list, scfg, n: int, rng: jax.Array,
+def _sampled_and_graded(env: RolloutEnv, problems: list, n: int, rng: jax.Array,
                         desc: str) -> tuple[Episodes, np.ndarray, list]:
     """n samples of each problem, their verdicts f32[B] and answers: each batch of
-    `sampling.batch_size` problems is graded on a host thread while the next one decodes."""
-    batches = sample_episode_batches(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems, scfg, n, rng,
-                                     ctx.cfg.sampling.batch_size, ctx.eval_context_size, ctx.stops, desc)
+    `env.batch_rows` problems is graded on a host thread while the next one decodes."""
+    batches = sample_episode_batches(env, problems, n, rng, desc)
     with host_work.session(overlap=True) as host:
-        parts = [(ep, host.start(_graded, ctx, ep)) for ep in batches]
+        parts = [(ep, host.start(_graded, env, ep)) for ep in batches]
         graded = [host.wait(waiter) for _, waiter in parts]
-    ep = concat_episodes([part for part, _ in parts], pad=encode.pad_token_id(ctx.tokenizer))
+    ep = concat_episodes([part for part, _ in parts], pad=encode.pad_token_id(env.tokenizer))
     return ep, np.concatenate([v for v, _ in graded]), [a for _, answers in graded for a in answers]
 
 
@@ -57,7 +58,7 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
     index, problem, gold, samples [{response, answer, correct, length, finish}], majority
     (the voted sample's index), greedy (when `eval.greedy`, or `greedy` when given). Call under
     `ctx.mesh_context()`."""
-    e, tok, task, n = ctx.cfg.eval, ctx.tokenizer, ctx.task, ctx.cfg.eval.samples_per_problem
+    e, task, n = ctx.cfg.eval, ctx.task, ctx.cfg.eval.samples_per_problem
     records = [{"index": i, "problem": p.problem, "gold": p.answer} | (
         {"unique_id": p.meta["unique_id"]} if "unique_id" in p.meta else {}) for i, p in enumerate(problems)]
     metrics: dict = {}
@@ -65,18 +66,20 @@ def evaluate_split(ctx, params, problems: list, rng: jax.Array, desc: str = "eva
         return metrics, records
     rng_sample, rng_greedy = jax.random.split(rng)
     if n > 0:
-        scfg = sampling_config(tok, e.temperature, e.top_p, e.max_new_tokens)
-        ep, verdicts, answers = _sampled_and_graded(ctx, params, problems, scfg, n, rng_sample, desc)
+        ep, graded, answers = _sampled_and_graded(ctx.rollout(params, evaluation=True), problems, n, rng_sample, desc)
+        verdicts, errors = scored(graded)
         per_problem = [answers[i * n:(i + 1) * n] for i in range(len(problems))]
         metrics = summarize(verdicts.reshape(-1, n), per_problem if task.answer else None,
                             (ep.total_lens - ep.prompt_lens).reshape(-1, n), ep.finished.reshape(-1, n))
+        metrics["grade_errors"] = float(errors)
         for i, rec in enumerate(records):
             rec["samples"] = [_sample_record(ep, r, verdicts[r], answers[r]) for r in range(i * n, (i + 1) * n)]
             if task.answer:
                 rec["majority"] = majority_index(per_problem[i])
     if e.greedy if greedy is None else greedy:
-        scfg = sampling_config(tok, 1.0, 1.0, e.max_new_tokens, greedy=True)
-        ep, verdicts, answers = _sampled_and_graded(ctx, params, problems, scfg, 1, rng_greedy, desc + " greedy")
+        ep, graded, answers = _sampled_and_graded(ctx.rollout(params, greedy=True), problems, 1, rng_greedy,
+                                                  desc + " greedy")
+        verdicts = scored(graded)[0]
         metrics["greedy_accuracy"] = float(verdicts.mean())
         for i, rec in enumerate(records):
             rec["greedy"] = _sample_record(ep, i, verdicts[i], answers[i])

@@ -12,6 +12,9 @@ from typing import Iterable, Optional
 
 import jax
 import numpy as np
+from etils import epath
+
+from vinejax import paths
 
 
 def _plain(value):
@@ -23,10 +26,62 @@ def _plain(value):
     return value
 
 
+def plain(metrics: dict) -> dict:
+    """`metrics` with JSON-able values (numpy and jax scalars as Python numbers)."""
+    return {k: _plain(v) for k, v in metrics.items()}
+
+
+class JsonLines:
+    """The lines of one JSONL file, held in memory: a local file gets each line appended at once,
+    a remote one (`gs://...`: objects cannot be appended to) is rewritten whole at `flush`."""
+
+    def __init__(self, path: str, enabled: bool):
+        self.path, self.enabled, self.remote, self.dirty = path, enabled, paths.is_remote(path), False
+        self.lines: list[str] = []
+        if enabled and paths.exists(path):
+            raw = [line for line in paths.read_text(path).splitlines() if line.strip()]
+            self.lines = [line + "\n" for line in raw if _is_record(line)]
+            if len(self.lines) < len(raw):  # a partial last line of a killed run: rewrite without it
+                self.dirty = True
+                self.flush()
+
+    def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps(record) + "\n"
+        self.lines.append(line)
+        if self.remote:
+            self.dirty = True
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
+
+    def keep_first(self, count: int) -> None:
+        """Keep the first `count` lines (the file is rewritten)."""
+        if self.enabled and count < len(self.lines):
+            self.lines = self.lines[:count]
+            self.dirty = True
+            self.flush()
+
+    def flush(self) -> None:
+        if self.enabled and self.dirty:
+            paths.write_text(self.path, "".join(self.lines))
+            self.dirty = False
+
+
+def _is_record(line: str) -> bool:
+    """A complete JSON line (a run killed mid-write may leave a partial last line)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 class MetricsWriter:
     """Appends `{"iteration": i, "time": t, **metrics}` lines to `<dir>/metrics.jsonl`, and readable
-    episodes to `<dir>/samples.jsonl`; mirrors both to TensorBoard (when tensorboardX is installed)
-    and Weights & Biases (when `wandb.wandb_project` is set), under the same metric names."""
+    episodes to `<dir>/samples.jsonl`; mirrors both to TensorBoard (when tensorboardX is installed
+    and `<dir>` is local) and Weights & Biases (when `wandb.wandb_project` is set), under the same
+    metric names. `<dir>` may be a bucket URL: its files are then written at each `flush`."""
 
     def __init__(self, directory: str, filename: str = "metrics.jsonl", enabled: bool = True,
                  wandb=None, config: Optional[dict] = None):
@@ -36,23 +91,25 @@ class MetricsWriter:
         self._tb = None
         self._wandb = None
         if enabled:
-            os.makedirs(directory, exist_ok=True)
-            try:
-                from tensorboardX import SummaryWriter  # optional
+            epath.Path(directory).mkdir(parents=True, exist_ok=True)
+            if not paths.is_remote(directory):
+                try:
+                    from tensorboardX import SummaryWriter  # optional
 
-                self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
-            except ImportError:
-                self._tb = None
+                    self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+                except ImportError:
+                    self._tb = None
             if wandb is not None and wandb.wandb_project:
                 self._wandb = _start_wandb(directory, wandb, config)
+        self._metrics = JsonLines(self.path, enabled)
+        self._samples = JsonLines(self.samples_path, enabled)
 
     def write(self, iteration: int, metrics: dict) -> None:
         if not self.enabled:
             return
         record = {"iteration": int(iteration), "time": time.time()}
         record.update({k: _plain(v) for k, v in metrics.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._metrics.append(record)
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("iteration", "time")}
         if self._tb is not None:
             for k, v in scalars.items():
@@ -65,9 +122,8 @@ class MetricsWriter:
         """Append readable episodes (`train.samples.sample_records`) to samples.jsonl (and as text)."""
         if not (self.enabled and samples):
             return
-        with open(self.samples_path, "a") as f:
-            for s in samples:
-                f.write(json.dumps({"iteration": int(iteration), **s}) + "\n")
+        for s in samples:
+            self._samples.append({"iteration": int(iteration), **s})
         text = "\n\n".join(f"reward {s['reward']} ({s['finish']}), answer {s.get('answer')!r} vs gold {s['gold']!r}\n"
                             f"{s['response']}" for s in samples)
         if self._tb is not None:
@@ -75,39 +131,32 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log({"samples": text}, step=int(iteration))
 
+    def records(self) -> list[dict]:
+        """Every metrics record written so far (those of earlier attempts included)."""
+        return [json.loads(line) for line in self._metrics.lines]
+
+    def position(self) -> dict:
+        """How many lines each file holds: saved with a checkpoint, for `rewind` on resume."""
+        return {"records": len(self._metrics.lines), "sample_records": len(self._samples.lines)}
+
+    def rewind(self, position: dict) -> None:
+        """Keep the lines written up to `position` (a resumed run writes the later ones again)."""
+        self._metrics.keep_first(position.get("records", 0))
+        self._samples.keep_first(position.get("sample_records", 0))
+
+    def flush(self) -> None:
+        """Write what a remote file has not received yet (local lines are written at once)."""
+        self._metrics.flush()
+        self._samples.flush()
+
     def close(self) -> None:
-        """Flush and close TensorBoard and W&B."""
+        """Flush; close TensorBoard and W&B."""
+        self.flush()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop lines past `iteration` (a resumed run rewrites what the killed run logged later)."""
-        for path in (self.path, self.samples_path):
-            if not (self.enabled and os.path.exists(path)):
-                continue
-            with open(path) as f:
-                lines = [line for line in f if line.strip() and json.loads(line).get("iteration", -1) <= iteration]
-            with open(path, "w") as f:
-                f.writelines(lines)
-
-    def num_records(self) -> int:
-        """How many lines the file holds (0 when disabled or absent)."""
-        if not (self.enabled and os.path.exists(self.path)):
-            return 0
-        with open(self.path) as f:
-            return sum(1 for line in f if line.strip())
-
-    def keep_first(self, count: int) -> None:
-        """Keep only the first `count` lines (a resumed run rewrites the later ones)."""
-        if not (self.enabled and os.path.exists(self.path)):
-            return
-        with open(self.path) as f:
-            lines = [l for l in f if l.strip()][:count]
-        with open(self.path, "w") as f:
-            f.writelines(lines)
 
 
 def _start_wandb(directory: str, settings, config: Optional[dict]):
@@ -120,20 +169,19 @@ def _start_wandb(directory: str, settings, config: Optional[dict]):
         raise ConfigError("config key 'logging.wandb_project' is set but wandb is not installed: "
                           "pip install -e '.[wandb]'") from None
     return wandb.init(project=settings.wandb_project, entity=settings.wandb_entity or None,
-                      name=settings.wandb_run_name or os.path.basename(os.path.abspath(directory)),
-                      dir=directory, config=config, resume="allow")
+                      name=settings.wandb_run_name or os.path.basename(paths.display(directory).rstrip("/")),
+                      dir=None if paths.is_remote(directory) else directory, config=config, resume="allow")
 
 
 
 def read_metrics(path: str) -> list[dict]:
-    """All records of a metrics.jsonl file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of a metrics.jsonl file (local or remote)."""
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
-def summary_line(iteration: int, m: dict, keys: Iterable[tuple[str, str]]) -> str:
+def summary_line(iteration: int, m: dict, keys: Iterable[tuple[str, str]], label: str = "it") -> str:
     """'it 12 | reward 0.41 | ...' with the (label, key) pairs present in m."""
-    parts = [f"it {iteration}"]
+    parts = [f"{label} {iteration}"]
     for label, key in keys:
         if key in m:
             v = _plain(m[key])

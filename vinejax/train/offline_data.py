@@ -4,25 +4,25 @@ without sampling again."""
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 
 import jax
 import numpy as np
+from etils import epath
 
+from vinejax import paths
 from vinejax.train import encode
-from vinejax.train.episodes import Episodes, grade_episodes, sample_episodes, sampling_config
+from vinejax.train.episodes import Episodes, grade_episodes, sample_episodes
 from vinejax.train.metrics import describe
 
 
 def sample_and_grade(ctx, params, problems: list, rng: jax.Array, desc: str = "sample") -> tuple[Episodes, np.ndarray, dict]:
     """`sampling.samples_per_problem` responses to each problem at the sampling settings, their
     rewards f32[B] (0 when cut by the length limit) and the round's metrics."""
-    s = ctx.cfg.sampling
-    scfg = sampling_config(ctx.tokenizer, s.temperature, s.top_p, s.max_new_tokens, top_k=s.top_k)
-    ep = sample_episodes(params, ctx.model_cfg, ctx.tokenizer, ctx.task, problems, scfg, s.samples_per_problem,
-                         rng, s.batch_size, ctx.context_size, ctx.stops, desc)
-    rewards = grade_episodes(ctx.task, ep, ctx.cfg.task.grade_workers)  # f32[B]
-    metrics = {"rewards/mean": float(rewards.mean()), "generation/finished_frac": float(ep.finished.mean())}
+    ep = sample_episodes(ctx.rollout(params), problems, ctx.cfg.sampling.samples_per_problem, rng, desc)
+    rewards, grade_errors = grade_episodes(ctx.task, ep, ctx.cfg.task.grade_workers)  # f32[B]
+    metrics = {"rewards/mean": float(rewards.mean()), "rewards/grade_errors": float(grade_errors),
+               "generation/finished_frac": float(ep.finished.mean())}
     return ep, rewards, metrics | describe("generation/length", ep.total_lens - ep.prompt_lens)
 
 
@@ -65,18 +65,18 @@ class TokenRows:
 
 
 def save_arrays(path: str, arrays: dict) -> None:
-    """Write `{name: array}` to an .npz file atomically (process 0 only; a shared file system is assumed)."""
+    """Write `{name: array}` to an .npz file at once (process 0 only; the run directory is shared:
+    a shared file system or a bucket)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    paths.write_bytes(path, buffer.getvalue())
 
 
 def load_arrays(path: str) -> dict:
     """`{name: array}` from a file written by `save_arrays`."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"training data of the resumed round not found: {path}")
-    with np.load(path) as f:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:
         return {k: f[k] for k in f.files}

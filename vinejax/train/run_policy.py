@@ -8,15 +8,12 @@ import os
 
 import jax
 
+from vinejax import paths
 from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError, from_dict
 from vinejax.model import llama
 from vinejax.train.context import RunContext, build_context
-
-
-def checkpoint_dir(run_dir: str) -> str:
-    """Where a run keeps its orbax checkpoints."""
-    return os.path.join(run_dir, "checkpoints")
+from vinejax.train.run_dir import checkpoint_dir
 
 
 def is_run_dir(folder: str) -> bool:
@@ -24,8 +21,7 @@ def is_run_dir(folder: str) -> bool:
     not an HF model's config.json)."""
     path = os.path.join(folder, "config.json")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(paths.read_text(path))
     except (OSError, ValueError):
         return False
     return isinstance(raw, dict) and "algo" in raw and "model" in raw
@@ -34,14 +30,13 @@ def is_run_dir(folder: str) -> bool:
 def read_run_config(run_dir: str):
     """The run's recorded config (`base_config()` + its config.json) and the keys skipped as
     unknown to this version."""
-    if not os.path.isdir(run_dir):
+    if not paths.isdir(run_dir):
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    if not paths.exists(path):
         raise FileNotFoundError(f"no config.json in {run_dir}: not a vinejax run folder")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(paths.read_text(path))
     except ValueError as error:
         raise ConfigError(f"{path} is not valid JSON: {error}") from None
     return from_dict(raw)
@@ -51,7 +46,7 @@ def checkpoint_steps(run_dir: str) -> list[int]:
     """Steps of the run's complete checkpoints, oldest first (RL: iterations done; SFT: optimizer
     steps); [] when it has none."""
     folder = checkpoint_dir(run_dir)
-    if not os.path.isdir(folder):
+    if not paths.isdir(folder):
         return []
     ckpt = Checkpointer(folder)
     try:

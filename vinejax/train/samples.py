@@ -8,15 +8,16 @@ from vinejax import sampling
 from vinejax.train.episodes import Episodes
 
 
-def sample_records(tokenizer, task, ep: Episodes, rewards: np.ndarray, count: int, *,
-                   step_starts: np.ndarray | None = None, num_steps: np.ndarray | None = None,
+def sample_records(tokenizer, task, ep: Episodes, rewards: np.ndarray, count: int, *, steps=None,
                    state_values: np.ndarray | None = None, token_advantages: np.ndarray | None = None) -> list[dict]:
     """JSON-able records of the first `count` episodes (one per problem first, then the rest).
 
-    With `step_starts` int32[B, S] / `num_steps` int32[B] the response is cut into its steps,
-    each with V̂ of the state it starts from (`state_values` f32[B, S]) and its advantage (the
-    token advantage at its first token, `token_advantages` f32[B, T], unwhitened).
+    With `steps` (a `values.StepStates`: starts int32[B, S], num_steps int32[B]) the response is
+    cut into its steps, each with V̂ of the state it starts from (`state_values` f32[B, S]) and
+    its advantage (the token advantage at its first token, `token_advantages` f32[B, T],
+    unwhitened).
     """
+    step_starts, num_steps = (None, None) if steps is None else (steps.starts, steps.num_steps)
     firsts = np.unique(ep.problem_index, return_index=True)[1]
     order = list(firsts) + [r for r in range(len(ep.texts)) if r not in set(firsts)]
     extract = getattr(task, "answer", None)

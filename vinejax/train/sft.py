@@ -1,20 +1,15 @@
 """SFT stage: maximum likelihood on gold solutions (the policy VinePPO starts from)."""
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
-from vinejax.checkpoint import Checkpointer
 from vinejax.config import ConfigError
-from vinejax.model.hf import save_hf_model
-from vinejax.multihost import is_main_process
 from vinejax.train import encode, update
 from vinejax.train.batching import to_microbatches
-from vinejax.train.context import hf_folder_of_run
 from vinejax.train.evaluate import evaluate
-from vinejax.train.stage import RunError, held_out_problems, resume, save_checked
+from vinejax.train.runner import StepResult
+from vinejax.train.stage import held_out_problems, log
 
 
 def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: str) -> tuple[list, list, int]:
@@ -23,7 +18,7 @@ def sft_examples(tokenizer, task, problems, max_seq_len: int, target_template: s
     longer than `max_seq_len` tokens (the official rule)."""
     rows, masks = [], []
     for p in problems:
-        toks, mask = encode.encode_sft(tokenizer, task.prompt(p.problem), target_template.format(solution=p.solution))
+        toks, mask = encode.task_sft(tokenizer, task, p.problem, target_template.format(solution=p.solution))
         if len(toks) <= max_seq_len:
             rows.append(toks)
             masks.append(mask)
@@ -54,56 +49,56 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def run_sft(ctx, params, writer, log) -> dict:
-    """The SFT stage; resumes from its checkpoints and is a no-op once its export exists."""
-    cfg = ctx.cfg
-    export = hf_folder_of_run(cfg.output_dir)
-    done_marker = os.path.join(export, "DONE")
-    if os.path.exists(done_marker) and cfg.resume:
-        log(f"SFT already done: policy cached at {export}")
-        return {}
-    problems = ctx.task.load_split(cfg.task.train_split)
-    rows, masks, dropped = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len,
-                                        cfg.sft.target_template)
-    total = sft_total_steps(cfg, len(rows))
-    per_epoch = max(len(rows) // cfg.sft.batch_size, 1)
-    optimizer = update.make_optimizer(cfg.optim, total)
-    opt_state = update.init_opt_state(optimizer, params, ctx.param_shardings)
-    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.train.keep_checkpoints)
-    (params, opt_state), meta = resume(ckpt, (params, opt_state), cfg.resume, writer)
-    step, streak, pending = meta.get("step", 0), 0, []
-    pad = encode.pad_token_id(ctx.tokenizer)
-    log(f"SFT: {len(rows)} examples ({dropped} of {len(problems)} dropped: longer than sft.max_seq_len "
-        f"{cfg.sft.max_seq_len} tokens), {total} steps of {cfg.sft.batch_size}")
-    while step < total:
-        epoch, within = divmod(step, per_epoch)
-        order = epoch_order(cfg.seed, epoch, len(rows))
-        tokens, mask = sft_batch(rows, masks, order, within, cfg.sft.batch_size, pad)
-        tok_mb, mask_mb = to_microbatches(ctx.mesh, (tokens, mask), cfg.sft.micro_batch)  # [M, mb, T]
-        params, opt_state, m = update.sft_step(params, opt_state, tok_mb, mask_mb, model_cfg=ctx.model_cfg,
-                                               optimizer=optimizer)
-        step += 1
-        pending.append(m["nonfinite"])  # read back with the metrics, not every step
-        if step == 1 or step % 20 == 0 or step == total:
-            for flag in jax.device_get(pending):  # a skipped step changed nothing; too many in a row stop
-                streak = streak + 1 if flag else 0
-                if streak >= cfg.train.max_nonfinite_steps:
-                    raise RunError(f"SFT step {step}: {streak} steps in a row had a non-finite loss or gradient; "
-                                   f"the last good checkpoint is {ckpt.latest_step()} in {ckpt.directory}")
-            pending = []
+class SFTStage:
+    """Maximum likelihood on the gold solutions of the train split, from the policy `params`.
+    Its position counts optimizer steps; one step each. Evaluated once, at its end."""
+
+    unit, label = "step", "sft step"
+    summary_keys = (("nll", "sft/nll"), ("eval", "eval/accuracy"), ("greedy", "eval/greedy_accuracy"))
+
+    def __init__(self, ctx, params):
+        cfg = ctx.cfg
+        self.ctx, self.start = ctx, params
+        problems = ctx.task.load_split(cfg.task.train_split)
+        self.rows, self.masks, self.dropped = sft_examples(ctx.tokenizer, ctx.task, problems, cfg.sft.max_seq_len,
+                                                           cfg.sft.target_template)
+        self.total = sft_total_steps(cfg, len(self.rows))
+        self.per_epoch = max(len(self.rows) // cfg.sft.batch_size, 1)
+        self.optimizer = update.stage_optimizer(cfg.optim, self.total)
+        self.pad = encode.pad_token_id(ctx.tokenizer)
+        self.eval_every = 0 if cfg.train.eval_every > 0 else None
+        self.checkpoint_every = max(cfg.train.checkpoint_every, 1)
+        log(f"SFT: {len(self.rows)} examples ({self.dropped} of {len(problems)} dropped: longer than sft.max_seq_len "
+            f"{cfg.sft.max_seq_len} tokens), {self.total} steps of {cfg.sft.batch_size}")
+
+    def initial_state(self):
+        params, self.start = self.start, None  # the steps donate these params
+        return params, update.init_opt_state(self.optimizer, params, self.ctx.param_shardings)
+
+    def initial_progress(self) -> dict:
+        return {"position": 0, "gradient_steps": 0}
+
+    def done(self, progress: dict) -> bool:
+        return progress["position"] >= self.total
+
+    def step(self, state, progress: dict) -> StepResult:
+        cfg, step = self.ctx.cfg, progress["position"]
+        epoch, within = divmod(step, self.per_epoch)
+        order = epoch_order(cfg.seed, epoch, len(self.rows))
+        tokens, mask = sft_batch(self.rows, self.masks, order, within, cfg.sft.batch_size, self.pad)
+        tok_mb, mask_mb = to_microbatches(self.ctx.mesh, (tokens, mask), cfg.sft.micro_batch)  # [M, mb, T]
+        params, opt_state, m = update.sft_step(*state, tok_mb, mask_mb, model_cfg=self.ctx.model_cfg,
+                                               optimizer=self.optimizer)
+        done = step + 1
+        metrics = {}
+        if done == 1 or done % 20 == 0 or done == self.total:  # read back now and then, not every step
             m = {k: float(v) for k, v in jax.device_get(m).items()}
-            writer.write(step, {"sft/" + k: v for k, v in m.items()} | {"sft/epoch": epoch, "sft/dropped": dropped})
-            log(f"sft step {step}/{total} | nll {m['nll']:.4f}")
-        if step % max(cfg.train.checkpoint_every, 1) == 0 or step == total:
-            save_checked(ckpt, step, (params, opt_state), {"step": step})
-    ckpt.close()
-    metrics = {}
-    if cfg.train.eval_every > 0:
-        metrics = evaluate(ctx, params, held_out_problems(ctx), jax.random.key(cfg.seed + 1))
-        writer.write(step, metrics)
-        log("SFT eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    save_hf_model(params, ctx.model_cfg, export, tokenizer=ctx.tokenizer)
-    if is_main_process():
-        open(done_marker, "w").write("ok\n")
-    log(f"SFT policy exported to {export}")
-    return metrics
+            metrics = {"sft/" + k: v for k, v in m.items()} | {"sft/epoch": epoch, "sft/dropped": self.dropped}
+        return StepResult((params, opt_state), {"position": done, "gradient_steps": done}, metrics, at=done,
+                          nonfinite=(bool(m["nonfinite"]),))
+
+    def evaluate(self, state, progress: dict) -> dict:
+        return evaluate(self.ctx, state[0], held_out_problems(self.ctx), jax.random.key(self.ctx.cfg.seed + 1))
+
+    def policy(self, state):
+        return state[0]

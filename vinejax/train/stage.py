@@ -1,6 +1,6 @@
-"""What the SFT and RL stages share: logging on process 0, the errors a run reports in one line,
-resuming from the newest checkpoint, the guard before every save, and the problems they train
-and evaluate on."""
+"""What every stage shares: logging on process 0, the errors a run reports in one line (and the
+exit status of a preempted run), the guard before every save, and the problems they train and
+evaluate on."""
 from __future__ import annotations
 
 import logging
@@ -13,10 +13,12 @@ import numpy as np
 
 from vinejax.checkpoint import Checkpointer, CheckpointError
 from vinejax.config import ConfigError
+from vinejax.model.config import UnsupportedModelError
+from vinejax.paths import StorageError
 from vinejax.tasks.data import DataError
 from vinejax.train.context import RunContext
 from vinejax.train.episodes import encode_prompts
-from vinejax.train.metrics import MetricsWriter
+from vinejax.train.preemption import EXIT_PREEMPTED, Preempted
 from vinejax.train.update import all_finite
 
 
@@ -25,19 +27,28 @@ class RunError(RuntimeError):
 
 
 # What a user can cause and fix: reported as one line by experiments/run.py.
-UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError)
+UserError = (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointError, RunError,
+             UnsupportedModelError, StorageError)
+EXIT_USER_ERROR = 2
 
 
 def run_command(body: Callable[[], object], verbose: bool = False) -> int:
-    """Exit status of a command-line program: 0 when `body()` returns, 2 with one line
-    `error: ...` on stderr for a `UserError` (the full traceback when `verbose`)."""
+    """Exit status of a command-line program: 0 when `body()` returns; 2 with one line
+    `error: ...` on stderr for a `UserError` (the full traceback when `verbose`); `EXIT_PREEMPTED`
+    (75) when a signal stopped the run at a safe point (checkpoint saved: run it again); 130 for
+    a Ctrl-C before the run could catch it."""
     try:
         body()
     except UserError as error:
         if verbose:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except Preempted:
+        return EXIT_PREEMPTED  # the runner has said so in one line
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -54,33 +65,14 @@ def quiet_library_logs(verbose: bool = False) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ warnings
     for name in ("absl", "orbax", "jax", "transformers", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(level)
+    for name in ("gcsfs", "fsspec", "google", "urllib3", "aiohttp"):  # storage clients log their retries
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
     try:
         from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
     except ImportError:
         pass
-
-
-def resume(ckpt: Checkpointer, state, enabled: bool, writer: MetricsWriter):
-    """(state, meta) from the newest checkpoint that restores when `enabled`, else (state, {}).
-
-    Metrics logged after the checkpoint are dropped: the resumed run writes them again (an RL
-    checkpoint `iteration` i holds the state after i iterations; an SFT one `step` s after s steps;
-    one whose meta has `records` n was saved when the metrics file had n lines).
-    """
-    found = ckpt.restore_latest(state, warn=log) if enabled else None
-    if found is None:
-        writer.keep_first(0)  # lines of an attempt killed before its first checkpoint are rewritten
-        writer.truncate_after(-1)
-        return state, {}
-    step, state, meta = found
-    if "records" in meta:  # a stage that checkpoints mid-iteration (RestEM) saves its metrics line count
-        writer.keep_first(meta["records"])
-    else:
-        writer.truncate_after(step - 1 if "iteration" in meta else step)
-    log(f"resumed from checkpoint {step} in {ckpt.directory}")
-    return state, meta
 
 
 def save_checked(ckpt: Checkpointer, step: int, state, meta: dict) -> None:

@@ -93,13 +93,13 @@ def all_finite(tree) -> jax.Array:
 _OPTIMIZERS: dict = {}
 
 
-def stage_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-    """`make_optimizer`, one object per distinct (settings, total_steps). The jitted steps take
-    the optimizer as a static argument, so a stage that builds its own (RestEM: one per
-    iteration; DPO+) reuses compiled code when an equal one was built before in the process."""
-    key = (tuple(sorted(optim_cfg.items())), int(total_steps))
+def stage_optimizer(optim_cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:
+    """`make_optimizer`, one object per distinct (settings, total_steps, lr). The jitted steps take
+    the optimizer as a static argument, so a run that builds an equal one again in the process (a
+    RestEM iteration, a resumed or repeated run) reuses the compiled steps."""
+    key = (tuple(sorted(optim_cfg.items())), int(total_steps), lr)
     if key not in _OPTIMIZERS:
-        _OPTIMIZERS[key] = make_optimizer(optim_cfg, total_steps)
+        _OPTIMIZERS[key] = make_optimizer(optim_cfg, total_steps, lr=lr)
     return _OPTIMIZERS[key]
 
 
@@ -133,28 +133,16 @@ def _apply(optimizer, params, opt_state, loss, grads):
                                                                         "nonfinite": bad.astype(jnp.float32)}
 
 
-def token_denominator(mb_mask: jax.Array, batch_tokens: jax.Array, num_micro: int, token_mean: str) -> jax.Array:
-    """What one micro-batch divides its token-loss sum by: the optimizer batch's token count
-    (`token_mean` "batch": one token mean over the batch), or its own count × M ("micro_batch":
-    the mean over the M micro-batches of each one's token mean, the official per-device weighting)."""
-    if token_mean == "batch":
-        return batch_tokens
-    if token_mean == "micro_batch":
-        return jnp.maximum(mb_mask.sum().astype(jnp.float32), 1.0) * num_micro
-    raise ValueError(f"token_mean must be 'batch' or 'micro_batch', not {token_mean!r}")
-
-
-@functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature", "whiten",
-                                             "token_mean"), donate_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "loss_cfg", "optimizer", "temperature"),
+                   donate_argnums=(0, 1))
 def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_cfg: ModelConfig,
-                loss_cfg: losses.PolicyLossConfig, optimizer: optax.GradientTransformation,
-                temperature: float, whiten: bool = True, token_mean: str = "batch"):
+                loss_cfg: losses.PolicyLossConfig, optimizer: optax.GradientTransformation, temperature: float):
     """One PPO-clip (+ β·KL) optimizer step on a batch of micro-batches [M, mb, T]; `kl_coef`,
     when given (an f32 scalar), is β instead of `loss_cfg.kl_coef` (the adaptive KL controller);
-    `token_mean` weighs the tokens of the PPO-clip term (`token_denominator`).
+    `loss_cfg.aggregation` weighs the tokens of the PPO-clip term (`losses.token_denominators`).
 
-    With `whiten`, token advantages are whitened over the whole optimizer batch (all micro-batches
-    together, paper §1.8) before the loss. A micro-batch whose mean ratio exceeds
+    With `loss_cfg.whiten`, token advantages are whitened over the whole optimizer batch (all
+    micro-batches together, paper §1.8) before the loss. A micro-batch whose mean ratio exceeds
     `loss_cfg.max_mean_ratio` contributes no loss (the official rule: its loss is zeroed, the
     optimizer still steps). A non-finite loss or gradient skips the whole step.
 
@@ -162,7 +150,7 @@ def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_c
     `skipped` (fraction of micro-batches zeroed by the ratio rule) and `nonfinite` (1.0 when the
     step was skipped).
     """
-    if whiten:
+    if loss_cfg.whiten:
         batch = whiten_batch(batch)
     n_tok = batch.response_mask.sum().astype(jnp.float32)
     n_seq = batch.response_mask.any(axis=-1).sum().astype(jnp.float32)
@@ -170,7 +158,7 @@ def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_c
     def loss_fn(p, mb):
         logits, _ = llama.forward(p, model_cfg, mb.tokens)
         lp, ent = token_logprobs_and_entropy(logits, mb.tokens, temperature)
-        denominator = token_denominator(mb.response_mask, n_tok, batch.tokens.shape[0], token_mean)
+        denominator = losses.token_denominators(mb.response_mask, (n_tok, n_seq), batch.tokens.shape[0], loss_cfg)
         loss, metrics = losses.policy_loss(lp, mb, loss_cfg, ent, denominator, n_seq, kl_coef)
         skip = losses.should_skip(metrics, loss_cfg)  # this micro-batch's mean ratio
         metrics["skipped"] = (skip.astype(jnp.float32), jnp.ones((), jnp.float32))
@@ -185,15 +173,17 @@ def policy_step(params, opt_state, batch: RolloutBatch, kl_coef=None, *, model_c
                    donate_argnums=(0, 1))
 def critic_step(params, opt_state, batch: RolloutBatch, *, model_cfg: ModelConfig,
                 optimizer: optax.GradientTransformation, clip_range: float, token_mean: str = "batch"):
-    """One clipped value-loss step of the PPO critic on micro-batches [M, mb, T] (tokens weighed
-    by `token_denominator`)."""
+    """One clipped value-loss step of the PPO critic on micro-batches [M, mb, T] (a token mean,
+    `token_mean` "batch" or "micro_batch" as in `losses.token_denominators`)."""
     n_tok = jnp.maximum(batch.response_mask.sum().astype(jnp.float32), 1.0)
+    weighting = losses.PolicyLossConfig(token_mean=token_mean)
 
     def loss_fn(p, mb):
         values = critic_values(p, model_cfg, mb.tokens)
         total, _, metrics = losses.clipped_value_loss(values, mb.old_values, mb.returns,
                                                       mb.response_mask, clip_range)
-        return total / token_denominator(mb.response_mask, n_tok, batch.tokens.shape[0], token_mean), metrics
+        denominator = losses.token_denominators(mb.response_mask, (n_tok, 1), batch.tokens.shape[0], weighting)
+        return total / denominator, metrics
 
     loss, grads, metrics = _accumulate(loss_fn, params, batch)
     params, opt_state, applied = _apply(optimizer, params, opt_state, loss, grads)

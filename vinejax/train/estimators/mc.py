@@ -1,0 +1,73 @@
+"""VinePPO's estimators: Monte Carlo values of every step state (K continuations each, or an
+adaptive number), then step advantages A_i = V(s_{i+1}) − V(s_i) spread over the step's tokens."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vinejax.config import adaptive_config, max_value_step
+from vinejax.rl import advantages
+from vinejax.rl.values import state_mask
+from vinejax.train.estimators.base import Estimate, Estimator, Rollouts
+from vinejax.train.values import StepStates, adaptive_rollouts, mc_state_values
+
+
+class StepValues(Estimator):
+    """Values of step states from `state_values`, advantages by VinePPO's step rule
+    (`rl.advantages.vine_step_advantages`; states past `vineppo.max_estimated_states` take V = R)."""
+
+    needs_steps = True
+    phase = "mc"
+
+    def __init__(self, cfg):
+        self.cap = max_value_step(cfg)
+
+    def state_values(self, run, state, rollouts: Rollouts, states: StepStates, rng: jax.Array) -> tuple:
+        """(f32[B, S] V̂ of the estimated states, metrics)."""
+        raise NotImplementedError
+
+    def estimate(self, run, state, rollouts: Rollouts, rng: jax.Array) -> Estimate:
+        steps = rollouts.steps
+        states = StepStates.of(steps.starts, steps.num_steps, self.cap)
+        values, metrics = self.state_values(run, state, rollouts, states, rng)
+        num_steps = jnp.asarray(steps.num_steps)
+        step_adv = advantages.vine_step_advantages(values, jnp.asarray(rollouts.rewards), num_steps, self.cap)  # [B, S]
+        exists = state_mask(num_steps, values.shape[1])
+        metrics = metrics | {"advantages/step_mean": advantages.masked_mean(step_adv, exists),
+                             "advantages/step_abs_mean": advantages.masked_mean(jnp.abs(step_adv), exists)}
+        tokens = advantages.steps_to_tokens(step_adv, steps.starts, num_steps, jnp.asarray(rollouts.response_mask))
+        return Estimate(np.asarray(tokens, np.float32), metrics, state_values=values)
+
+
+class MonteCarlo(StepValues):
+    """The paper's VinePPO: V̂(s) = the mean reward of `vineppo.num_rollouts` continuations of s."""
+
+    name = "vineppo"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.k = cfg.vineppo.num_rollouts
+
+    def state_values(self, run, state, rollouts, states, rng):
+        return mc_state_values(rollouts.env, rollouts.episodes, states, rng, self.k, rollouts.host)
+
+
+class AdaptiveMonteCarlo(StepValues):
+    """VinePPO with an adaptive number of continuations per state (`vineppo.adaptive`, exactly unbiased)."""
+
+    name = "vineppo (adaptive K)"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.acfg, self.budget = adaptive_config(cfg), cfg.vineppo.adaptive.budget_per_state
+
+    def state_values(self, run, state, rollouts, states, rng):
+        res, metrics = adaptive_rollouts(rollouts.env, rollouts.episodes, states, rollouts.rewards, rng, self.acfg,
+                                         self.budget)
+        return res.values, metrics
+
+
+def vineppo(cfg) -> StepValues:
+    """`algo = "vineppo"`: fixed K, or adaptive K when `vineppo.adaptive.enabled`."""
+    return AdaptiveMonteCarlo(cfg) if cfg.vineppo.adaptive.enabled else MonteCarlo(cfg)
