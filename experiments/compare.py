@@ -73,9 +73,6 @@ ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "
          "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
 REFERENCE = "ppo"  # the method whose peak the others race to
 TUNABLE = ("vineppo", "ppo", "grpo", "rloo")  # the online methods `--tune` chooses lr / KL β for
-# Each estimator's literature convention where the arith configs' shared setting differs: GRPO and
-# RLOO advantages are not whitened a second time per batch (verl, TRL).
-ALGO_OVERRIDES = {"grpo": {"ppo.whiten_advantages": False}, "rloo": {"ppo.whiten_advantages": False}}
 LABELS = {"vineppo": "VinePPO (K 9)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "restem": "RestEM",
           "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9"}
 
@@ -131,7 +128,7 @@ def tune_plan(args) -> list[Run]:
                 for lr in args.tune_lrs:
                     for kl in args.tune_kls:
                         over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
-                        over |= ALGO_OVERRIDES.get(algo, {}) | {"optim.lr": lr, "ppo.kl_coef": kl,
+                        over |= {"optim.lr": lr, "ppo.kl_coef": kl,
                                                                 "eval.splits": "('validation',)", "seed": seed}
                         runs.append(Run(task, tune_name(algo, lr, kl, seed), ALGOS[algo],
                                         tuple(over.items()) + task_options(task, args)))
