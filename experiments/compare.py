@@ -73,6 +73,10 @@ ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "
          "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
 REFERENCE = "ppo"  # the method whose peak the others race to
 TUNABLE = ("vineppo", "ppo", "grpo", "rloo")  # the online methods `--tune` chooses lr / KL β for
+# Rows beside the main methods: name -> (the method whose config and tuned settings it starts from,
+# its own overrides). Run with `--variants`, over `--variant-seeds`.
+VARIANTS = {"vineppo_k1": ("vineppo", {"vineppo.num_rollouts": 1}),
+            "vineppo_k3": ("vineppo", {"vineppo.num_rollouts": 3})}
 LABELS = {"vineppo": "VinePPO (K 9)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "restem": "RestEM",
           "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9"}
 
@@ -135,25 +139,31 @@ def tune_plan(args) -> list[Run]:
     return runs
 
 
+def tuned(args, task: str, algo: str) -> dict:
+    """The learning rate and KL β `--tuning` chose for `algo` on `task` ({} = the config's own)."""
+    return args.tuning.get("tasks", {}).get(task, {}).get(algo, {}).get("choice", {})
+
+
 def plan(args) -> list[Run]:
     """Every run of the comparison, in the order they should run: the SFT stages, then per seed
-    every method on every task, then the K ablation."""
-    runs = []
-    options = lambda t: tuple((f"task.options.{k}", v) for k, v in TASKS[t].options.items()) + tuple(args.set)
-    for task in args.tasks:
-        runs.append(Run(task, "sft", TASKS[task].sft_config, options(task) + tuple(args.sft_set)))
+    every method on every task, then the variants (`VARIANTS`: the K ablation, ...). Main runs are
+    evaluated on the test split, with the `--tuning` choices of their method."""
+    runs = [Run(task, "sft", TASKS[task].sft_config, task_options(task, args) + tuple(args.sft_set))
+            for task in args.tasks]
+    test = {"eval.splits": "('test',)"}
     for seed in args.seeds:
         for algo in args.algos:
             for task in args.tasks:
                 over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
-                runs.append(Run(task, f"{algo}_s{seed}", ALGOS[algo], tuple(over.items()) + (("seed", seed),)
-                                + options(task)))
-    for seed in args.seeds:
+                over |= test | tuned(args, task, algo) | {"seed": seed}
+                runs.append(Run(task, f"{algo}_s{seed}", ALGOS[algo], tuple(over.items()) + task_options(task, args)))
+    for seed in args.variant_seeds:
         for task in args.tasks:
-            for k in args.ks:
-                over = scale_overrides("vineppo", TASKS[task], args.iterations, args.steps_per_iteration, args)
-                runs.append(Run(task, f"vineppo_k{k}_s{seed}", ALGOS["vineppo"],
-                                tuple(over.items()) + (("seed", seed), ("vineppo.num_rollouts", k)) + options(task)))
+            for name in args.variants:
+                algo, extra = VARIANTS[name]
+                over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
+                over |= test | tuned(args, task, algo) | {"seed": seed} | extra
+                runs.append(Run(task, f"{name}_s{seed}", ALGOS[algo], tuple(over.items()) + task_options(task, args)))
     return runs
 
 
@@ -457,7 +467,11 @@ def parse_args(argv):
     p.add_argument("--tasks", type=csv(str), default=list(TASKS), help=f"comma list of {', '.join(TASKS)}")
     p.add_argument("--algos", type=csv(str), default=list(ALGOS), help=f"comma list of {', '.join(ALGOS)}")
     p.add_argument("--seeds", type=csv(int), default=[0, 1, 2])
-    p.add_argument("--ks", type=csv(int), default=[1, 3], help="K of the VinePPO ablation (K 9 is the main run); '' = none")
+    p.add_argument("--variants", type=csv(str), default=list(VARIANTS),
+                   help=f"rows beside the methods, among {', '.join(VARIANTS)}; '' = none")
+    p.add_argument("--variant-seeds", type=csv(int), default=None, help="seeds of the variants (default: --seeds)")
+    p.add_argument("--tuning", default="", metavar="JSON",
+                   help="a tuning.json written by --tune: each method's runs use its chosen lr and KL β")
     p.add_argument("--iterations", type=int, default=20, help="RL iterations; the step budget is this × steps per iteration")
     p.add_argument("--steps-per-iteration", type=int, default=8, help="policy steps per RL iteration of the arith configs")
     p.add_argument("--eval-every", type=int, default=4, help="RL iterations between held-out evaluations")
@@ -484,8 +498,14 @@ def parse_args(argv):
         bad = [x for x in given if x not in known]
         if bad:
             p.error(f"{name}: unknown {bad[0]!r}; choose from {', '.join(known)}")
-    if "vineppo" not in args.algos and args.ks:
-        p.error("--ks needs vineppo among --algos (the K ablation's K 9 is the main VinePPO run)")
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants: unknown {bad[0]!r}; choose from {', '.join(VARIANTS)}")
+    args.variant_seeds = args.seeds if args.variant_seeds is None else args.variant_seeds
+    try:
+        args.tuning = json.load(open(args.tuning)) if args.tuning else {}
+    except (OSError, ValueError) as e:
+        p.error(f"--tuning: cannot read {args.tuning}: {e}")
     split = lambda pairs: [tuple(s.split("=", 1)) for s in pairs]
     args.set, args.sft_set = split(args.set), split(args.sft_set)
     args.report_dir = args.report_dir or args.root
