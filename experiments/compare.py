@@ -1,14 +1,25 @@
 """VinePPO against PPO, GRPO, RLOO, RestEM and DPO+ from one SFT policy, on equal gradient steps.
 
-    python experiments/compare.py                      # everything (`make compare`), then the report
-    python experiments/compare.py --tasks arith --seeds 0 --algos vineppo,ppo   # a part of it
-    python experiments/compare.py --report-only --report-dir docs/compare       # tables and plots only
+    python experiments/compare.py --tune --tasks arith_hard --algos vineppo,ppo,grpo,rloo   # the tuning grid
+    python experiments/compare.py --tuning runs/compare/tuning.json                          # the table
+    python experiments/compare.py --tasks arith --seeds 0 --algos vineppo,ppo --variants ''  # a part of it
+    python experiments/compare.py --report-only --report-dir docs/compare                    # tables and plots only
 
 Per task (`TASKS`: the arithmetic task of `make run`, and its harder variant) the SFT stage runs
-once (`<root>/<task>/sft`); every method then starts from its export, with seeds 0, 1, 2
-(`<root>/<task>/<algo>_s<seed>`; the K ablation `vineppo_k<K>_s<seed>`). Each is a normal run
-directory, so a run interrupted anywhere resumes from its checkpoint the next time; finished runs
-(`compare_done.json`) are skipped. The comparison can be built over several sittings.
+once (`<root>/<task>/sft`); every method then starts from its export, with each seed of `--seeds`
+(`<root>/<task>/<algo>_s<seed>`), evaluated on the test split; the `VARIANTS` rows (the K
+ablation, ...) run over `--variant-seeds` as `<variant>_s<seed>`. Seeds are paired: seed s gives
+every method the same problems in the same order, so the report gives VinePPO − PPO per seed at
+every evaluation with a 95% t interval, each run's steps to `--threshold` accuracy, and the
+collapse report of every run (vinejax.analysis.paired).
+
+`--tune` runs the tuning grid instead (`<root>/<task>/tune/<algo>_lr<lr>_kl<β>_s<seed>`): every
+online method × `--tune-lrs` × `--tune-kls` × `--tune-seeds`, on the validation split, with the
+main runs' step budget; its report (tuning.md / tuning.json) scores each cell by its last
+evaluations and names the choice, which `--tuning tuning.json` then applies to the main runs.
+Each run is a normal run directory, so a run interrupted anywhere resumes from its checkpoint the
+next time; finished runs (`compare_done.json`) are skipped. The comparison can be built over
+several sittings.
 
 Gradient-step budget: `--iterations` RL iterations of `ppo.epochs` × episodes / `ppo.episodes_per_step`
 policy optimizer steps (PPO's critic steps are not counted). RestEM counts every optimizer step it
@@ -48,6 +59,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 from arith_hard_sft import HARD_OPTIONS  # noqa: E402
 
 from vinejax.analysis.curves import CLOCKS, run_curve, summarize  # noqa: E402
+from vinejax.analysis.paired import collapse_report, paired_differences, steps_to_threshold  # noqa: E402
 from vinejax.train.metrics import read_metrics  # noqa: E402
 
 RUN_PY = os.path.join(ROOT, "experiments", "run.py")
@@ -404,15 +416,16 @@ def report(args, log) -> dict:
                 words = {"steps": "fewer gradient steps", "wall": "less training wall-clock", "cpu": "less training CPU"}
                 md += ["VinePPO reaches PPO's peak with " + ", ".join(
                     f"{v:.2f}x {words[k]}" for k, v in entry["vineppo_speedup"].items()) + ".", ""]
-        ablation = load_curves(args.root, task, ["vineppo"] + [f"vineppo_k{k}" for k in args.ks], budget)
-        if len(ablation) > 1:
-            ablation = {("vineppo_k9" if k == "vineppo" else k): v for k, v in ablation.items()}
-            cpu_of["vineppo_k9"] = cpu_of.get("vineppo", float("nan"))
-            reference = "vineppo_k9" if "vineppo_k9" in ablation else next(iter(ablation))
-            entry["ablation"] = summarize(ablation, reference)
-            entry["ablation_png"] = plot_curves(ablation, f"{task}: VinePPO with K MC rollouts per state",
-                                                os.path.join(args.report_dir, f"{task}_k_ablation.png"))
-            md += [f"### {task}: K ablation", "", table(entry["ablation"], cpu_of), ""]
+        variants = load_curves(args.root, task, ["vineppo"] + list(args.variants), budget)
+        if len(variants) > 1 and "vineppo" in variants:
+            entry["variants"] = summarize(variants, "vineppo")
+            entry["variants_png"] = plot_curves(variants, f"{task}: VinePPO variants",
+                                                os.path.join(args.report_dir, f"{task}_variants.png"))
+            md += [f"### {task}: VinePPO variants", "", table(entry["variants"], cpu_of), ""]
+        entry["paired"], lines = paired_section(args, task, budget)
+        md += lines
+        entry["collapses"], lines = collapse_section(args.root, task)
+        md += lines
         cpu = [r["cpu"] for r in entry["runs"].values() if r.get("cpu") is not None]
         md += [f"{len(cpu)} finished runs on {task}: {sum(cpu) / 3600:.2f} CPU hours in all.", ""]
         out["tasks"][task] = entry
@@ -422,6 +435,56 @@ def report(args, log) -> dict:
         f.write("\n".join(md) + "\n")
     log(f"report: {os.path.join(args.report_dir, 'results.md')}\n" + "\n".join(md))
     return out
+
+
+def seed_curves(root: str, task: str, name: str, budget: int) -> dict:
+    """{seed: Curve} of the finished `<name>_s<seed>` runs of a task."""
+    task_dir, out = os.path.join(root, task), {}
+    for d in sorted(os.listdir(task_dir)):
+        base, _, seed = d.rpartition("_s")
+        if base == name and seed.isdigit() and is_done(os.path.join(task_dir, d)):
+            out[int(seed)] = run_curve(read_metrics(os.path.join(task_dir, d, "metrics.jsonl")), budget)
+    return out
+
+
+def paired_section(args, task: str, budget: int) -> tuple[dict, list[str]]:
+    """VinePPO − PPO per paired seed at every evaluation (mean, 95% t interval) and each method's
+    steps to `--threshold` accuracy, per seed. ({}, []) without both methods."""
+    a, b = seed_curves(args.root, task, "vineppo", budget), seed_curves(args.root, task, REFERENCE, budget)
+    if not set(a) & set(b):
+        return {}, []
+    diffs = paired_differences(a, b)
+    reach = {name: {s: steps_to_threshold(c, args.threshold) for s, c in curves.items()}
+             for name, curves in (("vineppo", a), (REFERENCE, b))}
+    md = [f"### {task}: VinePPO − PPO, paired by seed ({diffs[0].seeds} seeds)", "",
+          "| steps | mean difference | 95% t interval | per seed |", "|---|---|---|---|"]
+    md += [f"| {d.steps:.0f} | {d.mean:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
+           + " / ".join(f"{x:+.3f}" for x in d.values) + " |" for d in diffs]
+    show = lambda v: "never" if v is None else f"{v:.0f}"
+    md += ["", f"Steps to {args.threshold:.2f} held-out accuracy, per seed: " + "; ".join(
+        f"{LABELS.get(n, n)} " + " / ".join(show(r[s]) for s in sorted(r)) for n, r in reach.items()), ""]
+    return {"differences": [d.__dict__ for d in diffs], "threshold": args.threshold, "steps_to_threshold": reach}, md
+
+
+def collapse_section(root: str, task: str) -> tuple[dict, list[str]]:
+    """The collapse report of every finished RL run of a task; a table of those that collapsed."""
+    task_dir, out = os.path.join(root, task), {}
+    for d in sorted(os.listdir(task_dir)):
+        if d != "sft" and is_done(os.path.join(task_dir, d)):
+            try:
+                out[d] = collapse_report(read_metrics(os.path.join(task_dir, d, "metrics.jsonl"))).__dict__
+            except ValueError:  # DPO+ / RestEM runs keep no per-iteration PPO records
+                continue
+    bad = {d: r for d, r in out.items() if r["collapsed"]}
+    md = [f"### {task}: collapses ({len(bad)} of {len(out)} runs)", ""]
+    if bad:
+        md += ["| run | what | max KL (iter.) | ratio / clip frac. there | max ratio | ratio rule fired | "
+               "non-finite guard fired |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {d} | {r['reason']} | {r['max_kl']:.2f} ({r['max_kl_iteration']}) | {r['ratio_at_max_kl']:.3f} / "
+               f"{r['clipfrac_at_max_kl']:.3f} | {r['max_ratio']:.3f} | {r['ratio_rule_iterations']} iter. | "
+               f"{r['nonfinite_iterations']} iter. |" for d, r in bad.items()]
+        md.append("")
+    return out, md
 
 
 def tune_report(args, log) -> dict:
@@ -477,6 +540,7 @@ def parse_args(argv):
     p.add_argument("--eval-every", type=int, default=4, help="RL iterations between held-out evaluations")
     p.add_argument("--eval-problems", type=int, default=300)
     p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.85, help="the report's steps-to-accuracy threshold")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time; > 1 pins each to one core, single-threaded XLA")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     p.add_argument("--sft-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for the SFT stages")
