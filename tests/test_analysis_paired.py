@@ -55,6 +55,9 @@ def test_collapse_report_reads_reward_kl_and_the_guards():
     assert (r.max_kl, r.max_kl_iteration, r.ratio_at_max_kl, r.clipfrac_at_max_kl) == (3.5, 2, 1.2, 0.02)
     assert r.max_ratio == pytest.approx(1.4) and r.ratio_rule_iterations == 2 and r.nonfinite_iterations == 1
     assert "reward 0.50 -> 0.18" in r.reason and "KL 3.50" in r.reason
+    assert collapse_report(records, kl_bound=3.2).reason.endswith("; KL 3.50 nats at iteration 2")
+    far = [{"rewards/mean": 0.5, "kl": 0.2}, {"rewards/mean": 0.4, "kl": 6.0}]  # KL alone is no collapse by default
+    assert not collapse_report(far).collapsed and collapse_report(far, kl_bound=5.0).collapsed
     calm = collapse_report([{"rewards/mean": 0.5, "kl": 0.2}, {"rewards/mean": 0.7, "kl": 0.4}])
     assert not calm.collapsed and calm.reason == "" and calm.ratio_rule_iterations == 0
     with pytest.raises(ValueError, match="no training records"):

@@ -194,4 +194,4 @@ def test_paired_differences_steps_to_threshold_and_collapses_in_the_report(tmp_p
     collapses, md = compare.collapse_section(str(tmp_path), "arith_hard")
     assert sorted(d for d, r in collapses.items() if r["collapsed"]) == ["ppo_s1"]
     assert collapses["ppo_s1"]["max_kl"] == 3.5 and collapses["ppo_s1"]["max_kl_iteration"] == 2
-    assert "| ppo_s1 | training reward 0.50 -> 0.10 at iteration 3; KL 3.50 nats at iteration 2 |" in "\n".join(md)
+    assert "| ppo_s1 | training reward 0.50 -> 0.10 at iteration 3; max KL 3.50 nats at iteration 2 |" in "\n".join(md)

@@ -7,8 +7,9 @@ t interval mean(d) ± t_{0.975, n−1} · sd(d) / √n over the n paired seeds (
 for normal differences; with 5 seeds t = 2.776.
 
 A collapse is read from a run's per-iteration metrics (`metrics.jsonl`): the training reward
-falling far below where the run started, or the KL to the reference (nats per sequence)
-exceeding a bound, with the loss guards that fired on the way (the non-finite guard's skipped
+falling far below where the run started (and, if asked, the KL to the reference exceeding a bound:
+not by default, since healthy runs that unlearn the SFT policy's wrong steps reach several nats
+per sequence), with the KL, the loss guards that fired on the way (the non-finite guard's skipped
 steps, the ratio rule's zeroed micro-batches) and the PPO ratio and clip fraction at the worst
 iteration.
 """
@@ -95,7 +96,7 @@ def finite_max(x: np.ndarray) -> float:
     return float(x.max()) if x.size else float("nan")
 
 
-def collapse_report(records: Sequence[dict], reward_drop: float = 0.5, kl_bound: float = 2.0) -> CollapseReport:
+def collapse_report(records: Sequence[dict], reward_drop: float = 0.7, kl_bound: float = float("inf")) -> CollapseReport:
     """Read a run's training records (those with `rewards/mean`) for a collapse: the training reward
     falls below `reward_drop` × its first value, or the KL per sequence exceeds `kl_bound` nats."""
     train = [r for r in records if isinstance(r.get("rewards/mean"), (int, float))]
@@ -111,6 +112,8 @@ def collapse_report(records: Sequence[dict], reward_drop: float = 0.5, kl_bound:
         reasons.append(f"training reward {reward[0]:.2f} -> {reward[worst_reward]:.2f} at iteration {worst_reward}")
     if finite_max(kl) > kl_bound:
         reasons.append(f"KL {kl[worst_kl]:.2f} nats at iteration {worst_kl}")
+    elif reasons:
+        reasons.append(f"max KL {kl[worst_kl]:.2f} nats at iteration {worst_kl}")
     return CollapseReport(
         collapsed=bool(reasons), start_reward=float(reward[0]), min_reward=float(reward[worst_reward]),
         min_reward_iteration=worst_reward, max_kl=finite_max(kl), max_kl_iteration=worst_kl,
