@@ -458,7 +458,7 @@ def paired_section(args, task: str, budget: int) -> tuple[dict, list[str]]:
              for name, curves in (("vineppo", a), (REFERENCE, b))}
     md = [f"### {task}: VinePPO − PPO, paired by seed ({diffs[0].seeds} seeds)", "",
           "| steps | mean difference | 95% t interval | per seed |", "|---|---|---|---|"]
-    md += [f"| {d.steps:.0f} | {d.mean:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] | "
+    md += [f"| {d.steps:.0f} | {d.mean:+.3f} | " + ("—" if np.isnan(d.low) else f"[{d.low:+.3f}, {d.high:+.3f}]") + " | "
            + " / ".join(f"{x:+.3f}" for x in d.values) + " |" for d in diffs]
     show = lambda v: "never" if v is None else f"{v:.0f}"
     md += ["", f"Steps to {args.threshold:.2f} held-out accuracy, per seed: " + "; ".join(
@@ -476,7 +476,7 @@ def collapse_section(root: str, task: str) -> tuple[dict, list[str]]:
             except ValueError:  # DPO+ / RestEM runs keep no per-iteration PPO records
                 continue
     bad = {d: r for d, r in out.items() if r["collapsed"]}
-    md = [f"### {task}: collapses ({len(bad)} of {len(out)} runs)", ""]
+    md = [f"### {task}: collapses and dips of the training reward ({len(bad)} of {len(out)} runs)", ""]
     if bad:
         md += ["| run | what | max KL (iter.) | ratio / clip frac. there | max ratio | ratio rule fired | "
                "non-finite guard fired |", "|---|---|---|---|---|---|---|"]

@@ -54,7 +54,9 @@ def test_collapse_report_reads_reward_kl_and_the_guards():
     assert r.collapsed and r.start_reward == 0.5 and r.min_reward == 0.18 and r.min_reward_iteration == 3
     assert (r.max_kl, r.max_kl_iteration, r.ratio_at_max_kl, r.clipfrac_at_max_kl) == (3.5, 2, 1.2, 0.02)
     assert r.max_ratio == pytest.approx(1.4) and r.ratio_rule_iterations == 2 and r.nonfinite_iterations == 1
-    assert "reward 0.50 -> 0.18" in r.reason and "KL 3.50" in r.reason
+    assert "reward 0.50 -> 0.18 at iteration 3;" in r.reason and "KL 3.50" in r.reason and r.end_reward == 0.3
+    dip = collapse_report(records + [{"rewards/mean": 0.55, "kl": 1.0}])
+    assert dip.collapsed and "reward 0.50 -> 0.18 at iteration 3, back to 0.55 by the end" in dip.reason
     assert collapse_report(records, kl_bound=3.2).reason.endswith("; KL 3.50 nats at iteration 2")
     far = [{"rewards/mean": 0.5, "kl": 0.2}, {"rewards/mean": 0.4, "kl": 6.0}]  # KL alone is no collapse by default
     assert not collapse_report(far).collapsed and collapse_report(far, kl_bound=5.0).collapsed

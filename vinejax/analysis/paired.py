@@ -78,6 +78,7 @@ class CollapseReport:
 
     collapsed: bool
     start_reward: float  # training reward of the first iteration
+    end_reward: float  # of the last iteration: at or above start_reward = a dip the run recovered from
     min_reward: float
     min_reward_iteration: int
     max_kl: float  # KL to the reference, nats per sequence (max over iterations)
@@ -109,13 +110,14 @@ def collapse_report(records: Sequence[dict], reward_drop: float = 0.7, kl_bound:
     worst_reward = int(np.argmin(reward))
     reasons = []
     if reward[worst_reward] < reward_drop * reward[0]:
-        reasons.append(f"training reward {reward[0]:.2f} -> {reward[worst_reward]:.2f} at iteration {worst_reward}")
+        reasons.append(f"training reward {reward[0]:.2f} -> {reward[worst_reward]:.2f} at iteration {worst_reward}"
+                       + (f", back to {reward[-1]:.2f} by the end" if reward[-1] >= reward[0] else ""))
     if finite_max(kl) > kl_bound:
         reasons.append(f"KL {kl[worst_kl]:.2f} nats at iteration {worst_kl}")
     elif reasons:
         reasons.append(f"max KL {kl[worst_kl]:.2f} nats at iteration {worst_kl}")
     return CollapseReport(
-        collapsed=bool(reasons), start_reward=float(reward[0]), min_reward=float(reward[worst_reward]),
+        collapsed=bool(reasons), start_reward=float(reward[0]), end_reward=float(reward[-1]), min_reward=float(reward[worst_reward]),
         min_reward_iteration=worst_reward, max_kl=finite_max(kl), max_kl_iteration=worst_kl,
         clipfrac_at_max_kl=float(clip[worst_kl]), ratio_at_max_kl=float(ratio[worst_kl]),
         max_ratio=finite_max(ratio), ratio_rule_iterations=int(np.sum(col("skipped") > 0)),
