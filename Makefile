@@ -6,7 +6,7 @@ CONFIG ?= configs/arith_vineppo.py
 SFT    ?= configs/arith_sft.py
 ARGS   ?=
 
-.PHONY: venv install install-test run compare test test-fast lint bench clean
+.PHONY: venv install install-test run compare compare-rows compare-tune compare-quick test test-fast lint bench clean
 
 # `make run` needs only the runtime dependencies; the test extra (torch for the HF parity
 # references, pytest, ruff, wandb) is installed on top by `make test`.
@@ -30,13 +30,25 @@ run: install
 	$(PY) experiments/run.py --config $(SFT)
 	$(PY) experiments/run.py --config $(CONFIG) $(ARGS)
 
-# VinePPO vs PPO, GRPO, RLOO, RestEM, DPO+ (3 seeds, equal gradient steps) and the K ablation on
-# the arithmetic task and its harder variant; resumable, finished runs are skipped. Tables and
+# The comparison of docs/results.md §2 on the harder arithmetic task: VinePPO, PPO, GRPO and RLOO,
+# 5 paired seeds on the test split with the learning rates the tuning grid chose
+# (docs/compare/tuning.json; `make compare-tune` reruns the grid), one shared SFT stage, the shared
+# compilation cache. Resumable; finished runs are skipped. Tables, paired intervals, collapses and
 # plots: runs/compare/results.md. JOBS runs at a time, each pinned to one core with single-threaded
-# XLA (JOBS=1: one at a time on every core).
+# XLA (JOBS=1: one at a time on every core). The extra rows (K ablation, ...): `make compare-rows`.
 JOBS ?= 2
+COMPARE = $(PY) experiments/compare.py --jobs $(JOBS) --tasks arith_hard
 compare: install
-	$(PY) experiments/compare.py --jobs $(JOBS) $(ARGS)
+	$(COMPARE) --algos vineppo,ppo,grpo,rloo --seeds 0,1,2,3,4 --variants '' --tuning docs/compare/tuning.json $(ARGS)
+compare-rows: install
+	$(COMPARE) --algos vineppo --seeds 0,1,2,3,4 --variant-seeds 0,1,2 --tuning docs/compare/tuning.json $(ARGS)
+compare-tune: install
+	$(COMPARE) --algos vineppo,ppo,grpo,rloo --variants '' --tune --tune-lrs 1e-5,3e-5,1e-4,3e-4 --tune-seeds 100 $(ARGS)
+# The headline in ~30 CPU minutes: VinePPO against PPO on the 3-step arithmetic task, 3 seeds,
+# 48 gradient steps (where the two separate most), 200 evaluation problems.
+compare-quick: install
+	$(PY) experiments/compare.py --jobs $(JOBS) --root runs/compare-quick --tasks arith --algos vineppo,ppo \
+	    --seeds 0,1,2 --variants '' --iterations 6 --eval-every 3 --eval-problems 200 $(ARGS)
 
 # Two pytest workers (pytest-xdist), one file per worker at a time: most tests compile and run
 # tiny programs on one core, so two at once use the machine's two cores.

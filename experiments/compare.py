@@ -1,14 +1,25 @@
 """VinePPO against PPO, GRPO, RLOO, RestEM and DPO+ from one SFT policy, on equal gradient steps.
 
-    python experiments/compare.py                      # everything (`make compare`), then the report
-    python experiments/compare.py --tasks arith --seeds 0 --algos vineppo,ppo   # a part of it
-    python experiments/compare.py --report-only --report-dir docs/compare       # tables and plots only
+    python experiments/compare.py --tune --tasks arith_hard --algos vineppo,ppo,grpo,rloo   # the tuning grid
+    python experiments/compare.py --tuning runs/compare/tuning.json                          # the table
+    python experiments/compare.py --tasks arith --seeds 0 --algos vineppo,ppo --variants ''  # a part of it
+    python experiments/compare.py --report-only --report-dir docs/compare                    # tables and plots only
 
 Per task (`TASKS`: the arithmetic task of `make run`, and its harder variant) the SFT stage runs
-once (`<root>/<task>/sft`); every method then starts from its export, with seeds 0, 1, 2
-(`<root>/<task>/<algo>_s<seed>`; the K ablation `vineppo_k<K>_s<seed>`). Each is a normal run
-directory, so a run interrupted anywhere resumes from its checkpoint the next time; finished runs
-(`compare_done.json`) are skipped. The comparison can be built over several sittings.
+once (`<root>/<task>/sft`); every method then starts from its export, with each seed of `--seeds`
+(`<root>/<task>/<algo>_s<seed>`), evaluated on the test split; the `VARIANTS` rows (the K
+ablation, ...) run over `--variant-seeds` as `<variant>_s<seed>`. Seeds are paired: seed s gives
+every method the same problems in the same order, so the report gives VinePPO − PPO per seed at
+every evaluation with a 95% t interval, each run's steps to `--threshold` accuracy, and the
+collapse report of every run (vinejax.analysis.paired).
+
+`--tune` runs the tuning grid instead (`<root>/<task>/tune/<algo>_lr<lr>_kl<β>_s<seed>`): every
+online method × `--tune-lrs` × `--tune-kls` × `--tune-seeds`, on the validation split, with the
+main runs' step budget; its report (tuning.md / tuning.json) scores each cell by its last
+evaluations and names the choice, which `--tuning tuning.json` then applies to the main runs.
+Each run is a normal run directory, so a run interrupted anywhere resumes from its checkpoint the
+next time; finished runs (`compare_done.json`) are skipped. The comparison can be built over
+several sittings.
 
 Gradient-step budget: `--iterations` RL iterations of `ppo.epochs` × episodes / `ppo.episodes_per_step`
 policy optimizer steps (PPO's critic steps are not counted). RestEM counts every optimizer step it
@@ -48,6 +59,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 from arith_hard_sft import HARD_OPTIONS  # noqa: E402
 
 from vinejax.analysis.curves import CLOCKS, run_curve, summarize  # noqa: E402
+from vinejax.analysis.paired import collapse_report, paired_differences, steps_to_threshold  # noqa: E402
 from vinejax.train.metrics import read_metrics  # noqa: E402
 
 RUN_PY = os.path.join(ROOT, "experiments", "run.py")
@@ -72,6 +84,11 @@ TASKS = {
 ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "grpo": "configs/arith_grpo.py",
          "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
 REFERENCE = "ppo"  # the method whose peak the others race to
+TUNABLE = ("vineppo", "ppo", "grpo", "rloo")  # the online methods `--tune` chooses lr / KL β for
+# Rows beside the main methods: name -> (the method whose config and tuned settings it starts from,
+# its own overrides). Run with `--variants`, over `--variant-seeds`.
+VARIANTS = {"vineppo_k1": ("vineppo", {"vineppo.num_rollouts": 1}),
+            "vineppo_k3": ("vineppo", {"vineppo.num_rollouts": 3})}
 LABELS = {"vineppo": "VinePPO (K 9)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "restem": "RestEM",
           "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9"}
 
@@ -106,25 +123,59 @@ def scale_overrides(algo: str, task: Task, iterations: int, steps_per_iteration:
                      "train.checkpoint_every": args.eval_every}
 
 
+def task_options(task: str, args) -> tuple:
+    """The task's own options and the `--set` overrides, as (key, value) pairs."""
+    return tuple((f"task.options.{k}", v) for k, v in TASKS[task].options.items()) + tuple(args.set)
+
+
+def tune_name(algo: str, lr: float, kl: float, seed: int) -> str:
+    """Run name of one cell of the tuning grid (under `<task>/tune/`)."""
+    return f"tune/{algo}_lr{lr:g}_kl{kl:g}_s{seed}"
+
+
+def tune_plan(args) -> list[Run]:
+    """The tuning grid: every online method of `args.algos` × `--tune-lrs` × `--tune-kls` ×
+    `--tune-seeds`, evaluated on the validation split, with the same step budget as the main runs."""
+    runs = [Run(task, "sft", TASKS[task].sft_config, task_options(task, args) + tuple(args.sft_set))
+            for task in args.tasks]
+    for seed in args.tune_seeds:
+        for task in args.tasks:
+            for algo in (a for a in args.algos if a in TUNABLE):
+                for lr in args.tune_lrs:
+                    for kl in args.tune_kls:
+                        over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
+                        over |= {"optim.lr": lr, "ppo.kl_coef": kl,
+                                                                "eval.splits": "('validation',)", "seed": seed}
+                        runs.append(Run(task, tune_name(algo, lr, kl, seed), ALGOS[algo],
+                                        tuple(over.items()) + task_options(task, args)))
+    return runs
+
+
+def tuned(args, task: str, algo: str) -> dict:
+    """The learning rate and KL β `--tuning` chose for `algo` on `task` ({} = the config's own)."""
+    return args.tuning.get("tasks", {}).get(task, {}).get(algo, {}).get("choice", {})
+
+
 def plan(args) -> list[Run]:
     """Every run of the comparison, in the order they should run: the SFT stages, then per seed
-    every method on every task, then the K ablation."""
-    runs = []
-    options = lambda t: tuple((f"task.options.{k}", v) for k, v in TASKS[t].options.items()) + tuple(args.set)
-    for task in args.tasks:
-        runs.append(Run(task, "sft", TASKS[task].sft_config, options(task) + tuple(args.sft_set)))
+    every method on every task, then the variants (`VARIANTS`: the K ablation, ...). Main runs are
+    evaluated on the test split, with the `--tuning` choices of their method."""
+    runs = [Run(task, "sft", TASKS[task].sft_config, task_options(task, args) + tuple(args.sft_set))
+            for task in args.tasks]
+    test = {"eval.splits": "('test',)"}
     for seed in args.seeds:
         for algo in args.algos:
             for task in args.tasks:
                 over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
-                runs.append(Run(task, f"{algo}_s{seed}", ALGOS[algo], tuple(over.items()) + (("seed", seed),)
-                                + options(task)))
-    for seed in args.seeds:
+                over |= test | tuned(args, task, algo) | {"seed": seed}
+                runs.append(Run(task, f"{algo}_s{seed}", ALGOS[algo], tuple(over.items()) + task_options(task, args)))
+    for seed in args.variant_seeds:
         for task in args.tasks:
-            for k in args.ks:
-                over = scale_overrides("vineppo", TASKS[task], args.iterations, args.steps_per_iteration, args)
-                runs.append(Run(task, f"vineppo_k{k}_s{seed}", ALGOS["vineppo"],
-                                tuple(over.items()) + (("seed", seed), ("vineppo.num_rollouts", k)) + options(task)))
+            for name in args.variants:
+                algo, extra = VARIANTS[name]
+                over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
+                over |= test | tuned(args, task, algo) | {"seed": seed} | extra
+                runs.append(Run(task, f"{name}_s{seed}", ALGOS[algo], tuple(over.items()) + task_options(task, args)))
     return runs
 
 
@@ -365,15 +416,16 @@ def report(args, log) -> dict:
                 words = {"steps": "fewer gradient steps", "wall": "less training wall-clock", "cpu": "less training CPU"}
                 md += ["VinePPO reaches PPO's peak with " + ", ".join(
                     f"{v:.2f}x {words[k]}" for k, v in entry["vineppo_speedup"].items()) + ".", ""]
-        ablation = load_curves(args.root, task, ["vineppo"] + [f"vineppo_k{k}" for k in args.ks], budget)
-        if len(ablation) > 1:
-            ablation = {("vineppo_k9" if k == "vineppo" else k): v for k, v in ablation.items()}
-            cpu_of["vineppo_k9"] = cpu_of.get("vineppo", float("nan"))
-            reference = "vineppo_k9" if "vineppo_k9" in ablation else next(iter(ablation))
-            entry["ablation"] = summarize(ablation, reference)
-            entry["ablation_png"] = plot_curves(ablation, f"{task}: VinePPO with K MC rollouts per state",
-                                                os.path.join(args.report_dir, f"{task}_k_ablation.png"))
-            md += [f"### {task}: K ablation", "", table(entry["ablation"], cpu_of), ""]
+        variants = load_curves(args.root, task, ["vineppo"] + list(args.variants), budget)
+        if len(variants) > 1 and "vineppo" in variants:
+            entry["variants"] = summarize(variants, "vineppo")
+            entry["variants_png"] = plot_curves(variants, f"{task}: VinePPO variants",
+                                                os.path.join(args.report_dir, f"{task}_variants.png"))
+            md += [f"### {task}: VinePPO variants", "", table(entry["variants"], cpu_of), ""]
+        entry["paired"], lines = paired_section(args, task, budget)
+        md += lines
+        entry["collapses"], lines = collapse_section(args.root, task)
+        md += lines
         cpu = [r["cpu"] for r in entry["runs"].values() if r.get("cpu") is not None]
         md += [f"{len(cpu)} finished runs on {task}: {sum(cpu) / 3600:.2f} CPU hours in all.", ""]
         out["tasks"][task] = entry
@@ -385,6 +437,92 @@ def report(args, log) -> dict:
     return out
 
 
+def seed_curves(root: str, task: str, name: str, budget: int) -> dict:
+    """{seed: Curve} of the finished `<name>_s<seed>` runs of a task."""
+    task_dir, out = os.path.join(root, task), {}
+    for d in sorted(os.listdir(task_dir)):
+        base, _, seed = d.rpartition("_s")
+        if base == name and seed.isdigit() and is_done(os.path.join(task_dir, d)):
+            out[int(seed)] = run_curve(read_metrics(os.path.join(task_dir, d, "metrics.jsonl")), budget)
+    return out
+
+
+def paired_section(args, task: str, budget: int) -> tuple[dict, list[str]]:
+    """VinePPO − PPO per paired seed at every evaluation (mean, 95% t interval) and each method's
+    steps to `--threshold` accuracy, per seed. ({}, []) without both methods."""
+    a, b = seed_curves(args.root, task, "vineppo", budget), seed_curves(args.root, task, REFERENCE, budget)
+    if not set(a) & set(b):
+        return {}, []
+    diffs = paired_differences(a, b)
+    reach = {name: {s: steps_to_threshold(c, args.threshold) for s, c in curves.items()}
+             for name, curves in (("vineppo", a), (REFERENCE, b))}
+    md = [f"### {task}: VinePPO − PPO, paired by seed ({diffs[0].seeds} seeds)", "",
+          "| steps | mean difference | 95% t interval | per seed |", "|---|---|---|---|"]
+    md += [f"| {d.steps:.0f} | {d.mean:+.3f} | " + ("—" if np.isnan(d.low) else f"[{d.low:+.3f}, {d.high:+.3f}]") + " | "
+           + " / ".join(f"{x:+.3f}" for x in d.values) + " |" for d in diffs]
+    show = lambda v: "never" if v is None else f"{v:.0f}"
+    md += ["", f"Steps to {args.threshold:.2f} held-out accuracy, per seed: " + "; ".join(
+        f"{LABELS.get(n, n)} " + " / ".join(show(r[s]) for s in sorted(r)) for n, r in reach.items()), ""]
+    return {"differences": [d.__dict__ for d in diffs], "threshold": args.threshold, "steps_to_threshold": reach}, md
+
+
+def collapse_section(root: str, task: str) -> tuple[dict, list[str]]:
+    """The collapse report of every finished RL run of a task; a table of those that collapsed."""
+    task_dir, out = os.path.join(root, task), {}
+    for d in sorted(os.listdir(task_dir)):
+        if d != "sft" and is_done(os.path.join(task_dir, d)):
+            try:
+                out[d] = collapse_report(read_metrics(os.path.join(task_dir, d, "metrics.jsonl"))).__dict__
+            except ValueError:  # DPO+ / RestEM runs keep no per-iteration PPO records
+                continue
+    bad = {d: r for d, r in out.items() if r["collapsed"]}
+    md = [f"### {task}: collapses and dips of the training reward ({len(bad)} of {len(out)} runs)", ""]
+    if bad:
+        md += ["| run | what | max KL (iter.) | ratio / clip frac. there | max ratio | ratio rule fired | "
+               "non-finite guard fired |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {d} | {r['reason']} | {r['max_kl']:.2f} ({r['max_kl_iteration']}) | {r['ratio_at_max_kl']:.3f} / "
+               f"{r['clipfrac_at_max_kl']:.3f} | {r['max_ratio']:.3f} | {r['ratio_rule_iterations']} iter. | "
+               f"{r['nonfinite_iterations']} iter. |" for d, r in bad.items()]
+        md.append("")
+    return out, md
+
+
+def tune_report(args, log) -> dict:
+    """Per task and online method: each grid cell's validation score (the mean over tuning seeds of
+    the mean accuracy over the last `--tune-last` evaluations) and the best cell (ties: lower lr,
+    then lower β). Writes tuning.md and tuning.json in the report folder."""
+    budget = args.iterations * args.steps_per_iteration
+    os.makedirs(args.report_dir, exist_ok=True)
+    out, md = {"budget_steps": budget, "commit": git_commit(), "score_last_evals": args.tune_last, "tasks": {}}, []
+    for task in args.tasks:
+        entry = out["tasks"].setdefault(task, {})
+        for algo in (a for a in args.algos if a in TUNABLE):
+            cells = []
+            for lr in args.tune_lrs:
+                for kl in args.tune_kls:
+                    dirs = [os.path.join(args.root, task, tune_name(algo, lr, kl, s)) for s in args.tune_seeds]
+                    curves = [run_curve(read_metrics(os.path.join(d, "metrics.jsonl")), budget) for d in dirs if is_done(d)]
+                    if curves:
+                        scores = [float(c.accuracy[-args.tune_last:].mean()) for c in curves]
+                        cells.append({"lr": lr, "kl": kl, "seeds": len(curves), "score": float(np.mean(scores)),
+                                      "scores": scores, "final": [float(c.accuracy[-1]) for c in curves]})
+            if not cells:
+                continue
+            best = max(cells, key=lambda c: (round(c["score"], 6), -c["lr"], -c["kl"]))
+            entry[algo] = {"cells": cells, "choice": {"optim.lr": best["lr"], "ppo.kl_coef": best["kl"]}}
+            md += [f"### {task} / {LABELS.get(algo, algo)}", "", "| lr | KL β | seeds | score | per seed |",
+                   "|---|---|---|---|---|"]
+            md += [f"| {c['lr']:g} | {c['kl']:g} | {c['seeds']} | {c['score']:.3f}{' ←' if c is best else ''} | "
+                   + " / ".join(f"{x:.3f}" for x in c["scores"]) + " |" for c in cells]
+            md.append("")
+    with open(os.path.join(args.report_dir, "tuning.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    with open(os.path.join(args.report_dir, "tuning.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    log(f"tuning report: {os.path.join(args.report_dir, 'tuning.md')}\n" + "\n".join(md))
+    return out
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     csv = lambda kind: (lambda s: [kind(x) for x in s.split(",") if x])
@@ -392,18 +530,30 @@ def parse_args(argv):
     p.add_argument("--tasks", type=csv(str), default=list(TASKS), help=f"comma list of {', '.join(TASKS)}")
     p.add_argument("--algos", type=csv(str), default=list(ALGOS), help=f"comma list of {', '.join(ALGOS)}")
     p.add_argument("--seeds", type=csv(int), default=[0, 1, 2])
-    p.add_argument("--ks", type=csv(int), default=[1, 3], help="K of the VinePPO ablation (K 9 is the main run); '' = none")
+    p.add_argument("--variants", type=csv(str), default=list(VARIANTS),
+                   help=f"rows beside the methods, among {', '.join(VARIANTS)}; '' = none")
+    p.add_argument("--variant-seeds", type=csv(int), default=None, help="seeds of the variants (default: --seeds)")
+    p.add_argument("--tuning", default="", metavar="JSON",
+                   help="a tuning.json written by --tune: each method's runs use its chosen lr and KL β")
     p.add_argument("--iterations", type=int, default=20, help="RL iterations; the step budget is this × steps per iteration")
     p.add_argument("--steps-per-iteration", type=int, default=8, help="policy steps per RL iteration of the arith configs")
     p.add_argument("--eval-every", type=int, default=4, help="RL iterations between held-out evaluations")
     p.add_argument("--eval-problems", type=int, default=300)
     p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.85, help="the report's steps-to-accuracy threshold")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time; > 1 pins each to one core, single-threaded XLA")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     p.add_argument("--sft-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for the SFT stages")
     p.add_argument("--xla-cache", default=None, metavar="DIR",
                    help="JAX's persistent compilation cache shared by the runs (default <root>/xla_cache; '' = "
                         "none): a method's later runs reuse its compiled programs, ~40 CPU s less per run")
+    p.add_argument("--tune", action="store_true",
+                   help="run the tuning grid (lr × KL β × tuning seeds per online method, validation split) "
+                        "instead of the main runs, and report each cell's score and the choice")
+    p.add_argument("--tune-lrs", type=csv(float), default=[3e-5, 1e-4, 3e-4])
+    p.add_argument("--tune-kls", type=csv(float), default=[1e-4])
+    p.add_argument("--tune-seeds", type=csv(int), default=[100, 101], help="seeds of the tuning runs (not the test seeds)")
+    p.add_argument("--tune-last", type=int, default=2, help="a tuning cell's score: mean accuracy of its last N evaluations")
     p.add_argument("--dry-run", action="store_true", help="print the plan (unfinished runs' commands); run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs; run nothing")
     p.add_argument("--report-dir", default=None, help="where the tables and plots go (default: --root)")
@@ -412,8 +562,14 @@ def parse_args(argv):
         bad = [x for x in given if x not in known]
         if bad:
             p.error(f"{name}: unknown {bad[0]!r}; choose from {', '.join(known)}")
-    if "vineppo" not in args.algos and args.ks:
-        p.error("--ks needs vineppo among --algos (the K ablation's K 9 is the main VinePPO run)")
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants: unknown {bad[0]!r}; choose from {', '.join(VARIANTS)}")
+    args.variant_seeds = args.seeds if args.variant_seeds is None else args.variant_seeds
+    try:
+        args.tuning = json.load(open(args.tuning)) if args.tuning else {}
+    except (OSError, ValueError) as e:
+        p.error(f"--tuning: cannot read {args.tuning}: {e}")
     split = lambda pairs: [tuple(s.split("=", 1)) for s in pairs]
     args.set, args.sft_set = split(args.set), split(args.sft_set)
     args.report_dir = args.report_dir or args.root
@@ -426,17 +582,17 @@ def main(argv=None) -> int:
     log = lambda msg: print(time.strftime("%H:%M:%S ") + msg + "\n", end="", flush=True)  # one write: runs' threads log
     failed = []
     if args.dry_run:
-        for r in plan(args):
+        for r in (tune_plan if args.tune else plan)(args):
             print(("done " if is_done(r.directory(args.root)) else "todo ") + " ".join(command(r, args.root)[1:]))
         return 0
     if not args.report_only:
         locks = take_locks(args.root, args.tasks)
         try:
-            failed = run_all(plan(args), args.root, args.jobs, log, args.xla_cache)
+            failed = run_all((tune_plan if args.tune else plan)(args), args.root, args.jobs, log, args.xla_cache)
         finally:
             for path in locks:
                 os.remove(path)
-    report(args, log)
+    (tune_report if args.tune else report)(args, log)
     if failed:
         log("failed: " + ", ".join(failed))
     return 1 if failed else 0

@@ -26,7 +26,7 @@ TINY_RUNS = ["task.options.num_problems=64", "sampling.max_new_tokens=12", "eval
 
 
 def compare_args(root, algos="vineppo,ppo", extra=()):
-    return ["--root", root, "--tasks", "arith", "--algos", algos, "--seeds", "0", "--ks", "", "--iterations", "2",
+    return ["--root", root, "--tasks", "arith", "--algos", algos, "--seeds", "0", "--variants", "", "--iterations", "2",
             "--steps-per-iteration", "2", "--eval-every", "1", "--eval-problems", "4", "--eval-samples", "2",
             "--jobs", "1", "--sft-set", *TINY_MODEL, "--set", *TINY_RUNS, *extra]
 
@@ -118,7 +118,8 @@ def test_a_failing_run_is_reported_and_not_marked_done(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "gsm8k"], "--tasks: unknown 'gsm8k'"),
     (["--algos", "vineppo,a2c"], "--algos: unknown 'a2c'"),
-    (["--algos", "ppo"], "--ks needs vineppo"),
+    (["--variants", "vineppo_k7"], "--variants: unknown 'vineppo_k7'"),
+    (["--tuning", "/nonexistent/tuning.json"], "--tuning: cannot read /nonexistent/tuning.json"),
 ])
 def test_bad_arguments_name_the_culprit(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -132,6 +133,7 @@ def test_plan_sizes_every_method_to_the_step_budget():
     assert len(runs) == 2 * (1 + 3 * 6 + 3 * 2)  # per task: SFT, 6 methods x 3 seeds, K 1 and 3 x 3 seeds
     assert runs[("arith", "vineppo_s1")]["train.iterations"] == 20 and runs[("arith", "vineppo_s1")]["seed"] == 1
     assert runs[("arith", "vineppo_k1_s2")]["vineppo.num_rollouts"] == 1
+    assert all(o["eval.splits"] == "('test',)" for (_, name), o in runs.items() if name != "sft")
     restem, dpo = runs[("arith", "restem_s0")], runs[("arith", "dpo_s0")]
     assert restem["train.iterations"] * 40 > 160  # enough RestEM iterations to cross the 160-step budget
     assert 3 * (dpo["sampling.problems_per_iteration"] * 5) // 64 >= 160  # 3 epochs of ~5 pairs per problem
@@ -140,3 +142,56 @@ def test_plan_sizes_every_method_to_the_step_budget():
     hard = runs[("arith_hard", "ppo_s0")]
     assert hard["task.options.slip_ops"] == "*" and hard["task.options.num_operations"] == 5
     assert "task.options.slip_ops" not in runs[("arith", "ppo_s0")]
+
+
+def test_plan_uses_the_tuning_choice_of_each_method(tmp_path):
+    tuning = tmp_path / "tuning.json"
+    tuning.write_text(json.dumps({"tasks": {"arith_hard": {
+        "vineppo": {"choice": {"optim.lr": 3e-5, "ppo.kl_coef": 1e-3}}, "ppo": {"choice": {"optim.lr": 1e-5}}}}}))
+    args = compare.parse_args(["--tasks", "arith_hard", "--algos", "vineppo,ppo,grpo", "--seeds", "0,1",
+                               "--variants", "vineppo_k3", "--variant-seeds", "0", "--tuning", str(tuning)])
+    runs = {r.name: dict(r.overrides) for r in compare.plan(args)}
+    assert sorted(runs) == ["grpo_s0", "grpo_s1", "ppo_s0", "ppo_s1", "sft", "vineppo_k3_s0", "vineppo_s0", "vineppo_s1"]
+    assert runs["vineppo_s1"]["optim.lr"] == 3e-5 and runs["vineppo_s1"]["ppo.kl_coef"] == 1e-3
+    assert runs["vineppo_k3_s0"]["optim.lr"] == 3e-5 and runs["vineppo_k3_s0"]["vineppo.num_rollouts"] == 3
+    assert runs["ppo_s0"]["optim.lr"] == 1e-5 and "ppo.kl_coef" not in runs["ppo_s0"]
+    assert "optim.lr" not in runs["grpo_s0"]  # not tuned: the config's own
+
+
+def write_run(task_dir, name, accuracy, rewards, kl):
+    """A finished run folder: per-iteration training records and an evaluation every 2 iterations."""
+    run = os.path.join(task_dir, name)
+    os.makedirs(run)
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        for it, (r, k) in enumerate(zip(rewards, kl)):
+            f.write(json.dumps({"iteration": it, "rewards/mean": r, "kl": k, "ratio": 1.0 + k / 10,
+                                "pg_clipfrac": k / 20, "skipped": 0.0, "nonfinite": 0.0}) + "\n")
+            if it % 2 == 0:
+                f.write(json.dumps({"eval/accuracy": accuracy[it // 2], "train/gradient_steps": 8 * it,
+                                    "time/elapsed": 10.0 * it, "time/cpu": 20.0 * it}) + "\n")
+    with open(os.path.join(run, compare.DONE), "w") as f:
+        json.dump({"cpu": 1.0}, f)
+
+
+def test_paired_differences_steps_to_threshold_and_collapses_in_the_report(tmp_path):
+    task = tmp_path / "arith_hard"
+    vine = {0: [0.5, 0.8, 0.9], 1: [0.4, 0.7, 0.86], 2: [0.5, 0.9, 0.95]}
+    ppo = {0: [0.5, 0.7, 0.8], 1: [0.4, 0.5, 0.3], 2: [0.5, 0.85, 0.9]}
+    for s in vine:
+        write_run(str(task), f"vineppo_s{s}", vine[s], [0.5] * 5, [0.1] * 5)
+        write_run(str(task), f"ppo_s{s}", ppo[s], [0.5, 0.6, 0.2, 0.1, 0.1] if s == 1 else [0.5] * 5,
+                  [0.1, 0.2, 3.5, 1.0, 1.0] if s == 1 else [0.1] * 5)
+    args = compare.parse_args(["--root", str(tmp_path), "--tasks", "arith_hard", "--threshold", "0.85"])
+    paired, md = compare.paired_section(args, "arith_hard", budget=1000)
+    d = np.array([[v - p for v, p in zip(vine[s], ppo[s])] for s in range(3)])  # [seeds, evals]
+    got = paired["differences"]
+    assert [g["steps"] for g in got] == [0, 16, 32]
+    np.testing.assert_allclose([g["mean"] for g in got], d.mean(0))
+    half = 4.302652729911275 * d[:, 2].std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    assert got[2]["low"] == pytest.approx(d[:, 2].mean() - half) and got[2]["high"] == pytest.approx(d[:, 2].mean() + half)
+    assert paired["steps_to_threshold"] == {"vineppo": {0: 32.0, 1: 32.0, 2: 16.0}, "ppo": {0: None, 1: None, 2: 16.0}}
+    assert "| 32 | +0.237 |" in "\n".join(md)
+    collapses, md = compare.collapse_section(str(tmp_path), "arith_hard")
+    assert sorted(d for d, r in collapses.items() if r["collapsed"]) == ["ppo_s1"]
+    assert collapses["ppo_s1"]["max_kl"] == 3.5 and collapses["ppo_s1"]["max_kl_iteration"] == 2
+    assert "| ppo_s1 | training reward 0.50 -> 0.10 at iteration 3; max KL 3.50 nats at iteration 2 |" in "\n".join(md)
