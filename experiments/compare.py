@@ -85,12 +85,28 @@ ALGOS = {"vineppo": "configs/arith_vineppo.py", "ppo": "configs/arith_ppo.py", "
          "rloo": "configs/arith_rloo.py", "restem": "configs/arith_restem.py", "dpo": "configs/arith_dpo.py"}
 REFERENCE = "ppo"  # the method whose peak the others race to
 TUNABLE = ("vineppo", "ppo", "grpo", "rloo")  # the online methods `--tune` chooses lr / KL β for
-# Rows beside the main methods: name -> (the method whose config and tuned settings it starts from,
-# its own overrides). Run with `--variants`, over `--variant-seeds`.
-VARIANTS = {"vineppo_k1": ("vineppo", {"vineppo.num_rollouts": 1}),
-            "vineppo_k3": ("vineppo", {"vineppo.num_rollouts": 3})}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row beside the main methods: `algo`'s tuned settings (its `ALGOS` config unless `config`
+    is given) with `overrides`; `lr_scale` multiplies the tuned learning rate (LoRA's adapters
+    train at 10x the full model's, as configs/arith_vineppo_lora.py)."""
+
+    algo: str
+    overrides: dict
+    config: str = ""
+    lr_scale: float = 1.0
+
+
+# Run with `--variants`, over `--variant-seeds`.
+VARIANTS = {"vineppo_k1": Variant("vineppo", {"vineppo.num_rollouts": 1}),
+            "vineppo_k3": Variant("vineppo", {"vineppo.num_rollouts": 3}),
+            "vineppo_alloc": Variant("vineppo", {"vineppo.allocation.enabled": True}),
+            "vineppo_lora": Variant("vineppo", {}, config="configs/arith_vineppo_lora.py", lr_scale=10.0)}
 LABELS = {"vineppo": "VinePPO (K 9)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "restem": "RestEM",
-          "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9"}
+          "dpo": "DPO+", "vineppo_k1": "VinePPO K 1", "vineppo_k3": "VinePPO K 3", "vineppo_k9": "VinePPO K 9",
+          "vineppo_alloc": "VinePPO, allocation", "vineppo_lora": "VinePPO, LoRA r 8"}
 
 
 @dataclass(frozen=True)
@@ -172,10 +188,13 @@ def plan(args) -> list[Run]:
     for seed in args.variant_seeds:
         for task in args.tasks:
             for name in args.variants:
-                algo, extra = VARIANTS[name]
-                over = scale_overrides(algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
-                over |= test | tuned(args, task, algo) | {"seed": seed} | extra
-                runs.append(Run(task, f"{name}_s{seed}", ALGOS[algo], tuple(over.items()) + task_options(task, args)))
+                v = VARIANTS[name]
+                over = scale_overrides(v.algo, TASKS[task], args.iterations, args.steps_per_iteration, args)
+                over |= test | tuned(args, task, v.algo) | {"seed": seed} | v.overrides
+                if "optim.lr" in over:
+                    over["optim.lr"] *= v.lr_scale
+                runs.append(Run(task, f"{name}_s{seed}", v.config or ALGOS[v.algo],
+                                tuple(over.items()) + task_options(task, args)))
     return runs
 
 

@@ -130,7 +130,7 @@ def test_bad_arguments_name_the_culprit(argv, message, capsys):
 def test_plan_sizes_every_method_to_the_step_budget():
     args = compare.parse_args(["--iterations", "20", "--eval-every", "4"])
     runs = {(r.task, r.name): dict(r.overrides) for r in compare.plan(args)}
-    assert len(runs) == 2 * (1 + 3 * 6 + 3 * 2)  # per task: SFT, 6 methods x 3 seeds, K 1 and 3 x 3 seeds
+    assert len(runs) == 2 * (1 + 3 * 6 + 3 * 4)  # per task: SFT, 6 methods x 3 seeds, 4 variants x 3 seeds
     assert runs[("arith", "vineppo_s1")]["train.iterations"] == 20 and runs[("arith", "vineppo_s1")]["seed"] == 1
     assert runs[("arith", "vineppo_k1_s2")]["vineppo.num_rollouts"] == 1
     assert all(o["eval.splits"] == "('test',)" for (_, name), o in runs.items() if name != "sft")
@@ -149,9 +149,12 @@ def test_plan_uses_the_tuning_choice_of_each_method(tmp_path):
     tuning.write_text(json.dumps({"tasks": {"arith_hard": {
         "vineppo": {"choice": {"optim.lr": 3e-5, "ppo.kl_coef": 1e-3}}, "ppo": {"choice": {"optim.lr": 1e-5}}}}}))
     args = compare.parse_args(["--tasks", "arith_hard", "--algos", "vineppo,ppo,grpo", "--seeds", "0,1",
-                               "--variants", "vineppo_k3", "--variant-seeds", "0", "--tuning", str(tuning)])
+                               "--variants", "vineppo_k3,vineppo_lora", "--variant-seeds", "0", "--tuning", str(tuning)])
     runs = {r.name: dict(r.overrides) for r in compare.plan(args)}
-    assert sorted(runs) == ["grpo_s0", "grpo_s1", "ppo_s0", "ppo_s1", "sft", "vineppo_k3_s0", "vineppo_s0", "vineppo_s1"]
+    assert sorted(runs) == ["grpo_s0", "grpo_s1", "ppo_s0", "ppo_s1", "sft", "vineppo_k3_s0", "vineppo_lora_s0",
+                            "vineppo_s0", "vineppo_s1"]
+    lora = next(r for r in compare.plan(args) if r.name == "vineppo_lora_s0")
+    assert lora.config == "configs/arith_vineppo_lora.py" and dict(lora.overrides)["optim.lr"] == pytest.approx(3e-4)
     assert runs["vineppo_s1"]["optim.lr"] == 3e-5 and runs["vineppo_s1"]["ppo.kl_coef"] == 1e-3
     assert runs["vineppo_k3_s0"]["optim.lr"] == 3e-5 and runs["vineppo_k3_s0"]["vineppo.num_rollouts"] == 3
     assert runs["ppo_s0"]["optim.lr"] == 1e-5 and "ppo.kl_coef" not in runs["ppo_s0"]
