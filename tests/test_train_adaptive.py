@@ -78,7 +78,7 @@ def build_setup():
 
 def run(setup, seed, acfg=ACFG, budget=0.0, rows=0):
     env = sampling.RolloutEnv(setup["params"], CFG, SCFG, context_size=200, chunk_rows=32, tokenizer=TOKENIZER,
-                              task=TASK, grade_workers=0, batch_rows=rows)
+                              task=TASK, grade_workers=0, group_rows=rows)
     states = StepStates.of(setup["starts"], setup["num_steps"])
     return adaptive_rollouts(env, setup["ep"], states, setup["rewards"], jax.random.key(seed), acfg, budget)
 

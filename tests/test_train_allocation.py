@@ -31,7 +31,7 @@ def setup():
 
 def make_env(setup, rows=0, task=TASK):
     return sampling.RolloutEnv(setup["params"], CFG, SCFG, context_size=200, chunk_rows=32, tokenizer=TOKENIZER,
-                               task=task, grade_workers=0, batch_rows=rows)
+                               task=task, grade_workers=0, group_rows=rows)
 
 
 def hand_graded(setup, rep, counts, key):

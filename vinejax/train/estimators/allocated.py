@@ -95,7 +95,7 @@ def allocated_rollouts(env: RolloutEnv, ep: Episodes, states: StepStates, reward
     b, _ = states.starts.shape
     uid = np.full(states.starts.shape, -1, np.int64)
     parts, offset, stats = [], 0, dict.fromkeys(STATS, 0)
-    for part, key in episode_groups(b, env.batch_rows, rng):
+    for part, key in episode_groups(b, env.group_rows, rng):
         res, group_stats = allocated_group(env, ep.select(part), states.select(part), rewards[part], key, acfg)
         uid[part] = np.where(res.uid >= 0, res.uid + offset, -1)  # the group's distinct states, numbered on
         offset += len(res.n)
