@@ -124,8 +124,8 @@ class DpoStage:
         batch = PairBatch(*np.split(tokens, 2), *np.split(mask, 2), ref[chosen], ref[rejected])
         params, opt_state, m = update.dpo_step(
             *state, to_microbatches(self.ctx.mesh, batch, d.micro_batch), model_cfg=self.ctx.model_cfg,
-            optimizer=optimizer, temperature=cfg.sampling.temperature, beta=d.beta, lam=d.lam,
-            label_smoothing=d.label_smoothing)
+            optimizer=optimizer, temperature=cfg.sampling.temperature,
+            terms=update.DpoTerms(d.beta, d.lam, d.label_smoothing))
         done = step + 1
         metrics = {}
         if done == 1 or done % 20 == 0 or done == self.total():  # read back now and then, not every step
