@@ -73,6 +73,22 @@ def read_metrics(cfg):
     return metrics.read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
 
 
+def run_killed_after(monkeypatch, cfg, position: int):
+    """Run `cfg` until the checkpoint at `position` is saved, then die (a KeyboardInterrupt, as a
+    kill would end it before the next save); Checkpointer.save is restored afterwards."""
+    real_save = Checkpointer.save
+
+    def save_then_die(self, step, state, meta, wait=True):
+        real_save(self, step, state, meta, wait)
+        if meta["progress"]["position"] == position:
+            raise KeyboardInterrupt(f"simulated kill after iteration {position}")
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+
+
 def reward_odd_length(responses, problems, num_workers=0):
     """A reward a random model earns about half the time (of its finished responses)."""
     return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
@@ -151,18 +167,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     loop.run(straight)
 
     resumed = tiny_config(tmp_path / "b", iterations=4)
-    real_save = Checkpointer.save
-
-    def save_then_die(self, step, state, meta, wait=True):
-        real_save(self, step, state, meta, wait)
-        if meta["progress"]["position"] == 2:
-            raise KeyboardInterrupt("simulated kill after iteration 2")
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(resumed)
+    run_killed_after(monkeypatch, resumed, 2)
     assert not os.path.exists(os.path.join(resumed.output_dir, "hf"))
-    monkeypatch.setattr(Checkpointer, "save", real_save)
     loop.run(resumed)  # resume=True by default: continues from the checkpoint at iteration 2
 
     for a, b in zip(jax.tree.leaves(exported_params(straight)), jax.tree.leaves(exported_params(resumed))):

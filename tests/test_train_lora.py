@@ -13,10 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from safetensors.numpy import load_file
-from test_train_loop import reward_odd_length, tiny_config
+from test_train_loop import reward_odd_length, run_killed_after, tiny_config
 
 from tests import helpers_hf
-from vinejax.checkpoint import Checkpointer
 from vinejax.model import forward, load_hf_model, lora
 from vinejax.tasks import arithmetic
 from vinejax.train import loop
@@ -96,17 +95,7 @@ def test_lora_vineppo_trains_adapters_on_the_frozen_base_and_resumes_bit_identic
 
     # a run killed after iteration 2 resumes to the same adapters, bit for bit (dropout masks included)
     resumed = rl("b")
-    real_save = Checkpointer.save
-
-    def save_then_die(self, step, state, meta, wait=True):
-        real_save(self, step, state, meta, wait)
-        if meta["progress"]["position"] == 2:
-            raise KeyboardInterrupt("simulated kill after iteration 2")
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(resumed)
-    monkeypatch.setattr(Checkpointer, "save", real_save)
+    run_killed_after(monkeypatch, resumed, 2)
     loop.run(resumed)
     adapter_file = lambda cfg: load_file(os.path.join(cfg.output_dir, "adapter", "adapter_model.safetensors"))
     a, b = adapter_file(straight), adapter_file(resumed)
