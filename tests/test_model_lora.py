@@ -83,7 +83,7 @@ def test_decoding_with_merged_weights_matches_the_unmerged_forward():
         logits, caches = step(params, weights, cfg, tokens[:, i], caches)
         np.testing.assert_allclose(np.asarray(logits), full[:, i], atol=2e-5, rtol=0)
     unadapted = jax.jit(decode.decode_weights, static_argnums=1)(base, cfg)
-    assert np.abs(np.asarray(weights[0]["wqkv"]) - np.asarray(unadapted[0]["wqkv"])).max() > 1e-3
+    assert np.abs(np.asarray(weights.layers[0]["wqkv"]) - np.asarray(unadapted.layers[0]["wqkv"])).max() > 1e-3
 
 
 def test_adapters_start_as_the_base_and_merge_exactly():

@@ -272,7 +272,7 @@ def test_continuations_sampled_differ_and_reproducible(params):
 # ----------------------------------------------------------------------------- mesh and compiles
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 4)])
+@pytest.mark.parametrize("shape", [(2, 1, 4), (1, 4, 2)])  # data x tensor; FSDP (decode weights stay split)
 def test_mesh_matches_single_device(params, shape):
     toks, lens = _prompts(b=3, p=7, lens=(7, 4, 2))
     scfg = SamplingConfig(max_new_tokens=8, greedy=True)

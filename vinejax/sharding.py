@@ -4,6 +4,8 @@ Mesh axes (any may have size 1): `data` (pure data parallel), `fsdp` (data paral
 parameters sharded over it), `tensor` (tensor parallel over heads / mlp / vocab). Rules are an
 ordered tuple of (logical axis, mesh axis or tuple of mesh axes or None); every logical axis of a
 parameter must have a rule. A dimension that a mesh axis does not divide is replicated over it.
+Decoding lays its weights out differently from training (`decode_out`, `decode_rows`): sampled
+rows are few, so they move between devices instead of the weights.
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ DEFAULT_RULES = (
     ("layers", None),
     ("norm", None),
     ("lora_rank", "fsdp"),  # LoRA rank: B (and wo's, w_down's A) shard over fsdp where their other dims cannot
+    # decoding (`model.decode`): the weights stay where they are and the few rows move. A decode
+    # weight's output dim splits over every axis that shards parameters; a decode matmul's input
+    # rows gather over them (split over `data` only) and its output goes back to `batch`.
+    ("decode_out", ("fsdp", "tensor")),
+    ("decode_rows", "data"),
 )
 
 

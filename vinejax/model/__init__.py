@@ -3,7 +3,7 @@
 Importing this package never imports torch.
 """
 from vinejax.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
-from vinejax.model.decode import DecodeCaches, decode_caches, decode_step, decode_weights
+from vinejax.model.decode import DecodeCaches, DecodeWeights, decode_caches, decode_step, decode_weights
 from vinejax.model.hf import load_hf_model, read_hf_config, save_hf_model
 from vinejax.model.hf_config import FAMILIES, Family, config_from_hf, config_to_hf
 from vinejax.model.llama import (
@@ -48,6 +48,7 @@ __all__ = [
     "config_to_hf",
     "constrain_cache",
     "decode_caches",
+    "DecodeWeights",
     "decode_step",
     "decode_weights",
     "embed",

@@ -1,19 +1,24 @@
 """Prefill and decoding one token per row: the model side of a sampler's loop.
 
-Same math as `llama.forward_cached`, built from the same pieces (`embed`, `sublayer`,
+Same math as `llama.forward_cached`, built from the same pieces (`embed_rows`, `sublayer`,
 `project_qk`, `layer_rope_tables`, `window_mask`, `glu`, `attention_probs`, `final_norm`,
-`lm_logits`), but laid out for a cheap step. `decode_weights` fuses each layer's q/k/v and
-gate/up projections into single matrices, once per sampling call; the
-caches are one heads-major buffer per layer ([R, Hkv, S, Dh], `DecodeCaches`), so the step has
-no per-layer slices, transposes or cache copies. `prefill` runs right-padded prompts causally
-(`llama.attention`, i.e. `jax.nn.dot_product_attention`) and writes these caches directly;
-`decode_caches` converts a stacked `llama.KVCache` instead. Layers are unrolled in Python, so
-compile time grows with depth (`llama.forward_cached` inside a loop is the scanned alternative),
-and each layer's window and RoPE are static.
+`head_logits`), but laid out for a cheap step. `decode_weights` fuses each layer's q/k/v and
+gate/up projections into single matrices, once per sampling call, and lays every decode weight
+out *stationary*: its output dim split over all the axes that shard parameters (`decode_out`),
+its input dim whole. A matmul gathers its few input rows over those axes (`decode_rows`) and
+sends the output rows back to their devices (`batch`), so no device ever holds a whole weight
+(training's FSDP layout splits the input dim, which a loop would gather whole, once per call).
+The caches are one heads-major buffer per layer ([R, Hkv, S, Dh], `DecodeCaches`), rows over
+`batch`, so the step has no per-layer slices, transposes or cache copies. `prefill` runs
+right-padded prompts causally (`llama.attention`, i.e. `jax.nn.dot_product_attention`) and
+writes these caches directly; `decode_caches` converts a stacked `llama.KVCache` instead. Layers
+are unrolled in Python, so compile time grows with depth (`llama.forward_cached` inside a loop is
+the scanned alternative), and each layer's window and RoPE are static.
 
     weights = decode_weights(params, cfg)              # once per sampling call
     logits, caches = prefill(params, weights, cfg, prompts, prompt_lens, room)
     logits, caches = decode_step(params, weights, cfg, tokens, caches)   # per step
+    logits = head(weights, cfg, hidden)                # hidden rows from elsewhere
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ from vinejax.model.config import ModelConfig
 LAYER_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # logical axes of one layer's k / v
 
 
+STATIONARY_AXES = (None, "decode_out")  # a decode weight [in, out]: the output dim split, the input whole
+
+
 class DecodeCaches(NamedTuple):
     """Per-layer caches. k, v: tuples of L arrays [R, Hkv, S, Dh]; lengths: int32[R] valid slots."""
 
@@ -38,11 +46,22 @@ class DecodeCaches(NamedTuple):
     lengths: jax.Array
 
 
-def decode_weights(params: dict, cfg: ModelConfig) -> tuple:
-    """Per-layer decode weights in the compute dtype, one dict per layer:
-    wqkv [D, (H+2Hkv)*Dh], wo [H*Dh, D], w_gu [D, 2F], w_down [F, D], the layer's norms as they
-    are (`*_norm`), and (with attention_bias) bqkv [(H+2Hkv)*Dh]. LoRA adapters in `params` are
-    merged in (`lora.merged_leaf`): decoding then costs what the base model costs."""
+class DecodeWeights(NamedTuple):
+    """The weights a decode loop reads, in the compute dtype and laid out stationary.
+
+    layers: one dict per layer (`decode_weights`); embed: [V, D] (D split); head: [D, V] (V split).
+    """
+
+    layers: tuple
+    embed: jax.Array
+    head: jax.Array
+
+
+def decode_weights(params: dict, cfg: ModelConfig) -> DecodeWeights:
+    """Decode weights in the compute dtype. Each layer's dict: wqkv [D, (H+2Hkv)*Dh],
+    wo [H*Dh, D], w_gu [D, 2F], w_down [F, D], the layer's norms as they are (`*_norm`), and (with
+    attention_bias) bqkv [(H+2Hkv)*Dh]. LoRA adapters in `params` are merged in
+    (`lora.merged_leaf`): decoding then costs what the base model costs."""
     d, dt = cfg.hidden_size, cfg.compute_dtype
     out = []
     for i in range(cfg.num_layers):
@@ -50,19 +69,25 @@ def decode_weights(params: dict, cfg: ModelConfig) -> tuple:
         m = lambda name: lora.merged_leaf(cfg, p, name, dt)  # W, or W + s·A·B with an adapter
         w = {name: a for name, a in p.items() if name.endswith("norm")}
         w |= {
-            "wqkv": jnp.concatenate([m(n).reshape(d, -1) for n in ("wq", "wk", "wv")], axis=1),
-            "wo": m("wo").reshape(-1, d),
-            "w_gu": jnp.concatenate([m("w_gate"), m("w_up")], axis=1),
-            "w_down": m("w_down"),
+            "wqkv": _stationary(jnp.concatenate([m(n).reshape(d, -1) for n in ("wq", "wk", "wv")], axis=1)),
+            "wo": _stationary(m("wo").reshape(-1, d)),
+            "w_gu": _stationary(jnp.concatenate([m("w_gate"), m("w_up")], axis=1)),
+            "w_down": _stationary(m("w_down")),
         }
         if cfg.attention_bias:
             w["bqkv"] = jnp.concatenate([p[n].reshape(-1) for n in ("bq", "bk", "bv")]).astype(dt)
         out.append(w)
-    return tuple(out)
+    table = _stationary(params["embed"].astype(dt))
+    return DecodeWeights(tuple(out), table, _stationary(llama.lm_head(params, cfg).astype(dt)))
+
+
+def head(weights: DecodeWeights, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """`llama.lm_logits` with the decode weights: final-normed hidden [R, D] → float32 logits [R, V]."""
+    return _from_shards(llama.head_logits(cfg, _gather_rows(hidden), weights.head))
 
 
 def prefill(
-    params: dict, weights: tuple, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, room: int
+    params: dict, weights: DecodeWeights, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, room: int
 ) -> tuple[jax.Array, DecodeCaches]:
     """Run right-padded prompts tokens int32[B, T] (lengths int32[B] >= 1) into fresh caches of
     `room` slots (slots past T are zero; prompt columns past `room` are dropped).
@@ -74,14 +99,14 @@ def prefill(
     positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     ropes, _ = llama.layer_rope_tables(cfg, positions)  # [kinds, B, T, 1, rope_dim/2]
     causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
-    x = llama.embed(params, cfg, tokens)  # [B, T, D]
+    x = _from_shards(llama.embed_rows(cfg, weights.embed, _gather_rows(tokens)))  # [B, T, D]
 
     def to_cache(a):  # [B, T, Hkv, Dh] -> [B, Hkv, room, Dh]
         a = jnp.swapaxes(a[:, :room], 1, 2)
         return _constrain(jnp.pad(a, ((0, 0), (0, 0), (0, room - a.shape[2]), (0, 0))))
 
     ks, vs = [], []
-    for i, w in enumerate(weights):
+    for i, w in enumerate(weights.layers):
         window = cfg.layer_windows[i]
         mask = llama.window_mask(causal, positions, positions, window) if window else None
 
@@ -94,7 +119,7 @@ def prefill(
         x = _layer(cfg, w, x, _rope(ropes, cfg, i), attend)
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
     hidden = llama.final_norm(params, cfg, last)
-    return llama.lm_logits(params, cfg, hidden), DecodeCaches(tuple(ks), tuple(vs), lengths.astype(jnp.int32))
+    return head(weights, cfg, hidden), DecodeCaches(tuple(ks), tuple(vs), lengths.astype(jnp.int32))
 
 
 def decode_caches(cache: llama.KVCache) -> DecodeCaches:
@@ -106,7 +131,7 @@ def decode_caches(cache: llama.KVCache) -> DecodeCaches:
 
 
 def decode_step(
-    params: dict, weights: tuple, cfg: ModelConfig, tokens: jax.Array, caches: DecodeCaches
+    params: dict, weights: DecodeWeights, cfg: ModelConfig, tokens: jax.Array, caches: DecodeCaches
 ) -> tuple[jax.Array, DecodeCaches]:
     """Append one token per row (tokens int32[R]) at slot caches.lengths[r] and run it.
 
@@ -118,10 +143,10 @@ def decode_step(
     slots = jnp.arange(s)[None]  # [1, S]: slot index == position
     causal = (slots <= lengths[:, None])[:, None]  # [R, 1, S]
     ropes, _ = llama.layer_rope_tables(cfg, lengths[:, None])  # [kinds, R, 1, 1, rope_dim/2]
-    x = llama.embed(params, cfg, tokens[:, None])  # [R, 1, D]
+    x = _from_shards(llama.embed_rows(cfg, weights.embed, _gather_rows(tokens[:, None])))  # [R, 1, D]
     rows = jnp.arange(tokens.shape[0])
     new_k, new_v = [], []
-    for i, (w, k_cache, v_cache) in enumerate(zip(weights, caches.k, caches.v)):
+    for i, (w, k_cache, v_cache) in enumerate(zip(weights.layers, caches.k, caches.v)):
         mask = llama.window_mask(causal, lengths[:, None], slots, cfg.layer_windows[i])[:, 0]  # [R, S]
 
         def attend(q, k, v, k_cache=k_cache, v_cache=v_cache, mask=mask):
@@ -133,7 +158,7 @@ def decode_step(
 
         x = _layer(cfg, w, x, _rope(ropes, cfg, i), attend)
     hidden = llama.final_norm(params, cfg, x[:, 0])
-    return llama.lm_logits(params, cfg, hidden), DecodeCaches(tuple(new_k), tuple(new_v), lengths + 1)
+    return head(weights, cfg, hidden), DecodeCaches(tuple(new_k), tuple(new_v), lengths + 1)
 
 
 def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: Optional[float] = None,
@@ -157,6 +182,29 @@ def _constrain(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, LAYER_CACHE_AXES)
 
 
+def _stationary(w: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(w, STATIONARY_AXES)
+
+
+def _gather_rows(x: jax.Array) -> jax.Array:
+    """x [R, ...] with its rows split over `data` only (gathered over the parameter axes)."""
+    return nn.with_logical_constraint(x, ("decode_rows",) + (None,) * (x.ndim - 1))
+
+
+def _from_shards(y: jax.Array) -> jax.Array:
+    """y [R, ..., out] computed from stationary weights → the same, rows over `batch`. y is first
+    pinned split as the weights' output (rows over `data` only), else XLA may gather the weight
+    to make y in its final layout directly."""
+    y = nn.with_logical_constraint(y, ("decode_rows",) + (None,) * (y.ndim - 2) + ("decode_out",))
+    return nn.with_logical_constraint(y, ("batch",) + (None,) * (y.ndim - 1))
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [R, T, in] @ stationary w [in, out] → [R, T, out], rows over `batch`: the rows travel
+    to the weight's shards and back, the weight stays."""
+    return _from_shards(_gather_rows(x) @ w)
+
+
 def _rope(ropes: llama.Rope, cfg: ModelConfig, layer: int) -> llama.Rope:
     """Layer `layer`'s tables out of `llama.layer_rope_tables` (picked statically here)."""
     i = cfg.rope_kinds.index(cfg.layer_ropes[layer])
@@ -164,22 +212,22 @@ def _rope(ropes: llama.Rope, cfg: ModelConfig, layer: int) -> llama.Rope:
 
 
 def _layer(cfg, w, x, rope, attend):
-    """One decoder layer on x [R, T, D] with fused weights `w`; `attend(q, k, v)` (q
+    """One decoder layer on x [R, T, D] with fused stationary weights `w`; `attend(q, k, v)` (q
     [R, T, H, Dh], k/v [R, T, Hkv, Dh] after q/k norm and RoPE) stores k/v and returns attention
     [R, T, H, Dh]."""
     r, t = x.shape[:2]
     nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
     def attn(h):
-        qkv = h @ w["wqkv"]  # [R, T, (H+2K)*Dh]
+        qkv = _matmul(h, w["wqkv"])  # [R, T, (H+2K)*Dh]
         if cfg.attention_bias:
             qkv = qkv + w["bqkv"]
         q, k, v = jnp.split(qkv.reshape(r, t, nh + 2 * nk, dh), [nh, nh + nk], axis=2)
         q, k = llama.project_qk(cfg, w, q, k, rope)
-        return attend(q, k, v).reshape(r, t, nh * dh) @ w["wo"]
+        return _matmul(attend(q, k, v).reshape(r, t, nh * dh), w["wo"])
 
     def mlp(h):
-        gate, up = jnp.split(h @ w["w_gu"], 2, axis=-1)  # [R, T, F] each
-        return llama.glu(cfg, gate, up) @ w["w_down"]
+        gate, up = jnp.split(_matmul(h, w["w_gu"]), 2, axis=-1)  # [R, T, F] each
+        return _matmul(llama.glu(cfg, gate, up), w["w_down"])
 
     return llama.sublayer(cfg, w, "mlp", llama.sublayer(cfg, w, "attn", x, attn), mlp)

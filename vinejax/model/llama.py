@@ -370,8 +370,17 @@ def _layer(cfg, rope, p, x, mask, kv=None, layer=None, starts=None):
 def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
     """LM head on final-normed hidden [..., D] → float32 logits [..., V] (tied or separate head),
     soft-capped to final_softcap·tanh(logits/final_softcap) when the family caps them (Gemma 2):
-    every logit a sampler, a loss or an evaluation sees comes from here."""
-    w = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    every logit a sampler, a loss or an evaluation sees comes from here (`head_logits`)."""
+    return head_logits(cfg, hidden, lm_head(params, cfg))
+
+
+def lm_head(params: dict, cfg: ModelConfig) -> jax.Array:
+    """The LM head [D, V]: the embedding's transpose when tied."""
+    return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+
+
+def head_logits(cfg: ModelConfig, hidden: jax.Array, w: jax.Array) -> jax.Array:
+    """hidden [..., D] @ head w [D, V] → float32 logits [..., V], soft-capped as the family does."""
     logits = jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
     if cfg.final_softcap is not None:
         logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
@@ -387,10 +396,15 @@ def value_head(params: dict, hidden: jax.Array) -> jax.Array:
 def embed(params: dict, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
     """Token embeddings in the compute dtype (× √D, rounded to it, when `cfg.embed_scale`).
     tokens: int[B, T] → [B, T, D]."""
-    x = jnp.take(params["embed"], tokens, axis=0).astype(cfg.compute_dtype)
+    return nn.with_logical_constraint(embed_rows(cfg, params["embed"], tokens), ("batch", "length", "embed"))
+
+
+def embed_rows(cfg: ModelConfig, table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """`embed` with the table [V, D] given and no layout asked for: tokens int[B, T] → [B, T, D]."""
+    x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
     if cfg.embed_scale:
         x = x * jnp.asarray(math.sqrt(cfg.hidden_size), cfg.compute_dtype)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return x
 
 
 def _maybe_remat(cfg: ModelConfig, fn):

@@ -230,7 +230,7 @@ def decode(
     logits0: jax.Array,
     rows: Rows,
     stop_table: Optional[jax.Array] = None,
-    weights: Optional[tuple] = None,
+    weights: Optional[model_decode.DecodeWeights] = None,
 ) -> GenerationOutput:
     """Decode loop (call inside jit). Row r continues its cached sequence (cache.lengths[r] slots).
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vinejax.model import decode as model_decode
 from vinejax.model import llama
 from vinejax.multihost import to_host
 from vinejax.sampling.continuation import (  # noqa: F401  (TrajectoryCache, trajectory_cache: re-exported)
@@ -72,8 +73,12 @@ def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_tabl
     pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
     cache = llama.KVCache(jnp.pad(k[:, rows, :keep], pad), jnp.pad(v[:, rows, :keep], pad), pos.astype(jnp.int32))
     last = traj.hidden[rows, pos - 1]  # [R, D] hidden at the state's last prefix token
-    logits0 = llama.lm_logits(params, cfg, last)
-    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, Rows(keys, budget), stop_table)
+    if scfg.unroll_layers:
+        weights = model_decode.decode_weights(params, cfg)
+        logits0 = model_decode.head(weights, cfg, last)
+    else:
+        weights, logits0 = None, llama.lm_logits(params, cfg, last)
+    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, Rows(keys, budget), stop_table, weights)
 
 
 def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarray, np.ndarray]:

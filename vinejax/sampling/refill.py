@@ -221,7 +221,7 @@ def decode_rows(
         safe = jnp.minimum(rows, n_all - 1)
         kv, hidden = local_refill(kv, source, jnp.where(ok, slot, rl), queue.row[safe], queue.pos[safe],
                                   queue.col[safe])
-        logits0 = llama.lm_logits(params, cfg, hidden)  # [dp*m, V]
+        logits0 = head(hidden)  # [dp*m, V]
         rows, ok = rows.reshape(-1), ok.reshape(-1)
         fin0 = jnp.where(ok & (budget[jnp.minimum(rows, n_all - 1)] > 0), FINISH_NONE, -1).astype(jnp.int32)
         st0 = tuple(jnp.zeros(rows.shape, jnp.int32) for _ in tables)
@@ -236,8 +236,10 @@ def decode_rows(
         weights = model_decode.decode_weights(params, cfg)
         kv = model_decode.decode_caches(llama.init_cache(cfg, r, room))
         step_fn = lambda tok, kv: model_decode.decode_step(params, weights, cfg, tok, kv)
+        head = lambda hidden: model_decode.head(weights, cfg, hidden)
     else:
         kv = llama.constrain_cache(llama.init_cache(cfg, r, room))
+        head = lambda hidden: llama.lm_logits(params, cfg, hidden)
 
         def step_fn(tok, kv):
             logits, _, kv = llama.forward_cached(params, cfg, tok[:, None], kv)
