@@ -20,7 +20,9 @@ from vinejax.model import (
     init_cache,
     llama,
     load_hf_model,
+    lora,
 )
+from vinejax.model.config import LoraConfig
 from vinejax.sampling.continuation import TrajectoryCache, refill_program
 from vinejax.sampling.core import SamplingConfig
 from vinejax.sampling.generation import generate_program
@@ -47,20 +49,25 @@ def test_decode_steps_match_transformers(variant):
     assert len(caches.k) == cfg.num_layers and caches.k[0].shape == (2, cfg.num_kv_heads, 16, cfg.head_dim)
 
 
-def test_sampling_on_an_fsdp_mesh_never_holds_a_whole_weight():
+@pytest.mark.parametrize("rank", [0, 8])  # 8: LoRA on every projection, merged into the decode weights
+def test_sampling_on_an_fsdp_mesh_never_holds_a_whole_weight(rank):
     """On 8 devices with FSDP weights, the decode loops (every row at once after a prefill, and
     MC continuations refilled into slots from a trajectory cache) keep the decode weights split:
     nothing is all-gathered as large as the smallest whole weight matrix, and the temporaries stay
     below one whole copy of the weights. (Laid out as for training, the loop gathered every weight
-    whole, once per call: ~4x the weights' bytes here.) A prompt pass (`trajectory_cache`) is a
-    forward like scoring's and gathers one layer at a time, as FSDP does."""
+    whole, once per call: ~4x the weights' bytes here; and LoRA's A·B, summed over a rank split
+    over fsdp, was a whole matrix.) A prompt pass (`trajectory_cache`) is a forward like
+    scoring's and gathers one layer at a time, as FSDP does."""
     cfg = ModelConfig(vocab_size=512, hidden_size=512, intermediate_size=2048, num_layers=2, num_heads=8,
                       num_kv_heads=8, head_dim=64, max_position_embeddings=64, dtype="bfloat16",
-                      param_dtype="bfloat16")
+                      param_dtype="bfloat16", lora=LoraConfig(rank=rank, alpha=16.0) if rank else None)
     mesh = sharding.make_mesh((1, 8, 1))
     spec = lambda axes, shape: NamedSharding(mesh, sharding.logical_to_spec(axes, shape, mesh))
-    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), llama.param_shapes(cfg),
-                          sharding.tree_shardings(llama.param_logical_axes(cfg), llama.param_shapes(cfg), mesh))
+    abstract = lambda shapes, axes: jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                                 shapes, sharding.tree_shardings(axes, shapes, mesh))
+    params = abstract(llama.param_shapes(cfg), llama.param_logical_axes(cfg))
+    if rank:
+        params = lora.attach(params, abstract(lora.adapter_shapes(cfg), lora.adapter_logical_axes(cfg)))
     whole = NamedSharding(mesh, PartitionSpec())
     ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=whole)
     keys = lambda n: jax.ShapeDtypeStruct((n,), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=whole)
@@ -77,7 +84,7 @@ def test_sampling_on_an_fsdp_mesh_never_holds_a_whole_weight():
         queue = Queue(ints(n), ints(n), ints(n), keys(n), ints(n), ints(8))
         refilled = refill_program.lower(params, traj, queue, None, cfg=cfg, scfg=scfg,
                                         plan=RefillPlan(8, 32, 1)).compile()
-    leaves = jax.tree.leaves(llama.param_shapes(cfg))
+    leaves = jax.tree.leaves(llama.param_shapes(cfg.replace(lora=None)))
     smallest = min(int(np.prod(s.shape[1:])) for s in leaves if s.ndim >= 3)  # one layer's q, k, v, o, gate, up, down
     weight_bytes = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in leaves)
     for compiled in (at_once, refilled):

@@ -20,6 +20,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
@@ -103,7 +104,13 @@ def merged_leaf(cfg: ModelConfig, layers: dict, leaf: str, dtype=None) -> jax.Ar
     dtype = jnp.dtype(dtype or w.dtype)
     if adapter is None:
         return w.astype(dtype)
-    return merge_weight(w, adapter["a"], adapter["b"], scale=cfg.lora.scale, n_in=in_dims(leaf), dtype=dtype)
+    # A·B laid out as W (A's input dims as W's, B's output dims as W's, the rank whole): the
+    # product is then made where W's shards are, not summed over a split rank as a whole matrix
+    axes = llama.param_specs(cfg)["layers"][leaf][1][-w.ndim:]
+    lead, n_in = w.ndim - len(llama.param_specs(cfg)["layers"][leaf][1]) + 1, in_dims(leaf)
+    a = nn.with_logical_constraint(adapter["a"], axes[:lead + n_in] + (None,))
+    b = nn.with_logical_constraint(adapter["b"], axes[:lead] + (None,) + axes[lead + n_in:])
+    return merge_weight(w, a, b, scale=cfg.lora.scale, n_in=n_in, dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "n_in", "dtype"))
