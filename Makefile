@@ -6,7 +6,7 @@ CONFIG ?= configs/arith_vineppo.py
 SFT    ?= configs/arith_sft.py
 ARGS   ?=
 
-.PHONY: venv install install-test run compare compare-rows compare-tune compare-quick test test-fast lint bench clean
+.PHONY: venv install install-test libtpu run compare compare-rows compare-tune compare-quick test test-fast lint bench clean
 
 # `make run` needs only the runtime dependencies; the test extra (torch for the HF parity
 # references, pytest, ruff, wandb) is installed on top by `make test`.
@@ -23,6 +23,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+# The TPU compiler for memory plans of TPU slices on a machine without TPUs
+# (`python -m vinejax.tools.plan --target v5e-8`, run with PYTHONPATH=.libtpu): jax[tpu]'s libtpu
+# pin, kept out of .venv (installed beside jax, every JAX program would look for a TPU at start-up).
+LIBTPU ?= libtpu==0.0.42.*
+libtpu: .libtpu/.installed
+.libtpu/.installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps --target .libtpu '$(LIBTPU)'
+	touch $@
 
 # The default run: SFT of a tiny model on the arithmetic task (a no-op once finished), then VinePPO
 # (each run draws its own curves.png).
@@ -67,4 +76,4 @@ bench: install-test
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .libtpu runs .pytest_cache

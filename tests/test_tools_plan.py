@@ -135,7 +135,7 @@ def test_cli_does_not_fit_in_process(capsys):
 def test_cli_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "vinejax.tools.plan", "--devices", "0"], capture_output=True,
                           text=True, env=ENV, timeout=120, cwd=ROOT)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: --devices must be >= 1", proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --devices must be >= 1 (or give a TPU --target)", proc.stderr
     with pytest.raises(SystemExit, match="--mesh '1,2': give data,fsdp,tensor"):
         plan.parse_mesh("1,2")
     with pytest.raises(SystemExit, match="JAX already started with 8 CPU devices"):

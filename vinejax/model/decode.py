@@ -194,9 +194,12 @@ def _gather_rows(x: jax.Array) -> jax.Array:
 def _from_shards(y: jax.Array) -> jax.Array:
     """y [R, ..., out] computed from stationary weights → the same, rows over `batch`. y is first
     pinned split as the weights' output (rows over `data` only), else XLA may gather the weight
-    to make y in its final layout directly."""
-    y = nn.with_logical_constraint(y, ("decode_rows",) + (None,) * (y.ndim - 2) + ("decode_out",))
-    return nn.with_logical_constraint(y, ("batch",) + (None,) * (y.ndim - 1))
+    to make y in its final layout directly; then gathered and sliced (XLA has no direct move from
+    the one split to the other on every mesh, and warns when it improvises one)."""
+    rest = (None,) * (y.ndim - 2)
+    y = nn.with_logical_constraint(y, ("decode_rows",) + rest + ("decode_out",))
+    y = nn.with_logical_constraint(y, ("decode_rows",) + rest + (None,))  # gathered: a slice of it is local
+    return nn.with_logical_constraint(y, ("batch",) + rest + (None,))
 
 
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:

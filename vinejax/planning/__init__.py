@@ -5,4 +5,5 @@
   sharded arguments, ready to lower and compile ahead of time.
 * `analytic`: the same memory as a formula (params, optimizer, gradients, activations, KV cache).
 * `search`: compiled per-device bytes (cached) and the largest batch-like setting that fits.
+* `targets`: what a plan compiles for: fake CPU devices or a TPU slice (the TPU compiler, ahead of time).
 """

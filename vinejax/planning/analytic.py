@@ -56,8 +56,13 @@ class _Dims:
         return tokens * per_token
 
     def layer_forward(self, tokens: int, keys: int) -> int:
-        """Peak bytes of one layer's forward pass without a backward (scores and softmax: 2 float32 copies)."""
-        return self.layer_saved(tokens, keys, score_f32=2)
+        """Peak bytes of one layer's forward pass without a backward: nothing is kept for a
+        gradient, so at once it holds its input and residual, the fused q/k/v, the MLP's gate and
+        up, and the scores and softmax (2 float32 copies)."""
+        m = self.m
+        per_token = (self.dt * (2 * m.hidden_size + (self.heads + 2 * self.kv_heads) * m.head_dim + 2 * self.mlp)
+                     + 8 * self.heads * keys)
+        return tokens * per_token
 
     def kv(self, rows: int, slots: int) -> int:
         m = self.m

@@ -101,7 +101,8 @@ def abstract(tree, shardings):
 
 def device_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded `jax.ShapeDtypeStruct`s / arrays (the largest shard)."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize  # (PRNG key dtypes have one too)
+               for x in jax.tree.leaves(tree) if x is not None)
 
 
 def state_trees(run: RunContext) -> dict:

@@ -129,12 +129,19 @@ def format_plan(plan: dict) -> str:
     out += ["", "verdict    " + verdict(plan), f"tool       {plan['compiles']} compiles, {plan['seconds']:.0f} s"]
     if d["platform"] == "cpu":
         out.append("caveat     " + CPU_CAVEAT)
+    elif d["platform"] == "tpu":
+        out.append("compiler   " + TPU_NOTE)
     return "\n".join(out)
 
 
 CPU_CAVEAT = ("compiled for CPU devices: CPU has no flash attention, so the [rows, heads, T, T] scores of the long "
               "passes (prefill, trajectory, score) are counted in full, and its decode loops hold bfloat16 KV caches "
               "at float32 size; an accelerator's own plan is lower there")
+
+
+TPU_NOTE = ("the TPU compiler's own memory for these programs on the slice (compiled ahead of time, no TPU "
+            "used); a program it refused for lack of memory shows the temporaries it said it needed (outputs "
+            "not counted)")
 
 
 def verdict(plan: dict) -> str:

@@ -8,6 +8,10 @@ outputs live throughout, temporaries share one block); the phase's peak adds the
 beside it. Results are cached by a hash of the lowered program, so identical programs (the same
 model and sizes in two configs) compile once; `cache_path` keeps them across runs.
 
+A TPU compile (`planning.targets`) refuses a program whose temporaries exceed the chip's memory;
+its error names their size, which is taken as the program's temporaries (arguments from the
+abstract inputs, outputs unknown: a lower bound, `Measured.refused`).
+
 `largest_fitting` finds the largest value of a setting whose phases all fit, by compiling: it
 measures the configured value and a neighbour (half or double), fits bytes = a + b·value
 through the measured points, compiles the predicted largest value, and keeps narrowing between
@@ -19,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from typing import Callable, Optional
 
@@ -40,6 +45,7 @@ class Measured:
     temp: int
     code: int
     seconds: float = 0.0
+    refused: bool = False  # the compiler ran out of memory: temp is what it said it needed, output unknown
 
     @property
     def program(self) -> int:
@@ -60,18 +66,18 @@ class Compiler:
 
     def measure(self, phase: Phase) -> Measured:
         lowered = phase.lower(self.run)
-        platform = self.run.mesh.devices.flat[0].platform
-        key = hashlib.sha256(f"{jax.__version__} {platform}\n{lowered.as_text()}".encode()).hexdigest()
+        device = self.run.mesh.devices.flat[0]
+        target = f"{jax.__version__} {device.platform} {device.device_kind}"
+        key = hashlib.sha256(f"{target}\n{lowered.as_text()}".encode()).hexdigest()
         if key not in self.cache:
             start = time.time()
-            stats = lowered.compile().memory_analysis()
+            stats = compiled_memory(lowered, device_bytes(phase.args))
             seconds = time.time() - start
             self.compiles += 1
-            self.cache[key] = dict(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
-                                   alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes,
-                                   code=stats.generated_code_size_in_bytes, seconds=round(seconds, 1))
+            self.cache[key] = stats | dict(seconds=round(seconds, 1))
             at = f" at {phase.knob}={phase.value}" if phase.knob else ""
-            self.log(f"  compiled {phase.name}{at} in {seconds:.0f}s")
+            refused = f" (out of memory: temporaries {stats['temp'] / GiB:.1f} GiB)" if stats.get("refused") else ""
+            self.log(f"  compiled {phase.name}{at} in {seconds:.0f}s{refused}")
             self._save()
         return Measured(**self.cache[key])
 
@@ -85,6 +91,22 @@ class Compiler:
             with open(tmp, "w") as f:
                 json.dump(self.cache, f, indent=0, sort_keys=True)
             os.replace(tmp, self.cache_path)
+
+
+def compiled_memory(lowered, argument_bytes: int) -> dict:
+    """Compile `lowered`; its memory_analysis() as Measured's fields (bytes). When the compiler
+    refuses for lack of memory (a TPU target), the temporaries its error names, `argument_bytes`
+    for the arguments, and refused=True."""
+    try:
+        stats = lowered.compile().memory_analysis()
+    except jax.errors.JaxRuntimeError as error:
+        found = re.search(r"HLO temporaries \((\d+(?:\.\d+)?)([KMGT])\)", str(error))
+        if "RESOURCE_EXHAUSTED" not in str(error) or not found:
+            raise
+        temp = int(float(found.group(1)) * 1024 ** "KMGT".index(found.group(2)) * 1024)
+        return dict(argument=argument_bytes, output=0, alias=0, temp=temp, code=0, refused=True)
+    return dict(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
+                alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes, code=stats.generated_code_size_in_bytes)
 
 
 def resident_bytes(phase: Phase) -> int:

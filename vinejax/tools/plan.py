@@ -1,6 +1,6 @@
 """Will a config fit? Per-device memory of every program a run compiles, before renting devices.
 
-    python -m vinejax.tools.plan --config configs/gsm8k_rho1b_vineppo.py --devices 8 \\
+    python -m vinejax.tools.plan --config configs/gsm8k_rho1b_vineppo.py --devices 8 [--target v5e-8] \\
         [--mesh 1,8,1] [--hbm-gib 80] [--prompt-len 512] [--model-shape rho1b] \\
         [--phases generate,policy_step] [--no-search] [--cache plan_cache.json] [--json plan.json] \\
         [--config.ppo.micro_batch=32 ...]
@@ -13,8 +13,11 @@ analytic breakdown (params, optimizer state, gradients, activations with / witho
 cache), the largest `ppo.micro_batch` / `sft.micro_batch` / `sampling.batch_size` /
 `vineppo.chunk_rows` that fit `--hbm-gib` (found by compiling), and a verdict.
 
-Devices: when the machine's accelerators number `--devices`, the plan compiles for them; otherwise
-for `--devices` fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count, set here before
+Devices: `--target v5e-8` (any `planning.targets.TPU_SLICES` name) compiles for that TPU slice with
+the TPU compiler, ahead of time, on a machine without TPUs (needs libtpu; `--devices` and
+`--hbm-gib` default to the slice's): XLA's own TPU memory, what the slice would allocate. Otherwise,
+when the machine's accelerators number `--devices`, the plan compiles for them; else for
+`--devices` fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count, set here before
 JAX starts). A CPU-compiled plan estimates an accelerator's memory: fusion and layouts differ.
 The model shape comes without weights (`vinejax.planning.shapes`): the starting folder's
 config.json, or a built-in paper shape. Lengths are the longest the config allows (prompts of
@@ -30,6 +33,8 @@ import os
 import re
 import sys
 from typing import Optional, Sequence
+
+from vinejax.planning.targets import TPU_SLICES, TargetError, tpu_devices, tpu_slice  # imports no JAX
 
 FORCE = "--xla_force_host_platform_device_count"
 
@@ -67,9 +72,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns 0 when the config fits as it is, 1 when it does not."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      epilog="--config FILE and --config.section.key=value as in experiments/run.py")
-    parser.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
+    parser.add_argument("--devices", type=int, default=0, help="number of devices to plan for (default: the target's)")
+    parser.add_argument("--target", default="cpu",
+                        help="cpu (fake CPU devices), or a TPU slice compiled by the TPU compiler: "
+                             f"{', '.join(TPU_SLICES)}")
     parser.add_argument("--mesh", default="", help="data,fsdp,tensor (default: the config's mesh.shape)")
-    parser.add_argument("--hbm-gib", type=float, default=80.0, help="memory per device, GiB (default 80)")
+    parser.add_argument("--hbm-gib", type=float, default=0.0,
+                        help="memory per device, GiB (default: the TPU slice's, else 80)")
     parser.add_argument("--prompt-len", type=int, default=0, help="longest prompt (default task.max_prompt_tokens)")
     parser.add_argument("--model-shape", default="",
                         help="a built-in shape (rho1b, deepseek7b, qwen3-1.7b, qwen3-8b) instead of the config's")
@@ -79,9 +88,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache", default="", help="JSON file caching compiled memory across runs")
     parser.add_argument("--json", default="", help="also write the plan as JSON to this file")
     args, rest = parser.parse_known_args(argv)
-    if args.devices < 1:
-        raise SystemExit("--devices must be >= 1")
-    use_host_devices(args.devices)
+    tpu = None
+    if args.target != "cpu":
+        try:
+            tpu = tpu_slice(args.target)
+        except TargetError as error:
+            raise SystemExit(str(error)) from None
+    if args.devices < 1 and tpu is None:
+        raise SystemExit("--devices must be >= 1 (or give a TPU --target)")
+    hbm_gib = args.hbm_gib or (tpu.hbm_gib if tpu else 80.0)
+    use_host_devices(args.devices or tpu.devices)  # a model without a shape is built on CPU devices
 
     from vinejax.config import ConfigError
     from vinejax.config_file import config_from_argv
@@ -96,10 +112,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"unknown arguments: {' '.join(unknown)}")
     if args.mesh:
         cfg.mesh.shape = parse_mesh(args.mesh)
-    devices, kind = plan_devices(args.devices)
+    try:
+        devices, kind = tpu_devices(args.target) if tpu else plan_devices(args.devices)
+    except TargetError as error:
+        raise SystemExit(str(error)) from None
+    if tpu and args.devices and args.devices != len(devices):
+        raise SystemExit(f"--devices {args.devices}: the {args.target} slice has {len(devices)}")
     log = lambda line: print(line, file=sys.stderr, flush=True)
     try:
-        plan = make_plan(cfg, devices, int(args.hbm_gib * 2**30), device_kind=kind,
+        plan = make_plan(cfg, devices, int(hbm_gib * 2**30), device_kind=kind,
                          model_shape=args.model_shape or None, prompt_len=args.prompt_len or None,
                          only=args.phases.split(",") if args.phases else None, search=not args.no_search,
                          max_compiles=args.max_compiles, cache_path=args.cache or None, log=log)
