@@ -2,12 +2,13 @@
 docs/scaling.md).
 
     python experiments/plan_paper.py [--hardware gpu8x80,v4-8,v5e-8] [--configs gsm8k_rho1b_sft,...] \\
-        [--mesh 1,4,2] [--devices 16] [--set model.param_dtype=bfloat16] \\
+        [--mesh 1,4,2] [--devices 16] [--set model.param_dtype=bfloat16] [--tpu-compiler] \\
         [--out docs/memory_plans.json] [--cache /tmp/plan_cache.json] [--max-compiles 3]
     python experiments/plan_paper.py --markdown docs/memory_plans.json      # the doc's tables
 
 Every plan is `vinejax.planning.report.make_plan` (what `python -m vinejax.tools.plan` prints), on 8
-fake CPU devices (4 of them for the v4-8). Plans already in `--out` are kept (a rerun continues);
+fake CPU devices (4 of them for the v4-8), or, with `--tpu-compiler`, the TPU machines' programs
+compiled by the TPU compiler for their slice (`vinejax.planning.targets`; PYTHONPATH=.libtpu). Plans already in `--out` are kept (a rerun continues);
 each new one is added as soon as it is done.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -34,30 +36,42 @@ CONFIGS += [f"{task}_{model}_{algo}" for model in ("qwen3-1.7b", "qwen3-8b") for
 GiB = 2**30
 
 
-def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles: int, mesh: str = "",
-              overrides: tuple = (), devices: int = 0) -> None:
-    use_host_devices(max(8, devices))
+class Variation(NamedTuple):
+    """How the plans differ from the configs as they are (each non-default part names the plan)."""
+
+    mesh: str = ""  # data,fsdp,tensor instead of the configs' mesh
+    overrides: tuple = ()  # config overrides "key=value"
+    devices: int = 0  # devices instead of the machine's (a bigger slice; CPU-compiled only)
+    tpu: bool = False  # TPU machines compiled by the TPU compiler for their slice (`planning.targets`)
+
+
+def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles: int, vary: Variation = Variation()):
+    use_host_devices(max(8, vary.devices))
     import jax
 
     from vinejax.config_file import apply_overrides, load_config_file
     from vinejax.planning.report import format_plan, make_plan
+    from vinejax.planning.targets import TPU_SLICES, tpu_devices
     from vinejax.tools.plan import parse_mesh
 
     plans = json.load(open(out)) if os.path.isfile(out) else {}
     for hw in hardware:
         count, gib, _ = HARDWARE[hw]
+        tpu = vary.tpu and hw in TPU_SLICES
         for name in configs:
-            count = devices or count
-            key = "/".join([hw, name] + ([f"devices={count}"] if devices else []) + ([f"mesh={mesh}"] if mesh else [])
-                           + list(overrides))
+            count = vary.devices or count
+            key = "/".join([hw, name] + ([f"devices={count}"] if vary.devices else [])
+                           + (["compiler=tpu"] if tpu else []) + ([f"mesh={vary.mesh}"] if vary.mesh else [])
+                           + list(vary.overrides))
             if key in plans:
                 continue
             cfg = load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
-            if mesh:
-                cfg.mesh.shape = parse_mesh(mesh)
-            apply_overrides(cfg, [tuple(o.split("=", 1)) for o in overrides])
+            if vary.mesh:
+                cfg.mesh.shape = parse_mesh(vary.mesh)
+            apply_overrides(cfg, [tuple(o.split("=", 1)) for o in vary.overrides])
             print(f"== {key}", file=sys.stderr, flush=True)
-            plan = make_plan(cfg, jax.devices("cpu")[:count], int(gib * GiB), device_kind="fake CPU",
+            devices, kind = tpu_devices(hw) if tpu else (jax.devices("cpu")[:count], "fake CPU")
+            plan = make_plan(cfg, devices, int(gib * GiB), device_kind=kind,
                              search=max_compiles > 0, max_compiles=max_compiles, cache_path=cache,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
             print(format_plan(plan), file=sys.stderr, flush=True)
@@ -133,13 +147,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "memory_plans.json"))
     parser.add_argument("--cache", default="")
     parser.add_argument("--max-compiles", type=int, default=3, help="compiles per searched setting; 0 = no search")
+    parser.add_argument("--tpu-compiler", action="store_true",
+                        help="compile the TPU machines' plans with the TPU compiler for their slice (needs libtpu: "
+                             "make libtpu, PYTHONPATH=.libtpu)")
     parser.add_argument("--markdown", default="", help="print the tables of this plans file and exit")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(args.markdown))
         return 0
+    if args.tpu_compiler and args.devices:
+        parser.error("--devices plans a bigger CPU-compiled slice; the TPU compiler plans the named slices")
     run_plans(args.hardware.split(","), args.configs.split(","), args.out, args.cache or None, args.max_compiles,
-              args.mesh, tuple(args.set), args.devices)
+              Variation(args.mesh, tuple(args.set), args.devices, args.tpu_compiler))
     return 0
 
 

@@ -37,9 +37,10 @@ TPU_SLICES = {
     "v6e-8": TpuSlice("v6e:2x4", "", 32.0),
 }
 
-# libtpu looks for TPU metadata at start-up and logs errors without it; these say there is none
-QUIET_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-8", "TPU_WORKER_HOSTNAMES": "localhost",
-             "TPU_WORKER_ID": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# libtpu looks for TPU metadata at start-up and logs errors without it (these say there is none),
+# and locks itself to one process unless told otherwise (plans may run side by side)
+QUIET_ENV = {"TPU_SKIP_MDS_QUERY": "1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-8",
+             "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 class TargetError(ValueError):

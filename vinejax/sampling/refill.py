@@ -122,13 +122,16 @@ def local_refill(kv, source: Source, slot: jax.Array, row: jax.Array, pos: jax.A
             put = lambda a, x: a.at[:, slot].set(jnp.pad(x[:, row, :keep], pad).astype(a.dtype), mode="drop")
             kv = llama.KVCache(put(kv.k, k_src), put(kv.v, v_src), kv.lengths.at[slot].set(pos, mode="drop"))
         else:
-            def put(a, x):  # one layer: x [B_local, T, Hkv, Dh] -> rows into slots [R_local, Hkv, room, Dh]
-                x = jnp.pad(x[row, :keep], pad[1:])
+            # the rows of every layer at once: a per-layer slice of the source would be
+            # loop-invariant, and XLA would hoist it out of the decode loop (a copy of the source)
+            k_rows, v_rows = (jnp.pad(x[:, row, :keep], pad) for x in (k_src, v_src))  # [L, m, room, Hkv, Dh]
+
+            def put(a, x):  # one layer: x [m, room, Hkv, Dh] -> rows into slots [R_local, Hkv, room, Dh]
                 return a.at[slot].set(jnp.swapaxes(x, 1, 2).astype(a.dtype), mode="drop")
 
             layers = range(k_src.shape[0])
-            kv = model_decode.DecodeCaches(tuple(put(kv.k[i], k_src[i]) for i in layers),
-                                           tuple(put(kv.v[i], v_src[i]) for i in layers),
+            kv = model_decode.DecodeCaches(tuple(put(kv.k[i], k_rows[i]) for i in layers),
+                                           tuple(put(kv.v[i], v_rows[i]) for i in layers),
                                            kv.lengths.at[slot].set(pos, mode="drop"))
         return kv, hidden[row, col][None]
 
