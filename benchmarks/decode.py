@@ -33,7 +33,7 @@ import numpy as np
 
 from vinejax.model import decode as model_decode
 from vinejax.sampling import RolloutEnv, SamplingConfig, generate
-from vinejax.sampling.core import cache_room, decode
+from vinejax.sampling.core import Rows, cache_room, decode
 from vinejax.sampling.generation import row_keys
 
 SHAPES = {"tiny": dict(prompt=32, new=64), "100m": dict(prompt=16, new=16)}  # prompt length, new tokens
@@ -83,7 +83,7 @@ def bench(size: str, batch: int, repeats: int, hf, cfg, params) -> dict:
     logits0, caches = jax.jit(lambda prm, w, pr: model_decode.prefill(prm, w, cfg, pr, jnp.asarray(plens), room))(
         params, weights, prompts)
     budget = jnp.full((batch,), n, jnp.int32)
-    decode_jit = jax.jit(lambda prm, w, c, lg, k: decode(prm, cfg, scfg, c, lg, k, budget, weights=w).tokens)
+    decode_jit = jax.jit(lambda prm, w, c, lg, k: decode(prm, cfg, scfg, c, lg, Rows(k, budget), weights=w).tokens)
 
     def ours_decode(seed):
         keys = row_keys(jax.random.key(seed), np.arange(batch))
