@@ -50,7 +50,7 @@ def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles:
     import jax
 
     from vinejax.config_file import apply_overrides, load_config_file
-    from vinejax.planning.report import format_plan, make_plan
+    from vinejax.planning.report import PlanOptions, format_plan, make_plan
     from vinejax.planning.targets import TPU_SLICES, tpu_devices
     from vinejax.tools.plan import parse_mesh
 
@@ -71,8 +71,9 @@ def run_plans(hardware: list, configs: list, out: str, cache: str, max_compiles:
             apply_overrides(cfg, [tuple(o.split("=", 1)) for o in vary.overrides])
             print(f"== {key}", file=sys.stderr, flush=True)
             devices, kind = tpu_devices(hw) if tpu else (jax.devices("cpu")[:count], "fake CPU")
-            plan = make_plan(cfg, devices, int(gib * GiB), device_kind=kind,
-                             search=max_compiles > 0, max_compiles=max_compiles, cache_path=cache,
+            options = PlanOptions(device_kind=kind, search=max_compiles > 0, max_compiles=max_compiles,
+                                  cache_path=cache)
+            plan = make_plan(cfg, devices, int(gib * GiB), options,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
             print(format_plan(plan), file=sys.stderr, flush=True)
             plans[key] = plan

@@ -80,7 +80,7 @@ def full_queue(q: Queue, phase, run, rng) -> Queue:
         top = min(phase.args[1].cache.k.shape[2], phase.kwargs["plan"].room - new)
         pos = rng.integers(prompt, top + 1, n)
     else:  # generate: every row continues its prompt
-        source_rows, pos = phase.args[1].shape[0], np.full(n, prompt)
+        source_rows, pos = phase.args[1][0].shape[0], np.full(n, prompt)  # prompts (tokens, lengths)
     put = lambda x, like: jax.device_put(np.asarray(x, np.int32), like.sharding)
     keys = jax.device_put(jax.random.split(jax.random.key(1), n), q.keys.sharding)
     return Queue(put(np.arange(n) % (source_rows // dp), q.row), put(pos, q.pos), put(pos - 1, q.col), keys,
@@ -106,17 +106,19 @@ def measure(run, name: str) -> dict:
     phase = phases.build_phase(name, run, lengths)
     refill = "plan" in phase.kwargs
     if name in ("generate", "eval_generate"):  # prompt lengths and budgets of the planned (longest) case
-        prompts, lens, budget = phase.args[1], phase.args[2], phase.args[3]
+        prompts, lens = phase.args[1]
     compiled = phase.lower(run).compile()
     stats = compiled.memory_analysis()
     planned = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes \
         + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes
     args = real_arguments(run, phase, np.random.default_rng(0))
     if name in ("generate", "eval_generate"):
-        args[2] = jax.device_put(np.full(lens.shape, lengths.prompt, np.int32), lens.sharding)
+        args[1] = (args[1][0], jax.device_put(np.full(lens.shape, lengths.prompt, np.int32), lens.sharding))
         if not refill:
-            args[3] = jax.device_put(np.full(budget.shape, run.cfg.sampling.max_new_tokens, np.int32), budget.sharding)
-        assert args[1].shape == prompts.shape
+            budget = phase.args[2].budget
+            args[2] = args[2]._replace(budget=jax.device_put(
+                np.full(budget.shape, run.cfg.sampling.max_new_tokens, np.int32), budget.sharding))
+        assert args[1][0].shape == prompts.shape
     jax.block_until_ready(args)
     held = sum(s.data.nbytes for x in jax.tree.leaves(args) for s in x.addressable_shards)
     before = status_bytes("VmRSS")

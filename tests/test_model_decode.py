@@ -24,7 +24,7 @@ from vinejax.model import (
 )
 from vinejax.model.config import LoraConfig
 from vinejax.sampling.continuation import TrajectoryCache, refill_program
-from vinejax.sampling.core import SamplingConfig
+from vinejax.sampling.core import Rows, SamplingConfig
 from vinejax.sampling.generation import generate_program
 from vinejax.sampling.refill import Queue, RefillPlan
 
@@ -79,8 +79,8 @@ def test_sampling_on_an_fsdp_mesh_never_holds_a_whole_weight(rank):
                                   sharding=spec(("batch", "length", "embed"), (b, t, cfg.hidden_size)))
     traj = TrajectoryCache(llama.KVCache(kv, kv, ints(b)), hidden)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        at_once = generate_program.lower(params, ints(b, p), ints(b), ints(b), keys(b), None, cfg=cfg, scfg=scfg,
-                                         num_samples=1, room=32).compile()
+        at_once = generate_program.lower(params, (ints(b, p), ints(b)), Rows(keys(b), ints(b)), None, cfg=cfg,
+                                         scfg=scfg, num_samples=1, room=32).compile()
         queue = Queue(ints(n), ints(n), ints(n), keys(n), ints(n), ints(8))
         refilled = refill_program.lower(params, traj, queue, None, cfg=cfg, scfg=scfg,
                                         plan=RefillPlan(8, 32, 1)).compile()

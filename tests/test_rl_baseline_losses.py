@@ -23,7 +23,7 @@ def pair_data(seed, B=10, Tw=14, Tl=18):
 
 
 def call_dpo(d, **kw):
-    return L.dpo_positive_loss(d["cw"], d["cl"], d["rw"], d["rl"], d["mw"], d["ml"], **kw)
+    return L.dpo_positive_loss(d["cw"], d["cl"], d["rw"], d["rl"], d["mw"], d["ml"], L.DpoTerms(**kw))
 
 
 def ref_dpo(d, beta, lam, eps):
@@ -56,8 +56,8 @@ def torch_official_formula(s_w, s_l, r_w, r_l, beta, lam, eps):
 def test_dpo_positive_matches_reference(beta, lam, eps):
     d = pair_data(0)
     d["rw"] = np.where(d["mw"], d["cw"] + np.random.default_rng(5).normal(0, 0.5, d["cw"].shape), 99.0)
-    s, c, m = jax.jit(L.dpo_positive_loss, static_argnames=("beta", "lam", "label_smoothing"))(
-        d["cw"], d["cl"], d["rw"], d["rl"], d["mw"], d["ml"], beta=beta, lam=lam, label_smoothing=eps)
+    s, c, m = jax.jit(L.dpo_positive_loss, static_argnames=("terms",))(
+        d["cw"], d["cl"], d["rw"], d["rl"], d["mw"], d["ml"], terms=L.DpoTerms(beta, lam, eps))
     rows = ref_dpo(d, beta, lam, eps)
     assert float(c) == len(rows) <= 8              # rows 1, 2 (and any other empty one) are not pairs
     np.testing.assert_allclose(s, sum(r[0] for r in rows), rtol=1e-5)
@@ -84,7 +84,7 @@ def test_dpo_positive_hand_case():
     np.testing.assert_allclose(s, math.log1p(math.exp(5.2)), rtol=1e-6)
     assert float(c) == 1
     # λ = 0 is plain DPO: -log σ(β ((s_w - s_l) - (r_w - r_l))) = softplus(0.2)
-    s0, _, _ = L.dpo_positive_loss(*pair, lam=0.0)
+    s0, _, _ = L.dpo_positive_loss(*pair, L.DpoTerms(lam=0.0))
     np.testing.assert_allclose(s0, math.log1p(math.exp(0.2)), rtol=1e-6)
 
 
@@ -98,7 +98,7 @@ def test_dpo_positive_grad_matches_torch_and_finite_difference():
 
         def f(cw, cl):
             s, c, _ = L.dpo_positive_loss(cw, cl, d64["rw"], d64["rl"], d64["mw"], d64["ml"],
-                                          beta=beta, lam=lam, label_smoothing=eps)
+                                          L.DpoTerms(beta, lam, eps))
             return s / c
 
         gw, gl = (np.asarray(g) for g in jax.jit(jax.grad(f, argnums=(0, 1)))(d64["cw"], d64["cl"]))
@@ -157,7 +157,8 @@ def test_dpo_positive_from_stored_sums_equals_token_form():
     valid = d["mw"].any(1) & d["ml"].any(1)
     sums = [np.where(valid, np.where(d[m], d[k], 0.0).sum(1), np.nan).astype(np.float32)
             for k, m in (("cw", "mw"), ("cl", "ml"), ("rw", "mw"), ("rl", "ml"))]   # nan on non-pairs
-    s, c, m = jax.jit(L.dpo_positive_loss_from_sums, static_argnames=("beta",))(*sums, valid, beta=0.3)
+    s, c, m = jax.jit(L.dpo_positive_loss_from_sums, static_argnames=("terms",))(*sums, valid,
+                                                                                 terms=L.DpoTerms(beta=0.3))
     s_tok, c_tok, m_tok = call_dpo(d, beta=0.3)
     np.testing.assert_allclose(s, s_tok, rtol=1e-6)
     assert float(c) == float(c_tok) == valid.sum() < len(valid)

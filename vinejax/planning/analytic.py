@@ -100,9 +100,10 @@ def breakdown(phase: Phase, run, lengths: Lengths) -> dict:
                 "kv_cache": d.kv(r, cols)}
     elif name in ("generate", "eval_generate") and "plan" not in phase.kwargs:  # every row at once
         kw = phase.kwargs
-        prompts, samples, room = phase.args[1].shape[0], kw["num_samples"], kw["room"]
+        tokens = phase.args[1][0]  # (tokens, lengths)
+        prompts, samples, room = tokens.shape[0], kw["num_samples"], kw["room"]
         r = d.rows(prompts * samples)
-        prefill = d.layer_forward(d.rows(prompts) * phase.args[1].shape[1], room)
+        prefill = d.layer_forward(d.rows(prompts) * tokens.shape[1], room)
         shared = d.kv(d.rows(prompts), room) if samples > 1 else 0  # the prompts' cache, repeated per sample
         out |= {"decode_weights": d.decode_weights(params), "kv_cache": d.kv(r, room) + shared,
                 "activations": prefill, "logits": 6 * r * d.m.vocab_size * 4}
@@ -115,7 +116,7 @@ def breakdown(phase: Phase, run, lengths: Lengths) -> dict:
         if name == "mc":
             out["trajectory"] = device_bytes(phase.args[1])
         else:  # the prompts' pass and cache
-            p, cols = d.rows(phase.args[1].shape[0]), phase.args[1].shape[1]
+            p, cols = d.rows(phase.args[1][0].shape[0]), phase.args[1][0].shape[1]  # prompts (tokens, lengths)
             out |= {"activations": d.layer_forward(p * cols, cols) + p * cols * d.m.hidden_size * d.dt,
                     "trajectory": d.kv(p, cols)}
     out["total"] = sum(b for k, b in out.items() if k not in ("activations_remat", "activations_no_remat"))

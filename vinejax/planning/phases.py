@@ -43,7 +43,7 @@ from vinejax import sampling, sharding
 from vinejax.model import llama, lora
 from vinejax.rl.batch import RolloutBatch
 from vinejax.sampling.continuation import TrajectoryCache, refill_program, trajectory_program
-from vinejax.sampling.core import bucket, cache_room
+from vinejax.sampling.core import Rows, bucket, cache_room
 from vinejax.sampling.generation import generate_program, generate_refill_program
 from vinejax.sampling.refill import HIDDEN_AXES, Queue, RefillPlan
 from vinejax.tasks import get_task
@@ -254,7 +254,7 @@ def _generate(parts: _Parts, name: str, slots: int, samples: int, max_new: int, 
     tokens, lens = parts.replicated((bb, pb), i32), parts.replicated((bb,), i32)
     if slots <= 0 or bucket(slots, multiple_of=parts.dp) >= rows:
         room = min(pb + max_new, cache_room(min(parts.lengths.prompt + max_new, context + 1)))
-        args = (parts.state["params"], tokens, lens, parts.replicated((rows,), i32), parts.keys(rows),
+        args = (parts.state["params"], (tokens, lens), Rows(parts.keys(rows), parts.replicated((rows,), i32)),
                 parts.stop_table())
         kwargs = dict(cfg=parts.run.model_cfg, scfg=scfg, num_samples=samples, room=room)
         return Phase(name, "sampling.decode_rows", rows, generate_program, args, kwargs, parts.resident("params"),
@@ -262,7 +262,7 @@ def _generate(parts: _Parts, name: str, slots: int, samples: int, max_new: int, 
     room = cache_room(min(parts.lengths.prompt + max_new, context + 1))
     per_device = bucket(-(-rows // parts.dp))
     plan = parts.refill_plan(slots, per_device, room)
-    args = (parts.state["params"], tokens, lens, parts.queue(per_device), parts.stop_table())
+    args = (parts.state["params"], (tokens, lens), parts.queue(per_device), parts.stop_table())
     kwargs = dict(cfg=parts.run.model_cfg, scfg=scfg, plan=plan)
     return Phase(name, "sampling.decode_rows", slots, generate_refill_program, args, kwargs, parts.resident("params"),
                  f"{bb} prompts x {samples} samples through {plan.slots} slots, prompt cache {pb}, slot cache {room}, "

@@ -3,6 +3,7 @@ batch-like settings that fit, and a verdict; as a dict (JSON-able) and as text."
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Callable, Optional
 
@@ -24,24 +25,32 @@ def knob_candidates(cfg, knob: str, dp: int) -> list[int]:
     return sorted({bucket(dp * 2**k, multiple_of=dp) for k in range(14) if dp * 2**k <= top})
 
 
-def make_plan(cfg, devices: list, hbm_bytes: int, *, device_kind: str = "", model_shape: Optional[str] = None,
-              prompt_len: Optional[int] = None, only: Optional[list] = None, search: bool = True,
-              max_compiles: int = 4, cache_path: Optional[str] = None,
-              log: Callable[[str], None] = lambda _: None) -> dict:
-    """The plan of `cfg` (its `mesh.shape` over `devices`) against `hbm_bytes` per device.
+@dataclasses.dataclass(frozen=True)
+class PlanOptions:
+    """What to plan besides the config and the devices."""
 
-    only: phase names to plan (default all of the run's); search: find the largest fitting value
-    of each batch-like setting by compiling (at most `max_compiles` programs per phase).
-    """
+    device_kind: str = ""  # the devices in words (default: their platform)
+    model_shape: Optional[str] = None  # a built-in shape instead of the config's (`shapes.PAPER_SHAPES`)
+    prompt_len: Optional[int] = None  # the longest prompt (default task.max_prompt_tokens)
+    only: Optional[list] = None  # phase names to plan (default all of the run's)
+    search: bool = True  # find the largest fitting value of each batch-like setting by compiling
+    max_compiles: int = 4  # compiles per searched setting
+    cache_path: Optional[str] = None  # JSON file caching compiled memory across runs
+
+
+def make_plan(cfg, devices: list, hbm_bytes: int, options: PlanOptions = PlanOptions(),
+              log: Callable[[str], None] = lambda _: None) -> dict:
+    """The plan of `cfg` (its `mesh.shape` over `devices`) against `hbm_bytes` per device."""
+    o = options
     start = time.time()
     cfg = copy.deepcopy(cfg)
     cfg.train.iterations = PLAN_ITERATIONS  # the LR schedule's length changes no buffer; one value lets plans share compiles
-    model_cfg, source = shapes.model_config_of(cfg, model_shape)
+    model_cfg, source = shapes.model_config_of(cfg, o.model_shape)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), devices=devices)
     run = planning_context(cfg, model_cfg, mesh)
-    lengths = phases.lengths_of(run, prompt_len)
-    compiler = Compiler(run, cache_path, log)
-    names = [n for n in phases.phase_names(cfg) if only is None or n in only]
+    lengths = phases.lengths_of(run, o.prompt_len)
+    compiler = Compiler(run, o.cache_path, log)
+    names = [n for n in phases.phase_names(cfg) if o.only is None or n in o.only]
     rows = []
     for name in names:
         phase = phases.build_phase(name, run, lengths)
@@ -54,7 +63,7 @@ def make_plan(cfg, devices: list, hbm_bytes: int, *, device_kind: str = "", mode
                          fits=peak <= hbm_bytes, analytic=analytic.breakdown(phase, run, lengths)))
     found = []
     knobs = list(dict.fromkeys(r["knob"] for r in rows if r["knob"]))
-    for knob in knobs if search else []:
+    for knob in knobs if o.search else []:
         members = [r["name"] for r in rows if r["knob"] == knob]
 
         def peak_at(value, members=members):
@@ -62,7 +71,7 @@ def make_plan(cfg, devices: list, hbm_bytes: int, *, device_kind: str = "", mode
 
         configured = max(r["value"] for r in rows if r["knob"] == knob)  # decode_rows 0: every row of a call
         result = largest_fitting(peak_at, knob_candidates(cfg, knob, sharding.data_parallel_size(mesh)),
-                                 configured, hbm_bytes, knob, max(2, max_compiles))
+                                 configured, hbm_bytes, knob, max(2, o.max_compiles))
         found.append(vars(result) | {"phases": members})
     too_big = [r for r in rows if not r["fits"]]
     settable = {f["knob"]: f for f in found}
@@ -73,7 +82,7 @@ def make_plan(cfg, devices: list, hbm_bytes: int, *, device_kind: str = "", mode
         model=dict(source=source, params=shapes.param_count(m), layers=m.num_layers, hidden=m.hidden_size,
                    heads=m.num_heads, kv_heads=m.num_kv_heads, vocab=m.vocab_size, param_dtype=m.param_dtype,
                    dtype=m.dtype, remat=m.remat),
-        devices=dict(count=len(devices), kind=device_kind or devices[0].platform, platform=devices[0].platform),
+        devices=dict(count=len(devices), kind=o.device_kind or devices[0].platform, platform=devices[0].platform),
         mesh=dict(mesh.shape), hbm_bytes=hbm_bytes, lengths=vars(lengths),
         phases=rows, search=found, fits=not too_big, fits_with_settings=not too_big or fixable,
         compiles=compiler.compiles, seconds=round(time.time() - start, 1),

@@ -12,6 +12,7 @@ losses (and gradients) equals the full-batch loss exactly.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -268,17 +269,25 @@ def sequence_mean_nll(logprobs: jax.Array, mask: jax.Array):
     return total, n_seq, {"nll": (total, n_seq), "nll_token": (tok_sum.sum(), n_tok.sum())}
 
 
+class DpoTerms(NamedTuple):
+    """DPO+'s loss coefficients (`dpo.beta`, `dpo.lam`, `dpo.label_smoothing`); the defaults are
+    the official MATH setting (GSM8K uses β 0.3)."""
+
+    beta: float = 0.1
+    lam: float = 50.0
+    label_smoothing: float = 0.0
+
+
 def dpo_positive_loss(chosen_logprobs: jax.Array, rejected_logprobs: jax.Array,
                       chosen_ref_logprobs: jax.Array, rejected_ref_logprobs: jax.Array,
-                      chosen_mask: jax.Array, rejected_mask: jax.Array, beta: float = 0.1,
-                      lam: float = 50.0, label_smoothing: float = 0.0):
+                      chosen_mask: jax.Array, rejected_mask: jax.Array, terms: DpoTerms = DpoTerms()):
     """DPO-Positive (Smaug) loss summed over the valid (chosen, rejected) pairs.
 
         s_w = Σ_t lp_t over the chosen response, s_l over the rejected one (policy);
         r_w, r_l the same sums under the frozen reference
         z = (s_w − s_l) − (r_w − r_l) − λ·max(0, r_w − s_w)
         ℓ = −(1 − ε)·log σ(β z) − ε·log σ(−β z)                 (ε = label smoothing, paper 0)
-    Defaults are the official MATH setting (β 0.1, λ 50; GSM8K uses β 0.3). A pair is valid when
+    (β, λ, ε) = `terms`. A pair is valid when
     both of its responses have ≥ 1 valid token. Row b of the chosen arrays and row b of the
     rejected arrays form pair b; each side has its own [B, T] layout and mask. Where r_w = s_w
     exactly (policy = reference) the max splits its gradient ½/½, as torch's does.
@@ -289,12 +298,11 @@ def dpo_positive_loss(chosen_logprobs: jax.Array, rejected_logprobs: jax.Array,
         _f32(chosen_logprobs, chosen_mask).sum(axis=1),
         _f32(rejected_logprobs, rejected_mask).sum(axis=1),
         _f32(chosen_ref_logprobs, chosen_mask).sum(axis=1),
-        _f32(rejected_ref_logprobs, rejected_mask).sum(axis=1), valid, beta, lam, label_smoothing)
+        _f32(rejected_ref_logprobs, rejected_mask).sum(axis=1), valid, terms)
 
 
 def dpo_positive_loss_from_sums(s_w: jax.Array, s_l: jax.Array, r_w: jax.Array, r_l: jax.Array,
-                                valid: jax.Array, beta: float = 0.1, lam: float = 50.0,
-                                label_smoothing: float = 0.0):
+                                valid: jax.Array, terms: DpoTerms = DpoTerms()):
     """``dpo_positive_loss`` on per-response log-prob sums f32[B] (policy s, reference r).
 
     The reference enters only through its sums, so they can be computed once and stored as one
@@ -306,6 +314,7 @@ def dpo_positive_loss_from_sums(s_w: jax.Array, s_l: jax.Array, r_w: jax.Array, 
     """
     s_w, s_l, r_w, r_l = (_f32(x, valid) for x in (s_w, s_l, r_w, r_l))      # [B] each
     gap = jnp.maximum(0.0, r_w - s_w)
+    beta, lam, label_smoothing = terms
     z = (s_w - s_l) - (r_w - r_l) - lam * gap
     loss = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * z) \
         - label_smoothing * jax.nn.log_sigmoid(-beta * z)

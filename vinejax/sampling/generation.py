@@ -49,12 +49,13 @@ def sample_keys(rng: jax.Array, ids, num_samples: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_samples", "room"))
-def _generate_jit(params, prompts, prompt_lens, budget, keys, stop_table, *, cfg, scfg, num_samples, room):
-    """prompts int32[Bp, P] right-padded; prompt_lens [Bp]; budget/keys [Bp * num_samples];
-    stop_table: None or int32[S, V] (`StopTable.next_state`).
+def _generate_jit(params, prompts: tuple, rows: Rows, stop_table, *, cfg, scfg, num_samples, room):
+    """prompts = (tokens int32[Bp, P] right-padded, lengths [Bp]); rows: keys and budgets of the
+    Bp * num_samples rows; stop_table: None or int32[S, V] (`StopTable.next_state`).
 
     room: cache slots (>= max(prompt_len + budget)); prompt padding beyond it is dropped.
     """
+    prompts, prompt_lens = prompts
     bp, p = prompts.shape
     prompts = nn.with_logical_constraint(prompts, ("batch", "length"))
     weights = None
@@ -67,21 +68,22 @@ def _generate_jit(params, prompts, prompt_lens, budget, keys, stop_table, *, cfg
         last = jnp.take_along_axis(hidden, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]  # [Bp, D]
         logits0 = llama.lm_logits(params, cfg, last)  # [Bp, V]
     if num_samples > 1:  # one prefill, shared by every sample of a prompt
-        rows = lambda x: jnp.repeat(x, num_samples, axis=0)
+        per_sample = lambda x: jnp.repeat(x, num_samples, axis=0)
         if scfg.unroll_layers:
-            cache = jax.tree.map(rows, cache)
+            cache = jax.tree.map(per_sample, cache)
         else:
             rep = lambda x: jnp.repeat(x, num_samples, axis=1)
-            cache = llama.KVCache(rep(cache.k), rep(cache.v), rows(cache.lengths))
-        logits0 = rows(logits0)
-    return decode(params, cfg, scfg, cache, logits0, Rows(keys, budget), stop_table, weights)
+            cache = llama.KVCache(rep(cache.k), rep(cache.v), per_sample(cache.lengths))
+        logits0 = per_sample(logits0)
+    return decode(params, cfg, scfg, cache, logits0, rows, stop_table, weights)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "plan"))
-def _generate_refill_jit(params, prompts, prompt_lens, queue: Queue, stop_table, *, cfg, scfg, plan: RefillPlan):
-    """The prompts' cache (int32[Bb, P] right-padded, rows placed over the devices as the queue
-    expects), then the queue's rows decoded from it with `plan.slots` refilled slots."""
-    traj: TrajectoryCache = trajectory_pass(params, prompts, prompt_lens, cfg)
+def _generate_refill_jit(params, prompts: tuple, queue: Queue, stop_table, *, cfg, scfg, plan: RefillPlan):
+    """The cache of prompts = (tokens int32[Bb, P] right-padded, rows placed over the devices as
+    the queue expects; lengths [Bb]), then the queue's rows decoded from it with `plan.slots`
+    refilled slots."""
+    traj: TrajectoryCache = trajectory_pass(params, *prompts, cfg)
     return decode_rows(params, cfg, scfg, Source(traj.cache.k, traj.cache.v, traj.hidden), queue, plan, stop_table)
 
 
@@ -128,7 +130,7 @@ def generate(env: RolloutEnv, prompts, prompt_lens, rng: jax.Array, *, num_sampl
         keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], ((bb - bp) * num_samples,))])
     need = int((np.repeat(lens, num_samples) + padded).max())
     room = min(pb + scfg.max_new_tokens, cache_room(need))  # attend over needed slots only
-    out = _generate_jit(params, tok, lens, padded, keys, table, cfg=cfg, scfg=scfg, num_samples=num_samples,
+    out = _generate_jit(params, (tok, lens), Rows(keys, padded), table, cfg=cfg, scfg=scfg, num_samples=num_samples,
                         room=room)
     if bb * num_samples == rows:
         return out
@@ -150,7 +152,7 @@ def _generate_refill(env: RolloutEnv, prompts: np.ndarray, prompt_lens: np.ndarr
     prompt_of = np.repeat(np.arange(bp), num_samples)
     starts = RowStarts(place[prompt_of], prompt_lens[prompt_of], prompt_lens[prompt_of] - 1, budget, keys)
     prep = prepare(env, starts, bb, env.decode_rows)
-    res = unpack(prep, _generate_refill_jit(env.params, tok, lens, prep.queue, stop_array(env), cfg=env.model_cfg,
+    res = unpack(prep, _generate_refill_jit(env.params, (tok, lens), prep.queue, stop_array(env), cfg=env.model_cfg,
                                             scfg=env.scfg, plan=prep.plan))
     return GenerationOutput(res.tokens, res.logprobs, res.lengths, res.finish, res.steps)
 

@@ -60,14 +60,16 @@ class ContinuationOutput(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "room"))
-def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_table, *, cfg, scfg, room):
-    """Continue R cache rows: rows int32[R] trajectory cache row, pos int32[R] prefix length (>= 1);
-    stop_table: None or int32[S, V] (`StopTable.next_state`).
+def _chunk_jit(params, traj: TrajectoryCache, starts: tuple, draws: Rows, stop_table, *, cfg, scfg, room):
+    """Continue R cache rows: starts = (rows int32[R] trajectory cache row, pos int32[R] prefix
+    length >= 1); draws: the rows' keys and budgets; stop_table: None or int32[S, V]
+    (`StopTable.next_state`).
 
     room: cache slots of the chunk (>= max(pos + budget)); attention runs over `room` slots only.
     The indexed read of `rows` gathers them from every device (the "chunks" schedule is kept as
     the reference the refill loop is tested against).
     """
+    rows, pos = starts
     k, v = traj.cache.k, traj.cache.v
     keep = min(room, k.shape[2])
     pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
@@ -78,7 +80,7 @@ def _chunk_jit(params, traj: TrajectoryCache, rows, pos, budget, keys, stop_tabl
         logits0 = model_decode.head(weights, cfg, last)
     else:
         weights, logits0 = None, llama.lm_logits(params, cfg, last)
-    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, Rows(keys, budget), stop_table, weights)
+    return decode(params, cfg, scfg, llama.constrain_cache(cache), logits0, draws, stop_table, weights)
 
 
 def unique_prefixes(tokens, state_positions, state_mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -229,12 +231,12 @@ class Trajectories:
 
 
 def continue_from_prefixes(env: RolloutEnv, tokens, lengths, state_positions, rng: jax.Array, num_samples, *,
-                           state_mask=None, budgets=None, ids=None) -> ContinuationOutput:
+                           state_mask=None, budgets=None) -> ContinuationOutput:
     """num_samples continuations from every state of every trajectory tokens int[B, T] (lengths
-    int[B]; ids int[B] their stable ids): `Trajectories(env, tokens, lengths,
-    ids=ids).continue_from(...)`, whose docstring says it all."""
-    return Trajectories(env, tokens, lengths, ids=ids).continue_from(state_positions, rng, num_samples,
-                                                                     state_mask=state_mask, budgets=budgets)
+    int[B]): `Trajectories(env, tokens, lengths).continue_from(...)`, whose docstring says it all
+    (`Trajectories` also takes the trajectories' stable ids)."""
+    return Trajectories(env, tokens, lengths).continue_from(state_positions, rng, num_samples,
+                                                            state_mask=state_mask, budgets=budgets)
 
 
 def _chunk_rows(env: RolloutEnv, traj: TrajectoryCache, starts: RowStarts):
@@ -252,7 +254,7 @@ def _chunk_rows(env: RolloutEnv, traj: TrajectoryCache, starts: RowStarts):
         if r > m:
             keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (r - m,))])
         room = cache_room(int((starts.pos[sl] + starts.budget[sl]).max()))  # slots this chunk needs
-        res = _chunk_jit(env.params, traj, pad_to(starts.row), pad_to(starts.pos, 1), pad_to(starts.budget), keys,
+        res = _chunk_jit(env.params, traj, (pad_to(starts.row), pad_to(starts.pos, 1)), Rows(keys, pad_to(starts.budget)),
                          table, cfg=env.model_cfg, scfg=env.scfg, room=room)
         dispatched.append((m, r, res))  # dispatch every chunk before reading any back
     parts, slot_steps = [], 0

@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from vinejax.config import ConfigError
     from vinejax.config_file import config_from_argv
     from vinejax.model.config import UnsupportedModelError
-    from vinejax.planning.report import format_plan, make_plan
+    from vinejax.planning.report import PlanOptions, format_plan, make_plan
 
     try:
         cfg, _, _, unknown = config_from_argv(rest)
@@ -120,10 +120,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"--devices {args.devices}: the {args.target} slice has {len(devices)}")
     log = lambda line: print(line, file=sys.stderr, flush=True)
     try:
-        plan = make_plan(cfg, devices, int(hbm_gib * 2**30), device_kind=kind,
-                         model_shape=args.model_shape or None, prompt_len=args.prompt_len or None,
-                         only=args.phases.split(",") if args.phases else None, search=not args.no_search,
-                         max_compiles=args.max_compiles, cache_path=args.cache or None, log=log)
+        options = PlanOptions(device_kind=kind, model_shape=args.model_shape or None, prompt_len=args.prompt_len or None,
+                              only=args.phases.split(",") if args.phases else None, search=not args.no_search,
+                              max_compiles=args.max_compiles, cache_path=args.cache or None)
+        plan = make_plan(cfg, devices, int(hbm_gib * 2**30), options, log=log)
     except (ConfigError, UnsupportedModelError) as error:
         raise SystemExit(str(error)) from None
     print(format_plan(plan))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vinejax.rl import losses
 from vinejax.rl.baseline_data import dpo_positive_pairs
 from vinejax.rl.batch import PairBatch
 from vinejax.train import encode, update
@@ -125,7 +126,7 @@ class DpoStage:
         params, opt_state, m = update.dpo_step(
             *state, to_microbatches(self.ctx.mesh, batch, d.micro_batch), model_cfg=self.ctx.model_cfg,
             optimizer=optimizer, temperature=cfg.sampling.temperature,
-            terms=update.DpoTerms(d.beta, d.lam, d.label_smoothing))
+            terms=losses.DpoTerms(d.beta, d.lam, d.label_smoothing))
         done = step + 1
         metrics = {}
         if done == 1 or done % 20 == 0 or done == self.total():  # read back now and then, not every step

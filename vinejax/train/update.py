@@ -234,17 +234,9 @@ def sft_step(params, opt_state, tokens: jax.Array, loss_mask: jax.Array, inputs:
     return params, opt_state, losses.reduce_metrics(metrics) | applied
 
 
-class DpoTerms(NamedTuple):
-    """DPO+'s loss coefficients (`dpo.beta`, `dpo.lam`, `dpo.label_smoothing`; `losses.dpo_positive_loss`)."""
-
-    beta: float
-    lam: float
-    label_smoothing: float = 0.0
-
-
 @functools.partial(jax.jit, static_argnames=("model_cfg", "optimizer", "temperature", "terms"), donate_argnums=(0, 1))
 def dpo_step(params, opt_state, batch: PairBatch, *, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-             temperature: float, terms: DpoTerms):
+             temperature: float, terms: losses.DpoTerms):
     """One DPO+ step on micro-batches of preference pairs [M, mb, ...] (`losses.dpo_positive_loss_from_sums`).
 
     Each micro-batch runs the chosen and the rejected rows through the policy in one forward;
@@ -259,7 +251,7 @@ def dpo_step(params, opt_state, batch: PairBatch, *, model_cfg: ModelConfig, opt
         lp = sequence_logprobs(p, model_cfg, tokens, temperature)  # [2mb, T]
         s_w, s_l = jnp.split(jnp.where(mask, lp, 0.0).sum(axis=-1), 2)  # [mb] each
         total, _, metrics = losses.dpo_positive_loss_from_sums(
-            s_w, s_l, mb.chosen_ref, mb.rejected_ref, mb.valid(), *terms)
+            s_w, s_l, mb.chosen_ref, mb.rejected_ref, mb.valid(), terms)
         return total / jnp.maximum(n_pairs, 1.0), metrics
 
     loss, grads, metrics = _accumulate(loss_fn, params, batch)
