@@ -2,7 +2,8 @@
 
     python tests/plan_measure_child.py DEVICES FSDP TENSOR PHASE[,PHASE...]
 
-PHASE is a phase name, optionally with `@decode_rows=N` (`generate` through N refilled slots).
+PHASE is a phase name, optionally with `@decode_rows=N` (`generate` through N refilled slots) or
+`@lora` (the model with rank-16 adapters on every projection: the policy step trains them).
 For each phase it compiles the planned program (`vinejax.planning`), runs it on real arrays of
 the planned shapes and shardings (the MC phase: a full queue of rows that each write the whole
 budget, from states spread over the trajectory cache), and prints one JSON line: the planned
@@ -29,16 +30,17 @@ import numpy as np  # noqa: E402
 
 from vinejax import sharding  # noqa: E402
 from vinejax.config import base_config  # noqa: E402
-from vinejax.model import llama  # noqa: E402
-from vinejax.model.config import ModelConfig  # noqa: E402
+from vinejax.model import llama, lora  # noqa: E402
+from vinejax.model.config import LoraConfig, ModelConfig  # noqa: E402
 from vinejax.planning import analytic, phases  # noqa: E402
 from vinejax.sampling.refill import Queue  # noqa: E402
 from vinejax.train import update  # noqa: E402
 from vinejax.train.context import planning_context  # noqa: E402
 
 
-def small_run(decode_rows: int = 0):
-    """A VinePPO config and a model big enough (~200 MB per step) that the process's own overhead is small."""
+def small_run(decode_rows: int = 0, adapters: bool = False):
+    """A VinePPO config and a model big enough (~200 MB per step) that the process's own overhead
+    is small; `adapters`: with LoRA (rank 16 on every projection)."""
     cfg = base_config()
     cfg.algo = "vineppo"
     cfg.ppo.episodes_per_step, cfg.ppo.micro_batch = 16, 8
@@ -47,7 +49,9 @@ def small_run(decode_rows: int = 0):
     cfg.task.max_prompt_tokens, cfg.sampling.max_new_tokens = 128, 128
     cfg.vineppo.max_estimated_states, cfg.vineppo.num_rollouts, cfg.vineppo.chunk_rows = 3, 8, 256
     model = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=704, num_layers=2, num_heads=8,
-                        num_kv_heads=4, head_dim=32, max_position_embeddings=512)
+                        num_kv_heads=4, head_dim=32, max_position_embeddings=512,
+                        lora=LoraConfig(rank=16, alpha=32.0) if adapters else None)
+    cfg.model.lora.rank = 16 if adapters else 0
     mesh = sharding.make_mesh((1, FSDP, TENSOR), devices=jax.devices()[:DEVICES])
     return planning_context(cfg, model, mesh)
 
@@ -58,11 +62,17 @@ def status_bytes(key: str) -> int:
 
 def real_arguments(run, phase, rng):
     """Arrays of the phase's abstract arguments: random params, their optimizer state, inputs."""
-    params = jax.device_put(llama.init_params(run.model_cfg, jax.random.key(0)), run.param_shardings)
-    out = [params]
+    base = params = jax.device_put(llama.init_params(run.model_cfg, jax.random.key(0)), run.param_shardings)
+    trained, shardings = params, run.param_shardings
+    if run.lora:  # the policy step trains the adapters; the other programs run the base with them attached
+        trained = jax.device_put(lora.init_adapters(run.model_cfg, jax.random.key(1)), run.adapter_shardings)
+        params, shardings = lora.attach(base, trained), run.adapter_shardings
+    out = [trained if phase.name == "policy_step" else params]
     for arg in phase.args[1:]:
         if arg is phase.args[1] and phase.name == "policy_step":
-            out.append(update.init_opt_state(run.optimizer, params, run.param_shardings))
+            out.append(update.init_opt_state(run.optimizer, trained, shardings))
+        elif isinstance(arg, update.StepInputs):
+            out.append(update.StepInputs(base=base, dropout_key=None))
         elif isinstance(arg, Queue):
             out.append(full_queue(arg, phase, run, rng))
         else:
@@ -135,5 +145,6 @@ def measure(run, name: str) -> dict:
 
 if __name__ == "__main__":
     for spec in sys.argv[4].split(","):
-        name, _, setting = spec.partition("@decode_rows=")
-        print(json.dumps(measure(small_run(int(setting or 0)), name)), flush=True)
+        name, _, setting = spec.partition("@")
+        rows = int(setting.removeprefix("decode_rows=")) if setting.startswith("decode_rows=") else 0
+        print(json.dumps(measure(small_run(rows, adapters=setting == "lora"), name)), flush=True)
