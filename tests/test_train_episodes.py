@@ -78,7 +78,10 @@ def test_mc_rewards_grade_prefix_plus_continuation(monkeypatch):
                      slot_steps=1, live_steps=1)
         return sampling.ContinuationOutput(out_tok, np.zeros(out_tok.shape, np.float32), out_len, finish, stats)
 
-    monkeypatch.setattr(sampling, "continue_from_prefixes", fake_continue)
+    monkeypatch.setattr(sampling.Trajectories, "continue_from",  # what the MC loop calls, model-free here
+                        lambda self, positions, rng, num, *, state_mask=None, budgets=None: fake_continue(
+                            self.env, self.tokens, self.lengths, positions, rng, num, state_mask=state_mask,
+                            budgets=budgets, ids=self.ids))
     scfg = sampling_config(TOKENIZER, 1.0, 1.0, 40)
     context = 60
     env = sampling.RolloutEnv(None, None, scfg, context_size=context, chunk_rows=64, tokenizer=TOKENIZER, task=TASK,

@@ -231,12 +231,12 @@ class Trajectories:
 
 
 def continue_from_prefixes(env: RolloutEnv, tokens, lengths, state_positions, rng: jax.Array, num_samples, *,
-                           state_mask=None, budgets=None, ids=None) -> ContinuationOutput:
+                           state_mask=None, budgets=None) -> ContinuationOutput:
     """num_samples continuations from every state of every trajectory tokens int[B, T] (lengths
-    int[B]; ids int[B] their stable ids): `Trajectories(env, tokens, lengths,
-    ids=ids).continue_from(...)`, whose docstring says it all."""
-    return Trajectories(env, tokens, lengths, ids=ids).continue_from(state_positions, rng, num_samples,
-                                                                     state_mask=state_mask, budgets=budgets)
+    int[B]): `Trajectories(env, tokens, lengths).continue_from(...)`, whose docstring says it all
+    (`Trajectories` also takes the trajectories' stable ids)."""
+    return Trajectories(env, tokens, lengths).continue_from(state_positions, rng, num_samples,
+                                                            state_mask=state_mask, budgets=budgets)
 
 
 def _chunk_rows(env: RolloutEnv, traj: TrajectoryCache, starts: RowStarts):

@@ -100,8 +100,8 @@ class MCGroups:
     def add(self, ep: Episodes, rows: np.ndarray, states: StepStates) -> None:
         """Continue the estimated states `states` of episodes `ep` (rows `rows` of the iteration)."""
         env, k = self.env, self.k
-        out = sampling.continue_from_prefixes(env, ep.tokens, ep.total_lens, states.starts, self.rng, k,
-                                              state_mask=states.estimated, budgets=env.budgets(states.starts), ids=rows)
+        out = sampling.Trajectories(env, ep.tokens, ep.total_lens, ids=rows).continue_from(
+            states.starts, self.rng, k, state_mask=states.estimated, budgets=env.budgets(states.starts))
         r, c = np.nonzero(states.estimated)
         graded = grade_continuations(env, ep, states.starts, out, r, c, np.full(len(r), k), pool=self.host.pool)
         self.pending.append((np.asarray(rows)[r], c, self.host.track(graded)))
