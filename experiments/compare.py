@@ -467,22 +467,26 @@ def seed_curves(root: str, task: str, name: str, budget: int) -> dict:
 
 
 def paired_section(args, task: str, budget: int) -> tuple[dict, list[str]]:
-    """VinePPO − PPO per paired seed at every evaluation (mean, 95% t interval) and each method's
-    steps to `--threshold` accuracy, per seed. ({}, []) without both methods."""
-    a, b = seed_curves(args.root, task, "vineppo", budget), seed_curves(args.root, task, REFERENCE, budget)
-    if not set(a) & set(b):
+    """VinePPO − each other method of `--algos`, per paired seed at every evaluation (mean, 95% t
+    interval), and every method's steps to `--threshold` accuracy, per seed. ({}, []) when no
+    other method shares a seed with VinePPO."""
+    curves = {name: seed_curves(args.root, task, name, budget) for name in args.algos}
+    vine = curves.get("vineppo", {})
+    against = {name: paired_differences(vine, c) for name, c in curves.items() if name != "vineppo" and set(vine) & set(c)}
+    if not against:
         return {}, []
-    diffs = paired_differences(a, b)
-    reach = {name: {s: steps_to_threshold(c, args.threshold) for s, c in curves.items()}
-             for name, curves in (("vineppo", a), (REFERENCE, b))}
-    md = [f"### {task}: VinePPO − PPO, paired by seed ({diffs[0].seeds} seeds)", "",
-          "| steps | mean difference | 95% t interval | per seed |", "|---|---|---|---|"]
-    md += [f"| {d.steps:.0f} | {d.mean:+.3f} | " + ("—" if np.isnan(d.low) else f"[{d.low:+.3f}, {d.high:+.3f}]") + " | "
-           + " / ".join(f"{x:+.3f}" for x in d.values) + " |" for d in diffs]
+    md = []
+    for name, diffs in against.items():
+        md += [f"### {task}: VinePPO − {LABELS.get(name, name)}, paired by seed ({diffs[0].seeds} seeds)", "",
+               "| steps | mean difference | 95% t interval | per seed |", "|---|---|---|---|"]
+        md += [f"| {d.steps:.0f} | {d.mean:+.3f} | " + ("—" if np.isnan(d.low) else f"[{d.low:+.3f}, {d.high:+.3f}]")
+               + " | " + " / ".join(f"{x:+.3f}" for x in d.values) + " |" for d in diffs] + [""]
+    reach = {name: {s: steps_to_threshold(c, args.threshold) for s, c in cs.items()} for name, cs in curves.items() if cs}
     show = lambda v: "never" if v is None else f"{v:.0f}"
-    md += ["", f"Steps to {args.threshold:.2f} held-out accuracy, per seed: " + "; ".join(
+    md += [f"Steps to {args.threshold:.2f} held-out accuracy, per seed: " + "; ".join(
         f"{LABELS.get(n, n)} " + " / ".join(show(r[s]) for s in sorted(r)) for n, r in reach.items()), ""]
-    return {"differences": [d.__dict__ for d in diffs], "threshold": args.threshold, "steps_to_threshold": reach}, md
+    return {"against": {n: [d.__dict__ for d in diffs] for n, diffs in against.items()},
+            "threshold": args.threshold, "steps_to_threshold": reach}, md
 
 
 def collapse_section(root: str, task: str) -> tuple[dict, list[str]]:

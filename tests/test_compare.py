@@ -180,20 +180,30 @@ def test_paired_differences_steps_to_threshold_and_collapses_in_the_report(tmp_p
     task = tmp_path / "arith_hard"
     vine = {0: [0.5, 0.8, 0.9], 1: [0.4, 0.7, 0.86], 2: [0.5, 0.9, 0.95]}
     ppo = {0: [0.5, 0.7, 0.8], 1: [0.4, 0.5, 0.3], 2: [0.5, 0.85, 0.9]}
+    grpo = {0: [0.5, 0.9, 0.9], 2: [0.5, 0.6, 0.7]}  # seed 1 unfinished: pairs over seeds 0 and 2
+    for s in grpo:
+        write_run(str(task), f"grpo_s{s}", grpo[s], [0.5] * 5, [0.1] * 5)
     for s in vine:
         write_run(str(task), f"vineppo_s{s}", vine[s], [0.5] * 5, [0.1] * 5)
         write_run(str(task), f"ppo_s{s}", ppo[s], [0.5, 0.6, 0.2, 0.1, 0.1] if s == 1 else [0.5] * 5,
                   [0.1, 0.2, 3.5, 1.0, 1.0] if s == 1 else [0.1] * 5)
-    args = compare.parse_args(["--root", str(tmp_path), "--tasks", "arith_hard", "--threshold", "0.85"])
+    args = compare.parse_args(["--root", str(tmp_path), "--tasks", "arith_hard", "--threshold", "0.85",
+                               "--algos", "vineppo,ppo,grpo,rloo"])  # no RLOO run: no RLOO section
     paired, md = compare.paired_section(args, "arith_hard", budget=1000)
     d = np.array([[v - p for v, p in zip(vine[s], ppo[s])] for s in range(3)])  # [seeds, evals]
-    got = paired["differences"]
+    assert set(paired["against"]) == {"ppo", "grpo"}
+    got = paired["against"]["ppo"]
     assert [g["steps"] for g in got] == [0, 16, 32]
     np.testing.assert_allclose([g["mean"] for g in got], d.mean(0))
     half = 4.302652729911275 * d[:, 2].std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
     assert got[2]["low"] == pytest.approx(d[:, 2].mean() - half) and got[2]["high"] == pytest.approx(d[:, 2].mean() + half)
-    assert paired["steps_to_threshold"] == {"vineppo": {0: 32.0, 1: 32.0, 2: 16.0}, "ppo": {0: None, 1: None, 2: 16.0}}
+    assert paired["steps_to_threshold"] == {"vineppo": {0: 32.0, 1: 32.0, 2: 16.0}, "ppo": {0: None, 1: None, 2: 16.0},
+                                            "grpo": {0: 16.0, 2: None}}
     assert "| 32 | +0.237 |" in "\n".join(md)
+    g = np.array([[v - p for v, p in zip(vine[s], grpo[s])] for s in (0, 2)])
+    got = paired["against"]["grpo"]
+    np.testing.assert_allclose([x["values"] for x in got], g.T)
+    assert got[0]["seeds"] == 2 and "VinePPO − GRPO, paired by seed (2 seeds)" in "\n".join(md)
     collapses, md = compare.collapse_section(str(tmp_path), "arith_hard")
     assert sorted(d for d, r in collapses.items() if r["collapsed"]) == ["ppo_s1"]
     assert collapses["ppo_s1"]["max_kl"] == 3.5 and collapses["ppo_s1"]["max_kl_iteration"] == 2
