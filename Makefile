@@ -41,8 +41,8 @@ run: install
 
 # The comparison of docs/results.md §2 on the harder arithmetic task: VinePPO, PPO, GRPO and RLOO,
 # 5 paired seeds on the test split with the learning rates the tuning grid chose
-# (docs/compare/tuning.json, every method; `make compare-tune` reruns the grid), one shared SFT stage, the shared
-# compilation cache. Resumable; finished runs are skipped. Tables, paired intervals, collapses and
+# (docs/compare/tuning.json, every method; `make compare-tune` reruns the grid), one shared SFT
+# stage, the shared compilation cache. Resumable; finished runs are skipped. Tables, paired intervals, collapses and
 # plots: runs/compare/results.md. JOBS runs at a time, each pinned to one core with single-threaded
 # XLA (JOBS=1: one at a time on every core). The extra rows (K ablation, ...): `make compare-rows`.
 JOBS ?= 2

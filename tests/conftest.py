@@ -38,7 +38,6 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
-
 MAPS = pathlib.Path("/proc/self/maps")
 MAPS_HIGH = 30_000  # half the default vm.max_map_count: clear before a test file can reach it
 
