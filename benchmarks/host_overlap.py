@@ -1,7 +1,10 @@
 """Host work behind device work in the VinePPO iteration: per-phase times and the devices' idle
-time with `train.overlap_host_work` off (before) and on (after).
+time with `train.overlap_host_work` off (before) and on (after); with `--compare early`, MC after
+the iteration's sampling (`vineppo.early_start` off, before) against MC per group as soon as it is
+sampled (on, after), host work overlapped in both.
 
-    python benchmarks/host_overlap.py [--size small|tiny] [--problems 16] [--groups 4] [--iterations 4]
+    python benchmarks/host_overlap.py [--compare overlap|early] [--size small|tiny] [--problems 16] [--groups 4]
+        [--iterations 4]
 
 The real loop (`loop.run`) on the GSM8K RhoMath VinePPO paper config with a random policy and a
 BPE tokenizer trained on GSM8K text (`accelerator_check.iteration_config`; real GSM8K problems
@@ -37,16 +40,17 @@ SIZES = {"small": SMALL, "tiny": TINY}  # tiny: little device work per host item
 PHASES = ("sample", "logprobs", "mc", "train", "host_wait", "iteration")
 
 
-def run(cfg, params, args, tmp: str, overlap: bool) -> dict:
+def run(cfg, params, args, tmp: str, after: bool) -> dict:
     """Median seconds per phase over the iterations after the first, and the mean MC states."""
     from vinejax.train import loop
 
-    c = iteration_config(cfg, params, SIZES[args.size], args.data_dir, os.path.join(tmp, str(overlap)), True, args.problems,
+    c = iteration_config(cfg, params, SIZES[args.size], args.data_dir, os.path.join(tmp, str(after)), True, args.problems,
                          args.new_tokens)
     c.sampling.batch_size = max(1, args.problems // args.groups)  # prompts per generate call
     c.vineppo.episodes_per_group = c.sampling.batch_size * c.sampling.samples_per_problem  # one MC group per call
     c.train.iterations, c.train.checkpoint_every = args.iterations, args.iterations
-    c.train.overlap_host_work = overlap
+    c.train.overlap_host_work = after or args.compare == "early"
+    c.vineppo.early_start = after or args.compare == "overlap"
     loop.run(c)
     with open(os.path.join(c.output_dir, "metrics.jsonl")) as f:
         records = [r for r in map(json.loads, f) if "time/iteration" in r][1:]
@@ -57,6 +61,8 @@ def run(cfg, params, args, tmp: str, overlap: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", choices=("overlap", "early"), default="overlap",
+                        help="before/after: host work overlapped, or MC started per group during sampling")
     parser.add_argument("--problems", type=int, default=16, help="problems per iteration (8 samples each)")
     parser.add_argument("--groups", type=int, default=4, help="episode groups of the values phase")
     parser.add_argument("--new-tokens", type=int, default=96)
@@ -73,9 +79,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Both modes draw the same episodes (the same shapes), so one warm-up run compiles every
         # program and neither measured run pays for compilation.
-        run(cfg, params, args, os.path.join(tmp, "warm-up"), overlap=True)
-        before = run(cfg, params, args, tmp, overlap=False)
-        after = run(cfg, params, args, tmp, overlap=True)
+        run(cfg, params, args, os.path.join(tmp, "warm-up"), after=True)
+        before = run(cfg, params, args, tmp, after=False)
+        after = run(cfg, params, args, tmp, after=True)
+    print(f"before / after: {args.compare} off / on")
     print(f"{'phase s':<12}{'before':>10}{'after':>10}{'ratio':>8}")
     for p in PHASES:
         print(f"{p:<12}{before[p]:>10.2f}{after[p]:>10.2f}{after[p] / max(before[p], 1e-9):>8.2f}")

@@ -11,6 +11,8 @@ from vinejax.model.hf import load_hf_model
 from vinejax.tasks import arithmetic
 from vinejax.train import loop, metrics
 from vinejax.train.context import build_context
+from vinejax.train.estimators import mc as mc_estimators
+from vinejax.train.values import EarlyMC
 
 
 def tiny_config(tmp_path, algo="vineppo", iterations=2, **changes):
@@ -141,25 +143,34 @@ SCHEDULING = ("time/", "mc/slots", "mc/slot_steps", "mc/live_fraction", "mc/chun
 def test_results_do_not_depend_on_how_the_work_is_batched(tmp_path, monkeypatch):
     """One VinePPO iteration with everything at once, and with 2 prompts per generate call, 2 rows
     decoded at once (refilled slots), MC groups of 2 episodes that start while later calls still
-    sample, and 4 MC slots: the same episodes, MC values, advantages, losses and parameters."""
+    sample (and, `vineppo.early_start` off, after the last call), and 4 MC slots: the same
+    episodes, MC values, advantages, losses and parameters."""
     monkeypatch.setattr(arithmetic, "grade_batch", reward_odd_length)
     common = {"sampling.max_new_tokens": 24, "train.samples_per_iteration": 8}
+    batched = {"sampling.batch_size": 2, "sampling.decode_rows": 2, "vineppo.episodes_per_group": 2,
+               "vineppo.chunk_rows": 4}
     whole = tiny_config(tmp_path / "whole", iterations=1, **common)
-    split = tiny_config(tmp_path / "split", iterations=1, **common, **{
-        "sampling.batch_size": 2, "sampling.decode_rows": 2, "vineppo.episodes_per_group": 2,
-        "vineppo.chunk_rows": 4})
-    for cfg in (whole, split):
+    split = tiny_config(tmp_path / "split", iterations=1, **common, **batched)
+    late = tiny_config(tmp_path / "late", iterations=1, **common, **batched, **{"vineppo.early_start": False})
+    early = []  # the iterations whose MC started per group during sampling
+    monkeypatch.setattr(mc_estimators, "EarlyMC", lambda *a: early.append(1) or EarlyMC(*a))
+    started = []
+    for cfg in (whole, split, late):
         loop.run(cfg)
-    (a,), (b,) = read_metrics(whole), read_metrics(split)
+        started.append(len(early))
+    assert started == [1, 2, 2]
+    a = read_metrics(whole)[0]
     assert a["mc/num_states"] >= 8 and 0 < a["rewards/mean"] < 1 and a["advantages/std"] > 0
-    assert b["mc/slots"] < a["mc/slots"]
-    for key, value in a.items():
-        if not key.startswith(SCHEDULING):
-            np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
-    samples = [metrics.read_metrics(os.path.join(c.output_dir, "samples.jsonl")) for c in (whole, split)]
-    assert samples[0] == samples[1]  # responses, rewards, state values and advantages as text and numbers
-    for x, y in zip(jax.tree.leaves(exported_params(whole)), jax.tree.leaves(exported_params(split))):
-        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=1e-6)
+    for other in (split, late):
+        (b,) = read_metrics(other)
+        assert b["mc/slots"] < a["mc/slots"]
+        for key, value in a.items():
+            if not key.startswith(SCHEDULING):
+                np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        samples = [metrics.read_metrics(os.path.join(c.output_dir, "samples.jsonl")) for c in (whole, other)]
+        assert samples[0] == samples[1]  # responses, rewards, state values and advantages as text and numbers
+        for x, y in zip(jax.tree.leaves(exported_params(whole)), jax.tree.leaves(exported_params(other))):
+            np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=1e-6)
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):

@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo.max_estimated_states = -1  # -1 = no cap (MATH); GSM8K: 25 = states 0..25 estimated, later V = R
     c.vineppo.chunk_rows = 512  # continuation rows decoded at once (slots, refilled as rows finish)
     c.vineppo.episodes_per_group = 64  # episodes per MC group (one group's trajectory KV cache on the devices); rounded up to a multiple of samples_per_problem
+    c.vineppo.early_start = True  # each MC group decodes as soon as it is sampled; False: every group after the iteration's sampling and log-probs
     c.vineppo.adaptive = ml_collections.ConfigDict()  # adaptive K (vinejax.rl.adaptive); off = the paper's fixed K
     c.vineppo.adaptive.enabled = False  # adaptive K on (vineppo only)
     c.vineppo.adaptive.round_size = 3  # rollouts per round

@@ -49,11 +49,12 @@ class MonteCarlo(StepValues):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.k = cfg.vineppo.num_rollouts
+        self.k, self.early = cfg.vineppo.num_rollouts, cfg.vineppo.early_start
 
     def start(self, run, state, env, host, rng):
-        """Each group's continuations decode as soon as it is sampled (`train.values.EarlyMC`)."""
-        return EarlyMC(env, rng, self.k, host, self.cap)
+        """Each group's continuations decode as soon as it is sampled (`train.values.EarlyMC`); with
+        `vineppo.early_start` off, None: every group after the iteration's sampling (the same values)."""
+        return EarlyMC(env, rng, self.k, host, self.cap) if self.early else None
 
     def state_values(self, run, state, rollouts, states, rng):
         if rollouts.early is not None:
