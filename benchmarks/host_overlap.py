@@ -12,8 +12,8 @@ from ../shared/data when present). Sampling runs in `--groups` generate calls an
 phase in as many episode groups, one per call: a group's continuations start after the next
 call has sampled (MC that starts before sampling ends) and are graded on the host thread while
 the next group decodes; the episodes' grading and step splitting run behind the device work. `time/host_wait` is the time the main
-thread spent in host work or waiting for it, the devices idle. A warm-up run compiles every
-program first; medians over the iterations after the first. Ends with machine-readable lines:
+thread spent in host work or waiting for it, the devices idle. A warm-up run of each mode compiles its
+programs first; medians over the iterations after the first. Ends with machine-readable lines:
 `host wait fraction before: X`, `host wait fraction after: X`, `iteration time ratio: X` (after / before).
 """
 from __future__ import annotations
@@ -77,9 +77,10 @@ def main() -> None:
           f"L{shape['num_layers']}; {args.problems} problems x 8 samples, {args.groups} MC groups, "
           f"{args.new_tokens} new tokens; medians of iterations 2..{args.iterations}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        # Both modes draw the same episodes (the same shapes), so one warm-up run compiles every
-        # program and neither measured run pays for compilation.
-        run(cfg, params, args, os.path.join(tmp, "warm-up"), after=True)
+        # Both modes draw the same episodes (the same shapes); a warm-up run of each compiles its
+        # programs (MC after sampling makes calls of other shapes), so no measured run compiles.
+        for after in (False, True):
+            run(cfg, params, args, os.path.join(tmp, "warm-up"), after=after)
         before = run(cfg, params, args, tmp, after=False)
         after = run(cfg, params, args, tmp, after=True)
     print(f"before / after: {args.compare} off / on")
