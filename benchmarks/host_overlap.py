@@ -79,8 +79,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Both modes draw the same episodes (the same shapes); a warm-up run of each compiles its
         # programs (MC after sampling makes calls of other shapes), so no measured run compiles.
-        for after in (False, True):
-            run(cfg, params, args, os.path.join(tmp, "warm-up"), after=after)
+        for mode in (False, True):
+            run(cfg, params, args, os.path.join(tmp, "warm-up"), after=mode)
         before = run(cfg, params, args, tmp, after=False)
         after = run(cfg, params, args, tmp, after=True)
     print(f"before / after: {args.compare} off / on")
