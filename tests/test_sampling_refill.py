@@ -1,8 +1,9 @@
 """Continuous batching (`sampling.refill`) through `continue_from_prefixes` and `generate`: the
 same continuations as the chunked schedule whatever the slots, refills per step and queue order;
 the same responses whatever the rows decoded at once or the prompts per call; stop-automaton state
-reset per refilled row; per-state sample counts; live-slot statistics; distinct prefixes; on a
-mesh each device copies only its own cache rows (no all-gather of the cache)."""
+reset per refilled row; per-state sample counts; live-slot statistics; fewer slots for the queue's
+tail; distinct prefixes; on a mesh each device copies only its own cache rows (no all-gather of
+the cache)."""
 import re
 
 import flax.linen as nn
@@ -161,6 +162,28 @@ def test_live_fraction_refill_above_chunks_and_consistent(params, traj):
         assert 0 < st["live_fraction"] <= 1 and st["live_fraction"] == st["live_steps"] / st["slot_steps"]
     assert refill.stats["live_fraction"] > chunks.stats["live_fraction"]
     assert refill.stats["slot_steps"] < chunks.stats["slot_steps"]
+
+
+def test_tail_halvings_cut_dead_slots_not_results(params, traj):
+    """Once the queue is empty the loop halves its slots whenever the live rows fit (moved into
+    the first half): the same continuations with fewer slot-steps, on one device and on two
+    data-parallel devices (each halving its own slots)."""
+    scfg = SamplingConfig(max_new_tokens=16, temperature=1.0, eos_ids=EOS)
+    ref = _mc(params, traj, scfg, 6, chunk_rows=16, tail_halvings=0)
+    slot_steps = [ref.stats["slot_steps"]]
+    for h in (1, 2):
+        out = _mc(params, traj, scfg, 6, chunk_rows=16, tail_halvings=h)
+        _same(out, ref)
+        assert out.stats["live_steps"] == ref.stats["live_steps"]
+        slot_steps.append(out.stats["slot_steps"])
+    assert slot_steps[0] > slot_steps[1] > slot_steps[2], slot_steps
+    mesh = sharding.make_mesh((2, 1, 4))
+    sparams = jax.device_put(params, sharding.tree_shardings(llama.param_logical_axes(CFG), llama.param_shapes(CFG),
+                                                             mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        out = _mc(sparams, traj, scfg, 6, chunk_rows=16, tail_halvings=2)
+    _same(out, ref)
+    assert out.stats["slot_steps"] < slot_steps[0]
 
 
 def test_unique_prefixes_by_exact_tokens():

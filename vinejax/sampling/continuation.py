@@ -20,7 +20,7 @@ from vinejax.model.config import ModelConfig
 from vinejax.multihost import to_host
 from vinejax.sampling.core import bucket, cache_room
 from vinejax.sampling.env import RolloutEnv
-from vinejax.sampling.refill import HIDDEN_AXES, Queue, RefillPlan, Source, decode_rows
+from vinejax.sampling.refill import HIDDEN_AXES, TAIL_HALVINGS, Queue, RefillPlan, Source, decode_rows
 from vinejax.sharding import data_parallel_size
 
 
@@ -119,8 +119,9 @@ class RowStarts(NamedTuple):
 
 class Decoded(NamedTuple):
     """Outputs of `continue_rows` in the input rows' order: tokens, logprobs [N, max_new_tokens],
-    lengths, finish [N] (numpy, every process); slots (rows decoded at once); steps (loop
-    iterations); slot_steps (slots × steps, + each refilled row's first token)."""
+    lengths, finish [N] (numpy, every process); slots (rows decoded at once at the start); steps
+    (loop iterations at full width: slot_steps // slots); slot_steps (the slots of every loop
+    iteration, summed, + each refilled row's first token)."""
 
     tokens: np.ndarray
     logprobs: np.ndarray
@@ -168,14 +169,15 @@ def prepare(env: RolloutEnv, rows: RowStarts, cache_rows: int, slots_cap: int) -
     """The device queue of `rows` (continuing a cache of `cache_rows` rows) and the refill plan:
     at most `slots_cap` slots over all devices (a multiple of the data-parallel size, never more
     than the busiest device needs), refills per device per step `env.refills_per_step` (default
-    its slots // 8), cache room for the longest prefix + budget."""
+    its slots // 8), `env.tail_halvings`, cache room for the longest prefix + budget."""
     dp = data_parallel_size()
     queue, at, count = device_queue(rows, cache_rows, dp)
     rl = min(bucket(slots_cap, multiple_of=dp) // dp, bucket(int(count.max())))
     refills = env.refills_per_step
     refills = max(1, rl // 8) if refills is None else max(1, min(int(refills), rl))
     room = cache_room(int((rows.pos + rows.budget).max()))
-    return Prepared(queue, RefillPlan(rl * dp, room, refills), at, count)
+    halvings = TAIL_HALVINGS if env.tail_halvings is None else env.tail_halvings
+    return Prepared(queue, RefillPlan(rl * dp, room, refills, halvings), at, count)
 
 
 def unpack(prep: Prepared, res) -> Decoded:
@@ -183,9 +185,9 @@ def unpack(prep: Prepared, res) -> Decoded:
     res = to_host(res)
     at, slots = prep.at, prep.plan.slots
     refilled = int(np.maximum(prep.count - slots // len(prep.count), 0).sum())  # rows started after the first fill
-    steps = int(res.steps)
-    return Decoded(res.tokens[at], res.logprobs[at], res.lengths[at], res.finish_reason[at], slots, steps,
-                   slots * steps + refilled)
+    slot_steps = int(res.steps)  # `refill.decode_rows` counts slot-steps
+    return Decoded(res.tokens[at], res.logprobs[at], res.lengths[at], res.finish_reason[at], slots,
+                   slot_steps // slots, slot_steps + refilled)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "plan"))

@@ -24,7 +24,9 @@ class RolloutEnv:
     the model's positions − 1), `decode_rows` (rows `generate` decodes at once, slots refilled as
     rows finish; 0 = every row of a call), `chunk_rows` (continuation rows decoded at once: the MC
     slots), `schedule` (MC scheduling, `mc.Trajectories.continue_from`) and `refills_per_step`
-    (slots a refill loop refills per device per step at most; default its slots // 8).
+    (slots a refill loop refills per device per step at most; default its slots // 8);
+    `tail_halvings` (times a refill loop may halve its slots once its queue is empty; default
+    `refill.RefillPlan`'s).
     Text side (`vinejax.train`): `tokenizer`, `task`, `grade_workers`, `batch_rows` (prompts per
     generate call; 0 = all at once) and `group_rows` (episodes per MC group; 0 = all at once).
     """
@@ -38,6 +40,7 @@ class RolloutEnv:
     chunk_rows: int = 256
     schedule: str = "refill"
     refills_per_step: Optional[int] = None
+    tail_halvings: Optional[int] = None
     tokenizer: Any = None
     task: Any = None
     grade_workers: int = 1

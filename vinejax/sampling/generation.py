@@ -154,7 +154,7 @@ def _generate_refill(env: RolloutEnv, prompts: np.ndarray, prompt_lens: np.ndarr
     prep = prepare(env, starts, bb, env.decode_rows)
     res = unpack(prep, _generate_refill_jit(env.params, (tok, lens), prep.queue, stop_array(env), cfg=env.model_cfg,
                                             scfg=env.scfg, plan=prep.plan))
-    return GenerationOutput(res.tokens, res.logprobs, res.lengths, res.finish, res.steps)
+    return GenerationOutput(res.tokens, res.logprobs, res.lengths, res.finish, res.steps)  # full-width iterations
 
 
 def assemble_rows(prompts, prompt_lens, out: GenerationOutput, pad_id: int = 0, num_samples: int = 1):

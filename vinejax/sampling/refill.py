@@ -1,11 +1,12 @@
 """Continuous batching: a decode loop whose slots take the next waiting row when theirs finishes,
 each device continuing the rows of the cache it holds.
 
-`decode_rows` decodes a queue of N rows with R slots (R << N) inside one `lax.while_loop`. Each
-iteration runs one model step for every slot, samples, applies the stop rules of `core.decode`,
-and hands slots whose row has just finished the next rows of the queue: their start state (cache
-rows, prefix length and next-token logits) comes from a `Source`, a cache of rows whose prefixes
-the queue's rows continue (the trajectory pass of MC, or the prompts' prefill of `generate`).
+`decode_rows` decodes a queue of N rows with R slots (R << N) in a `lax.while_loop` (one per
+width, see the tail below). Each iteration runs one model step for every slot, samples, applies
+the stop rules of `core.decode`, and hands slots whose row has just finished the next rows of the
+queue: their start state (cache rows, prefix length and next-token logits) comes from a `Source`,
+a cache of rows whose prefixes the queue's rows continue (the trajectory pass of MC, or the
+prompts' prefill of `generate`).
 
 **Per device.** The source's rows are split over the data axes; the slots and the queue are split
 the same way: device d owns slots d·R/dp … and the queue rows d·Nd … that continue source rows it
@@ -13,6 +14,11 @@ holds, and a refill copies cache rows from its own block of the source into its 
 (`jax.shard_map` over the mesh). Nothing gathers the source across devices: memory per device is
 the source's shard, R/dp slots and the queue's outputs. The loop runs until every device's queue
 is done (its step is one SPMD program over the mesh).
+
+**The tail.** Once every device's queue is empty, the loop goes on with half the slots whenever
+each device's live rows fit in half of its own (`RefillPlan.halvings` times at most; the rows
+move by a gather on their device, `local_compact`): the last rows no longer decode beside a
+full width of finished slots.
 
 Sampling is the same as `core.decode`: row q draws its token at column i with fold_in(keys[q], i)
 from the same logits, so a row's output does not depend on the number of slots, the queue order,
@@ -42,6 +48,7 @@ from vinejax.sampling.core import (
 from vinejax.sampling.stops import STOPPED, token_sequence_table
 
 HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of `Source.hidden`
+TAIL_HALVINGS = 2  # `RefillPlan.halvings` by default
 
 
 class Source(NamedTuple):
@@ -75,11 +82,16 @@ class Queue(NamedTuple):
 class RefillPlan(NamedTuple):
     """Static shape of a refill loop: `slots` rows decoded at once over all devices (a multiple of
     the data-parallel size), `room` cache slots per row (>= every row's prefix + budget), at most
-    `refills_per_step` slots refilled per device per iteration."""
+    `refills_per_step` slots refilled per device per iteration; `halvings`: once the queue is
+    empty, the loop goes on with half the slots whenever every device's live rows fit in half of
+    its slots (moved there), at most this many times (the tail of the queue then decodes fewer
+    dead slots; the compiled peak memory is unchanged: the loop's cache and a refill's copy
+    already exceed it)."""
 
     slots: int
     room: int
     refills_per_step: int
+    halvings: int = TAIL_HALVINGS
 
 
 class _Slots(NamedTuple):
@@ -116,18 +128,17 @@ def local_refill(kv, source: Source, slot: jax.Array, row: jax.Array, pos: jax.A
     def local(kv, k_src, v_src, hidden, slot, row, pos, col):
         slot, row, pos, col = slot[0], row[0], pos[0], col[0]  # [m] this device's pairs
         room = kv.k.shape[2] if stacked else kv.k[0].shape[2]
-        keep = min(room, k_src.shape[2])
-        pad = ((0, 0), (0, 0), (0, room - keep), (0, 0), (0, 0))
+        keep = min(room, k_src.shape[2])  # only the source's columns: slots past a row's length are masked
         if stacked:
-            put = lambda a, x: a.at[:, slot].set(jnp.pad(x[:, row, :keep], pad).astype(a.dtype), mode="drop")
+            put = lambda a, x: a.at[:, slot, :keep].set(x[:, row, :keep].astype(a.dtype), mode="drop")
             kv = llama.KVCache(put(kv.k, k_src), put(kv.v, v_src), kv.lengths.at[slot].set(pos, mode="drop"))
         else:
             # the rows of every layer at once: a per-layer slice of the source would be
             # loop-invariant, and XLA would hoist it out of the decode loop (a copy of the source)
-            k_rows, v_rows = (jnp.pad(x[:, row, :keep], pad) for x in (k_src, v_src))  # [L, m, room, Hkv, Dh]
+            k_rows, v_rows = (x[:, row, :keep] for x in (k_src, v_src))  # [L, m, keep, Hkv, Dh]
 
-            def put(a, x):  # one layer: x [m, room, Hkv, Dh] -> rows into slots [R_local, Hkv, room, Dh]
-                return a.at[slot].set(jnp.swapaxes(x, 1, 2).astype(a.dtype), mode="drop")
+            def put(a, x):  # one layer: x [m, keep, Hkv, Dh] -> rows into slots [R_local, Hkv, room, Dh]
+                return a.at[slot, :, :keep].set(jnp.swapaxes(x, 1, 2).astype(a.dtype), mode="drop")
 
             layers = range(k_src.shape[0])
             kv = model_decode.DecodeCaches(tuple(put(kv.k[i], k_rows[i]) for i in layers),
@@ -152,6 +163,28 @@ def local_refill(kv, source: Source, slot: jax.Array, row: jax.Array, pos: jax.A
     return kv, hidden.reshape(-1, hidden.shape[-1])
 
 
+def local_compact(kv, keep: jax.Array):
+    """The loop's caches (`model.decode.DecodeCaches`, or a stacked `llama.KVCache`) reduced to the
+    slots `keep` int32[dp, h] (indices into each device's own R/dp slots), each device keeping
+    its own (call inside jit). Returns caches of dp·h slots, device-major."""
+    stacked = isinstance(kv, llama.KVCache)
+
+    def local(kv, keep):
+        keep = keep[0]
+        if stacked:
+            return llama.KVCache(kv.k[:, keep], kv.v[:, keep], kv.lengths[keep])
+        return model_decode.DecodeCaches(tuple(a[keep] for a in kv.k), tuple(a[keep] for a in kv.v), kv.lengths[keep])
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return local(kv, keep)
+    cache_axes = llama.CACHE_AXES if stacked else model_decode.LAYER_CACHE_AXES
+    kv_specs = jax.tree.map(lambda a: _spec(cache_axes, a.shape), kv)
+    kv_specs = kv_specs._replace(lengths=_spec(("batch",), kv.lengths.shape))
+    return jax.shard_map(local, in_specs=(kv_specs, _spec(("batch", None), keep.shape)), out_specs=kv_specs,
+                         check_vma=False)(kv, keep)
+
+
 def decode_rows(
     params: dict,
     cfg: ModelConfig,
@@ -167,13 +200,14 @@ def decode_rows(
     divides plan.slots and the source's rows; stop_table: optional int32[S, V'] (a
     `stops.StopTable.next_state`). Each device starts its rows in queue order. Returns
     GenerationOutput over the N queue rows (tokens/logprobs [N, max_new_tokens], lengths,
-    finish_reason [N]; padding rows have length 0 and finish FINISH_NONE) with steps = loop
-    iterations (slot-steps = slots * steps).
+    finish_reason [N]; padding rows have length 0 and finish FINISH_NONE) with steps = the
+    slot-steps of the loop (the slots of each iteration, summed over iterations; the first fill's
+    tokens count one iteration).
     """
     keys, n_all, dp = queue.keys, queue.budget.shape[0], queue.count.shape[0]
     nd, n = n_all // dp, scfg.max_new_tokens
-    r, room, refills_per_step = plan
-    rl = r // dp  # slots per device
+    r, room, refills_per_step, halvings = plan
+    rl = r // dp  # slots per device at the start
     pad = jnp.int32(scfg.pad_id)
     budget = jnp.minimum(queue.budget.astype(jnp.int32), n)
     eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
@@ -215,6 +249,8 @@ def decode_rows(
     def refill(m, next_row, sl: _Slots, kv, out: _Out):
         """Give up to m free slots of each device the next m rows of its queue and sample their
         first tokens. next_row int32[dp]: each device's next queue row."""
+        r = sl.finish.shape[0]
+        rl = r // dp
         free = (sl.finish != FINISH_NONE).reshape(dp, rl)
         slot = jax.vmap(lambda f: jnp.nonzero(f, size=m, fill_value=rl)[0])(free)  # [dp, m] ascending, rl = none
         j = next_row[:, None] + jnp.arange(m, dtype=jnp.int32)[None]  # [dp, m] rows of each device's queue
@@ -257,12 +293,18 @@ def decode_rows(
 
     def waiting(next_row, sl):
         """Whether some device has a free slot and rows left in its queue."""
-        free = jnp.any((sl.finish != FINISH_NONE).reshape(dp, rl), axis=1)
+        free = jnp.any((sl.finish != FINISH_NONE).reshape(dp, -1), axis=1)
         return jnp.any(free & (next_row < queue.count))
 
-    def cond(carry):
+    def cond(carry, last: bool):
+        """Work remains (and, before the last width, the slots cannot be halved yet)."""
         _, next_row, sl, _, _ = carry
-        return jnp.any(sl.finish == FINISH_NONE) | jnp.any(next_row < queue.count)
+        live = (sl.finish == FINISH_NONE).reshape(dp, -1)
+        queued = jnp.any(next_row < queue.count)
+        work = jnp.any(live) | queued
+        if last:
+            return work
+        return work & (queued | jnp.any(live.sum(1) > live.shape[1] // 2))
 
     def body(carry):
         i, next_row, sl, kv, out = carry
@@ -275,5 +317,20 @@ def decode_rows(
                                              lambda a: a, (next_row, sl, kv, out))
         return i + 1, next_row, sl, kv, out
 
-    steps, _, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), next_row, sl, kv, out))
-    return GenerationOutput(out.tokens, out.logprobs, out.lengths, jnp.maximum(out.finish, FINISH_NONE), steps)
+    def halve(sl: _Slots, kv):
+        """Each device's live rows moved into half of its slots (live first, in slot order)."""
+        width = sl.finish.shape[0] // dp
+        keep = jnp.argsort((sl.finish != FINISH_NONE).reshape(dp, width), axis=1, stable=True)[:, : width // 2]
+        at = (jnp.arange(dp, dtype=jnp.int32)[:, None] * width + keep).reshape(-1)  # global slots kept
+        return jax.tree.map(lambda a: a[at], sl), local_compact(kv, keep.astype(jnp.int32))
+
+    widths = [w for w in (rl >> h for h in range(halvings + 1)) if w >= 1]
+    carry, slot_steps = (jnp.int32(1), next_row, sl, kv, out), jnp.int32(0)
+    for h, width in enumerate(widths):
+        last = h == len(widths) - 1
+        steps, next_row, sl, kv, out = jax.lax.while_loop(lambda c, last=last: cond(c, last), body, carry)
+        slot_steps += steps * width * dp
+        if not last:
+            sl, kv = halve(sl, kv)
+        carry = (jnp.int32(0), next_row, sl, kv, out)
+    return GenerationOutput(out.tokens, out.logprobs, out.lengths, jnp.maximum(out.finish, FINISH_NONE), slot_steps)
