@@ -13,20 +13,26 @@ left after a step boundary" over `--pool` solutions of the task. The scheduler n
 lengths: they are drawn by sampling, i.i.d. across rows (no correlation with the state, which
 is pessimistic for the longest-expected-first queue order).
 
-Measured per run after a compile run (the same call with a table that stops every row at its
-first token compiles the same programs). Times are CPU seconds of this process (wall also
-printed): on a shared machine other jobs stretch wall time, not the work done.
-  live fraction = useful tokens / slot-steps, for refill and for the old sorted chunks;
+Measured after a compile run (the same call with a table that stops every row at its first token
+compiles the same programs). Refill MC (with and without its tail halvings) and `generate`'s
+decode are timed in turns, `--repeats` times, and medians printed: each efficiency ratio comes
+from one turn's neighbouring measurements (this machine's speed drifts by 10-30% between
+processes and over minutes); chunks and re-prefill are timed once (not with `--quick`). Times are
+CPU seconds of this process (wall also printed): on a shared machine other jobs stretch wall
+time, not the work done.
+  live fraction = useful tokens / slot-steps, for refill (also without its tail halvings,
+    `RolloutEnv.tail_halvings = 0`) and for the old sorted chunks;
   efficiency = MC useful tokens per CPU-s ÷ generate's, where generate = full-batch decode
     (every row live, `--slots` rows) at the same cache room as the MC call (a decode step's cost
-    grows with the room) = R·(N2 − N1)/(t(N2) − t(N1)), prefill excluded; also printed against
-    generate at the episodes' own room (prompt + max_new_tokens);
+    grows with the room) = R·(n − 1)/(t(n) − t(1)) for a 32-token prompt and n = room − 32 new
+    tokens, prefill excluded (`decode_timer`); also printed against generate at the episodes' own
+    room (prompt + max_new_tokens);
   reuse ratio = cost of re-prefilling every distinct state (prompt = the state, `generate` with
     num_samples = K, max(1, R // K) states per call, no refill: the earlier benchmark's baseline)
     ÷ cost of MC with refill; also printed: re-prefill followed by the same refill schedule.
 Last lines: `mc live fraction math: X`, `mc efficiency: X` (MATH), `mc reuse ratio: X` (MATH).
 
-  python benchmarks/mc_lengths.py [--tasks gsm8k math] [--problems 1] [--samples 8] [--slots 16]
+  python benchmarks/mc_lengths.py [--tasks gsm8k math] [--problems 1] [--samples 8] [--slots 16] [--quick]
 """
 from __future__ import annotations
 
@@ -120,20 +126,27 @@ def instant(table: StopTable) -> StopTable:
     return StopTable(next_state=np.full(table.next_state.shape, STOPPED, np.int32), strings=table.strings)
 
 
-def decode_speed(params, cfg, scfg, rows: int, room: int, n1: int = 32, n2: int = 160) -> tuple[float, float]:
-    """Full-batch decode tok/s (wall, CPU) of `generate` (no stops, every row live) with `rows`
-    rows at cache room `room`: rows · (n2 − n1) / (t(n2) − t(n1)), prompts of room − n2 tokens
-    (the prefill cancels)."""
-    prompts = np.random.RandomState(1).randint(3, cfg.vocab_size, (rows, room - n2)).astype(np.int32)
-    lens = np.full((rows,), room - n2, np.int32)
-    t = {}
-    for n in (1, n1, n2):
-        sc = scfg.replace(max_new_tokens=n2)
-        env = sampling.RolloutEnv(params, cfg, sc)
-        run = lambda: sampling.generate(env, prompts, lens, jax.random.key(n),
-                                        max_new=np.full((rows,), n)).tokens.block_until_ready()
-        t[n] = min((timed(run)[:2] for _ in range(2)), key=lambda x: x[1])
-    return tuple(rows * (n2 - n1) / (t[n2][i] - t[n1][i]) for i in range(2))
+def decode_timer(params, cfg, scfg, rows: int, room: int, prompt: int = 32):
+    """A function timing full-batch decode of `generate` (no stops, every row live) with `rows` rows
+    at cache room `room` once: returns (wall, CPU) tok/s = rows · (n − 1) / (t(n) − t(1)), n =
+    room − prompt new tokens after a `prompt`-token prompt, so the decode cache has exactly `room`
+    slots (a decode step reads every slot, wherever the row is) and the prefill (a tiny one)
+    cancels. Both programs are compiled here."""
+    prompts = np.random.RandomState(1).randint(3, cfg.vocab_size, (rows, prompt)).astype(np.int32)
+    lens = np.full((rows,), prompt, np.int32)
+    n = room - prompt
+    env = sampling.RolloutEnv(params, cfg, scfg.replace(max_new_tokens=n))
+    runs = {steps: (lambda steps=steps: sampling.generate(env, prompts, lens, jax.random.key(steps),
+                                                          max_new=np.full((rows,), steps)).tokens.block_until_ready())
+            for steps in (1, n)}
+    for run in runs.values():
+        run()  # compile
+
+    def measure() -> tuple[float, float]:
+        t = {steps: timed(run)[:2] for steps, run in runs.items()}
+        return tuple(rows * (n - 1) / (t[n][i] - t[1][i]) for i in range(2))
+
+    return measure
 
 
 def reprefill(params, cfg, scfg, w, table, slots: int, seed: int) -> int:
@@ -179,37 +192,58 @@ def run_task(name, tokenizer, params, cfg, scfg, args, rs) -> dict:
           f"p90 {np.percentile(w['pool'], 90):.0f} p99 {np.percentile(w['pool'], 99):.0f} max {w['pool'].max()}",
           flush=True)
 
-    def mc(data, schedule, seed, stops):
-        env = sampling.RolloutEnv(params, cfg, scfg, chunk_rows=args.slots, stops=stops, schedule=schedule)
+    def mc(data, schedule, seed, stops, halvings=None):
+        env = sampling.RolloutEnv(params, cfg, scfg, chunk_rows=args.slots, stops=stops, schedule=schedule,
+                                  tail_halvings=halvings)
         return sampling.continue_from_prefixes(env, data["tokens"], data["lengths"], data["pos"], jax.random.key(seed),
                                                K, state_mask=data["mask"], budgets=data["budgets"])
 
+    room = cache_room(int((w["pos"] + w["budgets"])[w["mask"]].max()))
+    gen_same = decode_timer(params, cfg, scfg, args.slots, room)
+    gen_episode = decode_timer(params, cfg, scfg, args.slots, cache_room(int(w["prompt_len"]) + MAX_NEW))
+    paired = [("refill", w, "refill", None), ("refill, no tail halving", w, "refill", 0)]
+    once = [] if args.quick else [("chunks", w, "chunks", None), ("re-prefill + refill", prefix_rows(w), "refill", None)]
+    for _, data, schedule, halvings in paired + once:
+        mc(data, schedule, 0, instant(table), halvings)  # compile
+    # MC and generate timed in turns, `--repeats` times: each ratio from neighbouring measurements
+    times, gens = {label: [] for label, *_ in paired + once}, []
+    for rep in range(args.repeats):
+        for label, data, schedule, halvings in paired + (once if rep == 0 else []):
+            t, c, out = timed(lambda: mc(data, schedule, 1, table, halvings))
+            times[label].append((t, c, out.stats))
+        gens.append((gen_same()[1], gen_episode()[1]))
     res = {}
-    for label, data, schedule in [("refill", w, "refill"), ("chunks", w, "chunks"),
-                                  ("re-prefill + refill", prefix_rows(w), "refill")]:
-        mc(data, schedule, 0, instant(table))  # compile
-        t, c, out = timed(lambda: mc(data, schedule, 1, table))
-        st = out.stats
-        res[label] = dict(t=t, c=c, tok=st["live_steps"], live=st["live_fraction"])
-        print(f"mc {label:20s}: {st['rows']} rows ({st['unique_states']} distinct states), {st['chunks']} call(s) of "
+    for label, runs in times.items():
+        st = runs[0][2]  # the same rows every run
+        t, c = float(np.median([x[0] for x in runs])), float(np.median([x[1] for x in runs]))
+        res[label] = dict(c=c, tok=st["live_steps"], live=st["live_fraction"],
+                          eff=[st["live_steps"] / x[1] / g[0] for x, g in zip(runs, gens)],
+                          eff_episode=[st["live_steps"] / x[1] / g[1] for x, g in zip(runs, gens)])
+        print(f"mc {label:23s}: {st['rows']} rows ({st['unique_states']} distinct states), {st['chunks']} call(s) of "
               f"{st['slots']} slots; {st['live_steps']} tokens (mean {st['live_steps'] / st['rows']:.0f}); "
-              f"wall {t:.1f} s, CPU {c:.1f} s = {st['live_steps'] / c:,.0f} tok per CPU-s; live fraction "
-              f"{st['live_fraction']:.3f}", flush=True)
+              f"wall {t:.1f} s, CPU {c:.1f} s = {st['live_steps'] / c:,.0f} tok per CPU-s (median of {len(runs)}); "
+              f"live fraction {st['live_fraction']:.3f}", flush=True)
+    r, r0 = res["refill"], res["refill, no tail halving"]
+    med = lambda x: float(np.median(x))
+    out = dict(live=r["live"], eff=med(r["eff"]), eff_no_halving=med(r0["eff"]), live_no_halving=r0["live"],
+               eff_episode=med(r["eff_episode"]))
+    print(f"generate (full rows, {args.slots} rows): {med([g[0] for g in gens]):,.0f} tok per CPU-s at the MC room "
+          f"{room}; {med([g[1] for g in gens]):,.0f} at the episode room (medians of {len(gens)}, each measured "
+          f"after the MC runs of its turn)")
+    print(f"{name}: live fraction refill {out['live']:.3f} (without tail halvings {out['live_no_halving']:.3f}); MC tok / "
+          f"generate tok per CPU-s, median of the turns' ratios: refill {out['eff']:.2f} (turns "
+          f"{', '.join(f'{x:.2f}' for x in r['eff'])}; without tail halvings {out['eff_no_halving']:.2f}) at the same "
+          f"room, {out['eff_episode']:.2f} at the episode room", flush=True)
+    if args.quick:
+        return out
     reprefill(params, cfg, scfg, w, instant(table), args.slots, 0)  # compile
     t_base, c_base, _ = timed(lambda: reprefill(params, cfg, scfg, w, table, args.slots, 1))
     print(f"re-prefill (generate per state): wall {t_base:.1f} s, CPU {c_base:.1f} s", flush=True)
-    room = cache_room(int((w["pos"] + w["budgets"])[w["mask"]].max()))
-    gen_same = decode_speed(params, cfg, scfg, args.slots, room)
-    gen_episode = decode_speed(params, cfg, scfg, args.slots, cache_room(int(w["prompt_len"]) + MAX_NEW))
-    r, ch, pre = res["refill"], res["chunks"], res["re-prefill + refill"]
-    out = dict(live=r["live"], live_chunks=ch["live"], eff=r["tok"] / r["c"] / gen_same[1],
-               eff_chunks=ch["tok"] / ch["c"] / gen_same[1], eff_episode=r["tok"] / r["c"] / gen_episode[1],
-               reuse=c_base / r["c"], reuse_chunks=c_base / ch["c"], reuse_same=pre["c"] / r["c"],
-               speedup_chunks=ch["c"] / r["c"])
-    print(f"generate (full rows, {args.slots} rows): {gen_same[1]:,.0f} tok per CPU-s ({gen_same[0]:,.0f} tok/s wall) "
-          f"at the MC room {room}; {gen_episode[1]:,.0f} per CPU-s at the episode room")
-    print(f"{name}: live fraction refill {out['live']:.3f} / chunks {out['live_chunks']:.3f}; refill is "
-          f"{out['speedup_chunks']:.2f}x faster than chunks; MC tok / generate tok per CPU-s: refill {out['eff']:.2f}, "
+    ch, pre = res["chunks"], res["re-prefill + refill"]
+    out |= dict(live_chunks=ch["live"], eff_chunks=med(ch["eff"]), reuse=c_base / r["c"],
+                reuse_chunks=c_base / ch["c"], reuse_same=pre["c"] / r["c"], speedup_chunks=ch["c"] / r["c"])
+    print(f"{name}: live fraction chunks {out['live_chunks']:.3f}; refill is "
+          f"{out['speedup_chunks']:.2f}x faster than chunks; MC tok / generate tok per CPU-s: "
           f"chunks {out['eff_chunks']:.2f} (same room), refill {out['eff_episode']:.2f} (episode room); "
           f"reuse vs re-prefill: refill {out['reuse']:.2f}x, chunks {out['reuse_chunks']:.2f}x; vs re-prefill with the "
           f"same refill schedule {out['reuse_same']:.2f}x", flush=True)
@@ -226,11 +260,12 @@ def main():
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="turns of timed refill MC runs and generate")
+    ap.add_argument("--quick", action="store_true", help="refill and generate only (no chunks, no re-prefill)")
     args = ap.parse_args()
     print(f"jax {jax.__version__} devices {jax.devices()} cores {os.cpu_count()}")
-    rs = np.random.RandomState(0)
     texts = []
-    for name in args.tasks:
+    for name in FIELDS:  # one tokenizer whatever --tasks
         q, a = load_records(name)
         texts += a[:300] + q[:300]
     tokenizer = byte_level_bpe(texts, vocab_size=args.vocab)
@@ -240,12 +275,13 @@ def main():
     params = llama.init_params(cfg, jax.random.key(0), std=0.02)
     scfg = sampling.SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0, eos_ids=(),
                                    pad_id=encode.pad_token_id(tokenizer))
-    results = {name: run_task(name, tokenizer, params, cfg, scfg, args, rs) for name in args.tasks}
+    results = {name: run_task(name, tokenizer, params, cfg, scfg, args, np.random.RandomState(0)) for name in args.tasks}
     last = results.get("math", next(iter(results.values())))
     if "math" in results:
         print(f"\nmc live fraction math: {results['math']['live']:.3f}")
     print(f"mc efficiency: {last['eff']:.2f}")
-    print(f"mc reuse ratio: {last['reuse']:.2f}")
+    if "reuse" in last:
+        print(f"mc reuse ratio: {last['reuse']:.2f}")
 
 
 if __name__ == "__main__":
