@@ -306,15 +306,16 @@ def decode_rows(
             return work
         return work & (queued | jnp.any(live.sum(1) > live.shape[1] // 2))
 
-    def body(carry):
+    def body(carry, refills: bool):
         i, next_row, sl, kv, out = carry
         logits, kv = step_fn(sl.tok, kv)
         tok, col, fin, states, out = advance(logits, sl.row, sl.col, sl.finish, sl.states, out)
         sl = _Slots(sl.row, col, fin, states, tok)
-        # refill only when a slot is free and rows wait (a conditional: measured cheaper than
-        # fetching refills_per_step rows every step)
-        next_row, sl, kv, out = jax.lax.cond(waiting(next_row, sl), lambda a: refill(refills_per_step, *a),
-                                             lambda a: a, (next_row, sl, kv, out))
+        if refills:
+            # refill only when a slot is free and rows wait (a conditional: measured cheaper than
+            # fetching refills_per_step rows every step)
+            next_row, sl, kv, out = jax.lax.cond(waiting(next_row, sl), lambda a: refill(refills_per_step, *a),
+                                                 lambda a: a, (next_row, sl, kv, out))
         return i + 1, next_row, sl, kv, out
 
     def halve(sl: _Slots, kv):
@@ -328,7 +329,9 @@ def decode_rows(
     carry, slot_steps = (jnp.int32(1), next_row, sl, kv, out), jnp.int32(0)
     for h, width in enumerate(widths):
         last = h == len(widths) - 1
-        steps, next_row, sl, kv, out = jax.lax.while_loop(lambda c, last=last: cond(c, last), body, carry)
+        # after the first width the queue is empty: no refill to compile
+        steps, next_row, sl, kv, out = jax.lax.while_loop(lambda c, last=last: cond(c, last),
+                                                          lambda c, h=h: body(c, refills=h == 0), carry)
         slot_steps += steps * width * dp
         if not last:
             sl, kv = halve(sl, kv)
