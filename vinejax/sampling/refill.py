@@ -114,6 +114,13 @@ def _spec(axes, shape):
     return sharding.logical_to_spec(axes, shape, mesh)
 
 
+def _cache_specs(kv):
+    """Partition specs of a refill loop's caches (`DecodeCaches` or a stacked `llama.KVCache`),
+    rows over the data axes."""
+    axes = llama.CACHE_AXES if isinstance(kv, llama.KVCache) else model_decode.LAYER_CACHE_AXES
+    return jax.tree.map(lambda a: _spec(axes, a.shape), kv)._replace(lengths=_spec(("batch",), kv.lengths.shape))
+
+
 def local_refill(kv, source: Source, slot: jax.Array, row: jax.Array, pos: jax.Array, col: jax.Array):
     """Copy source rows into decode slots, on each device from its own block (call inside jit).
 
@@ -151,9 +158,7 @@ def local_refill(kv, source: Source, slot: jax.Array, row: jax.Array, pos: jax.A
     if mesh.empty:
         kv, hidden = local(*args)
     else:
-        cache_axes = llama.CACHE_AXES if stacked else model_decode.LAYER_CACHE_AXES
-        kv_specs = jax.tree.map(lambda a: _spec(cache_axes, a.shape), kv)
-        kv_specs = kv_specs._replace(lengths=_spec(("batch",), kv.lengths.shape))
+        kv_specs = _cache_specs(kv)
         pair = _spec(("batch", None), slot.shape)
         in_specs = (kv_specs, _spec(llama.CACHE_AXES, source.k.shape), _spec(llama.CACHE_AXES, source.v.shape),
                     _spec(HIDDEN_AXES, source.hidden.shape), pair, pair, pair, pair)
@@ -178,9 +183,7 @@ def local_compact(kv, keep: jax.Array):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return local(kv, keep)
-    cache_axes = llama.CACHE_AXES if stacked else model_decode.LAYER_CACHE_AXES
-    kv_specs = jax.tree.map(lambda a: _spec(cache_axes, a.shape), kv)
-    kv_specs = kv_specs._replace(lengths=_spec(("batch",), kv.lengths.shape))
+    kv_specs = _cache_specs(kv)
     return jax.shard_map(local, in_specs=(kv_specs, _spec(("batch", None), keep.shape)), out_specs=kv_specs,
                          check_vma=False)(kv, keep)
 
