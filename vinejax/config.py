@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo.chunk_rows = 512  # continuation rows decoded at once (slots, refilled as rows finish)
     c.vineppo.episodes_per_group = 64  # episodes per MC group (one group's trajectory KV cache on the devices); rounded up to a multiple of samples_per_problem
     c.vineppo.early_start = True  # each MC group decodes as soon as it is sampled; False: every group after the iteration's sampling and log-probs
+    c.vineppo.pool_continuations = False  # a continuation that writes the episode's next steps counts for the later states it passes through (rl.pooling; exactly unbiased; fixed K only)
     c.vineppo.adaptive = ml_collections.ConfigDict()  # adaptive K (vinejax.rl.adaptive); off = the paper's fixed K
     c.vineppo.adaptive.enabled = False  # adaptive K on (vineppo only)
     c.vineppo.adaptive.round_size = 3  # rollouts per round
@@ -310,6 +311,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             raise ConfigError(f"config key 'vineppo.adaptive': {e}") from None
     need(cfg.vineppo.state_interval >= 1, "vineppo.state_interval", "must be >= 1")
     need(cfg.vineppo.max_states >= 0, "vineppo.max_states", "must be >= 0 (0 = no cap)")
+    need(not (cfg.vineppo.pool_continuations and (cfg.vineppo.adaptive.enabled or cfg.vineppo.allocation.enabled)),
+         "vineppo.pool_continuations", "works with fixed K only (their rollout counts read draws that pooling would reuse): "
+         "turn off vineppo.adaptive.enabled and vineppo.allocation.enabled")
     if cfg.vineppo.allocation.enabled:
         need(not cfg.vineppo.adaptive.enabled, "vineppo.allocation.enabled",
              "allocation and vineppo.adaptive are two ways of choosing rollout counts: enable one")

@@ -10,7 +10,7 @@ import numpy as np
 
 from vinejax.model.config import ModelConfig
 from vinejax.sampling.core import SamplingConfig
-from vinejax.sampling.stops import StopTable
+from vinejax.sampling.stops import StopTable, token_sequence_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,16 @@ class RolloutEnv:
     def context(self) -> int:
         """`context_size`, or the model's positions − 1 when it is −1."""
         return self.context_size if self.context_size >= 0 else self.model_cfg.max_position_embeddings - 1
+
+    def stop_tables(self) -> list:
+        """The stop automata a decode runs (`stops.StopTable.next_state` int32[states, V]): the
+        sampling config's token-id `stop_sequences`, then `stops`'s."""
+        tables = []
+        if self.scfg.stop_sequences:
+            tables.append(token_sequence_table(self.scfg.stop_sequences, self.model_cfg.vocab_size).next_state)
+        if self.stops is not None:
+            tables.append(np.asarray(self.stops.next_state))
+        return tables
 
     def budgets(self, prefix_lens) -> np.ndarray:
         """`token_budgets` of prefixes (lengths BOS included) under this environment."""

@@ -3,6 +3,7 @@ every step boundary, graded like episodes) and PPO's critic token values."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import NamedTuple, Optional
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 
 from vinejax import sampling
 from vinejax.multihost import split_rows
-from vinejax.rl import adaptive
+from vinejax.rl import adaptive, pooling
 from vinejax.rl import values as values_lib
 from vinejax.sampling import RolloutEnv
 from vinejax.train import host_work
@@ -90,21 +91,36 @@ class MCGroups:
     cache there at a time) and are graded on `host`'s thread while the next device work runs (at
     most two groups' continuations held at a time). Continuation k of state i of the episode in
     row r of the iteration draws with fold_in(fold_in(fold_in(rng, r), i), k) (shared prefixes:
-    the first episode with it), whatever the groups. `finish` returns the rewards of all."""
+    the first episode with it), whatever the groups. `finish` returns the rewards of all, `values`
+    their V̂ (pooled with `pool`: `rl.pooling`)."""
 
-    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork):
-        self.env, self.rng, self.k, self.host = env, rng, k, host
+    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, pool: bool = False):
+        self.env, self.rng, self.k, self.host, self.pool = env, rng, k, host, pool
         self.pending, self.done, self.errors, self.slots = [], [], 0, 0
         self.totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
 
     def add(self, ep: Episodes, rows: np.ndarray, states: StepStates) -> None:
-        """Continue the estimated states `states` of episodes `ep` (rows `rows` of the iteration)."""
+        """Continue the estimated states `states` of episodes `ep` (rows `rows` of the iteration).
+        With `pool` (`rl.pooling`), each continuation may write what any later state it could pass
+        through needs (`pooling.extended_budgets`, decoded with a wider `max_new_tokens`)."""
         env, k = self.env, self.k
-        out = sampling.Trajectories(env, ep.tokens, ep.total_lens, ids=rows).continue_from(
-            states.starts, self.rng, k, state_mask=states.estimated, budgets=env.budgets(states.starts))
+        budgets = env.budgets(states.starts)
+        decode_env, decode_budgets = env, budgets
+        if self.pool:
+            decode_budgets = pooling.extended_budgets(states.starts, budgets, states.estimated)
+            width = max(pooling.decode_width(env.scfg.max_new_tokens, env.context), int(decode_budgets.max(initial=1)))
+            decode_env = env.replace(scfg=dataclasses.replace(env.scfg, max_new_tokens=width))
+        out = sampling.Trajectories(decode_env, ep.tokens, ep.total_lens, ids=rows).continue_from(
+            states.starts, self.rng, k, state_mask=states.estimated, budgets=decode_budgets)
         r, c = np.nonzero(states.estimated)
         graded = grade_continuations(env, ep, states.starts, out, r, c, np.full(len(r), k), pool=self.host.pool)
-        self.pending.append((np.asarray(rows)[r], c, self.host.track(graded)))
+        shared = None
+        if self.pool:  # what the pooled values need besides the grades (the tokens are dropped here)
+            cont = pooling.Continuations(out.tokens, out.lengths, out.finish_reason)
+            clean = pooling.clean_boundaries(env.stop_tables(), ep.tokens, states.starts, states.estimated)
+            through = pooling.pass_through(cont, ep.tokens, states.starts, clean)
+            shared = (cont._replace(tokens=None), through, states.starts, budgets, states.estimated)
+        self.pending.append((np.asarray(rows), r, c, self.host.track(graded), shared))
         for key in self.totals:
             self.totals[key] += out.stats[key]
         self.slots = max(self.slots, out.stats["slots"])
@@ -112,19 +128,27 @@ class MCGroups:
             self._collect(self.pending.pop(0))
 
     def _collect(self, item) -> None:
-        rows, cols, waiter = item
+        rows, r, c, waiter, shared = item
         rewards, bad = scored(self.host.wait(waiter))
-        self.done.append((rows, cols, rewards))
+        pooled = None
+        if shared is not None:
+            cont, through, starts, budgets, est = shared
+            graded = np.zeros(est.shape + (self.k,), np.float32)
+            graded[r, c] = rewards.reshape(len(r), self.k)
+            pooled = pooling.pooled_mc_values(graded, cont, through, starts, budgets, est)
+            rewards = np.where(cont.lengths <= budgets[..., None], graded, 0.0)[r, c]  # own draws at their own budget
+        self.done.append((rows[r], c, rewards, rows, pooled))
         self.errors += bad
 
     def finish(self, estimated: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(f32[B, S, K] rewards, their mask, `mc/*` stats) of every state added (estimated: bool[B, S])."""
+        """(f32[B, S, K] rewards, their mask, `mc/*` stats) of every state added (estimated: bool[B, S]):
+        each state's own K continuations."""
         for item in self.pending:  # the last group's grading is not hidden
             self._collect(item)
         self.pending = []
         b, s = estimated.shape
         rewards = np.zeros((b, s, self.k), np.float32)
-        for rows, cols, r in self.done:
+        for rows, cols, r, _, _ in self.done:
             rewards[rows, cols] = r
         mask = np.repeat(estimated[:, :, None], self.k, axis=2)
         t = self.totals
@@ -132,6 +156,22 @@ class MCGroups:
         stats |= {"mc/slots": float(self.slots), "mc/live_fraction": t["live_steps"] / max(t["slot_steps"], 1),
                   "mc/grade_errors": float(self.errors)}
         return rewards, mask, stats
+
+    def values(self, estimated: np.ndarray) -> tuple[np.ndarray, dict]:
+        """(V̂ f32[B, S], metrics) of every state added: the mean of its own K rewards, or with
+        `pool` the pooled mean (`rl.pooling.pooled_values`; `mc/pooled_draws`: the extra draws per
+        estimated state)."""
+        rewards, mask, stats = self.finish(estimated)
+        if not self.pool:
+            return values_of(rewards, mask, stats, estimated)
+        b, s = estimated.shape
+        est = values_lib.MCValues(*(np.zeros((b, s), dt) for dt in (np.float32, np.float32, np.int32)))
+        for _, _, _, rows, pooled in self.done:
+            for whole, part in zip(est, pooled):
+                whole[rows] = part
+        metrics = {key: float(v) for key, v in values_lib.mc_value_metrics(est, estimated).items()}
+        extra = (est.count.sum() - mask.sum()) / max(int(estimated.sum()), 1)
+        return est.value, stats | metrics | {"mc/pooled_draws": float(extra)}
 
 
 def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
@@ -156,9 +196,15 @@ def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array
 
 
 def mc_state_values(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
-                    host: Optional[HostWork] = None) -> tuple[np.ndarray, dict]:
-    """V̂(s) f32[B, S] of every estimated state (the mean reward of its K continuations) and `mc/*` metrics."""
-    return values_of(*mc_rewards(env, ep, states, rng, k, host), states.estimated)
+                    host: Optional[HostWork] = None, pool: bool = False) -> tuple[np.ndarray, dict]:
+    """V̂(s) f32[B, S] of every estimated state (the mean reward of its K continuations; with
+    `pool`, and of the continuations of earlier states that pass through it: `rl.pooling`) and
+    `mc/*` metrics. The groups and draws are `mc_rewards`'s."""
+    with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
+        groups = MCGroups(env, rng, k, host, pool)
+        for part, _ in episode_groups(len(ep.tokens), env.group_rows, rng):
+            groups.add(ep.select(part), part, states.select(part))
+        return groups.values(states.estimated)
 
 
 def values_of(rewards: np.ndarray, mask: np.ndarray, stats: dict, estimated: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -174,14 +220,15 @@ class EarlyMC:
     0..num_steps−1 estimated up to `max_value_step` (`StepStates.of`); `values(states)` then
     gives what `mc_state_values` would, draw for draw."""
 
-    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, max_value_step: Optional[int]):
-        self.groups, self.cap = MCGroups(env, rng, k, host), max_value_step
+    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, max_value_step: Optional[int],
+                 pool: bool = False):
+        self.groups, self.cap = MCGroups(env, rng, k, host, pool), max_value_step
 
     def add(self, group: EpisodeGroup) -> None:
         self.groups.add(group.episodes, group.rows, StepStates.of(group.starts, group.num_steps, self.cap))
 
     def values(self, states: StepStates) -> tuple[np.ndarray, dict]:
-        return values_of(*self.groups.finish(states.estimated), states.estimated)
+        return self.groups.values(states.estimated)
 
 
 class AdaptiveRollouts(NamedTuple):

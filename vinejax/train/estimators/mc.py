@@ -43,23 +43,25 @@ class StepValues(Estimator):
 
 
 class MonteCarlo(StepValues):
-    """The paper's VinePPO: V̂(s) = the mean reward of `vineppo.num_rollouts` continuations of s."""
+    """The paper's VinePPO: V̂(s) = the mean reward of `vineppo.num_rollouts` continuations of s
+    (with `vineppo.pool_continuations`, and of earlier states' continuations through s: `rl.pooling`)."""
 
     name = "vineppo"
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.k, self.early = cfg.vineppo.num_rollouts, cfg.vineppo.early_start
+        self.pool = cfg.vineppo.pool_continuations
 
     def start(self, run, state, env, host, rng):
         """Each group's continuations decode as soon as it is sampled (`train.values.EarlyMC`); with
         `vineppo.early_start` off, None: every group after the iteration's sampling (the same values)."""
-        return EarlyMC(env, rng, self.k, host, self.cap) if self.early else None
+        return EarlyMC(env, rng, self.k, host, self.cap, self.pool) if self.early else None
 
     def state_values(self, run, state, rollouts, states, rng):
         if rollouts.early is not None:
             return rollouts.early.values(states)
-        return mc_state_values(rollouts.env, rollouts.episodes, states, rng, self.k, rollouts.host)
+        return mc_state_values(rollouts.env, rollouts.episodes, states, rng, self.k, rollouts.host, self.pool)
 
 
 class AdaptiveMonteCarlo(StepValues):
