@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 
 from vinejax import sampling, sharding
 from vinejax.model import llama, lora
+from vinejax.rl import pooling
 from vinejax.rl.batch import RolloutBatch
 from vinejax.sampling.continuation import TrajectoryCache, refill_program, trajectory_program
 from vinejax.sampling.core import Rows, bucket, cache_room
@@ -349,11 +350,14 @@ def _mc(parts: _Parts, value: int) -> Phase:
     room = cache_room(min(longest, run.context_size + 1))
     per_device = bucket(-(-mc_queue_rows(run, parts.lengths) // parts.dp))
     plan = parts.refill_plan(value, per_device, room)
-    scfg = parts.sampling_config(s.max_new_tokens, s.temperature, s.top_p, s.top_k)
+    new = s.max_new_tokens  # pooled draws: continuations decode as far as a later state's budget needs
+    if run.cfg.vineppo.pool_continuations:
+        new = pooling.decode_width(new, run.context_size)
+    scfg = parts.sampling_config(new, s.temperature, s.top_p, s.top_k)
     args = (parts.state["params"], trajectory_abstract(parts), parts.queue(per_device), parts.stop_table())
     return Phase("mc", "vineppo.chunk_rows", value, refill_program, args, dict(cfg=run.model_cfg, scfg=scfg, plan=plan),
                  parts.resident("params"),
-                 f"{plan.slots} slots, cache {room} slots, queue {per_device * parts.dp} rows, {s.max_new_tokens} new "
+                 f"{plan.slots} slots, cache {room} slots, queue {per_device * parts.dp} rows, {new} new "
                  f"tokens; trajectory cache as argument")
 
 

@@ -105,8 +105,8 @@ def pass_through(cont: Continuations, tokens: np.ndarray, starts: np.ndarray, cl
     tokens, starts = np.asarray(tokens), np.asarray(starts, np.int64)
     cols = starts[:, :, None] + np.arange(n)[None, None, :]                # [B, S, N]
     own = np.where(cols < tokens.shape[1], tokens[np.arange(b)[:, None, None], np.minimum(cols, tokens.shape[1] - 1)], -1)
-    same = (toks == own[:, :, None, :]) & (np.arange(n) < np.asarray(cont.lengths)[..., None])
-    matched = np.cumprod(same, axis=-1).sum(-1)                           # [B, S, K] leading tokens equal
+    differ = (toks != own[:, :, None, :]) | (np.arange(n) >= np.asarray(cont.lengths)[..., None])  # [B, S, K, N]
+    matched = np.where(differ.any(-1), differ.argmax(-1), n)              # [B, S, K] leading tokens equal
     delta = starts[:, None, :] - starts[:, :, None]                       # [B, S(i), S(j)]
     return clean[:, :, None, :] & (delta[:, :, None, :] <= matched[..., None])
 
