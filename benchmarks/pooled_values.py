@@ -1,19 +1,26 @@
-"""Pooled MC values (`vineppo.pool_continuations`, `vinejax.rl.pooling`) against the paper's plain
-mean, on a real policy's states: value error and advantage sign agreement at K = 3..9.
+"""Pooled MC values (`vineppo.pool_continuations`, `vinejax.rl.pooling`) and own counts by step
+index (`vineppo.rollouts_by_step`) against the paper's plain mean of K = 9, on a real policy's
+states: rollouts, value error and advantage sign agreement.
 
 Samples an iteration's episodes as the loop does (`configs/arith_vineppo.py`'s policy from
 --init_from, e.g. the arithmetic SFT run of docs/results.md §2), draws --k (128) continuations
 from every state with the pooling budgets (`pooling.extended_budgets`), grades them, and finds
 which pass through later states of their episode (`pooling.pass_through`). Halves of the draws:
   * truth: each state's pooled value over draws k/2..k−1 (its own and the passing ones);
-  * estimates: K of draws 0..k/2−1 per distinct state (a fresh subset per seed), the plain mean
-    of its own K and the pooled mean (own K + those of earlier states' K that pass through it).
+  * estimates: K (or by_step[i] at step index i) of draws 0..k/2−1 per distinct state (a fresh
+    subset per seed): the plain mean of its own, and the pooled mean (its own and those of
+    earlier states' draws that pass through it).
 Metrics (medians over --seeds of per-seed ratios to plain K = 9): value MAE over distinct states;
-advantage sign agreement over episode steps, A_i = V(s_{i+1}) − V(s_i), V(s_L) = R.
+advantage sign agreement over episode steps, A_i = V(s_{i+1}) − V(s_i), V(s_L) = R; rollouts =
+continuations drawn (each distinct state's own count). Counts by step index are chosen on the
+first half of the problem groups (the cheapest of `SCHEDULES` whose pooled value MAE is at most
+plain K = 9's) and reported on the other half.
 
   python benchmarks/pooled_values.py --init_from RUN_DIR [--problems 128] [--k 128] [--seeds 20]
 Last lines: `pooled value mae ratio: X` (pooled K = 9 ÷ plain K = 9, the same rollouts),
-`pooled rollouts ratio at equal error: X` (the smallest K whose pooled MAE ≤ plain K = 9's, ÷ 9).
+`pooled rollouts ratio at equal error: X` (the smallest K whose pooled MAE ≤ plain K = 9's, ÷ 9),
+`schedule rollouts ratio: X` and `schedule value mae ratio: X` (the chosen counts by step index,
+pooled, on the held-out groups).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from collect_mc_values import load_config  # noqa: E402
 from vinejax import config as config_lib  # noqa: E402
 from vinejax import sampling  # noqa: E402
 from vinejax.rl import pooling  # noqa: E402
+from vinejax.rl.values import rollouts_by_step  # noqa: E402
 from vinejax.train.context import build_context  # noqa: E402
 from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes  # noqa: E402
 from vinejax.train.stage import iteration_problems  # noqa: E402
@@ -74,13 +82,15 @@ def collect(args):
     return parts
 
 
-def estimate(part, draws: np.ndarray, pool: bool):
-    """V̂ f32[B, S] from the continuations `draws` (int[B, S, K] slots) of every state."""
+def estimate(part, draws: np.ndarray, pool: bool, counts=None):
+    """V̂ f32[B, S] from the continuations `draws` (int[B, S, K] slots) of every state, the first
+    counts[i] of them at step index i when counts (int[S]) is given."""
     graded, cont, through, states, budgets, _, _ = part
     take = lambda x: np.take_along_axis(x, draws, axis=2)
     sub = pooling.Continuations(None, take(cont.lengths), take(cont.finish))
     thr = np.take_along_axis(through, draws[..., None], axis=2) if pool else np.zeros(draws.shape + through.shape[-1:], bool)
-    return pooling.pooled_values(take(graded), sub, thr, states.starts, budgets, states.estimated)[0]
+    drawn = states.estimated[..., None] & (True if counts is None else np.arange(draws.shape[2]) < counts[:, None])
+    return pooling.pooled_values(take(graded), sub, thr, states.starts, budgets, np.broadcast_to(drawn, draws.shape))[0]
 
 
 def slots(part, rng, lo: int, k: int):
@@ -90,22 +100,54 @@ def slots(part, rng, lo: int, k: int):
     return pick[np.maximum(uid, 0)]
 
 
+def distinct(part):
+    """(bool[B, S] the first row of each distinct estimated state, int[B, S] step indices)."""
+    states, uid = part[3], part[6]
+    first = np.zeros(states.estimated.shape, bool)
+    _, at = np.unique(np.where(states.estimated, uid, -1).ravel(), return_index=True)
+    first.ravel()[at] = True
+    return first & states.estimated, np.broadcast_to(np.arange(uid.shape[1]), uid.shape)
+
+
 def metrics(parts, values, truths) -> tuple[float, float]:
     """(value MAE over distinct states, advantage sign agreement over episode steps)."""
     err, agree = [], []
     for part, v, t in zip(parts, values, truths):
-        states, rewards, uid = part[3], part[5], part[6]
-        first = np.zeros(uid.max(initial=-1) + 1, bool)
-        for (b, i) in zip(*np.nonzero(states.estimated)):
-            if not first[uid[b, i]]:
-                first[uid[b, i]] = True
-                err.append(abs(v[b, i] - t[b, i]))
+        states, rewards = part[3], part[5]
+        first, _ = distinct(part)
+        err.extend(np.abs(v - t)[first])
         for b in range(len(rewards)):
             n = int(states.num_steps[b])
             vv = np.append(np.where(states.estimated[b, :n], v[b, :n], rewards[b]), rewards[b])
             tt = np.append(np.where(states.estimated[b, :n], t[b, :n], rewards[b]), rewards[b])
             agree.extend(np.sign(np.diff(vv)) == np.sign(np.diff(tt)))
     return float(np.mean(err)), float(np.mean(agree))
+
+
+def run_seeds(parts, truths, seeds: int, k: int, pool: bool, by_step: tuple = ()) -> np.ndarray:
+    """f[seeds, 2] (value MAE, sign agreement) with K = k, or own counts `by_step` (rl.values.rollouts_by_step)."""
+    out = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        kmax = max(by_step) if by_step else k
+        values = []
+        for p in parts:
+            counts = rollouts_by_step(k, by_step, p[3].starts.shape[1])
+            values.append(estimate(p, slots(p, rng, 0, kmax), pool, counts))
+        out.append(metrics(parts, values, truths))
+    return np.array(out)
+
+
+def cost(parts, k: int, by_step: tuple = ()) -> int:
+    """Continuations drawn: each distinct state's own count."""
+    total = 0
+    for p in parts:
+        first, step = distinct(p)
+        total += int(rollouts_by_step(k, by_step, step.shape[1])[step[first]].sum())
+    return total
+
+
+SCHEDULES = [(a, b, c) for a in (6, 8, 9, 10, 12, 16) for b in (2, 3, 4) for c in (1, 2, 3) if c <= b]
 
 
 def main():
@@ -123,27 +165,40 @@ def main():
     half = args.k // 2
     truths = [estimate(p, np.broadcast_to(np.arange(half, args.k), p[0].shape[:2] + (half,)), True) for p in parts]
     passes = sum(p[2][..., :half, :].sum() for p in parts) / sum(p[3].estimated.sum() for p in parts)
-    print(f"states: {sum(len(np.unique(p[6][p[6] >= 0])) for p in parts)} distinct; a state's {half} truth draws "
+    print(f"states: {sum(int(distinct(p)[0].sum()) for p in parts)} distinct; a state's {half} truth draws "
           f"pass through {passes / half:.2f} later states each on average")
-    res = {}
-    for k in (3, 4, 5, 6, 7, 8, 9):
-        for pool in (False, True):
-            runs = []
-            for seed in range(args.seeds):
-                rng = np.random.default_rng(seed)
-                draws = [slots(p, rng, 0, k) for p in parts]
-                runs.append(metrics(parts, [estimate(p, d, pool) for p, d in zip(parts, draws)], truths))
-            res[k, pool] = np.array(runs)
+    res = {(k, pool): run_seeds(parts, truths, args.seeds, k, pool) for k in range(3, 10) for pool in (False, True)}
     base = res[9, False]
+    ratio = lambda r, b=base: float(np.median(r[:, 0] / b[:, 0]))
     print(f"{'K':>3s} {'estimator':>8s} {'rollouts ÷ K9':>14s} {'value MAE':>10s} {'÷ plain K9':>11s} {'adv sign':>9s}")
     for (k, pool), r in res.items():
-        print(f"{k:3d} {'pooled' if pool else 'plain':>8s} {k / 9:14.3f} {r[:, 0].mean():10.4f} "
-              f"{np.median(r[:, 0] / base[:, 0]):11.3f} {r[:, 1].mean():9.3f}")
-    equal = next((k for k in range(3, 10) if np.median(res[k, True][:, 0] / base[:, 0]) <= 1.0), 9)
+        print(f"{k:3d} {'pooled' if pool else 'plain':>8s} {k / 9:14.3f} {r[:, 0].mean():10.4f} {ratio(r):11.3f} "
+              f"{r[:, 1].mean():9.3f}")
+    equal = next((k for k in range(3, 10) if ratio(res[k, True]) <= 1.0), 9)
     print(f"peer plain K=9: value mae {base[:, 0].mean():.4f}, sign agreement {base[:, 1].mean():.3f}")
-    print(f"pooled value mae ratio: {np.median(res[9, True][:, 0] / base[:, 0]):.3f}")
+    print(f"pooled value mae ratio: {ratio(res[9, True]):.3f}")
     print(f"pooled rollouts ratio at equal error: {equal / 9:.3f} (K = {equal}, sign agreement "
           f"{res[equal, True][:, 1].mean():.3f} against {base[:, 1].mean():.3f})")
+    # Own counts by step index, pooled: chosen on the first half of the groups (the cheapest
+    # schedule at value MAE <= plain K = 9's), measured on the other half.
+    cut = len(parts) // 2
+    for name, sel in (("selection", slice(0, cut)), ("held out", slice(cut, None))):
+        ps, ts = parts[sel], truths[sel]
+        b9 = run_seeds(ps, ts, args.seeds, 9, False)
+        if name == "selection":
+            scores = {s: (cost(ps, 9, s) / cost(ps, 9), ratio(run_seeds(ps, ts, args.seeds, 9, True, s), b9))
+                      for s in SCHEDULES}
+            chosen = min((s for s in SCHEDULES if scores[s][1] <= 1.0), key=lambda s: scores[s][0])
+            print(f"counts by step index, pooled, chosen on groups 0..{cut - 1} of {len(parts)}: {chosen} "
+                  f"(rollouts {scores[chosen][0]:.3f}, value MAE {scores[chosen][1]:.3f} of plain K = 9's)")
+            continue
+        r = run_seeds(ps, ts, args.seeds, 9, True, chosen)
+        plain = run_seeds(ps, ts, args.seeds, 9, False, chosen)
+        print(f"held out (groups {cut}..{len(parts) - 1}): plain K = 9 sign agreement {b9[:, 1].mean():.3f}; "
+              f"{chosen} plain: value MAE {ratio(plain, b9):.3f}, sign agreement {plain[:, 1].mean():.3f}")
+        print(f"schedule rollouts ratio: {cost(ps, 9, chosen) / cost(ps, 9):.3f} ({chosen}, pooled, held out)")
+        print(f"schedule value mae ratio: {ratio(r, b9):.3f} (sign agreement {r[:, 1].mean():.3f} against "
+              f"{b9[:, 1].mean():.3f})")
 
 
 if __name__ == "__main__":

@@ -55,17 +55,16 @@ EPISODE = (7, 1, 2, 1, EOS)  # prompt token 7; steps (1), (2), (1, EOS)
 STARTS = np.array([1, 2, 3])  # states s0 = (7,), s1 = (7, 1), s2 = (7, 1, 2)
 
 
-def expected_values(k: int, max_new: int, table, extend: bool, clean_rule: bool, states: int = 3):
-    """E V̂ of each state over every joint outcome of k continuations from each of the first
-    `states` states (the others are not estimated), one row per outcome."""
-    est = (np.arange(3) < states)[None]
+def expected_values(ks: tuple, max_new: int, table, extend: bool = True, clean_rule: bool = True):
+    """E V̂ of each state over every joint outcome of ks[i] continuations from state i (0: not
+    estimated), one row per joint outcome."""
+    est = (np.array(ks) > 0)[None]
     budgets = np.full((1, 3), max_new)
     decode_budgets = P.extended_budgets(STARTS[None], budgets, est) if extend else budgets
-    per_state = [outcomes(EPISODE[:s], int(decode_budgets[0, i]), table) if est[0, i] else [((), FINISH_EOS, 1.0)]
-                 for i, s in enumerate(STARTS)]
-    draws = [list(itertools.product(o, repeat=k)) for o in per_state]
+    per_state = [outcomes(EPISODE[:s], int(decode_budgets[0, i]), table) for i, s in enumerate(STARTS)]
+    draws = [list(itertools.product(o, repeat=k)) for o, k in zip(per_state, ks)]
     rows = list(itertools.product(*draws))                    # every joint outcome
-    b, n = len(rows), int(decode_budgets.max())
+    b, k, n = len(rows), max(ks), int(decode_budgets.max())
     toks = np.zeros((b, 3, k, n), np.int64)
     lengths = np.zeros((b, 3, k), np.int64)
     finish = np.zeros((b, 3, k), np.int64)
@@ -83,22 +82,25 @@ def expected_values(k: int, max_new: int, table, extend: bool, clean_rule: bool,
     clean = P.clean_boundaries(tables, tokens, starts, est_b)
     cont = P.Continuations(toks, lengths, finish)
     through = P.pass_through(cont, tokens, starts, clean)
-    value, count = P.pooled_values(graded, cont, through, starts, np.broadcast_to(budgets, (b, 3)), est_b)
+    drawn = np.broadcast_to(np.arange(k)[None, None] < np.array(ks)[None, :, None], (b, 3, k))
+    value, count = P.pooled_values(graded, cont, through, starts, np.broadcast_to(budgets, (b, 3)), drawn)
     assert abs(prob.sum() - 1) < 1e-9
     return prob @ value.astype(np.float64), count, through
 
 
-@pytest.mark.parametrize("k,max_new,states", [(1, 2, 3), (1, 4, 3), (2, 1, 2)])
-def test_pooled_values_unbiased_by_enumeration(k, max_new, states):
-    """E V̂(s) = V(s) for every estimated state, with budgets that bind (max_new 2: s0's
-    continuations that pass through s2 need 2 more tokens than s0's own budget) and a stop
-    sequence (2, 3) that straddles s2's boundary (the episode's step 1 ends with 2)."""
+@pytest.mark.parametrize("ks,max_new", [((1, 1, 1), 2), ((1, 1, 1), 4), ((2, 2, 0), 1), ((2, 1, 1), 1)])
+def test_pooled_values_unbiased_by_enumeration(ks, max_new):
+    """E V̂(s) = V(s) for every estimated state, with own counts that differ by state (as
+    `vineppo.rollouts_by_step` sets them), budgets that bind (max_new 2: s0's continuations that
+    pass through s2 need 2 more tokens than s0's own budget) and a stop sequence (2, 3) that
+    straddles s2's boundary (the episode's step 1 ends with 2)."""
     table = token_sequence_table([[2, 3]], VOCAB).next_state
-    mean, count, through = expected_values(k, max_new, table, extend=True, clean_rule=True, states=states)
-    truth = [true_value(EPISODE[:s], max_new, table) for s in STARTS[:states]]
-    np.testing.assert_allclose(mean[:states], truth, atol=2e-6)  # f32 values
-    assert count[:, 1].max() > k and count[:, 0].max() == k      # s1 pooled draws from s0; s0 has none
-    assert not through[:, :, :, 2].any()                          # s2: not clean ((2, 3) half matched) or not estimated
+    mean, count, through = expected_values(ks, max_new, table)
+    est = np.array(ks) > 0
+    truth = np.array([true_value(EPISODE[:s], max_new, table) for s in STARTS])
+    np.testing.assert_allclose(mean[est], truth[est], atol=2e-6)  # f32 values
+    assert count[:, 1].max() > ks[1] and count[:, 0].max() == ks[0]  # s1 pooled draws from s0; s0 has none
+    assert not through[:, :, :, 2].any()                             # s2: not clean ((2, 3) half matched) or not estimated
 
 
 def test_pooling_needs_extended_budgets_and_clean_boundaries():
@@ -107,9 +109,9 @@ def test_pooling_needs_extended_budgets_and_clean_boundaries():
     matched (s0's continuation stops at 3 where s2's would not) biases the pooled values."""
     table = token_sequence_table([[2, 3]], VOCAB).next_state
     truth = np.array([true_value(EPISODE[:s], 2, table) for s in STARTS])
-    short, _, _ = expected_values(1, 2, table, extend=False, clean_rule=True)
+    short, _, _ = expected_values((1, 1, 1), 2, table, extend=False)
     assert abs(short[1] - truth[1]) > 1e-3
-    straddle, _, through = expected_values(1, 4, table, extend=True, clean_rule=False)
+    straddle, _, through = expected_values((1, 1, 1), 4, table, clean_rule=False)
     assert through[:, :, :, 2].any() and abs(straddle[2] - true_value(EPISODE[:3], 4, table)) > 1e-3
 
 

@@ -15,7 +15,7 @@ from vinejax.config import ConfigError
 from vinejax.sampling.stops import stop_automaton
 from vinejax.train import host_work
 from vinejax.train.estimators import get_estimator
-from vinejax.train.values import MCGroups, StepStates, mc_rewards, mc_state_values
+from vinejax.train.values import MCGroups, MCOptions, StepStates, mc_rewards, mc_state_values
 
 SCFG = sampling.SamplingConfig(max_new_tokens=2, temperature=0.7, eos_ids=(TOKENIZER.eos_token_id,))
 K, STATES = 8, 7
@@ -33,9 +33,11 @@ def setup():
     return s
 
 
-def hand_values(setup, key):
+def hand_values(setup, key, by_step=()):
     """V̂ of every estimated state re-derived by hand: decode every state with the budget that
-    lets it pass through any later estimated state, grade each continuation's text, then pool."""
+    lets it pass through any later estimated state, grade each continuation's text, then pool the
+    first by_step[i] (K where empty) continuations of each state i (draw k has the same key
+    whatever the count)."""
     ep, st, env = setup["ep"], setup["states"], setup["env"]
     b, s = st.starts.shape
     own = env.budgets(st.starts)
@@ -52,7 +54,7 @@ def hand_values(setup, key):
         draws = {j: [] for j in range(s) if est[r, j]}
         for i in draws:
             prefix = text_of(ep.tokens[r, ep.prompt_lens[r]:st.starts[r, i]].tolist())
-            for k in range(K):
+            for k in range(by_step[min(i, len(by_step) - 1)] if by_step else K):
                 n, fin = int(out.lengths[r, i, k]), int(out.finish_reason[r, i, k])
                 toks = out.tokens[r, i, k, :n].tolist()
                 ended = fin in (sampling.FINISH_EOS, sampling.FINISH_STOP)
@@ -79,7 +81,7 @@ def hand_values(setup, key):
 
 def test_pooled_values_match_a_hand_derivation(setup):
     key = jax.random.key(3)
-    values, metrics = mc_state_values(setup["env"], setup["ep"], setup["states"], key, K, pool=True)
+    values, metrics = mc_state_values(setup["env"], setup["ep"], setup["states"], key, K, options=MCOptions(pool=True))
     want, extra, cut, straddled = hand_values(setup, key)
     est = setup["states"].estimated
     assert extra >= 10 and cut > 0 and straddled > 0  # pooled; successes past their own budget; not pooled: half a stop
@@ -88,11 +90,30 @@ def test_pooled_values_match_a_hand_derivation(setup):
     assert metrics["mc/pooled_draws"] == pytest.approx(extra / est.sum())
 
 
+def test_rollouts_by_step_pooled_and_plain(setup):
+    """Own counts by step index (`vineppo.rollouts_by_step`): pooled values as re-derived by hand,
+    plain values the mean of each state's first counts of the K continuations."""
+    key, by_step = jax.random.key(3), (8, 4, 2)
+    est = setup["states"].estimated
+    values, metrics = mc_state_values(setup["env"], setup["ep"], setup["states"], key, 99,
+                                      options=MCOptions(pool=True, by_step=by_step))
+    want, extra, _, _ = hand_values(setup, key, by_step)
+    assert extra >= 3
+    np.testing.assert_allclose(values[est], want[est], atol=1e-6)
+    plain, metrics = mc_state_values(setup["env"], setup["ep"], setup["states"], key, 99,
+                                     options=MCOptions(by_step=by_step))
+    rewards, _, _ = mc_rewards(setup["env"], setup["ep"], setup["states"], key, K)
+    counts = np.array([8, 4] + [2] * (est.shape[1] - 2))
+    want = np.array([[rewards[b, i, :counts[i]].mean() for i in range(est.shape[1])] for b in range(len(est))])
+    np.testing.assert_allclose(plain[est], want[est], atol=1e-6)
+    assert metrics["mc/rollouts"] == sum(counts[i] for _, i in zip(*np.nonzero(est)))
+
+
 def test_pooling_keeps_each_states_own_draws(setup):
     key = jax.random.key(3)
     plain, _, _ = mc_rewards(setup["env"], setup["ep"], setup["states"], key, K)
     with host_work.session(overlap=False) as host:
-        groups = MCGroups(setup["env"], key, K, host, pool=True)
+        groups = MCGroups(setup["env"], key, K, host, MCOptions(pool=True))
         for rows in (np.arange(6), np.arange(6, len(plain))):  # in two groups: the same draws
             groups.add(setup["ep"].select(rows), rows, setup["states"].select(rows))
         pooled, _, _ = groups.finish(setup["states"].estimated)
@@ -100,14 +121,26 @@ def test_pooling_keeps_each_states_own_draws(setup):
     assert plain.sum() > 0
 
 
-def test_config_turns_pooling_on_for_fixed_k_only():
+def test_config_pooling_and_counts_by_step_for_fixed_k_only():
     c = config_lib.base_config()
     assert not c.vineppo.pool_continuations  # the paper's estimator by default
     c.vineppo.pool_continuations = True
     config_lib.validate(c)
-    assert get_estimator(c).pool
+    assert get_estimator(c).options.pool
     for key in ("adaptive", "allocation"):
         changed = copy.deepcopy(c)
         changed.vineppo[key].enabled = True
         with pytest.raises(ConfigError, match=r"^config key 'vineppo.pool_continuations': works with fixed K only"):
             config_lib.validate(changed)
+    c.vineppo.rollouts_by_step = (9, 4, 1)
+    config_lib.validate(c)
+    assert get_estimator(c).options.by_step == (9, 4, 1)
+    for value, message in [((9, 0), "must be integers >= 1"), ((9.5,), "must be integers >= 1")]:
+        changed = copy.deepcopy(c)
+        changed.vineppo.rollouts_by_step = value
+        with pytest.raises(ConfigError, match=f"^config key 'vineppo.rollouts_by_step': {message}"):
+            config_lib.validate(changed)
+    changed = copy.deepcopy(c)
+    changed.vineppo.pool_continuations, changed.vineppo.allocation.enabled = False, True
+    with pytest.raises(ConfigError, match=r"^config key 'vineppo.rollouts_by_step': works with fixed K only"):
+        config_lib.validate(changed)

@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo.episodes_per_group = 64  # episodes per MC group (one group's trajectory KV cache on the devices); rounded up to a multiple of samples_per_problem
     c.vineppo.early_start = True  # each MC group decodes as soon as it is sampled; False: every group after the iteration's sampling and log-probs
     c.vineppo.pool_continuations = False  # a continuation that writes the episode's next steps counts for the later states it passes through (rl.pooling; exactly unbiased; fixed K only)
+    c.vineppo.rollouts_by_step = ()  # own continuations of the states at step index 0, 1, ... (the last entry: every later state); () = num_rollouts everywhere
     c.vineppo.adaptive = ml_collections.ConfigDict()  # adaptive K (vinejax.rl.adaptive); off = the paper's fixed K
     c.vineppo.adaptive.enabled = False  # adaptive K on (vineppo only)
     c.vineppo.adaptive.round_size = 3  # rollouts per round
@@ -311,6 +312,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             raise ConfigError(f"config key 'vineppo.adaptive': {e}") from None
     need(cfg.vineppo.state_interval >= 1, "vineppo.state_interval", "must be >= 1")
     need(cfg.vineppo.max_states >= 0, "vineppo.max_states", "must be >= 0 (0 = no cap)")
+    by_step = cfg.vineppo.rollouts_by_step
+    need(all(isinstance(k, int) and k >= 1 for k in by_step), "vineppo.rollouts_by_step",
+         "must be integers >= 1 (continuations of the states at step index 0, 1, ...; () = vineppo.num_rollouts)")
+    need(not (by_step and (cfg.vineppo.adaptive.enabled or cfg.vineppo.allocation.enabled)), "vineppo.rollouts_by_step",
+         "works with fixed K only: turn off vineppo.adaptive.enabled and vineppo.allocation.enabled")
     need(not (cfg.vineppo.pool_continuations and (cfg.vineppo.adaptive.enabled or cfg.vineppo.allocation.enabled)),
          "vineppo.pool_continuations", "works with fixed K only (their rollout counts read draws that pooling would reuse): "
          "turn off vineppo.adaptive.enabled and vineppo.allocation.enabled")

@@ -112,31 +112,33 @@ def pass_through(cont: Continuations, tokens: np.ndarray, starts: np.ndarray, cl
 
 
 def pooled_values(graded: np.ndarray, cont: Continuations, through: np.ndarray, starts: np.ndarray,
-                  budgets: np.ndarray, estimated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(f32[B, S] V̂, int64[B, S] draws) of every estimated state from the grades f32[B, S, K] of
-    its own and of the passing continuations (`through`), each counted when it ended (eos or stop)
-    within the budget of the state it counts for (`budgets` int[B, S], the official ones)."""
+                  budgets: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(f32[B, S] V̂, int64[B, S] draws) of every estimated state (one with a draw in `drawn`
+    bool[B, S, K]: its own continuations) from the grades f32[B, S, K] of its own and of the
+    drawn continuations of earlier states that pass through it (`through`), each counted when it
+    ended (eos or stop) within the budget of the state it counts for (`budgets` int[B, S], the
+    official ones)."""
+    drawn = np.asarray(drawn, bool)
+    est = drawn.any(-1)                                                   # [B, S]
     lengths = np.asarray(cont.lengths, np.int64)
     ended = np.isin(cont.finish, (FINISH_EOS, FINISH_STOP))
-    est = np.asarray(estimated, bool)
     budgets = np.asarray(budgets, np.int64)
-    own = np.where(ended & (lengths <= budgets[..., None]), graded, 0.0) * est[..., None]
+    own = np.where(drawn & ended & (lengths <= budgets[..., None]), graded, 0.0)
     delta = later_offsets(starts, est)                                    # [B, S(i), S(j)]
     after = lengths[..., None] - delta[:, :, None, :]                     # [B, S, K, S] written past s_j
-    counts_for_j = ended[..., None] & (after <= budgets[:, None, None, :])
-    pooled = np.where(through & counts_for_j, graded[..., None], 0.0).sum((1, 2))   # [B, S(j)]
-    passes = through.sum((1, 2))
-    draws = est * graded.shape[2] + passes                                 # [B, S]
+    passing = through & drawn[..., None] & ended[..., None] & (after <= budgets[:, None, None, :])
+    pooled = np.where(passing, graded[..., None], 0.0).sum((1, 2))      # [B, S(j)]
+    draws = drawn.sum(-1) + (through & drawn[..., None]).sum((1, 2))     # [B, S]
     value = (own.sum(-1) + pooled) / np.maximum(draws, 1)
     return np.where(est, value, 0.0).astype(np.float32), np.where(est, draws, 0).astype(np.int64)
 
 
 def pooled_mc_values(graded: np.ndarray, cont: Continuations, through: np.ndarray, starts: np.ndarray,
-                     budgets: np.ndarray, estimated: np.ndarray) -> MCValues:
+                     budgets: np.ndarray, drawn: np.ndarray) -> MCValues:
     """`pooled_values` as `rl.values.MCValues` [B, S]: value, standard error (from the pooled
     draws' second moment) and count."""
-    value, draws = pooled_values(graded, cont, through, starts, budgets, estimated)
-    square, _ = pooled_values(np.square(graded), cont, through, starts, budgets, estimated)
+    value, draws = pooled_values(graded, cont, through, starts, budgets, drawn)
+    square, _ = pooled_values(np.square(graded), cont, through, starts, budgets, drawn)
     n = draws.astype(np.float64)
     var = np.maximum(square - value.astype(np.float64) ** 2, 0.0) * n / np.maximum(n - 1, 1)
     stderr = np.where(n >= 2, np.sqrt(var / np.maximum(n, 1)), 0.0)

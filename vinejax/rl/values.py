@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class MCValues(NamedTuple):
@@ -43,6 +44,15 @@ def estimated_state_mask(num_steps: jax.Array, num_slots: int,
     if max_value_step is not None:
         mask = mask & (jnp.arange(num_slots)[None, :] <= max_value_step)
     return mask
+
+
+def rollouts_by_step(num_rollouts: int, by_step: tuple, num_slots: int) -> np.ndarray:
+    """int64[S] own continuations of the state at step index i: by_step[i] (its last entry for
+    every later i), or num_rollouts everywhere when by_step is empty (`vineppo.rollouts_by_step`).
+    A count that depends on where a state is, not on any draw, keeps every V̂ unbiased."""
+    if not by_step:
+        return np.full((num_slots,), num_rollouts, np.int64)
+    return np.asarray(by_step, np.int64)[np.minimum(np.arange(num_slots), len(by_step) - 1)]
 
 
 def mc_values(mc_rewards: jax.Array, mc_mask: jax.Array) -> MCValues:

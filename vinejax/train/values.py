@@ -85,17 +85,28 @@ def episode_groups(b: int, group_rows: int, rng: jax.Array):
         yield np.arange(lo, min(lo + group, b)), rng
 
 
+class MCOptions(NamedTuple):
+    """How VinePPO's fixed-K MC draws and pools (`vineppo.pool_continuations`,
+    `vineppo.rollouts_by_step`)."""
+
+    pool: bool = False    # continuations count for the later states they pass through (`rl.pooling`)
+    by_step: tuple = ()   # own continuations per step index (`rl.values.rollouts_by_step`); () = K
+
+
 class MCGroups:
     """K continuations from the estimated states of groups of episodes, handed over one group at a
     time (`add`): each group's continuations decode on the devices (one group's trajectory KV
     cache there at a time) and are graded on `host`'s thread while the next device work runs (at
     most two groups' continuations held at a time). Continuation k of state i of the episode in
     row r of the iteration draws with fold_in(fold_in(fold_in(rng, r), i), k) (shared prefixes:
-    the first episode with it), whatever the groups. `finish` returns the rewards of all, `values`
-    their V̂ (pooled with `pool`: `rl.pooling`)."""
+    the first episode with it), whatever the groups. `options.by_step` sets the count of each
+    step index instead of K. `finish` returns the rewards of all, `values` their V̂ (pooled with
+    `options.pool`: `rl.pooling`)."""
 
-    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, pool: bool = False):
-        self.env, self.rng, self.k, self.host, self.pool = env, rng, k, host, pool
+    def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, options: MCOptions = MCOptions()):
+        self.env, self.rng, self.host, self.options = env, rng, host, options
+        self.k = max(options.by_step) if options.by_step else k  # the widest count: slots of the rewards
+        self.counts = lambda slots: values_lib.rollouts_by_step(k, options.by_step, slots)  # int64[S]
         self.pending, self.done, self.errors, self.slots = [], [], 0, 0
         self.totals = dict.fromkeys(("unique_states", "rows", "chunks", "slot_steps", "live_steps"), 0)
 
@@ -103,24 +114,27 @@ class MCGroups:
         """Continue the estimated states `states` of episodes `ep` (rows `rows` of the iteration).
         With `pool` (`rl.pooling`), each continuation may write what any later state it could pass
         through needs (`pooling.extended_budgets`, decoded with a wider `max_new_tokens`)."""
-        env, k = self.env, self.k
+        env = self.env
+        counts = np.broadcast_to(self.counts(states.starts.shape[1]), states.starts.shape)  # [B, S]
         budgets = env.budgets(states.starts)
         decode_env, decode_budgets = env, budgets
-        if self.pool:
+        if self.options.pool:
             decode_budgets = pooling.extended_budgets(states.starts, budgets, states.estimated)
             width = max(pooling.decode_width(env.scfg.max_new_tokens, env.context), int(decode_budgets.max(initial=1)))
             decode_env = env.replace(scfg=dataclasses.replace(env.scfg, max_new_tokens=width))
         out = sampling.Trajectories(decode_env, ep.tokens, ep.total_lens, ids=rows).continue_from(
-            states.starts, self.rng, k, state_mask=states.estimated, budgets=decode_budgets)
+            states.starts, self.rng, counts if self.options.by_step else self.k, state_mask=states.estimated,
+            budgets=decode_budgets)
         r, c = np.nonzero(states.estimated)
-        graded = grade_continuations(env, ep, states.starts, out, r, c, np.full(len(r), k), pool=self.host.pool)
+        graded = grade_continuations(env, ep, states.starts, out, r, c, counts[r, c], pool=self.host.pool)
         shared = None
-        if self.pool:  # what the pooled values need besides the grades (the tokens are dropped here)
+        if self.options.pool:  # what the pooled values need besides the grades (the tokens are dropped here)
             cont = pooling.Continuations(out.tokens, out.lengths, out.finish_reason)
             clean = pooling.clean_boundaries(env.stop_tables(), ep.tokens, states.starts, states.estimated)
             through = pooling.pass_through(cont, ep.tokens, states.starts, clean)
-            shared = (cont._replace(tokens=None), through, states.starts, budgets, states.estimated)
-        self.pending.append((np.asarray(rows), r, c, self.host.track(graded), shared))
+            shared = (cont._replace(tokens=None), through, states.starts, budgets)
+        drawn = states.estimated[..., None] & (np.arange(out.lengths.shape[2]) < counts[..., None])  # [B, S, K']
+        self.pending.append((np.asarray(rows), drawn, self.host.track(graded), shared))
         for key in self.totals:
             self.totals[key] += out.stats[key]
         self.slots = max(self.slots, out.stats["slots"])
@@ -128,21 +142,24 @@ class MCGroups:
             self._collect(self.pending.pop(0))
 
     def _collect(self, item) -> None:
-        rows, r, c, waiter, shared = item
+        rows, drawn, waiter, shared = item
         rewards, bad = scored(self.host.wait(waiter))
+        r, c = np.nonzero(drawn.any(-1))
+        graded = np.zeros(drawn.shape, np.float32)                        # [B, S, K']
+        graded[r, c] = rewards.reshape(len(r), drawn.shape[2])
         pooled = None
         if shared is not None:
-            cont, through, starts, budgets, est = shared
-            graded = np.zeros(est.shape + (self.k,), np.float32)
-            graded[r, c] = rewards.reshape(len(r), self.k)
-            pooled = pooling.pooled_mc_values(graded, cont, through, starts, budgets, est)
-            rewards = np.where(cont.lengths <= budgets[..., None], graded, 0.0)[r, c]  # own draws at their own budget
-        self.done.append((rows[r], c, rewards, rows, pooled))
+            cont, through, starts, budgets = shared
+            pooled = pooling.pooled_mc_values(graded, cont, through, starts, budgets, drawn)
+            graded = np.where(cont.lengths <= budgets[..., None], graded, 0.0)  # own draws at their own budget
+        wide = np.zeros(drawn.shape[:2] + (self.k,), np.float32)
+        wide[..., :drawn.shape[2]] = graded
+        self.done.append((rows[r], c, wide[r, c], rows, pooled))
         self.errors += bad
 
     def finish(self, estimated: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         """(f32[B, S, K] rewards, their mask, `mc/*` stats) of every state added (estimated: bool[B, S]):
-        each state's own K continuations."""
+        each state's own continuations (K: the widest count)."""
         for item in self.pending:  # the last group's grading is not hidden
             self._collect(item)
         self.pending = []
@@ -150,7 +167,7 @@ class MCGroups:
         rewards = np.zeros((b, s, self.k), np.float32)
         for rows, cols, r, _, _ in self.done:
             rewards[rows, cols] = r
-        mask = np.repeat(estimated[:, :, None], self.k, axis=2)
+        mask = estimated[:, :, None] & (np.arange(self.k) < self.counts(s)[:, None])[None]
         t = self.totals
         stats = {"mc/" + key: float(v) for key, v in t.items()}
         stats |= {"mc/slots": float(self.slots), "mc/live_fraction": t["live_steps"] / max(t["slot_steps"], 1),
@@ -158,11 +175,11 @@ class MCGroups:
         return rewards, mask, stats
 
     def values(self, estimated: np.ndarray) -> tuple[np.ndarray, dict]:
-        """(V̂ f32[B, S], metrics) of every state added: the mean of its own K rewards, or with
-        `pool` the pooled mean (`rl.pooling.pooled_values`; `mc/pooled_draws`: the extra draws per
-        estimated state)."""
+        """(V̂ f32[B, S], metrics) of every state added: the mean of its own rewards, or with
+        `options.pool` the pooled mean (`rl.pooling.pooled_values`; `mc/pooled_draws`: the extra
+        draws per estimated state)."""
         rewards, mask, stats = self.finish(estimated)
-        if not self.pool:
+        if not self.options.pool:
             return values_of(rewards, mask, stats, estimated)
         b, s = estimated.shape
         est = values_lib.MCValues(*(np.zeros((b, s), dt) for dt in (np.float32, np.float32, np.int32)))
@@ -196,12 +213,12 @@ def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array
 
 
 def mc_state_values(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
-                    host: Optional[HostWork] = None, pool: bool = False) -> tuple[np.ndarray, dict]:
-    """V̂(s) f32[B, S] of every estimated state (the mean reward of its K continuations; with
-    `pool`, and of the continuations of earlier states that pass through it: `rl.pooling`) and
-    `mc/*` metrics. The groups and draws are `mc_rewards`'s."""
+                    host: Optional[HostWork] = None, options: MCOptions = MCOptions()) -> tuple[np.ndarray, dict]:
+    """V̂(s) f32[B, S] of every estimated state (the mean reward of its K continuations, or
+    `options.by_step`'s; with `options.pool`, and of the continuations of earlier states that
+    pass through it: `rl.pooling`) and `mc/*` metrics. The groups and draws are `mc_rewards`'s."""
     with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
-        groups = MCGroups(env, rng, k, host, pool)
+        groups = MCGroups(env, rng, k, host, options)
         for part, _ in episode_groups(len(ep.tokens), env.group_rows, rng):
             groups.add(ep.select(part), part, states.select(part))
         return groups.values(states.estimated)
@@ -221,8 +238,8 @@ class EarlyMC:
     gives what `mc_state_values` would, draw for draw."""
 
     def __init__(self, env: RolloutEnv, rng: jax.Array, k: int, host: HostWork, max_value_step: Optional[int],
-                 pool: bool = False):
-        self.groups, self.cap = MCGroups(env, rng, k, host, pool), max_value_step
+                 options: MCOptions = MCOptions()):
+        self.groups, self.cap = MCGroups(env, rng, k, host, options), max_value_step
 
     def add(self, group: EpisodeGroup) -> None:
         self.groups.add(group.episodes, group.rows, StepStates.of(group.starts, group.num_steps, self.cap))

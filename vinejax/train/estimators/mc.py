@@ -12,7 +12,7 @@ from vinejax.rl import advantages
 from vinejax.rl.values import state_mask
 from vinejax.train.estimators.allocated import allocated_rollouts
 from vinejax.train.estimators.base import Estimate, Estimator, Rollouts
-from vinejax.train.values import EarlyMC, StepStates, adaptive_rollouts, mc_state_values
+from vinejax.train.values import EarlyMC, MCOptions, StepStates, adaptive_rollouts, mc_state_values
 
 
 class StepValues(Estimator):
@@ -44,24 +44,25 @@ class StepValues(Estimator):
 
 class MonteCarlo(StepValues):
     """The paper's VinePPO: V̂(s) = the mean reward of `vineppo.num_rollouts` continuations of s
-    (with `vineppo.pool_continuations`, and of earlier states' continuations through s: `rl.pooling`)."""
+    (`vineppo.rollouts_by_step`: a count per step index; with `vineppo.pool_continuations`, and of
+    earlier states' continuations through s: `rl.pooling`)."""
 
     name = "vineppo"
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.k, self.early = cfg.vineppo.num_rollouts, cfg.vineppo.early_start
-        self.pool = cfg.vineppo.pool_continuations
+        self.options = MCOptions(bool(cfg.vineppo.pool_continuations), tuple(cfg.vineppo.rollouts_by_step))
 
     def start(self, run, state, env, host, rng):
         """Each group's continuations decode as soon as it is sampled (`train.values.EarlyMC`); with
         `vineppo.early_start` off, None: every group after the iteration's sampling (the same values)."""
-        return EarlyMC(env, rng, self.k, host, self.cap, self.pool) if self.early else None
+        return EarlyMC(env, rng, self.k, host, self.cap, self.options) if self.early else None
 
     def state_values(self, run, state, rollouts, states, rng):
         if rollouts.early is not None:
             return rollouts.early.values(states)
-        return mc_state_values(rollouts.env, rollouts.episodes, states, rng, self.k, rollouts.host, self.pool)
+        return mc_state_values(rollouts.env, rollouts.episodes, states, rng, self.k, rollouts.host, self.options)
 
 
 class AdaptiveMonteCarlo(StepValues):
