@@ -43,6 +43,7 @@ from vinejax import sampling, sharding
 from vinejax.model import llama, lora
 from vinejax.rl import pooling
 from vinejax.rl.batch import RolloutBatch
+from vinejax.rl.values import rollouts_by_step
 from vinejax.sampling.continuation import TrajectoryCache, refill_program, trajectory_program
 from vinejax.sampling.core import Rows, bucket, cache_room
 from vinejax.sampling.generation import generate_program, generate_refill_program
@@ -335,10 +336,12 @@ def trajectory_abstract(parts: _Parts) -> TrajectoryCache:
 
 def mc_queue_rows(run: RunContext, lengths: Lengths) -> int:
     """Continuation rows of one MC group as planned: its episodes (the trajectory pass's rows) ×
-    states per episode (`PLANNED_STATES`, or the cap `vineppo.max_estimated_states` + 1) × K."""
-    cap = run.cfg.vineppo.max_estimated_states
-    states = PLANNED_STATES if cap < 0 else min(cap + 1, PLANNED_STATES)
-    return trajectory_shapes(run, lengths)[0] * states * run.cfg.vineppo.num_rollouts
+    the continuations of an episode's states (`PLANNED_STATES`, or the cap
+    `vineppo.max_estimated_states` + 1; K each, or `vineppo.rollouts_by_step`'s counts)."""
+    v = run.cfg.vineppo
+    states = PLANNED_STATES if v.max_estimated_states < 0 else min(v.max_estimated_states + 1, PLANNED_STATES)
+    per_episode = int(rollouts_by_step(v.num_rollouts, tuple(v.rollouts_by_step), states).sum())
+    return trajectory_shapes(run, lengths)[0] * per_episode
 
 
 def _mc(parts: _Parts, value: int) -> Phase:

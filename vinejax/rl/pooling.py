@@ -4,7 +4,8 @@ A continuation from state s_i of episode b whose first Δ = starts[b, j] − sta
 the episode's own tokens up to state s_j (j > i) *is*, from s_j on, a continuation from s_j: the
 policy samples each token from the tokens before it, nothing else. So its reward is one more draw
 of V(s_j), free (`vineppo.pool_continuations`; SPO's tree shares prefixes the same way):
-    V̂(s_j) = (Σ_k r_{j,k} + Σ_{i<j, k passes through s_j} r_{i,k}) / (K + passes),
+    V̂(s_j) = (Σ_k r_{j,k} + Σ_{i<j, k passes through s_j} r_{i,k}) / (K_j + passes).
+
 Why V̂(s_j) stays exactly unbiased. Whether continuation (i, k) passes through s_j is decided by
 its tokens before s_j's boundary; given that it does, what it writes after is a draw from the
 policy at s_j, independent of every other continuation. So given which continuations pass (all

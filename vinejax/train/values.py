@@ -112,8 +112,8 @@ class MCGroups:
 
     def add(self, ep: Episodes, rows: np.ndarray, states: StepStates) -> None:
         """Continue the estimated states `states` of episodes `ep` (rows `rows` of the iteration).
-        With `pool` (`rl.pooling`), each continuation may write what any later state it could pass
-        through needs (`pooling.extended_budgets`, decoded with a wider `max_new_tokens`)."""
+        With `options.pool` (`rl.pooling`), each continuation may write what any later state it
+        could pass through needs (`pooling.extended_budgets`, decoded with a wider `max_new_tokens`)."""
         env = self.env
         counts = np.broadcast_to(self.counts(states.starts.shape[1]), states.starts.shape)  # [B, S]
         budgets = env.budgets(states.starts)
