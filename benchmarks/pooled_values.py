@@ -42,12 +42,13 @@ from vinejax.rl.values import rollouts_by_step  # noqa: E402
 from vinejax.train.context import build_context  # noqa: E402
 from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes  # noqa: E402
 from vinejax.train.stage import iteration_problems  # noqa: E402
-from vinejax.train.values import StepStates, grade_continuations  # noqa: E402
+from vinejax.train.values import StepStates, grade_continuations, passing, pooling_decode  # noqa: E402
 
 
 def collect(args):
     """Per group of problems: (graded f32[B, S, k], Continuations without tokens, through
-    bool[B, S, k, S], StepStates, official budgets int[B, S], episode rewards f32[B], prefix ids int[B, S])."""
+    bool[B, S, k, S], StepStates, official budgets int[B, S], episode rewards f32[B], prefix ids
+    int[B, S], first (row, state) of each distinct prefix int[U, 2])."""
     cfg = load_config(args.config)
     cfg.model.init_from = args.init_from
     cfg.task.grade_workers = args.grade_workers
@@ -64,20 +65,16 @@ def collect(args):
             rewards, _ = grade_episodes(ctx.task, ep, cfg.task.grade_workers)
             starts, num_steps = episode_steps(ctx.tokenizer, ctx.task.split_steps, ep)
             states = StepStates.of(starts, num_steps, config_lib.max_value_step(cfg))
-            budgets = env.budgets(states.starts)
-            wide = pooling.extended_budgets(states.starts, budgets, states.estimated)
-            width = max(pooling.decode_width(env.scfg.max_new_tokens, env.context), int(wide.max()))
-            wide_env = env.replace(scfg=env.scfg.__class__(**{**env.scfg.__dict__, "max_new_tokens": width}))
+            wide_env, wide = pooling_decode(env, states)
             out = sampling.Trajectories(wide_env, ep.tokens, ep.total_lens, ids=np.arange(len(ep.tokens))) \
                 .continue_from(states.starts, r_mc, args.k, state_mask=states.estimated, budgets=wide)
             r, c = np.nonzero(states.estimated)
             graded = np.zeros(states.starts.shape + (args.k,), np.float32)
             graded[r, c] = grade_continuations(env, ep, states.starts, out, r, c, np.full(len(r), args.k))
-            cont = pooling.Continuations(out.tokens, out.lengths, out.finish_reason)
-            clean = pooling.clean_boundaries(env.stop_tables(), ep.tokens, states.starts, states.estimated)
-            through = pooling.pass_through(cont, ep.tokens, states.starts, clean)
-            uid, _ = sampling.unique_prefixes(ep.tokens, states.starts, states.estimated)
-            parts.append((graded, cont._replace(tokens=None), through, states, budgets, rewards, uid))
+            cont = pooling.Continuations(None, out.lengths, out.finish_reason)
+            uid, rep = sampling.unique_prefixes(ep.tokens, states.starts, states.estimated)
+            parts.append((graded, cont, passing(env, ep, states, out), states, env.budgets(states.starts), rewards,
+                          uid, rep))
             print(f"problems {g}..{g + args.group}: {time.time() - t0:.1f}s", flush=True)
     return parts
 
@@ -85,7 +82,7 @@ def collect(args):
 def estimate(part, draws: np.ndarray, pool: bool, counts=None):
     """V̂ f32[B, S] from the continuations `draws` (int[B, S, K] slots) of every state, the first
     counts[i] of them at step index i when counts (int[S]) is given."""
-    graded, cont, through, states, budgets, _, _ = part
+    graded, cont, through, states, budgets = part[:5]
     take = lambda x: np.take_along_axis(x, draws, axis=2)
     sub = pooling.Continuations(None, take(cont.lengths), take(cont.finish))
     thr = np.take_along_axis(through, draws[..., None], axis=2) if pool else np.zeros(draws.shape + through.shape[-1:], bool)
@@ -102,11 +99,10 @@ def slots(part, rng, lo: int, k: int):
 
 def distinct(part):
     """(bool[B, S] the first row of each distinct estimated state, int[B, S] step indices)."""
-    states, uid = part[3], part[6]
-    first = np.zeros(states.estimated.shape, bool)
-    _, at = np.unique(np.where(states.estimated, uid, -1).ravel(), return_index=True)
-    first.ravel()[at] = True
-    return first & states.estimated, np.broadcast_to(np.arange(uid.shape[1]), uid.shape)
+    uid, rep = part[6], part[7]
+    first = np.zeros(uid.shape, bool)
+    first[rep[:, 0], rep[:, 1]] = True
+    return first, np.broadcast_to(np.arange(uid.shape[1]), uid.shape)
 
 
 def metrics(parts, values, truths) -> tuple[float, float]:

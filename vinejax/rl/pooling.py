@@ -118,28 +118,31 @@ def pooled_values(graded: np.ndarray, cont: Continuations, through: np.ndarray, 
     bool[B, S, K]: its own continuations) from the grades f32[B, S, K] of its own and of the
     drawn continuations of earlier states that pass through it (`through`), each counted when it
     ended (eos or stop) within the budget of the state it counts for (`budgets` int[B, S], the
-    official ones)."""
+    official ones). `graded` may carry trailing axes (f32[B, S, K, ...]): each is pooled alike."""
     drawn = np.asarray(drawn, bool)
     est = drawn.any(-1)                                                   # [B, S]
     lengths = np.asarray(cont.lengths, np.int64)
     ended = np.isin(cont.finish, (FINISH_EOS, FINISH_STOP))
     budgets = np.asarray(budgets, np.int64)
-    own = np.where(drawn & ended & (lengths <= budgets[..., None]), graded, 0.0)
+    graded = np.asarray(graded)
+    extra = (1,) * (graded.ndim - 3)                                      # graded's trailing axes
+    own = np.where((drawn & ended & (lengths <= budgets[..., None])).reshape(drawn.shape + extra), graded, 0.0)
     delta = later_offsets(starts, est)                                    # [B, S(i), S(j)]
     after = lengths[..., None] - delta[:, :, None, :]                     # [B, S, K, S] written past s_j
     passing = through & drawn[..., None] & ended[..., None] & (after <= budgets[:, None, None, :])
-    pooled = np.where(passing, graded[..., None], 0.0).sum((1, 2))      # [B, S(j)]
+    pooled = np.einsum("bikj,bik...->bj...", passing.astype(graded.dtype), graded)  # [B, S(j), ...]
     draws = drawn.sum(-1) + (through & drawn[..., None]).sum((1, 2))     # [B, S]
-    value = (own.sum(-1) + pooled) / np.maximum(draws, 1)
-    return np.where(est, value, 0.0).astype(np.float32), np.where(est, draws, 0).astype(np.int64)
+    value = (own.sum(2) + pooled) / np.maximum(draws, 1).reshape(draws.shape + extra)
+    keep = est.reshape(est.shape + extra)
+    return np.where(keep, value, 0.0).astype(np.float32), np.where(est, draws, 0).astype(np.int64)
 
 
 def pooled_mc_values(graded: np.ndarray, cont: Continuations, through: np.ndarray, starts: np.ndarray,
                      budgets: np.ndarray, drawn: np.ndarray) -> MCValues:
     """`pooled_values` as `rl.values.MCValues` [B, S]: value, standard error (from the pooled
-    draws' second moment) and count."""
-    value, draws = pooled_values(graded, cont, through, starts, budgets, drawn)
-    square, _ = pooled_values(np.square(graded), cont, through, starts, budgets, drawn)
+    draws' second moment, pooled in the same pass) and count."""
+    moments, draws = pooled_values(np.stack([graded, np.square(graded)], -1), cont, through, starts, budgets, drawn)
+    value, square = moments[..., 0], moments[..., 1].astype(np.float64)
     n = draws.astype(np.float64)
     var = np.maximum(square - value.astype(np.float64) ** 2, 0.0) * n / np.maximum(n - 1, 1)
     stderr = np.where(n >= 2, np.sqrt(var / np.maximum(n, 1)), 0.0)

@@ -93,6 +93,23 @@ class MCOptions(NamedTuple):
     by_step: tuple = ()   # own continuations per step index (`rl.values.rollouts_by_step`); () = K
 
 
+def pooling_decode(env: RolloutEnv, states: StepStates) -> tuple[RolloutEnv, np.ndarray]:
+    """(env, int32[B, S] budgets) a pooling MC decode runs with (`rl.pooling`): each state's
+    continuations may write what any later estimated state they could pass through needs
+    (`pooling.extended_budgets`), `max_new_tokens` widened to hold it."""
+    budgets = pooling.extended_budgets(states.starts, env.budgets(states.starts), states.estimated)
+    width = max(pooling.decode_width(env.scfg.max_new_tokens, env.context), int(budgets.max(initial=1)))
+    return env.replace(scfg=dataclasses.replace(env.scfg, max_new_tokens=width)), budgets
+
+
+def passing(env: RolloutEnv, ep: Episodes, states: StepStates, out: sampling.ContinuationOutput) -> np.ndarray:
+    """bool[B, S, K, S] `pooling.pass_through` of the continuations `out` of `states`, across the
+    boundaries where no stop string of `env` is half matched (`pooling.clean_boundaries`)."""
+    clean = pooling.clean_boundaries(env.stop_tables(), ep.tokens, states.starts, states.estimated)
+    return pooling.pass_through(pooling.Continuations(out.tokens, out.lengths, out.finish_reason), ep.tokens,
+                                states.starts, clean)
+
+
 class MCGroups:
     """K continuations from the estimated states of groups of episodes, handed over one group at a
     time (`add`): each group's continuations decode on the devices (one group's trajectory KV
@@ -117,11 +134,7 @@ class MCGroups:
         env = self.env
         counts = np.broadcast_to(self.counts(states.starts.shape[1]), states.starts.shape)  # [B, S]
         budgets = env.budgets(states.starts)
-        decode_env, decode_budgets = env, budgets
-        if self.options.pool:
-            decode_budgets = pooling.extended_budgets(states.starts, budgets, states.estimated)
-            width = max(pooling.decode_width(env.scfg.max_new_tokens, env.context), int(decode_budgets.max(initial=1)))
-            decode_env = env.replace(scfg=dataclasses.replace(env.scfg, max_new_tokens=width))
+        decode_env, decode_budgets = pooling_decode(env, states) if self.options.pool else (env, budgets)
         out = sampling.Trajectories(decode_env, ep.tokens, ep.total_lens, ids=rows).continue_from(
             states.starts, self.rng, counts if self.options.by_step else self.k, state_mask=states.estimated,
             budgets=decode_budgets)
@@ -129,10 +142,8 @@ class MCGroups:
         graded = grade_continuations(env, ep, states.starts, out, r, c, counts[r, c], pool=self.host.pool)
         shared = None
         if self.options.pool:  # what the pooled values need besides the grades (the tokens are dropped here)
-            cont = pooling.Continuations(out.tokens, out.lengths, out.finish_reason)
-            clean = pooling.clean_boundaries(env.stop_tables(), ep.tokens, states.starts, states.estimated)
-            through = pooling.pass_through(cont, ep.tokens, states.starts, clean)
-            shared = (cont._replace(tokens=None), through, states.starts, budgets)
+            cont = pooling.Continuations(None, out.lengths, out.finish_reason)
+            shared = (cont, passing(env, ep, states, out), states.starts, budgets)
         drawn = states.estimated[..., None] & (np.arange(out.lengths.shape[2]) < counts[..., None])  # [B, S, K']
         self.pending.append((np.asarray(rows), drawn, self.host.track(graded), shared))
         for key in self.totals:
@@ -205,11 +216,20 @@ def mc_rewards(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array
     continuations are graded on its worker thread while the devices decode the next group's;
     without, each is graded in turn.
     """
+    with added_groups(env, ep, states, rng, k, host) as groups:
+        return groups.finish(states.estimated)
+
+
+@contextlib.contextmanager
+def added_groups(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
+                 host: Optional[HostWork] = None, options: MCOptions = MCOptions()):
+    """`MCGroups` with every group of `env.group_rows` episodes added (`episode_groups`), inside
+    `host`'s session (a session without overlap when None): read its rewards or values in the block."""
     with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
-        groups = MCGroups(env, rng, k, host)
+        groups = MCGroups(env, rng, k, host, options)
         for part, _ in episode_groups(len(ep.tokens), env.group_rows, rng):
             groups.add(ep.select(part), part, states.select(part))
-        return groups.finish(states.estimated)
+        yield groups
 
 
 def mc_state_values(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.Array, k: int,
@@ -217,10 +237,7 @@ def mc_state_values(env: RolloutEnv, ep: Episodes, states: StepStates, rng: jax.
     """V̂(s) f32[B, S] of every estimated state (the mean reward of its K continuations, or
     `options.by_step`'s; with `options.pool`, and of the continuations of earlier states that
     pass through it: `rl.pooling`) and `mc/*` metrics. The groups and draws are `mc_rewards`'s."""
-    with contextlib.nullcontext(host) if host is not None else host_work.session(overlap=False) as host:
-        groups = MCGroups(env, rng, k, host, options)
-        for part, _ in episode_groups(len(ep.tokens), env.group_rows, rng):
-            groups.add(ep.select(part), part, states.select(part))
+    with added_groups(env, ep, states, rng, k, host, options) as groups:
         return groups.values(states.estimated)
 
 
