@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from vinejax.model import decode as model_decode
 from vinejax.model import llama
 from vinejax.model.config import ModelConfig
-from vinejax.sampling.stops import STOPPED, token_sequence_table
+from vinejax.sampling.stops import STOPPED, decode_automata
 
 FINISH_NONE, FINISH_EOS, FINISH_STOP, FINISH_LENGTH = 0, 1, 2, 3
 FINISH_REASONS = ("none", "eos", "stop", "length")  # name of each finish_reason code
@@ -250,13 +250,7 @@ def decode(
     pad = jnp.int32(scfg.pad_id)
     keys, budget = rows.keys, jnp.minimum(rows.budget.astype(jnp.int32), n)
     eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
-    tables = []
-    if scfg.stop_sequences:  # token-id sequences: a constant automaton, built at trace time
-        tables.append(jnp.asarray(token_sequence_table(scfg.stop_sequences, v).next_state))
-    if stop_table is not None:
-        if stop_table.ndim != 2 or stop_table.shape[1] < v:
-            raise ValueError(f"stop table of shape {stop_table.shape} does not cover the model's {v} token ids")
-        tables.append(stop_table.astype(jnp.int32))
+    tables = [jnp.asarray(t, jnp.int32) for t in decode_automata(scfg.stop_sequences, stop_table, v)]
 
     def advance(i, logits, st):
         """Sample column i for live rows and update the stop state. st = (toks, lps, count, finish, states)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from vinejax.model.config import ModelConfig
 from vinejax.sampling.core import SamplingConfig
-from vinejax.sampling.stops import StopTable, token_sequence_table
+from vinejax.sampling.stops import StopTable, decode_automata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +62,8 @@ class RolloutEnv:
     def stop_tables(self) -> list:
         """The stop automata a decode runs (`stops.StopTable.next_state` int32[states, V]): the
         sampling config's token-id `stop_sequences`, then `stops`'s."""
-        tables = []
-        if self.scfg.stop_sequences:
-            tables.append(token_sequence_table(self.scfg.stop_sequences, self.model_cfg.vocab_size).next_state)
-        if self.stops is not None:
-            tables.append(np.asarray(self.stops.next_state))
-        return tables
+        table = None if self.stops is None else np.asarray(self.stops.next_state)
+        return decode_automata(self.scfg.stop_sequences, table, self.model_cfg.vocab_size)
 
     def budgets(self, prefix_lens) -> np.ndarray:
         """`token_budgets` of prefixes (lengths BOS included) under this environment."""

@@ -45,7 +45,7 @@ from vinejax.sampling.core import (
     SamplingConfig,
     sample_tokens,
 )
-from vinejax.sampling.stops import STOPPED, token_sequence_table
+from vinejax.sampling.stops import STOPPED, decode_automata
 
 HIDDEN_AXES = ("batch", "length", "embed")  # logical axes of `Source.hidden`
 TAIL_HALVINGS = 2  # `RefillPlan.halvings` by default
@@ -214,14 +214,7 @@ def decode_rows(
     pad = jnp.int32(scfg.pad_id)
     budget = jnp.minimum(queue.budget.astype(jnp.int32), n)
     eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
-    tables = []
-    v = cfg.vocab_size
-    if scfg.stop_sequences:
-        tables.append(jnp.asarray(token_sequence_table(scfg.stop_sequences, v).next_state))
-    if stop_table is not None:
-        if stop_table.ndim != 2 or stop_table.shape[1] < v:
-            raise ValueError(f"stop table of shape {stop_table.shape} does not cover the model's {v} token ids")
-        tables.append(stop_table.astype(jnp.int32))
+    tables = [jnp.asarray(t, jnp.int32) for t in decode_automata(scfg.stop_sequences, stop_table, cfg.vocab_size)]
 
     def advance(logits, rows, col, finish, states, out: _Out):
         """Sample the next token of the live rows among `rows` (int32[M] queue indices) and write

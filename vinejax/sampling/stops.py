@@ -82,6 +82,18 @@ def token_sequence_table(sequences: Sequence[Sequence[int]], vocab_size: int) ->
     return StopTable(np.where(accept[delta], STOPPED, delta).astype(np.int32))
 
 
+def decode_automata(stop_sequences: Sequence[Sequence[int]], stop_table, vocab_size: int) -> list:
+    """The stop automata a decode runs, in order: the token-id `stop_sequences`' (built here; none
+    when empty), then `stop_table` (a `StopTable.next_state` int[S, V'], numpy or traced; None:
+    none). Raises ValueError when stop_table is not 2-D or covers fewer than vocab_size token ids."""
+    tables = [token_sequence_table(stop_sequences, vocab_size).next_state] if stop_sequences else []
+    if stop_table is not None:
+        if stop_table.ndim != 2 or stop_table.shape[1] < vocab_size:
+            raise ValueError(f"stop table of shape {stop_table.shape} does not cover the model's {vocab_size} token ids")
+        tables.append(stop_table)
+    return tables
+
+
 def token_bytes(tokenizer, vocab_size: Optional[int] = None) -> list[bytes]:
     """UTF-8 text that each token id appends to the decoded text ([vocab_size] list of bytes)."""
     return _token_texts(tokenizer, vocab_size)[0]
