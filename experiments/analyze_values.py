@@ -35,9 +35,9 @@ def parse_args(argv=None):
     for field in ("temperature", "top_p", "candidate_temperature", "confidence"):
         p.add_argument(f"--{field}", type=float, default=getattr(DEFAULTS, field))
     p.add_argument("--include_prompt_state", action="store_true")
-    p.add_argument("--states", default=DEFAULTS.states, choices=("steps", "tokens"),
-                   help="where the states are (vineppo.states): the task's step boundaries or every --state_interval "
-                        "response tokens")
+    p.add_argument("--states", default=DEFAULTS.states,
+                   help="where the states are (vineppo.states): steps (the task's step boundaries), tokens (every "
+                        "--state_interval response tokens) or a rule pkg.module:fn (vinejax.train.states)")
     p.add_argument("--state_interval", type=int, default=DEFAULTS.state_interval)
     p.add_argument("--max_states", type=int, default=DEFAULTS.max_states,
                    help="at most this many states per response (vineppo.max_states); 0 = no cap")

@@ -119,7 +119,7 @@ def test_config_builds_the_allocation_and_names_bad_values():
            ("vineppo.allocation.rollouts_per_state", 40.0, r"'vineppo.allocation.rollouts_per_state': must be in"),
            ("vineppo.allocation.prior_settled", (0.6, 0.5), r"'vineppo.allocation.prior_settled': must be two"),
            ("vineppo.adaptive.enabled", True, r"'vineppo.allocation.enabled': allocation and vineppo.adaptive"),
-           ("vineppo.states", "lines", r"'vineppo.states' is 'lines'; choose one of steps, tokens"),
+           ("vineppo.states", "lines", r"'vineppo.states' is 'lines': not one of steps, tokens nor an import path"),
            ("vineppo.state_interval", 0, r"'vineppo.state_interval': must be >= 1"),
            ("vineppo.max_states", -1, r"'vineppo.max_states': must be >= 0")]
     for key, value, message in bad:

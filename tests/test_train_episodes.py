@@ -4,13 +4,16 @@ import jax
 import numpy as np
 import pytest
 
+from vinejax import config as config_lib
 from vinejax import sampling
+from vinejax.errors import ConfigError
 from vinejax.rl import advantages
 from vinejax.tasks import arithmetic, get_task
 from vinejax.tasks.base import StepSplitError
 from vinejax.tasks.char_tokenizer import build_char_tokenizer
 from vinejax.train import encode, host_work, values
-from vinejax.train.episodes import Episodes, StateRule, cap_states, episode_states, episode_steps, sampling_config
+from vinejax.train.episodes import Episodes, episode_steps, sampling_config
+from vinejax.train.states import StateRule, cap_states, episode_states
 
 TOKENIZER = build_char_tokenizer(arithmetic.ALPHABET)
 TASK = get_task("arithmetic")
@@ -291,3 +294,77 @@ def test_step_states_capped_and_advantages_spread_between_states():
         for i in range(counts[r]):
             want[bounds[i] : bounds[i + 1]] = v[i + 1] - v[i]
         np.testing.assert_allclose(tokens[r], want, atol=1e-6)
+
+
+USER_RULES = '''
+import numpy as np
+
+
+def after_newlines(x):
+    """A user's rule: the prompt, then the token after every newline of the response."""
+    ep, newline = x.episodes, x.tokenizer.encode("\\n", add_special_tokens=False)[-1]
+    rows = [[int(p)] + [c for c in range(int(p) + 1, int(t)) if ep.tokens[b, c - 1] == newline]
+            for b, (p, t) in enumerate(zip(ep.prompt_lens, ep.total_lens))]
+    starts = np.zeros((len(rows), max(map(len, rows))), np.int64)
+    for b, row in enumerate(rows):
+        starts[b, : len(row)] = row
+    return starts, np.array([len(row) for row in rows])
+
+
+def shifted(x):
+    starts, counts = after_newlines(x)
+    return starts + 1, counts
+
+
+def repeated(x):
+    starts, counts = after_newlines(x)
+    starts[:, 1] = starts[:, 0]
+    return starts, counts
+
+
+def past_the_end(x):
+    starts, counts = after_newlines(x)
+    starts[np.arange(len(counts)), counts - 1] = x.episodes.total_lens
+    return starts, counts
+
+
+def flat(x):
+    starts, counts = after_newlines(x)
+    return starts[0], counts
+
+
+def nothing(x):
+    return None
+'''
+
+
+def test_a_users_state_rule_by_import_path(tmp_path):
+    """`vineppo.states = "pkg.module:fn"`: the rule's states (here after every newline), written
+    out from the texts, then capped like the built-in rules'; a rule that breaks the contract
+    (states not from the prompt's end, repeated, at the end, wrong shapes, no tuple) and a module that
+    is not there are one-line ConfigErrors naming the key."""
+    (tmp_path / "user_states_rules.py").write_text(USER_RULES)
+    ep, problems = gold_episodes()
+    rule = StateRule("user_states_rules:after_newlines", import_dir=str(tmp_path))
+    starts, counts = episode_states(TOKENIZER, TASK.split_steps, ep, rule)
+    for r, p in enumerate(problems):
+        text = p.solution  # one character a token
+        want = [int(ep.prompt_lens[r])] + [int(ep.prompt_lens[r]) + i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        assert starts[r, : counts[r]].tolist() == want and len(want) == text.count("\n") + 1 >= 3
+    capped = episode_states(TOKENIZER, TASK.split_steps, ep, rule._replace(max_states=2))
+    np.testing.assert_array_equal(capped[0], cap_states(starts, counts, ep.prompt_lens, ep.total_lens, 2)[0])
+    bad = {"shifted": "episode 0's states .* must start at the prompt's end",
+           "repeated": "episode 0's states .* must start at the prompt's end",
+           "past_the_end": "episode 0's states .* must start at the prompt's end",
+           "flat": r"it returned starts int64\[\d+\] and counts int64\[3\]; want integer \[3, S\] and \[3\]",
+           "nothing": "it must return"}
+    for name, message in bad.items():
+        with pytest.raises(ConfigError, match=f"^config key 'vineppo.states' is 'user_states_rules:{name}': {message}"):
+            episode_states(TOKENIZER, TASK.split_steps, ep, rule._replace(kind=f"user_states_rules:{name}"))
+    c = config_lib.base_config()
+    c.import_dir = str(tmp_path)
+    c.vineppo.states = "user_states_rules:after_newlines"
+    config_lib.validate(c)
+    c.vineppo.states = "no_such_states_module:rule"
+    with pytest.raises(ConfigError, match="^config key 'vineppo.states' is 'no_such_states_module:rule': module"):
+        config_lib.validate(c)

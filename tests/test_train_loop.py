@@ -96,6 +96,18 @@ def reward_odd_length(responses, problems, num_workers=0):
     return np.array([float(len(r) % 2 == 1) for r in responses], np.float32)
 
 
+MIDPOINT_RULE = '''
+import numpy as np
+
+
+def midpoint(x):
+    """The prompt and the middle of the response (the prompt alone for a 1-token response)."""
+    p, t = np.asarray(x.episodes.prompt_lens), np.asarray(x.episodes.total_lens)
+    mid = (p + t) // 2
+    return np.stack([p, mid], 1), np.where(mid > p, 2, 1)
+'''
+
+
 @pytest.mark.parametrize("algo", ["vineppo", "vineppo_adaptive", "vineppo_allocation", "ppo", "grpo"])
 def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
     # A random tiny model never solves arithmetic: give it a reward it can earn, so advantages
@@ -109,6 +121,9 @@ def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
                                          "vineppo.allocation.enabled": allocated, "vineppo.episodes_per_group": 8})
     if allocated:
         cfg.vineppo.states, cfg.vineppo.state_interval, cfg.vineppo.max_states = "tokens", 4, 3
+    elif algo == "vineppo" and not adaptive:  # a user's state rule, by import path from the config's folder
+        (tmp_path / "loop_states_rule.py").write_text(MIDPOINT_RULE)
+        cfg.import_dir, cfg.vineppo.states = str(tmp_path), "loop_states_rule:midpoint"
     before = initial_params(cfg)
     loop.run(cfg)
     after = exported_params(cfg)
@@ -132,6 +147,7 @@ def test_loop_runs_and_changes_params(tmp_path, algo, monkeypatch):
             assert r["steps/count/max"] <= 3 and r["episodes/parse_failed"] == 0
     elif algo == "vineppo":
         assert records[0]["mc/num_states"] >= 8  # at least the prompt state of each episode
+        assert [r["steps/count/max"] for r in records] == [2, 2]  # the prompt and the response's middle
         assert records[0]["mc/rollouts"] == 2 * records[0]["mc/num_states"]
     elif algo == "ppo":
         assert np.isfinite(records[0]["vf_loss"])

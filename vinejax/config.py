@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.vineppo.allocation.child_weight = 1.0  # evidence weight of one pilot rollout of a next state
     c.vineppo.allocation.prior_settled = (0.3, 0.3)  # prior chance that a value is exactly 0 / exactly 1
     c.vineppo.allocation.mixed_beta = 1.0  # an unsettled value is Beta(this, this) a priori
-    c.vineppo.states = "steps"  # MC states: "steps" (the task's reasoning-step boundaries) or "tokens" (every state_interval)
+    c.vineppo.states = "steps"  # MC states (`train.states`): "steps" (reasoning-step boundaries), "tokens" (every state_interval), "pkg.module:fn"
     c.vineppo.state_interval = 8  # "tokens": response tokens between consecutive states
     c.vineppo.max_states = 0  # cap: keep the first state in each of this many equal token spans of a response; 0 = none
 
@@ -226,7 +226,6 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "export.dtype": ("", "float32", "bfloat16", "float16"),
     "optim.warmup_shape": ("log", "linear"),
-    "vineppo.states": ("steps", "tokens"),
 }
 
 
@@ -381,6 +380,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
              "model.init_from", "RL needs a starting policy: an SFT run dir or an HF folder")
     if cfg.algo not in STAGES:  # the RL stage: the estimator checks its own settings
         from vinejax.train.estimators import get_estimator
+        from vinejax.train.states import state_function
+
+        state_function(cfg.vineppo.states, cfg.import_dir)  # a user's state rule loads, or one line
 
         critic = get_estimator(cfg).uses_critic
         need(not (critic and cfg.model.lora.rank > 0), "model.lora.rank",

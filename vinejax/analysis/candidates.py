@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from vinejax.train import encode
-from vinejax.train.episodes import Episodes, StateRule, episode_states, finish_response, strip_eos, token_offsets
+from vinejax.train.episodes import Episodes, finish_response, strip_eos, token_offsets
+from vinejax.train.states import StateRule, episode_states
 
 
 def text_end_column(tokenizer, ep: Episodes, row: int) -> int:

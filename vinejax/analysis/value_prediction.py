@@ -6,7 +6,7 @@ Official counterparts: `treetune/analyzers/valnet_prediction_analyzer.py`,
 
 1. States: one fresh episode of the policy per held-out problem (the task's eval split), cut at
    its states as VinePPO cuts training episodes (`states`, `state_interval`, `max_states`:
-   `train.episodes.StateRule`; by default the task's step boundaries): state i is the prompt
+   `train.states.StateRule`; by default the task's step boundaries): state i is the prompt
    plus the first i steps (segments), i = 1 .. L-1 (the prompt alone only with
    `include_prompt_state`; the state after the last step is terminal). A random subset of at
    most `num_states` is kept.
@@ -42,11 +42,13 @@ from vinejax import sampling
 from vinejax.analysis import stats
 from vinejax.analysis.candidates import continuation_episodes, distinct_candidates, next_step_ends
 from vinejax.analysis.setup import Setup
+from vinejax.plugins import is_import_path
 from vinejax.sampling import RolloutEnv
 from vinejax.train import encode
-from vinejax.train.episodes import Episodes, StateRule, episode_states, grade_episodes, sample_episodes, sampling_config
+from vinejax.train.episodes import Episodes, grade_episodes, sample_episodes, sampling_config
 from vinejax.train.metrics import Timer, progress
 from vinejax.train.stage import fitting_problems, held_out_problems
+from vinejax.train.states import BUILTIN, StateRule, episode_states
 from vinejax.train.values import StepStates, critic_token_values, mc_rewards
 
 
@@ -65,7 +67,7 @@ class AnalysisConfig:
     top_p: Optional[float] = None  # None = the run's sampling top_p
     candidate_temperature: float = 1.0  # official: candidates sampled at T = 1 (top_p as above)
     include_prompt_state: bool = False  # official value analyzer: intermediate states only
-    states: str = "steps"  # where the states are (`vineppo.states`): "steps" or "tokens"
+    states: str = "steps"  # where the states are (`vineppo.states`): "steps", "tokens" or "pkg.module:fn"
     state_interval: int = 8  # "tokens": response tokens between states (`vineppo.state_interval`)
     max_states: int = 0  # cap on states per response (`vineppo.max_states`); 0 = none
     bootstrap: int = 1000  # resamples per confidence interval
@@ -83,7 +85,8 @@ class AnalysisConfig:
             (self.candidate_temperature > 0, "candidate_temperature", "must be > 0"),
             (self.bootstrap >= 1, "bootstrap", "must be >= 1"),
             (0 < self.confidence < 1, "confidence", "must be in (0, 1)"),
-            (self.states in ("steps", "tokens"), "states", "must be steps or tokens"),
+            (self.states in BUILTIN or is_import_path(self.states), "states",
+             "must be steps, tokens or an import path pkg.module:fn"),
             (self.state_interval >= 1, "state_interval", "must be >= 1"),
             (self.max_states >= 0, "max_states", "must be >= 0 (0 = no cap)"),
         ]
@@ -96,9 +99,9 @@ class AnalysisConfig:
 # ----------------------------------------------------------------------------- building blocks
 
 
-    @property
-    def state_rule(self) -> StateRule:
-        return StateRule(self.states, self.state_interval, self.max_states)
+    def state_rule(self, import_dir: str = "") -> StateRule:
+        """The states' rule; a user's ("pkg.module:fn") is found on PYTHONPATH or in `import_dir`."""
+        return StateRule(self.states, self.state_interval, self.max_states, import_dir)
 
 
 def state_prefixes(tokenizer, task, ep: Episodes, include_prompt_state: bool,
@@ -204,7 +207,8 @@ def _analyze(setup: Setup, acfg: AnalysisConfig) -> dict:
     with timer("episodes"):
         ep = sample_episodes(an.env, problems, 1, jax.random.fold_in(rng, 0), desc="episodes")
         rewards, _ = grade_episodes(task, ep, cfg.task.grade_workers)
-    all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state, acfg.state_rule)
+    all_rows, all_positions, all_steps = state_prefixes(tok, task, ep, acfg.include_prompt_state,
+                                                        acfg.state_rule(cfg.import_dir))
     if len(all_rows) == 0:
         raise ValueError("no states: every episode has a single step or was rejected by the step splitter")
     keep = np.sort(np_rng.choice(len(all_rows), size=min(len(all_rows), acfg.num_states), replace=False))
@@ -263,7 +267,8 @@ def _ranking(an: _Analysis, episodes: Episodes, rows: np.ndarray, positions: np.
                                               budgets=budgets[:, None])
         cand = continuation_episodes(ctx.tokenizer, ctx.stops, ep, pos, out)
         cand_pos = np.repeat(pos, acfg.num_candidates)
-        ends = next_step_ends(ctx.tokenizer, ctx.task, cand, cand_pos, scfg.max_new_tokens, acfg.state_rule)
+        ends = next_step_ends(ctx.tokenizer, ctx.task, cand, cand_pos, scfg.max_new_tokens,
+                              acfg.state_rule(ctx.cfg.import_dir))
         groups = distinct_candidates(cand, cand_pos, ends, acfg.num_candidates)
     kept = [(i, g) for i, g in enumerate(groups) if len(g) >= acfg.min_candidates]
     summary = {"num_states_sampled": len(picked), "num_states": len(kept),

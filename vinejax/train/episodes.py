@@ -96,7 +96,7 @@ def encode_prompts(tokenizer, task, problems) -> list[list[int]]:
 class EpisodeGroup(NamedTuple):
     """Episodes handed over as soon as they are sampled and split into steps (MC that starts
     early): rows int[M] (their rows in the iteration), episodes, starts int32[M, S] (absolute
-    column where each state's step starts, `episode_states`) and num_steps int32[M]."""
+    column where each state's step starts, `states.episode_states`) and num_steps int32[M]."""
 
     rows: np.ndarray
     episodes: "Episodes"
@@ -109,7 +109,7 @@ class EpisodeStream:
 
     `calls()` runs the calls one at a time; each call's episodes are graded on `host`'s thread at
     once, and (with `states_of`) carved into groups of `group_rows` episodes (a group may span
-    calls; 0 = one group per call) whose MC states `states_of(group)` (`episode_states`) are
+    calls; 0 = one group per call) whose MC states `states_of(group)` (`states.episode_states`) are
     found on the host thread too. It yields, per
     call, the groups that call completed, each as a function that waits for its `EpisodeGroup`;
     `rest()` gives the last, incomplete one. `episodes()`, `rewards()` and `steps()` give every
@@ -299,59 +299,3 @@ def episode_steps(tokenizer, split_steps, ep: Episodes) -> tuple[np.ndarray, np.
     step_starts = encode.pad_rows(starts_list, max(width, 1), 0)
     num_steps = np.array([len(s) for s in starts_list], np.int32)
     return step_starts, num_steps
-
-
-class StateRule(NamedTuple):
-    """Where the MC states of a response are (`vineppo.states`, `state_interval`, `max_states`).
-
-    kind "steps": the task's reasoning-step boundaries (`episode_steps`, the paper); "tokens": every
-    `interval` response tokens from its first (SPO's chain; the splitter is not run, so no episode
-    is dropped). max_states > 0 caps them (`cap_states`). State 0 is always the prompt; the
-    advantage of a state spreads over the tokens up to the next state (the response end)."""
-
-    kind: str = "steps"
-    interval: int = 8
-    max_states: int = 0
-
-    @classmethod
-    def of(cls, cfg) -> "StateRule":
-        v = cfg.vineppo
-        return cls(v.states, int(v.state_interval), int(v.max_states))
-
-
-def token_states(prompt_lens, total_lens, interval: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int32[B, S] starts, int32[B] counts): a state every `interval` response tokens, at columns
-    prompt_len + j·interval < total_len (one state, the prompt, for an empty response)."""
-    plen, tlen = np.asarray(prompt_lens, np.int64), np.asarray(total_lens, np.int64)
-    counts = np.maximum(-(-(tlen - plen) // interval), 1)  # ceil(response tokens / interval)
-    j = np.arange(int(counts.max(initial=1)))[None]
-    starts = np.where(j < counts[:, None], plen[:, None] + j * interval, 0)
-    return starts.astype(np.int32), counts.astype(np.int32)
-
-
-def cap_states(starts, counts, prompt_lens, total_lens, max_states: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most `max_states` of each row's states: the response's tokens [prompt_len, total_len)
-    are cut into `max_states` equal spans and the first state in each span is kept (state 0, the
-    prompt, always). Returns (int32[B, S'] starts, int32[B] counts) in the layout of `episode_steps`."""
-    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
-    plen, tlen = np.asarray(prompt_lens, np.int64), np.asarray(total_lens, np.int64)
-    length = np.maximum(tlen - plen, 1)[:, None]
-    span = (starts - plen[:, None]) * max_states // length  # [B, S] the span each state falls in
-    valid = np.arange(starts.shape[1])[None] < counts[:, None]
-    first = np.concatenate([np.ones((len(span), 1), bool), span[:, 1:] != span[:, :-1]], 1)
-    keep = valid & first
-    kept = [row[k] for row, k in zip(starts, keep)]
-    out = encode.pad_rows(kept, max(int(keep.sum(1).max(initial=0)), 1), 0)
-    return np.asarray(out, np.int32), keep.sum(1).astype(np.int32)
-
-
-def episode_states(tokenizer, split_steps, ep: Episodes, rule: StateRule = StateRule()) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute token column where each state's step starts, int32[B, S], and state counts
-    int32[B], by `rule` (`StateRule`); 0 states for an episode the splitter rejects ("steps")."""
-    if rule.kind == "tokens":
-        starts, counts = token_states(ep.prompt_lens, ep.total_lens, rule.interval)
-    else:
-        starts, counts = episode_steps(tokenizer, split_steps, ep)
-    if rule.max_states > 0:
-        starts, counts = cap_states(starts, counts, ep.prompt_lens, ep.total_lens, rule.max_states)
-    return starts, counts

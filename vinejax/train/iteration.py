@@ -22,11 +22,12 @@ from vinejax.rl.losses import adaptive_kl_coef
 from vinejax.train import encode, host_work, update
 from vinejax.train.batching import to_microbatches
 from vinejax.train.context import RunContext
-from vinejax.train.episodes import EpisodeStream, StateRule, episode_states
+from vinejax.train.episodes import EpisodeStream
 from vinejax.train.estimators import Rollouts
 from vinejax.train.metrics import Timer, describe, progress
 from vinejax.train.samples import sample_records
 from vinejax.train.scoring import logprob_scorer, score_rows
+from vinejax.train.states import StateRule, episode_states
 from vinejax.train.values import StepStates
 
 
