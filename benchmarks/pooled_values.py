@@ -37,7 +37,7 @@ from collect_mc_values import load_config  # noqa: E402
 
 from vinejax import config as config_lib  # noqa: E402
 from vinejax import sampling  # noqa: E402
-from vinejax.rl import pooling  # noqa: E402
+from vinejax.rl import advantages, pooling  # noqa: E402
 from vinejax.rl.values import rollouts_by_step  # noqa: E402
 from vinejax.train.context import build_context  # noqa: E402
 from vinejax.train.episodes import episode_steps, grade_episodes, sample_episodes  # noqa: E402
@@ -112,11 +112,11 @@ def metrics(parts, values, truths) -> tuple[float, float]:
         states, rewards = part[3], part[5]
         first, _ = distinct(part)
         err.extend(np.abs(v - t)[first])
-        for b in range(len(rewards)):
-            n = int(states.num_steps[b])
-            vv = np.append(np.where(states.estimated[b, :n], v[b, :n], rewards[b]), rewards[b])
-            tt = np.append(np.where(states.estimated[b, :n], t[b, :n], rewards[b]), rewards[b])
-            agree.extend(np.sign(np.diff(vv)) == np.sign(np.diff(tt)))
+        # step advantages with V(s_L) = R; states left unestimated take R (`vine_step_advantages`)
+        adv = [np.asarray(advantages.vine_step_advantages(np.where(states.estimated, x, rewards[:, None]), rewards,
+                                                          states.num_steps)) for x in (v, t)]
+        steps = np.arange(v.shape[1])[None] < states.num_steps[:, None]
+        agree.extend((np.sign(adv[0]) == np.sign(adv[1]))[steps])
     return float(np.mean(err)), float(np.mean(agree))
 
 
